@@ -1,0 +1,2 @@
+"""loopwm: Looped World Models."""
+__version__ = "0.1.0"

@@ -1,0 +1,107 @@
+"""Small shared helpers: device choice, seeding, atomic file writes, hashing.
+
+Everything that touches the file system for results goes through the atomic writers here, so a
+killed process never leaves a half-written file behind: data is written to a temporary file in the
+same folder, flushed to disk, then renamed over the target (a rename is atomic on POSIX).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class LoopWMError(Exception):
+    """Base class for errors a user can act on; the message says what is wrong and how to fix it."""
+
+
+def pick_device(requested: str = "auto") -> "torch.device":  # noqa: F821 - torch imported lazily
+    """The one place that chooses a device: "auto" gives CUDA when present, else CPU."""
+    import torch
+
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError as err:
+        raise LoopWMError(f"unknown device {requested!r}: use 'auto', 'cpu' or 'cuda[:N]'") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LoopWMError(f"device {requested!r} asked for, but CUDA is not available: use --device cpu")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) from one integer."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` so that readers see either the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def atomic_save(path: str | os.PathLike, writer) -> None:
+    """Atomic write for libraries that want a file name: `writer(tmp_path)` fills a temp file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        writer(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_json(path: str | os.PathLike, what: str = "file") -> Any:
+    """Read JSON with an error that names the file instead of a bare decoder traceback."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError as err:
+        raise LoopWMError(f"{what} not found: {path}") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise LoopWMError(f"{what} {path} is not valid JSON ({err}); it is corrupt or not a loopwm file") from err

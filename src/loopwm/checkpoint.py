@@ -1,0 +1,171 @@
+"""Checkpoints as safetensors + JSON: never pickle, always atomic, verified on load.
+
+A checkpoint is two files in `RUN/checkpoints/`: `step_XXXXXXXX.safetensors` (model weights,
+optimiser moments, torch RNG state) and `step_XXXXXXXX.json` (format tag, step, the model's spec
+and config, optimiser hyper-parameters, NumPy RNG state, the sha256 of the tensor file). The JSON
+is written last and acts as the commit marker: a checkpoint without its JSON, or whose tensor file
+does not match the recorded hash, is ignored when resuming (and reported when loaded by name).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from loopwm.utils import LoopWMError, atomic_save, atomic_write_json, read_json, sha256_file
+
+FORMAT = "loopwm-checkpoint"
+FORMAT_VERSION = 1
+KEEP = 2  # checkpoints kept per run
+
+
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        for name, value in st.items():
+            if torch.is_tensor(value):
+                tensors[f"optim/{idx}/{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{idx}/{name}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim/"):
+            _, idx, name = key.split("/", 2)
+            state.setdefault(int(idx), {})[name] = value
+    for key, value in meta["scalars"].items():
+        idx, name = key.split("/", 1)
+        state.setdefault(int(idx), {})[name] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    model: torch.nn.Module,
+    meta: dict[str, Any],
+    optimizer: torch.optim.Optimizer | None = None,
+) -> Path:
+    """Write checkpoint `step` atomically and prune old ones; returns the JSON path."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    stem = ckpt_dir / f"step_{step:08d}"
+    tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors["rng/torch"] = torch.get_rng_state()
+    opt_meta = None
+    if optimizer is not None:
+        opt_tensors, opt_meta = _flatten_optimizer(optimizer)
+        tensors.update(opt_tensors)
+    tensor_path = stem.with_suffix(".safetensors")
+    atomic_save(tensor_path, lambda tmp: save_file(tensors, tmp))
+    record = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "step": step,
+        "tensors": tensor_path.name,
+        "sha256": sha256_file(tensor_path),
+        "optimizer": opt_meta,
+        **meta,
+    }
+    json_path = stem.with_suffix(".json")
+    atomic_write_json(json_path, record)
+    for old in sorted(ckpt_dir.glob("step_*.json"))[:-KEEP]:
+        old.unlink(missing_ok=True)
+        old.with_suffix(".safetensors").unlink(missing_ok=True)
+    return json_path
+
+
+def read_checkpoint(json_path: str | Path, verify: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Load one checkpoint, checking that it is ours, complete and uncorrupted."""
+    json_path = Path(json_path)
+    meta = read_json(json_path, "checkpoint metadata")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise LoopWMError(f"{json_path} is not a loopwm checkpoint (format field missing or foreign)")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise LoopWMError(f"{json_path} was written by a newer loopwm (format {meta['format_version']}); upgrade loopwm")
+    tensor_path = json_path.with_name(meta["tensors"])
+    if not tensor_path.exists():
+        raise LoopWMError(f"checkpoint tensors missing: {tensor_path}; the run was copied incompletely")
+    if verify and sha256_file(tensor_path) != meta.get("sha256"):
+        raise LoopWMError(f"checkpoint {tensor_path} is corrupt (checksum mismatch); delete it to fall back to an older one")
+    try:
+        tensors = load_file(str(tensor_path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise LoopWMError(f"checkpoint {tensor_path} cannot be read ({err}); it is corrupt or not a safetensors file") from err
+    return tensors, meta
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """Newest checkpoint JSON of a run whose tensors are present and intact, or None."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    for json_path in sorted(ckpt_dir.glob("step_*.json"), reverse=True):
+        try:
+            read_checkpoint(json_path, verify=True)
+        except LoopWMError:
+            continue  # a half-written or damaged checkpoint: try the one before
+        return json_path
+    return None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """Accept a run directory, a checkpoints folder or a checkpoint JSON / safetensors file."""
+    path = Path(path)
+    if not path.exists():
+        raise LoopWMError(f"no such run or checkpoint: {path}")
+    if path.is_dir():
+        run = path.parent if path.name == "checkpoints" else path
+        found = latest_checkpoint(run)
+        if found is None:
+            raise LoopWMError(f"no intact checkpoint under {run}/checkpoints; train first (loopwm train) or check the path")
+        return found
+    if path.suffix == ".safetensors":
+        path = path.with_suffix(".json")
+    if path.suffix != ".json":
+        raise LoopWMError(f"{path} is not a checkpoint: pass a run directory or a step_*.json file")
+    return path
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    if meta.get("optimizer") is None:
+        return
+    optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
+
+
+def model_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True)
+
+
+def build_model(meta: dict[str, Any]) -> torch.nn.Module:
+    """Rebuild a model from the `kind`, `spec` and `model` fields of checkpoint metadata."""
+    from loopwm.models.world_model import ModelConfig, WorldModel, WorldSpec
+
+    kind = meta.get("kind")
+    if kind == "looped":
+        try:
+            return WorldModel(WorldSpec(**meta["spec"]), ModelConfig(**meta["model"]))
+        except TypeError as err:
+            raise LoopWMError(f"checkpoint model config does not match this loopwm version ({err})") from err
+    raise LoopWMError(f"checkpoint holds a model of unknown kind {kind!r}")
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Load a trained model (eval mode) from a run directory or checkpoint file."""
+    tensors, meta = read_checkpoint(resolve_checkpoint(path))
+    model = build_model(meta)
+    try:
+        model.load_state_dict(model_state(tensors))
+    except RuntimeError as err:
+        raise LoopWMError(f"checkpoint weights do not fit the model they claim to be ({str(err)[:200]})") from err
+    return model.to(device).eval(), meta

@@ -1,0 +1,70 @@
+"""Transformer building blocks shared by the looped core and the fixed-depth baselines.
+
+A pre-norm block: x + Attn(LN(x)), then x + MLP(LN(x)). The block returns the updated stream; the
+looped core evaluates it after the state injection, so the sum of its two residual branches is the
+paper's nonlinear term R(h, e).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class SelfAttention(nn.Module):
+    """Bidirectional multi-head self-attention over the token axis (tokens are entities, not time)."""
+
+    def __init__(self, d: int, n_heads: int):
+        super().__init__()
+        if d % n_heads != 0:
+            raise ValueError(f"model width d={d} must be divisible by n_heads={n_heads}")
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, D = x.shape
+        H = self.n_heads
+        q, k, v = self.qkv(x).view(B, N, 3, H, D // H).permute(2, 0, 3, 1, 4)  # 3 x (B, H, N, D/H)
+        y = F.scaled_dot_product_attention(q, k, v)  # (B, H, N, D/H)
+        y = y.transpose(1, 2).reshape(B, N, D)  # (B, N, D)
+        return self.proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, d_in: int, d_hidden: int, d_out: int):
+        super().__init__()
+        self.fc1 = nn.Linear(d_in, d_hidden)
+        self.fc2 = nn.Linear(d_hidden, d_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """One pre-norm transformer block acting on (B, N, d) token streams."""
+
+    def __init__(self, d: int, n_heads: int, mlp_ratio: int = 4):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(d)
+        self.attn = SelfAttention(d, n_heads)
+        self.ln2 = nn.LayerNorm(d)
+        self.mlp = MLP(d, mlp_ratio * d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class Stack(nn.Module):
+    """A few distinct (non-shared) blocks applied in order."""
+
+    def __init__(self, n_blocks: int, d: int, n_heads: int, mlp_ratio: int = 4):
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(d, n_heads, mlp_ratio) for _ in range(n_blocks))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return x

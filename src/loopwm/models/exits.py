@@ -1,0 +1,82 @@
+"""Exit rules: when does one sample stop iterating the shared block?
+
+An exit rule is consulted after every iteration of the loop with the rows still running. It returns
+a boolean mask over those rows: True means "this sample stops now". Stopped samples are frozen by
+the loop (their state no longer changes) and no compute is spent on them. Rules are small and
+stateless between steps except for what `start` resets; choose one by name with `make_exit_rule`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from loopwm.utils import LoopWMError
+
+
+class ExitRule:
+    """Never stops early: the loop runs its full depth (same as fixed-depth evaluation)."""
+
+    name = "fixed"
+
+    def __init__(self, threshold: float = 0.0, min_iterations: int = 1):
+        self.threshold = float(threshold)
+        self.min_iterations = max(1, int(min_iterations))
+
+    def start(self, z0: torch.Tensor) -> None:
+        """Reset per-sample memory before iteration 0; z0 is the (B, N, d) initial state."""
+
+    def should_stop(self, t: int, z_prev: torch.Tensor, z_new: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """After iteration t (0-based), return (R,) bool for the R running `rows` (indices into B)."""
+        return torch.zeros(z_new.shape[0], dtype=torch.bool, device=z_new.device)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(threshold={self.threshold})"
+
+
+FixedExit = ExitRule
+
+
+def _per_sample_norm(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(1).norm(dim=1)  # (R,)
+
+
+class DeltaExit(ExitRule):
+    """Stop when the relative latent change ||z_t - z_{t-1}|| / ||z_t|| falls below the threshold."""
+
+    name = "delta"
+
+    def should_stop(self, t, z_prev, z_new, rows):
+        rel = _per_sample_norm(z_new - z_prev) / (_per_sample_norm(z_new) + 1e-8)
+        return (rel < self.threshold) & (t + 1 >= self.min_iterations)
+
+
+class AccelExit(ExitRule):
+    """Stop when the relative second difference ||z_t - 2 z_{t-1} + z_{t-2}|| / ||z_t|| stays
+    below the threshold on two consecutive checks (a change that has stopped changing)."""
+
+    name = "accel"
+
+    def start(self, z0):
+        self.prev_diff = torch.zeros_like(z0)  # (B, N, d): z_{t-1} - z_{t-2}
+        self.hits = torch.zeros(z0.shape[0], dtype=torch.long, device=z0.device)  # (B,)
+
+    def should_stop(self, t, z_prev, z_new, rows):
+        diff = z_new - z_prev  # (R, N, d)
+        if t == 0:  # no second difference exists yet
+            self.prev_diff[rows] = diff.detach()
+            return torch.zeros(z_new.shape[0], dtype=torch.bool, device=z_new.device)
+        accel = _per_sample_norm(diff - self.prev_diff[rows]) / (_per_sample_norm(z_new) + 1e-8)
+        self.prev_diff[rows] = diff.detach()
+        hits = torch.where(accel < self.threshold, self.hits[rows] + 1, torch.zeros_like(self.hits[rows]))
+        self.hits[rows] = hits
+        return (hits >= 2) & (t + 1 >= self.min_iterations)
+
+
+EXIT_RULES = {"fixed": ExitRule, "delta": DeltaExit, "accel": AccelExit}
+
+
+def make_exit_rule(name: str, threshold: float = 0.0, min_iterations: int = 1) -> ExitRule:
+    """Build an exit rule by name; unknown names raise an error that lists the known ones."""
+    if name not in EXIT_RULES:
+        raise LoopWMError(f"unknown exit rule {name!r}: choose one of {sorted(EXIT_RULES)}")
+    return EXIT_RULES[name](threshold=threshold, min_iterations=min_iterations)

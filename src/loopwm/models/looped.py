@@ -1,0 +1,162 @@
+"""The looped dynamics core: prelude -> (inject + shared block) x T -> coda.
+
+One environment step, the paper's Eqs. 4-8, with shapes batch-first:
+
+    e   = LN(prelude([h_prev; e_obs; u]))[:, :N_h]          (B, N_h, d), computed once per step
+    z   <- A_bar * z + B_bar(e) + R(z, e)   T times          (B, N_h, d), weights shared
+    h   = LN(coda(C z))                                      (B, N_h, d), feeds heads and next step
+
+The three parts are separate objects: `DiagInjection` (the contractive linear update), the shared
+`Stack` repeated by `iterate` (the loop: per-sample depth, truncated gradients, frozen stopped
+samples) and an `ExitRule` (when to stop) passed in from outside.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from loopwm.models.blocks import Stack
+from loopwm.models.exits import ExitRule
+
+
+def inverse_softplus(y: float) -> float:
+    return y + math.log(-math.expm1(-y))
+
+
+class DiagInjection(nn.Module):
+    """z -> A_bar * z + B_bar e with A_bar = exp(dt * A), A = -diag(exp(a)), B_bar = dt * B.
+
+    Zero-order-hold discretisation of a negative-diagonal continuous-time system: since
+    softplus(dt) > 0 and exp(a) > 0, every entry of A_bar lies in (0, 1) whatever the parameters,
+    so the linear part of the update is a contraction by construction.
+    """
+
+    def __init__(self, d: int, init_decay: float = 0.45):
+        super().__init__()
+        self.a = nn.Parameter(torch.zeros(d))  # A = -exp(a) = -1 at init
+        # softplus(dt_raw) * exp(0) = -log(init_decay)  =>  A_bar = init_decay at init
+        self.dt_raw = nn.Parameter(torch.full((d,), inverse_softplus(-math.log(init_decay))))
+        self.B = nn.Parameter(torch.eye(d))
+
+    def a_bar(self) -> torch.Tensor:
+        # the decay rate is kept in [1e-4, 20] so float32 rounding can never give exactly 0 or 1
+        rate = (F.softplus(self.dt_raw) * torch.exp(self.a)).clamp(1e-4, 20.0)  # (d,)
+        return torch.exp(-rate)
+
+    def forward(self, z: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        dt = F.softplus(self.dt_raw)  # (d,)
+        return self.a_bar() * z + dt * (e @ self.B.T)  # (B, N_h, d)
+
+
+class LoopedCore(nn.Module):
+    """Prelude / shared recurrent block / coda, with per-sample depth."""
+
+    def __init__(
+        self,
+        d: int,
+        n_heads: int,
+        n_prelude: int = 1,
+        n_recurrent: int = 1,
+        n_coda: int = 1,
+        mlp_ratio: int = 4,
+        init_decay: float = 0.45,
+        init_std: float = 0.02,
+    ):
+        super().__init__()
+        self.init_std = init_std
+        self.prelude = Stack(n_prelude, d, n_heads, mlp_ratio)
+        self.prelude_norm = nn.LayerNorm(d)
+        self.inject = DiagInjection(d, init_decay)
+        self.core = Stack(n_recurrent, d, n_heads, mlp_ratio)  # the ONE shared block (stack)
+        self.coda_proj = nn.Linear(d, d)
+        self.coda = Stack(n_coda, d, n_heads, mlp_ratio)
+        self.coda_norm = nn.LayerNorm(d)
+
+    def initial_state(self, shape: tuple[int, ...], device, dtype) -> torch.Tensor:
+        """z^(0): a small truncated-normal draw while training, zeros at evaluation (deterministic)."""
+        z = torch.zeros(shape, device=device, dtype=dtype)
+        if self.training and self.init_std > 0:
+            nn.init.trunc_normal_(z, std=self.init_std, a=-3 * self.init_std, b=3 * self.init_std)
+        return z
+
+    def recur(self, z: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """One iteration: inject, then the shared blocks (their residual branches are R(z, e))."""
+        return self.core(self.inject(z, e))
+
+    def iterate(
+        self,
+        e: torch.Tensor,
+        z: torch.Tensor,
+        depth: torch.Tensor,
+        n_grad: int | None = None,
+        exit_rule: ExitRule | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the shared block up to depth[i] times per sample i.
+
+        Args:
+            e: (B, N_h, d) injection signal, fixed during the loop.
+            z: (B, N_h, d) initial recurrent state.
+            depth: (B,) long, maximum iterations per sample (>= 1).
+            n_grad: gradients flow only through each sample's last n_grad iterations (None: all).
+            exit_rule: may stop a sample before its depth; stopped samples are frozen.
+        Returns:
+            z: (B, N_h, d) final state; used: (B,) long, iterations actually run.
+        """
+        B = z.shape[0]
+        used = torch.zeros(B, dtype=torch.long, device=z.device)
+        running = torch.ones(B, dtype=torch.bool, device=z.device)
+        grad_from = depth - (n_grad if n_grad is not None else int(depth.max()))  # (B,)
+        want_grad = torch.is_grad_enabled()
+        if exit_rule is not None:
+            exit_rule.start(z)
+        for t in range(int(depth.max())):
+            run = running & (t < depth)  # (B,)
+            if not bool(run.any()):
+                break
+            rows = run.nonzero().squeeze(1)  # (R,)
+            everyone = rows.numel() == B
+            z_in = z if everyone else z[rows]  # (R, N_h, d)
+            e_in = e if everyone else e[rows]
+            in_window = t >= grad_from[rows]  # (R,) rows whose gradient passes this iteration
+            with torch.set_grad_enabled(want_grad and bool(in_window.any())):
+                z_new = self.recur(z_in, e_in)  # (R, N_h, d)
+                if z_new.requires_grad and not bool(in_window.all()):
+                    z_new = torch.where(in_window[:, None, None], z_new, z_new.detach())
+            if exit_rule is not None:
+                stop = exit_rule.should_stop(t, z_in, z_new, rows)  # (R,)
+                running = running.index_put((rows,), ~stop) if not everyone else ~stop
+            z = z_new if everyone else z.index_copy(0, rows, z_new)
+            used = used + run.long()
+        return z, used
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        n_state: int,
+        z0: torch.Tensor | None,
+        depth: torch.Tensor,
+        n_grad: int | None = None,
+        exit_rule: ExitRule | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One environment step.
+
+        Args:
+            x: (B, N_in, d) prelude input; its first n_state tokens are the state slots.
+            z0: (B, n_state, d) carried recurrent state, or None for a fresh one.
+        Returns:
+            h: (B, n_state, d) coda output; z: (B, n_state, d) final recurrent state;
+            used: (B,) iterations run.
+        """
+        e = self.prelude_norm(self.prelude(x)[:, :n_state])  # (B, N_h, d)
+        if z0 is None:
+            z0 = self.initial_state(e.shape, e.device, e.dtype)
+        z, used = self.iterate(e, z0, depth, n_grad, exit_rule)
+        h = self.coda_norm(self.coda(self.coda_proj(z)))  # (B, N_h, d)
+        return h, z, used
+
+    def max_a_bar(self) -> float:
+        return float(self.inject.a_bar().detach().max())

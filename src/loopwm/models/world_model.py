@@ -1,0 +1,390 @@
+"""The looped world model: entity encoder + looped core + heads, behind the `Dynamics` interface.
+
+Reading order: `WorldSpec` (what the model knows about the world's observations), `ModelConfig`,
+`EntityEncoder` (observation rows -> tokens, with features relative to neighbours and walls),
+`WorldModel` (one `step`; `observe` and `imagine` are loops over it).
+
+Observations are (B, N, F): N entities (one row per body), F features. A flat observation (F,) is
+treated as one entity. The latent state has one token per entity plus `n_global` global tokens, so
+state slot i belongs to entity i (this keeps the model permutation-equivariant and lets it run on
+more bodies than it was trained on).
+
+Prediction is residual and, where the world declares its kinematics (which features are positions,
+which velocities, and the timestep), physical: the head predicts the change of velocity, velocity is
+integrated into position (x' = x + dt * v'), and the result is clamped into the observation bounds
+(the box). Features that never vary in the data are copied.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from loopwm.models.blocks import MLP
+from loopwm.models.exits import ExitRule
+from loopwm.models.looped import LoopedCore
+from loopwm.utils import LoopWMError
+
+BIG = 1e6  # stands in for an infinite observation bound when clamping
+
+
+@dataclass
+class WorldSpec:
+    """What the model knows about the world; saved with every checkpoint."""
+
+    obs_shape: list[int]
+    """Observation shape: (N, F) for entity worlds, (F,) for flat vectors."""
+    action_kind: str
+    """"box" or "discrete"."""
+    action_dim: int
+    """Number of action components (box) or of discrete actions."""
+    obs_mean: list[float]
+    """Per-feature mean of the observations (F,)."""
+    obs_std: list[float]
+    """Per-feature standard deviation (F,); 0 marks a feature that never changes."""
+    delta_std: list[float]
+    """Per-feature standard deviation of one-step changes (F,)."""
+    obs_low: list[float | None]
+    """Per-feature lower bound (None: unbounded)."""
+    obs_high: list[float | None]
+    """Per-feature upper bound (None: unbounded)."""
+    position_idx: list[int] = field(default_factory=list)
+    """Feature indices of positions (empty: no kinematics known)."""
+    velocity_idx: list[int] = field(default_factory=list)
+    """Feature indices of velocities, in the same order as positions."""
+    radius_idx: int | None = None
+    """Feature index of the body radius, if any (used for gaps to walls and neighbours)."""
+    dt: float | None = None
+    """Timestep of the world, needed to integrate velocities."""
+
+    @property
+    def n_entities(self) -> int:
+        return self.obs_shape[0] if len(self.obs_shape) == 2 else 1
+
+    @property
+    def n_features(self) -> int:
+        return self.obs_shape[-1]
+
+    @property
+    def kinematic(self) -> bool:
+        return bool(self.position_idx) and self.dt is not None
+
+
+@dataclass
+class ModelConfig:
+    """Looped world model architecture."""
+
+    d: int = 64
+    """Token width."""
+    n_heads: int = 4
+    """Attention heads."""
+    mlp_ratio: int = 4
+    """MLP hidden width as a multiple of d."""
+    n_prelude: int = 1
+    """Prelude blocks (own weights)."""
+    n_recurrent: int = 1
+    """Blocks in the shared recurrent block (weights shared across iterations)."""
+    n_coda: int = 1
+    """Coda blocks (own weights)."""
+    n_global: int = 1
+    """Global state tokens besides the one-per-entity tokens."""
+    mu_rec: float = 4.0
+    """Mean of the per-sample Poisson loop count during training."""
+    depth_max: int = 16
+    """Cap on the sampled loop count during training (bounds time and memory)."""
+    eval_depth: int = 0
+    """Loop count at evaluation; 0 means round(mu_rec)."""
+    n_grad: int = 0
+    """Iterations that receive gradients; 0 means ceil(mu_rec / 2) as in the paper."""
+    carry_state: bool = True
+    """Carry the final recurrent state to the next step as its z^(0)."""
+    neighbours: int = 3
+    """Nearest neighbours whose relative features enter each entity token."""
+    feedback: str = "prediction"
+    """In imagination, encode the model's own predicted observation ("prediction") or use the
+    learned no-observation token ("latent")."""
+    init_decay: float = 0.45
+    """Initial value of every entry of A_bar."""
+
+    def resolved_eval_depth(self) -> int:
+        return self.eval_depth or max(1, round(self.mu_rec))
+
+    def resolved_n_grad(self) -> int:
+        return self.n_grad or max(1, math.ceil(self.mu_rec / 2))
+
+
+@dataclass
+class State:
+    """What a world model carries from one environment step to the next."""
+
+    h: torch.Tensor  # (B, N_h, d) coda output of the previous step
+    z: torch.Tensor | None  # (B, N_h, d) recurrent state to carry, or None
+    obs: torch.Tensor  # (B, N, F) current observation (true or predicted), raw units
+    real: bool  # whether `obs` was observed rather than predicted
+
+
+@dataclass
+class Rollout:
+    """Per-step outputs of `observe` / `imagine`, stacked over time."""
+
+    obs: torch.Tensor  # (B, T, N, F) predicted next observations
+    reward: torch.Tensor  # (B, T)
+    cont_logit: torch.Tensor  # (B, T) continuation logits
+    iterations: torch.Tensor  # (B, T) loop iterations used
+
+
+class EntityEncoder(nn.Module):
+    """Observation rows -> tokens (B, N, d), each carrying features relative to its surroundings.
+
+    For kinematic worlds each entity sees its own normalised features, its gaps to the walls and,
+    for its K nearest neighbours (nearest by surface gap), the relative position, relative
+    velocity, gap and closing speed: the edge features of graph-network simulators, so that
+    contacts are visible to a single token without first having to be inferred by attention.
+    """
+
+    def __init__(self, spec: WorldSpec, cfg: ModelConfig, action_features: int):
+        super().__init__()
+        self.spec = spec
+        self.k = min(cfg.neighbours, spec.n_entities - 1) if spec.kinematic else 0
+        n_pos = len(spec.position_idx)
+        n_in = spec.n_features + action_features
+        if spec.kinematic:
+            n_in += 2 * n_pos + cfg.neighbours * (2 * n_pos + 2)
+        self.n_neighbour_slots = cfg.neighbours if spec.kinematic else 0
+        self.mlp = MLP(n_in, 2 * cfg.d, cfg.d)
+
+    def features(self, obs: torch.Tensor, norm: dict[str, torch.Tensor], action_feat: torch.Tensor) -> torch.Tensor:
+        spec = self.spec
+        B, N, Fdim = obs.shape
+        parts = [(obs - norm["mean"]) / norm["std_safe"]]  # (B, N, F)
+        if spec.kinematic:
+            pos = obs[..., spec.position_idx]  # (B, N, P)
+            vel = obs[..., spec.velocity_idx]  # (B, N, P)
+            rad = obs[..., spec.radius_idx] if spec.radius_idx is not None else torch.zeros_like(obs[..., 0])
+            step_scale = norm["step_scale"]  # distance a typical body moves in one step
+            vel_scale = norm["vel_scale"]
+            lo, hi = norm["pos_low"], norm["pos_high"]  # (P,)
+            parts.append(((pos - lo) - rad[..., None]).clamp(max=10.0) / step_scale)  # (B, N, P) wall gaps
+            parts.append(((hi - pos) - rad[..., None]).clamp(max=10.0) / step_scale)
+            slots = self.n_neighbour_slots
+            if self.k > 0:
+                rel = pos[:, None, :, :] - pos[:, :, None, :]  # (B, N, N, P): j minus i
+                relv = vel[:, None, :, :] - vel[:, :, None, :]  # (B, N, N, P)
+                dist = rel.norm(dim=-1).clamp(min=1e-6)  # (B, N, N)
+                gap = dist - rad[:, :, None] - rad[:, None, :]  # (B, N, N)
+                gap = gap + torch.eye(N, device=obs.device) * BIG  # never pick yourself
+                gap_k, idx = gap.topk(self.k, dim=-1, largest=False)  # (B, N, K)
+                take = lambda t: torch.gather(t, 2, idx[..., None].expand(-1, -1, -1, t.shape[-1]))  # noqa: E731
+                rel_k, relv_k = take(rel), take(relv)  # (B, N, K, P)
+                dist_k = torch.gather(dist, 2, idx)  # (B, N, K)
+                closing = -(rel_k * relv_k).sum(-1) / dist_k  # (B, N, K) > 0 when approaching
+                edge = torch.cat(
+                    [
+                        rel_k / norm["pos_scale"],
+                        relv_k / vel_scale,
+                        (gap_k.clamp(max=10.0) / step_scale)[..., None],
+                        (closing / vel_scale)[..., None],
+                    ],
+                    dim=-1,
+                )  # (B, N, K, 2P+2)
+                if self.k < slots:  # fewer bodies than neighbour slots: pad with far-away zeros
+                    pad = edge.new_zeros(B, N, slots - self.k, edge.shape[-1])
+                    edge = torch.cat([edge, pad], dim=2)
+                parts.append(edge.flatten(2))  # (B, N, slots*(2P+2))
+            elif slots > 0:
+                parts.append(obs.new_zeros(B, N, slots * (2 * len(spec.position_idx) + 2)))
+        parts.append(action_feat[:, None, :].expand(B, N, -1))  # (B, N, A) the action, broadcast
+        return torch.cat(parts, dim=-1)
+
+    def forward(self, obs, norm, action_feat):
+        return self.mlp(self.features(obs, norm, action_feat))  # (B, N, d)
+
+
+class WorldModel(nn.Module):
+    """A Looped World Model. Implements the `Dynamics` interface: initial / step / observe / imagine.
+
+    Example:
+        >>> model = WorldModel(spec, ModelConfig(d=32))
+        >>> state = model.initial(obs0)                      # obs0: (B, N, F)
+        >>> state, out = model.observe(state, actions, obs)  # teacher forcing over T steps
+        >>> state, out = model.imagine(state, actions2)      # open loop; out.obs: (B, H, N, F)
+    """
+
+    def __init__(self, spec: WorldSpec, cfg: ModelConfig):
+        super().__init__()
+        if cfg.feedback not in ("prediction", "latent"):
+            raise LoopWMError(f"unknown feedback mode {cfg.feedback!r}: use 'prediction' or 'latent'")
+        self.spec, self.cfg = spec, cfg
+        d = cfg.d
+        n_act = spec.action_dim
+        self.encoder = EntityEncoder(spec, cfg, n_act)
+        self.action_token = nn.Linear(n_act, d)
+        self.global_embed = nn.Parameter(torch.randn(cfg.n_global, d) * 0.02)
+        self.no_obs = nn.Parameter(torch.randn(d) * 0.02)  # imagination mode: "no observation"
+        self.core = LoopedCore(d, cfg.n_heads, cfg.n_prelude, cfg.n_recurrent, cfg.n_coda, cfg.mlp_ratio, cfg.init_decay)
+        self.obs_head = MLP(d, d, spec.n_features)
+        self.reward_head = MLP(d, d, 1)
+        self.cont_head = MLP(d, d, 1)
+        nn.init.zeros_(self.obs_head.fc2.weight)  # start as "nothing changes": a stable first rollout
+        nn.init.zeros_(self.obs_head.fc2.bias)
+        self._register_norm_buffers(spec)
+
+    # ----- normalisation constants (buffers, saved in the checkpoint) -----
+    def _register_norm_buffers(self, spec: WorldSpec) -> None:
+        f32 = dict(dtype=torch.float32)
+        std = torch.tensor(spec.obs_std, **f32)
+        dynamic = std > 1e-8
+        self.register_buffer("mean", torch.tensor(spec.obs_mean, **f32))
+        self.register_buffer("std_safe", torch.where(dynamic, std, torch.ones_like(std)))
+        self.register_buffer("dynamic", dynamic)
+        self.register_buffer("delta_scale", torch.tensor(spec.delta_std, **f32).clamp(min=1e-6) * dynamic)
+        low = torch.tensor([-BIG if v is None else v for v in spec.obs_low], **f32)
+        high = torch.tensor([BIG if v is None else v for v in spec.obs_high], **f32)
+        self.register_buffer("low", low)
+        self.register_buffer("high", high)
+        if spec.kinematic:
+            pos_std = std[spec.position_idx].mean().clamp(min=1e-6)
+            vel_std = std[spec.velocity_idx].mean().clamp(min=1e-6)
+            self.register_buffer("pos_scale", pos_std)
+            self.register_buffer("vel_scale", vel_std)
+            self.register_buffer("step_scale", vel_std * spec.dt)
+            self.register_buffer("pos_low", low[spec.position_idx])
+            self.register_buffer("pos_high", high[spec.position_idx])
+
+    def _norm(self) -> dict[str, torch.Tensor]:
+        keys = ["mean", "std_safe", "pos_scale", "vel_scale", "step_scale", "pos_low", "pos_high"]
+        return {k: getattr(self, k) for k in keys if hasattr(self, k)}
+
+    # ----- shapes in, shapes out -----
+    def _as_entities(self, obs: torch.Tensor) -> torch.Tensor:
+        return obs if len(self.spec.obs_shape) == 2 else obs.unsqueeze(-2)  # (..., N, F)
+
+    def _action_features(self, action: torch.Tensor) -> torch.Tensor:
+        if self.spec.action_kind == "discrete":
+            return F.one_hot(action.long().reshape(-1), self.spec.action_dim).float()  # (B, A)
+        return action.reshape(action.shape[0], -1).float()  # (B, A)
+
+    def n_state_tokens(self, n_entities: int) -> int:
+        return n_entities + self.cfg.n_global
+
+    def param_count(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def max_a_bar(self) -> float:
+        return self.core.max_a_bar()
+
+    # ----- the Dynamics interface -----
+    def initial(self, obs: torch.Tensor) -> State:
+        """Start from a first observation (B, N, F) (or (B, F) for flat worlds)."""
+        obs = self._as_entities(obs).float()
+        B, N, _ = obs.shape
+        h = obs.new_zeros(B, self.n_state_tokens(N), self.cfg.d)  # (B, N_h, d)
+        return State(h=h, z=None, obs=obs, real=True)
+
+    def sample_depth(self, batch: int, device) -> torch.Tensor:
+        """Per-sample loop counts T ~ max(1, Poisson(mu_rec)), capped at depth_max: (B,) long."""
+        rate = torch.full((batch,), float(self.cfg.mu_rec), device=device)
+        return torch.poisson(rate).long().clamp(1, self.cfg.depth_max)
+
+    def step(
+        self,
+        state: State,
+        action: torch.Tensor,
+        depth: int | torch.Tensor | None = None,
+        exit_rule: ExitRule | None = None,
+    ) -> tuple[State, dict[str, torch.Tensor]]:
+        """Predict the next observation from state.obs and `action` (B, *action_shape).
+
+        depth: None samples it (training) or uses the evaluation depth; an int or a (B,) tensor fixes it.
+        Returns the new state (whose obs is the prediction) and a dict with obs (B, N, F),
+        reward (B,), cont_logit (B,), iterations (B,).
+        """
+        obs = state.obs
+        B, N, _ = obs.shape
+        act = self._action_features(action)  # (B, A)
+        if depth is None:
+            depth = self.sample_depth(B, obs.device) if self.training else self.cfg.resolved_eval_depth()
+        if isinstance(depth, int):
+            depth = torch.full((B,), depth, dtype=torch.long, device=obs.device)
+        if state.real or self.cfg.feedback == "prediction":
+            e_obs = self.encoder(obs, self._norm(), act)  # (B, N, d)
+        else:
+            e_obs = self.no_obs.expand(B, N, -1)  # (B, N, d)
+        h_prev = state.h  # (B, N + G, d)
+        x = torch.cat(
+            [
+                h_prev[:, :N] + e_obs,  # entity slots paired with their own observation row
+                h_prev[:, N:] + self.global_embed,  # (B, G, d)
+                self.action_token(act)[:, None, :],  # (B, 1, d)
+            ],
+            dim=1,
+        )  # (B, N + G + 1, d)
+        z0 = state.z if self.cfg.carry_state else None
+        n_grad = self.cfg.resolved_n_grad() if self.training else None
+        h, z, used = self.core(x, self.n_state_tokens(N), z0, depth, n_grad, exit_rule)  # (B, N_h, d) x2
+        pred = self._decode(obs, self.obs_head(h[:, :N]))  # (B, N, F)
+        pooled = h.mean(dim=1)  # (B, d)
+        out = {
+            "obs": pred,
+            "reward": self.reward_head(pooled).squeeze(-1),
+            "cont_logit": self.cont_head(pooled).squeeze(-1),
+            "iterations": used,
+        }
+        return State(h=h, z=z, obs=pred, real=False), out
+
+    def _decode(self, obs: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
+        """Turn head outputs (normalised changes, (B, N, F)) into the next observation."""
+        spec = self.spec
+        delta = raw * self.delta_scale  # (B, N, F); zero on features that never change
+        pred = obs + delta
+        if spec.kinematic:
+            vel = obs[..., spec.velocity_idx] + delta[..., spec.velocity_idx]  # (B, N, P)
+            vel = torch.maximum(torch.minimum(vel, self.high[spec.velocity_idx]), self.low[spec.velocity_idx])
+            pos = obs[..., spec.position_idx] + spec.dt * vel  # semi-implicit Euler, as the world
+            pred = pred.clone()
+            pred[..., spec.velocity_idx] = vel
+            pred[..., spec.position_idx] = pos
+        low = self.low.expand_as(pred)
+        high = self.high.expand_as(pred)
+        if spec.kinematic and spec.radius_idx is not None:  # keep whole bodies inside the box
+            rad = obs[..., spec.radius_idx : spec.radius_idx + 1]  # (B, N, 1)
+            low, high = low.clone(), high.clone()
+            low[..., spec.position_idx] = low[..., spec.position_idx] + rad
+            high[..., spec.position_idx] = high[..., spec.position_idx] - rad
+        return torch.maximum(torch.minimum(pred, high), low)
+
+    def observe(
+        self, state: State, actions: torch.Tensor, next_obs: torch.Tensor, depth=None, exit_rule=None
+    ) -> tuple[State, Rollout]:
+        """Teacher forcing: T steps, each predicting next_obs[:, t] (B, T, ...) from the true past."""
+        next_obs = self._as_entities(next_obs).float()
+        outs = []
+        for t in range(actions.shape[1]):
+            state, out = self.step(state, actions[:, t], depth, exit_rule)
+            outs.append(out)
+            state = State(h=state.h, z=state.z, obs=next_obs[:, t], real=True)
+        return state, _stack(outs)
+
+    def imagine(self, state: State, actions: torch.Tensor, depth=None, exit_rule=None) -> tuple[State, Rollout]:
+        """Open loop: roll H steps forward under `actions` (B, H, ...) without observations."""
+        outs = []
+        for t in range(actions.shape[1]):
+            state, out = self.step(state, actions[:, t], depth, exit_rule)
+            outs.append(out)
+        return state, _stack(outs)
+
+    def checkpoint_meta(self) -> dict:
+        return {"kind": "looped", "spec": asdict(self.spec), "model": asdict(self.cfg)}
+
+
+def _stack(outs: list[dict[str, torch.Tensor]]) -> Rollout:
+    return Rollout(
+        obs=torch.stack([o["obs"] for o in outs], dim=1),  # (B, T, N, F)
+        reward=torch.stack([o["reward"] for o in outs], dim=1),  # (B, T)
+        cont_logit=torch.stack([o["cont_logit"] for o in outs], dim=1),  # (B, T)
+        iterations=torch.stack([o["iterations"] for o in outs], dim=1),  # (B, T)
+    )

@@ -1,0 +1,218 @@
+"""The looped core and the world model: shapes, equivalences, gradients, determinism, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from loopwm.checkpoint import load_model, read_checkpoint, save_checkpoint
+from loopwm.models.exits import make_exit_rule
+from loopwm.models.looped import DiagInjection, LoopedCore
+from loopwm.models.world_model import ModelConfig, WorldModel, WorldSpec
+from loopwm.utils import LoopWMError
+
+
+def make_spec(n: int = 4) -> WorldSpec:
+    return WorldSpec(
+        obs_shape=[n, 7], action_kind="box", action_dim=2,
+        obs_mean=[0.5, 0.5, 0.0, 0.0, 0.06, 0.25, 0.0], obs_std=[0.28, 0.28, 0.3, 0.3, 0.0, 0.43, 0.0],
+        delta_std=[0.015, 0.015, 0.05, 0.05, 0.0, 0.0, 0.0],
+        obs_low=[0, 0, -2, -2, 0, 0, 0], obs_high=[1, 1, 2, 2, 1, 1, 1],
+        position_idx=[0, 1], velocity_idx=[2, 3], radius_idx=4, dt=0.05,
+    )
+
+
+def random_obs(B: int, T: int, n: int = 4, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    obs = torch.zeros(B, T, n, 7)
+    obs[..., :2] = 0.1 + 0.8 * torch.rand(B, T, n, 2, generator=g)
+    obs[..., 2:4] = 0.5 * torch.randn(B, T, n, 2, generator=g)
+    obs[..., 4] = 0.06
+    obs[..., 0, 5] = 1.0
+    return obs
+
+
+def small_model(**kw) -> WorldModel:
+    torch.manual_seed(0)
+    cfg = ModelConfig(d=16, n_heads=2, **kw)
+    model = WorldModel(make_spec(), cfg)
+    # the obs head starts at zero ("nothing changes"); give it weights so tests see real outputs
+    torch.nn.init.normal_(model.obs_head.fc2.weight, std=0.5)
+    return model
+
+
+@pytest.mark.parametrize("B", [1, 3])
+@pytest.mark.parametrize("T", [1, 4])
+@pytest.mark.parametrize("depth", [1, 3])
+def test_shapes_and_dtypes(B, T, depth):
+    model = small_model().eval()
+    obs = random_obs(B, T + 1)
+    act = torch.rand(B, T, 2) * 2 - 1
+    state = model.initial(obs[:, 0])
+    state, ro = model.observe(state, act, obs[:, 1:], depth=depth)
+    assert ro.obs.shape == (B, T, 4, 7) and ro.obs.dtype == torch.float32
+    assert ro.reward.shape == (B, T) and ro.cont_logit.shape == (B, T)
+    assert ro.iterations.shape == (B, T) and bool((ro.iterations == depth).all())
+    state, ro = model.imagine(state, act, depth=depth)
+    assert ro.obs.shape == (B, T, 4, 7)
+    assert state.h.shape == (B, 4 + model.cfg.n_global, 16)
+
+
+def test_a_bar_in_open_unit_interval_for_random_parameters():
+    inj = DiagInjection(32)
+    for seed in range(20):
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            inj.a.copy_(torch.randn(32, generator=g) * 5)
+            inj.dt_raw.copy_(torch.randn(32, generator=g) * 5)
+        a_bar = inj.a_bar()
+        assert bool((a_bar > 0).all()) and bool((a_bar < 1).all())
+    assert math.isclose(float(DiagInjection(8).a_bar().detach()[0]), 0.45, rel_tol=1e-5)
+
+
+def test_looped_core_equals_weight_tied_unrolled_stack():
+    torch.manual_seed(0)
+    core = LoopedCore(d=16, n_heads=2, n_recurrent=2).eval()
+    e, z0 = torch.randn(3, 5, 16), torch.randn(3, 5, 16)
+    z, used = core.iterate(e, z0, torch.full((3,), 4))
+    ref = z0
+    for _ in range(4):  # by hand: inject, then the same two blocks each time
+        x = core.inject.a_bar() * ref + torch.nn.functional.softplus(core.inject.dt_raw) * (e @ core.inject.B.T)
+        for block in core.core.blocks:
+            x = block(x)
+        ref = x
+    torch.testing.assert_close(z, ref)
+    assert used.tolist() == [4, 4, 4]
+
+
+def test_per_sample_depths_equal_separate_runs():
+    torch.manual_seed(0)
+    core = LoopedCore(d=16, n_heads=2).eval()
+    e, z0 = torch.randn(3, 5, 16), torch.randn(3, 5, 16)
+    depth = torch.tensor([2, 5, 3])
+    z, used = core.iterate(e, z0, depth)
+    assert used.tolist() == [2, 5, 3]
+    for i in range(3):
+        zi, _ = core.iterate(e[i : i + 1], z0[i : i + 1], depth[i : i + 1])
+        torch.testing.assert_close(z[i : i + 1], zi)
+
+
+def test_no_gradient_reaches_iterations_before_the_window():
+    torch.manual_seed(0)
+    core = LoopedCore(d=16, n_heads=2).train()
+    e = torch.randn(2, 5, 16, requires_grad=True)
+    z0 = torch.randn(2, 5, 16, requires_grad=True)
+    z, _ = core.iterate(e, z0, torch.tensor([6, 2]), n_grad=2)
+    z.sum().backward()
+    # sample 0 ran 6 iterations, only the last 2 with gradient: z0 gets none; sample 1 ran 2: z0 gets some
+    assert float(z0.grad[0].abs().sum()) == 0.0
+    assert float(z0.grad[1].abs().sum()) > 0.0
+    # e's gradient for sample 0 equals a reference that runs 4 iterations without gradient, then 2 with
+    e_ref = e.detach().clone().requires_grad_(True)
+    with torch.no_grad():
+        zr = z0.detach()[:1]
+        for _ in range(4):
+            zr = core.recur(zr, e_ref[:1])
+    for _ in range(2):
+        zr = core.recur(zr, e_ref[:1])
+    zr.sum().backward()
+    torch.testing.assert_close(e.grad[0], e_ref.grad[0])
+
+
+def test_seeded_determinism_of_the_model():
+    def run():
+        model = small_model(mu_rec=3.0).train()
+        torch.manual_seed(1)
+        obs, act = random_obs(4, 6), torch.rand(4, 5, 2)
+        state = model.initial(obs[:, 0])
+        _, ro = model.observe(state, act, obs[:, 1:])
+        return ro.obs, ro.iterations
+
+    a, b = run(), run()
+    torch.testing.assert_close(a[0], b[0])
+    assert torch.equal(a[1], b[1])
+
+
+def test_training_depth_is_per_sample_poisson():
+    model = small_model(mu_rec=6.0)
+    torch.manual_seed(0)
+    d = model.sample_depth(4000, "cpu")
+    assert d.min() >= 1 and d.max() <= model.cfg.depth_max
+    assert abs(d.float().mean().item() - 6.0) < 0.2
+    assert d.unique().numel() > 5
+
+
+def test_batched_rollout_equals_per_sample_rollouts():
+    model = small_model().eval()
+    obs, act = random_obs(3, 2), torch.rand(3, 6, 2)
+    _, ro = model.imagine(model.initial(obs[:, 0]), act, depth=3)
+    for i in range(3):
+        _, ri = model.imagine(model.initial(obs[i : i + 1, 0]), act[i : i + 1], depth=3)
+        torch.testing.assert_close(ro.obs[i : i + 1], ri.obs, atol=1e-5, rtol=1e-5)
+
+
+def test_exit_rule_limits():
+    model = small_model().eval()
+    obs, act = random_obs(3, 2), torch.rand(3, 4, 2)
+    state = model.initial(obs[:, 0])
+    _, fixed = model.imagine(state, act, depth=6)
+    _, never = model.imagine(state, act, depth=6, exit_rule=make_exit_rule("delta", threshold=0.0))
+    _, always = model.imagine(state, act, depth=6, exit_rule=make_exit_rule("delta", threshold=1e9))
+    torch.testing.assert_close(fixed.obs, never.obs)
+    assert bool((never.iterations == 6).all())
+    assert bool((always.iterations == 1).all())
+    with pytest.raises(LoopWMError, match="unknown exit rule"):
+        make_exit_rule("nope")
+
+
+def test_halted_samples_are_frozen():
+    torch.manual_seed(0)
+    core = LoopedCore(d=16, n_heads=2).eval()
+    e, z0 = torch.randn(4, 5, 16), torch.randn(4, 5, 16)
+
+    class StopFirstAfterTwo(make_exit_rule("fixed").__class__):
+        def should_stop(self, t, z_prev, z_new, rows):
+            return (rows == 0) & torch.tensor(t + 1 >= 2)
+
+    z, used = core.iterate(e, z0, torch.full((4,), 5), exit_rule=StopFirstAfterTwo())
+    assert used.tolist() == [2, 5, 5, 5]
+    z2, _ = core.iterate(e[:1], z0[:1], torch.tensor([2]))
+    torch.testing.assert_close(z[:1], z2)
+
+
+def test_prediction_stays_inside_the_box():
+    model = small_model().eval()
+    with torch.no_grad():
+        model.obs_head.fc2.bias.fill_(50.0)  # absurd velocity changes
+    obs, act = random_obs(2, 2), torch.rand(2, 30, 2)
+    _, ro = model.imagine(model.initial(obs[:, 0]), act, depth=2)
+    pos, rad = ro.obs[..., :2], ro.obs[..., 4:5]
+    assert bool((pos - rad >= -1e-6).all()) and bool((pos + rad <= 1 + 1e-6).all())
+
+
+def test_checkpoint_round_trip_and_corruption(tmp_path):
+    model = small_model().eval()
+    save_checkpoint(tmp_path, 7, model, model.checkpoint_meta())
+    loaded, meta = load_model(tmp_path)
+    assert meta["step"] == 7
+    obs, act = random_obs(2, 2), torch.rand(2, 3, 2)
+    _, a = model.imagine(model.initial(obs[:, 0]), act, depth=2)
+    _, b = loaded.imagine(loaded.initial(obs[:, 0]), act, depth=2)
+    torch.testing.assert_close(a.obs, b.obs)
+    tensors_file = tmp_path / "checkpoints" / "step_00000007.safetensors"
+    data = bytearray(tensors_file.read_bytes())
+    data[-10] ^= 0xFF
+    tensors_file.write_bytes(bytes(data))
+    with pytest.raises(LoopWMError, match="corrupt"):
+        read_checkpoint(tmp_path / "checkpoints" / "step_00000007.json")
+    with pytest.raises(LoopWMError, match="no intact checkpoint"):
+        load_model(tmp_path)
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text(json.dumps({"hello": 1}))
+    with pytest.raises(LoopWMError, match="not a loopwm checkpoint"):
+        load_model(foreign)
+    with pytest.raises(LoopWMError, match="no such run"):
+        load_model(tmp_path / "missing")

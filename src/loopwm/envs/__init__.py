@@ -1,0 +1,73 @@
+"""The built-in world: a seeded 2D physics simulator with a Gymnasium interface.
+
+Importing this package registers the Gymnasium ids in ``ENV_IDS``; ``make_env`` builds one (or any
+other Gymnasium id) with errors that say what to do.
+
+    from loopwm.envs import make_env
+    env = make_env("loopwm/Cradle-v0", n_bodies=6, render_mode="rgb_array")
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+
+from loopwm.envs.physics import OBS_FEATURES, REGIMES, StepStats, World, WorldConfig
+from loopwm.envs.world_env import LoopWorldEnv, render_obs
+from loopwm.utils import LoopWMError
+
+__all__ = [
+    "DEFAULT_EPISODE_STEPS",
+    "ENV_IDS",
+    "OBS_FEATURES",
+    "REGIMES",
+    "LoopWorldEnv",
+    "StepStats",
+    "World",
+    "WorldConfig",
+    "make_env",
+    "render_obs",
+]
+
+DEFAULT_EPISODE_STEPS = 200
+"""Episode length of the registered ids (gymnasium's TimeLimit); override with max_episode_steps."""
+
+ENV_IDS: dict[str, str] = {
+    "loopwm/Balls-v0": "balls",
+    "loopwm/Cradle-v0": "cradle",
+    "loopwm/Chain-v0": "chain",
+    "loopwm/Mixed-v0": "mixed",
+}
+"""Registered Gymnasium ids and the regime each one presets."""
+
+for _env_id, _regime in ENV_IDS.items():
+    if _env_id not in gym.registry:  # importing twice (or reloading) must not re-register
+        gym.register(
+            id=_env_id,
+            entry_point="loopwm.envs.world_env:LoopWorldEnv",
+            kwargs={"regime": _regime},
+            max_episode_steps=DEFAULT_EPISODE_STEPS,
+        )
+
+# Gymnasium's "no such id" errors; anything else from gym.make is a real problem and passes through.
+_LOOKUP_ERRORS = (gym.error.NameNotFound, gym.error.NamespaceNotFound, gym.error.VersionNotFound,
+                  gym.error.UnregisteredEnv, gym.error.DeprecatedEnv)
+
+
+def make_env(env_id: str, **kwargs: Any) -> gym.Env:
+    """Make a Gymnasium environment by id, with a LoopWMError for ids that do not exist.
+
+    ``loopwm/...`` ids take ``WorldConfig`` fields as keyword arguments (``n_bodies=6``) plus
+    gymnasium's ``max_episode_steps`` and ``render_mode``. Other ids go to ``gymnasium.make``.
+    """
+    if not isinstance(env_id, str):
+        raise LoopWMError(f"env_id must be a string such as 'loopwm/Balls-v0', got {env_id!r}")
+    if env_id.startswith("loopwm/") and env_id not in ENV_IDS:
+        raise LoopWMError(f"unknown loopwm environment {env_id!r}: known ids are {', '.join(ENV_IDS)}")
+    try:
+        return gym.make(env_id, **kwargs)
+    except _LOOKUP_ERRORS as err:
+        raise LoopWMError(f"gymnasium does not know the environment {env_id!r} ({err}). Built-in ids are "
+                          f"{', '.join(ENV_IDS)}; for another id, install and import the package that "
+                          "registers it first") from err

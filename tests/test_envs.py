@@ -227,7 +227,7 @@ def test_registered_defaults_and_pass_through_kwargs():
     assert env.spec.max_episode_steps == 7 and make_env("loopwm/Balls-v0").spec.max_episode_steps == 200
     cfg = env.unwrapped.world_config
     assert (cfg.regime, cfg.n_bodies, cfg.dt) == ("cradle", 6, 0.02)
-    assert env.unwrapped.kinematics == {"position": [0, 1], "velocity": [2, 3], "dt": 0.02}
+    assert env.unwrapped.kinematics == {"position": [0, 1], "velocity": [2, 3], "radius": 4, "dt": 0.02}
     env.reset(seed=0)
     steps = 0
     while not env.step(env.action_space.sample())[3]:

@@ -72,8 +72,10 @@ class LoopWorldEnv(gym.Env):
 
     @property
     def kinematics(self) -> dict[str, Any]:
-        """Which observation columns are positions and velocities, and the timestep linking them."""
-        return {"position": list(POSITION_FEATURES), "velocity": list(VELOCITY_FEATURES), "dt": self.world_config.dt}
+        """Which observation columns are positions, velocities and the body radius, and the timestep
+        linking positions to velocities (x' = x + dt * v' holds exactly in this world)."""
+        return {"position": list(POSITION_FEATURES), "velocity": list(VELOCITY_FEATURES),
+                "radius": OBS_FEATURES.index("radius"), "dt": self.world_config.dt}
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)

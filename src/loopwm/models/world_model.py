@@ -45,9 +45,9 @@ class WorldSpec:
     obs_mean: list[float]
     """Per-feature mean of the observations (F,)."""
     obs_std: list[float]
-    """Per-feature standard deviation (F,); 0 marks a feature that never changes."""
+    """Per-feature standard deviation (F,) over time and bodies."""
     delta_std: list[float]
-    """Per-feature standard deviation of one-step changes (F,)."""
+    """Per-feature standard deviation of one-step changes (F,); 0 marks a feature that never changes."""
     obs_low: list[float | None]
     """Per-feature lower bound (None: unbounded)."""
     obs_high: list[float | None]
@@ -237,7 +237,9 @@ class WorldModel(nn.Module):
     def _register_norm_buffers(self, spec: WorldSpec) -> None:
         f32 = dict(dtype=torch.float32)
         std = torch.tensor(spec.obs_std, **f32)
-        dynamic = std > 1e-8
+        # a feature is dynamic if it changes over time; one that only differs between bodies
+        # (a radius, a "controlled" flag) is copied by every model and left out of the error
+        dynamic = (std > 1e-8) & (torch.tensor(spec.delta_std, **f32) > 1e-8)
         self.register_buffer("mean", torch.tensor(spec.obs_mean, **f32))
         self.register_buffer("std_safe", torch.where(dynamic, std, torch.ones_like(std)))
         self.register_buffer("dynamic", dynamic)

@@ -1,0 +1,59 @@
+"""The `loopwm` command. Each subcommand is a typed dataclass config; tyro turns it into flags.
+
+    loopwm demo     collect, train, evaluate and draw on the built-in world
+    loopwm collect  record episodes from an environment into a dataset folder
+    loopwm train    train (or resume) a looped world model on a dataset
+    loopwm eval     evaluate a run on held-out episodes (--json for machines)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import tyro
+
+from loopwm.utils import LoopWMError
+
+
+def main(argv: list[str] | None = None) -> int:
+    # heavy imports inside main so `loopwm --help` stays quick and import errors surface as messages
+    from loopwm.data import CollectConfig, collect
+    from loopwm.demo import DemoConfig, run_demo
+    from loopwm.eval.evaluate import EvalConfig, evaluate, format_table
+    from loopwm.train.loop import TrainConfig, train
+
+    commands = {
+        "demo": DemoConfig,
+        "collect": CollectConfig,
+        "train": TrainConfig,
+        "eval": EvalConfig,
+    }
+    cfg = tyro.extras.subcommand_cli_from_dict(commands, args=argv, prog="loopwm",
+                                               description="Looped World Models: train, evaluate and use learned simulators.")
+    try:
+        if isinstance(cfg, DemoConfig):
+            run_demo(cfg)
+        elif isinstance(cfg, CollectConfig):
+            path = collect(cfg)
+            print(f"dataset written to {path}")
+        elif isinstance(cfg, TrainConfig):
+            run = train(cfg)
+            print(f"run written to {run}")
+        elif isinstance(cfg, EvalConfig):
+            result = evaluate(cfg)
+            if cfg.json:
+                print(json.dumps(result))
+            else:
+                print(format_table(result))
+    except LoopWMError as err:
+        print(f"loopwm: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("loopwm: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

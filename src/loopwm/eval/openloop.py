@@ -1,0 +1,172 @@
+"""Open-loop evaluation: observe a context, imagine under the true actions, compare with the truth.
+
+Error is the normalised MSE: squared error divided by each feature's variance in the training
+data, averaged over entities and over the features that vary (static features are copied by every
+model and would only dilute the figure). Horizon h means h imagined steps after the last true
+observation. The same code scores the floors: copy the last observation, extrapolate at constant
+velocity, predict the training mean.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from loopwm.models.exits import make_exit_rule
+
+HORIZONS = (1, 2, 5, 10, 20, 30, 40, 50)
+
+
+@dataclass
+class OpenLoopResult:
+    errors: np.ndarray  # (H,) model error at horizons 1..H
+    floors: dict[str, np.ndarray]  # name -> (H,)
+    iterations: np.ndarray  # (W, H) loop iterations used per window and imagined step
+    windows: int
+
+
+def normalised_error(model, pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+    """Per-step error (B, T) from predictions and truth (B, T, N, F)."""
+    err = ((pred - true) / model.std_safe) ** 2 * model.dynamic  # (B, T, N, F)
+    return err.sum(-1).mean(-1) / model.dynamic.sum()  # (B, T)
+
+
+def floor_predictions(model, obs: torch.Tensor, context: int, horizon: int) -> dict[str, torch.Tensor]:
+    """Trivial predictors for obs[:, context + h], h = 1..horizon, from obs (B, L+1, N, F)."""
+    spec = model.spec
+    last = obs[:, context]  # (B, N, F)
+    hs = torch.arange(1, horizon + 1, device=obs.device, dtype=obs.dtype)[None, :, None, None]  # (1, H, 1, 1)
+    copy_last = last[:, None].expand(-1, horizon, -1, -1)  # (B, H, N, F)
+    if spec.kinematic:
+        const = copy_last.clone()
+        vel = last[..., spec.velocity_idx][:, None]  # (B, 1, N, P)
+        const[..., spec.position_idx] = last[..., spec.position_idx][:, None] + hs * spec.dt * vel
+    else:
+        prev = obs[:, max(context - 1, 0)]
+        const = last[:, None] + hs * (last - prev)[:, None]
+    mean = model.mean.expand_as(copy_last)
+    return {"copy_last": copy_last, "constant_velocity": const, "mean": mean}
+
+
+@torch.no_grad()
+def open_loop(model, ds, episodes, context: int = 4, horizon: int = 50, max_windows: int = 512,
+              depth: int | None = None, exit_rule=None, batch_size: int = 256, device="cpu") -> OpenLoopResult:
+    """Score `model` and the floors on windows of held-out `episodes` of dataset `ds`."""
+    windows = ds.windows(episodes, context + horizon)
+    if len(windows) == 0:
+        raise ValueError(f"held-out episodes are shorter than context + horizon = {context + horizon} steps")
+    windows = windows[np.unique(np.linspace(0, len(windows) - 1, min(max_windows, len(windows))).astype(int))]
+    sums = torch.zeros(horizon)
+    floor_sums = {}
+    iters = []
+    for i in range(0, len(windows), batch_size):
+        batch = ds.batch(windows[i : i + batch_size])
+        obs = model._as_entities(torch.as_tensor(batch["obs"], device=device).float())  # (B, L+1, N, F)
+        act = torch.as_tensor(batch["action"], device=device)  # (B, L, ...)
+        state = model.initial(obs[:, 0])
+        state, _ = model.observe(state, act[:, :context], obs[:, 1 : context + 1], depth=depth, exit_rule=exit_rule)
+        _, roll = model.imagine(state, act[:, context : context + horizon], depth=depth, exit_rule=exit_rule)
+        true = obs[:, context + 1 : context + horizon + 1]  # (B, H, N, F)
+        sums += normalised_error(model, roll.obs, true).sum(0).cpu()
+        for name, pred in floor_predictions(model, obs, context, horizon).items():
+            floor_sums[name] = floor_sums.get(name, 0) + normalised_error(model, pred, true).sum(0).cpu()
+        iters.append(roll.iterations.cpu().numpy())
+    n = len(windows)
+    return OpenLoopResult(
+        errors=(sums / n).numpy(),
+        floors={k: (v / n).numpy() for k, v in floor_sums.items()},
+        iterations=np.concatenate(iters, 0),
+        windows=n,
+    )
+
+
+@torch.no_grad()
+def real_vs_imagined(model, env_id: str, env_kwargs: dict, steps: int = 1000, context: int = 4, seed: int = 12345,
+                     depth: int | None = None, exit_rule=None, device="cpu") -> dict[str, np.ndarray]:
+    """Run the real world and the model side by side from the same start under the same actions.
+
+    The model observes the first `context` transitions, then imagines `steps` more. Returns true and
+    predicted observations (steps, N, F), the model's iterations per step, and the world's own
+    per-step difficulty (contacts, solver iterations) where it reports them.
+    """
+    from loopwm.envs import make_env
+
+    kwargs = {**env_kwargs, "max_episode_steps": steps + context + 1}
+    env = make_env(env_id, **kwargs)
+    obs, _ = env.reset(seed=seed)
+    env.action_space.seed(seed)
+    rng = np.random.default_rng(seed)
+    observations, actions, contacts, solver = [obs], [], [], []
+    smooth = None
+    for _ in range(steps + context):
+        if hasattr(env.action_space, "shape") and env.action_space.shape and np.issubdtype(env.action_space.dtype, np.floating):
+            # temporally correlated random actions: a fair test that exercises the pushed bodies
+            step_noise = rng.normal(size=env.action_space.shape)
+            smooth = step_noise if smooth is None else 0.8 * smooth + 0.6 * step_noise
+            action = np.clip(smooth, env.action_space.low, env.action_space.high).astype(env.action_space.dtype)
+        else:
+            action = env.action_space.sample()
+        obs, _, terminated, truncated, info = env.step(action)
+        observations.append(obs)
+        actions.append(action)
+        contacts.append(info.get("contacts", 0))
+        solver.append(info.get("solver_iterations", 0))
+        if terminated or truncated:
+            break
+    env.close()
+    obs_t = model._as_entities(torch.as_tensor(np.stack(observations), device=device).float())[None]  # (1, L+1, N, F)
+    act_t = torch.as_tensor(np.stack(actions), device=device)[None]  # (1, L, ...)
+    state = model.initial(obs_t[:, 0])
+    state, _ = model.observe(state, act_t[:, :context], obs_t[:, 1 : context + 1], depth=depth, exit_rule=exit_rule)
+    _, roll = model.imagine(state, act_t[:, context:], depth=depth, exit_rule=exit_rule)
+    return {
+        "true": obs_t[0, context + 1 :].cpu().numpy(),
+        "pred": roll.obs[0].cpu().numpy(),
+        "iterations": roll.iterations[0].cpu().numpy(),
+        "contacts": np.asarray(contacts[context:]),
+        "solver_iterations": np.asarray(solver[context:]),
+    }
+
+
+def rollout_stats(model, rollout: dict[str, np.ndarray]) -> dict[str, float]:
+    """Boundedness of a long imagined rollout against the true one."""
+    pred, true = rollout["pred"], rollout["true"]
+    dyn = model.dynamic.cpu().numpy()
+    mean, std = model.mean.cpu().numpy(), model.std_safe.cpu().numpy()
+    pn = ((pred - mean) / std)[..., dyn]
+    tn = ((true - mean) / std)[..., dyn]
+    stats = {
+        "rollout_steps": int(len(pred)),
+        "rollout_max_abs": float(np.abs(pred).max()),
+        "rollout_finite": bool(np.isfinite(pred).all()),
+        "rollout_std_ratio": float(pn.std() / max(tn.std(), 1e-12)),
+    }
+    spec = model.spec
+    if spec.kinematic:
+        low, high = model.low.cpu().numpy(), model.high.cpu().numpy()
+        pos = pred[..., spec.position_idx]
+        rad = pred[..., spec.radius_idx][..., None] if spec.radius_idx is not None else 0.0
+        lo, hi = low[spec.position_idx], high[spec.position_idx]
+        inside = (pos - rad >= lo - 1e-5) & (pos + rad <= hi + 1e-5)
+        stats["rollout_inside_box"] = float(inside.all(-1).mean())
+    return stats
+
+
+@torch.no_grad()
+def steps_per_second(model, obs0: torch.Tensor, action: torch.Tensor, n: int = 200, depth=None, exit_rule=None) -> float:
+    """Imagined steps per second at batch 1 (after a short warm-up)."""
+    state = model.initial(obs0[None])
+    for _ in range(10):
+        state, _ = model.step(state, action[None], depth, exit_rule)
+    state = model.initial(obs0[None])
+    start = time.perf_counter()
+    for _ in range(n):
+        state, _ = model.step(state, action[None], depth, exit_rule)
+    return n / (time.perf_counter() - start)
+
+
+def exit_rule_from(name: str, threshold: float):
+    return None if name == "fixed" else make_exit_rule(name, threshold)

@@ -1,0 +1,70 @@
+"""Every CLI command, smoke-run as a user would (subprocess), with tiny settings."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+TINY_MODEL = ["--model.d", "16", "--model.n-heads", "2", "--model.mu-rec", "2"]
+
+
+def loopwm(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "loopwm.cli", *args], capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"loopwm {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    loopwm("collect", "--env-id", "loopwm/Balls-v0", "--out", str(root / "data"), "--episodes", "6",
+           "--n-bodies", "4", "--max-episode-steps", "80")
+    loopwm("train", "--data", str(root / "data"), "--out", str(root / "run"), "--steps", "3", "--batch-size", "4",
+           "--no-progress", "--device", "cpu", *TINY_MODEL)
+    return root
+
+
+def test_help_lists_the_commands():
+    out = loopwm("--help").stdout
+    for command in ("demo", "collect", "train", "eval"):
+        assert command in out
+
+
+def test_eval_json_has_the_documented_fields(trained):
+    proc = loopwm("eval", str(trained / "run"), "--json", "--rollout-steps", "40", "--horizon", "20", "--max-windows", "8")
+    result = json.loads(proc.stdout)
+    assert isinstance(result["params"], int) and result["params"] > 0
+    assert set(result["open_loop_error"]) >= {"1", "10"}
+    assert set(result["floors"]) == {"copy_last", "constant_velocity", "mean"}
+    assert set(result["floors"]["copy_last"]) == set(result["open_loop_error"])
+    for key in ("iterations_per_step", "max_a_bar", "steps_per_second", "rollout_max_abs", "rollout_std_ratio"):
+        assert isinstance(result[key], float), key
+    assert 0 < result["max_a_bar"] < 1
+
+
+def test_eval_table_and_exit_rule(trained):
+    proc = loopwm("eval", str(trained / "run"), "--rollout-steps", "20", "--horizon", "10", "--max-windows", "4",
+                  "--exit", "delta", "--threshold", "1e9", "--depth", "5")
+    assert "copy_last" in proc.stdout
+
+
+def test_demo_tiny_writes_every_artifact(tmp_path):
+    out = tmp_path / "demo"
+    proc = loopwm("demo", "--tiny", "--out", str(out), "--no-progress", "--device", "cpu")
+    for name in ("config.json", "metrics.jsonl", "eval.json", "error_vs_horizon.png", "iterations.png", "real_vs_imagined.gif"):
+        assert (out / name).exists(), name
+    assert list((out / "checkpoints").glob("*.safetensors")) and list((out / "checkpoints").glob("*.json"))
+    assert "open-loop error at horizon  1" in proc.stdout and "parameters" in proc.stdout
+
+
+def test_errors_are_messages_not_tracebacks(tmp_path):
+    proc = loopwm("eval", str(tmp_path / "nothing-here"), "--json", check=False)
+    assert proc.returncode == 2 and "no such run" in proc.stderr and "Traceback" not in proc.stderr
+    proc = loopwm("collect", "--env-id", "NoSuchWorld-v9", "--out", str(tmp_path / "d"), "--episodes", "1", check=False)
+    assert proc.returncode == 2 and "NoSuchWorld-v9" in proc.stderr and "Traceback" not in proc.stderr
+    proc = loopwm("train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r"), check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr

@@ -1,0 +1,62 @@
+"""Open-loop scoring: the floors and the error measure behave as documented."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from loopwm.eval.openloop import floor_predictions, normalised_error, rollout_stats
+from tests.test_model import small_model
+
+
+def straight_line_episode(T: int = 8) -> torch.Tensor:
+    """Free flight of 4 bodies, no contacts: x_t = x_0 + t * dt * v."""
+    obs = torch.zeros(1, T + 1, 4, 7)
+    x0 = torch.tensor([[0.3, 0.3], [0.5, 0.6], [0.7, 0.4], [0.4, 0.8]])
+    v = torch.tensor([[0.1, 0.0], [0.0, -0.2], [-0.1, 0.1], [0.05, -0.05]])
+    for t in range(T + 1):
+        obs[0, t, :, :2] = x0 + t * 0.05 * v
+        obs[0, t, :, 2:4] = v
+    obs[..., 4] = 0.06
+    return obs
+
+
+def test_constant_velocity_floor_is_exact_in_free_flight_and_copy_last_is_not():
+    model = small_model()
+    obs = straight_line_episode()
+    floors = floor_predictions(model, obs, context=2, horizon=5)
+    true = obs[:, 3:8]
+    assert float(normalised_error(model, floors["constant_velocity"], true).max()) < 1e-10
+    copy = normalised_error(model, floors["copy_last"], true)[0]
+    assert bool((copy[1:] > copy[:-1]).all())  # grows with the horizon
+    assert floors["mean"].shape == true.shape
+
+
+def test_error_ignores_static_features_and_is_normalised():
+    model = small_model()
+    true = straight_line_episode()[:, :3]
+    pred = true.clone()
+    pred[..., 4] += 10.0  # the radius never varies in the data: not scored
+    assert float(normalised_error(model, pred, true).max()) == 0.0
+    pred = true.clone()
+    pred[..., 0] += model.std_safe[0]  # one std off in x for every body
+    n_dynamic = int(model.dynamic.sum())
+    torch.testing.assert_close(normalised_error(model, pred, true), torch.full((1, 3), 1.0 / n_dynamic))
+
+
+def test_rollout_stats_flag_collapse_and_escape():
+    model = small_model()
+    rng = np.random.default_rng(0)
+    true = np.zeros((200, 4, 7), np.float32)
+    true[..., :2] = rng.uniform(0.1, 0.9, (200, 4, 2))
+    true[..., 2:4] = rng.normal(0, 0.3, (200, 4, 2))
+    true[..., 4] = 0.06
+    collapsed = true.copy()
+    collapsed[..., :4] = true[..., :4].mean(axis=(0, 1))
+    stats = rollout_stats(model, {"true": true, "pred": collapsed})
+    assert stats["rollout_std_ratio"] < 0.1
+    escaped = true.copy()
+    escaped[..., 0] += 5.0
+    stats = rollout_stats(model, {"true": true, "pred": escaped})
+    assert stats["rollout_inside_box"] == 0.0 and stats["rollout_max_abs"] > 5
+    assert rollout_stats(model, {"true": true, "pred": true})["rollout_std_ratio"] == 1.0

@@ -1,0 +1,83 @@
+"""Training runs: outputs, resume after an interruption, refusal to mix configurations."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+import loopwm.train.loop as loop
+from loopwm.checkpoint import latest_checkpoint, model_state, read_checkpoint
+from loopwm.data import CollectConfig, collect
+from loopwm.models.world_model import ModelConfig
+from loopwm.train.loop import TrainConfig, train
+from loopwm.utils import LoopWMError
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "balls"
+    collect(CollectConfig(env_id="loopwm/Balls-v0", out=str(out), episodes=6, seed=0, n_bodies=4,
+                          max_episode_steps=40, progress=False))
+    return out
+
+
+def tiny_cfg(dataset, out, **kw) -> TrainConfig:
+    base = TrainConfig(data=str(dataset), out=str(out), model=ModelConfig(d=16, n_heads=2, mu_rec=2.0),
+                       steps=6, batch_size=4, context=2, horizon=3, warmup=2, eval_every=3, ckpt_every=2,
+                       obs_noise=0.01, val_fraction=0.2, progress=False, device="cpu")
+    return replace(base, **kw)
+
+
+def final_weights(run):
+    tensors, meta = read_checkpoint(latest_checkpoint(run))
+    return model_state(tensors), meta
+
+
+def test_run_directory_contents(dataset, tmp_path):
+    run = train(tiny_cfg(dataset, tmp_path / "run"))
+    assert json.loads((run / "config.json").read_text())["steps"] == 6
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert "val/obs" in records[2] and records[2]["loop/max_a_bar"] < 1
+    assert all(r["train/loss"] == r["train/loss"] for r in records)  # no NaN
+    assert sorted(p.suffix for p in (run / "checkpoints").iterdir()) == [".json", ".json", ".safetensors", ".safetensors"]
+
+
+def test_interrupted_run_resumes_to_the_same_result(dataset, tmp_path, monkeypatch):
+    straight, _ = final_weights(train(tiny_cfg(dataset, tmp_path / "straight")))
+
+    real_save = loop.save_checkpoint
+
+    def save_then_die(run_dir, step, *args, **kwargs):
+        path = real_save(run_dir, step, *args, **kwargs)
+        if step == 4:
+            raise KeyboardInterrupt  # killed right after the checkpoint at step 4
+        return path
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_cfg(dataset, tmp_path / "resumed"))
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    resumed, meta = final_weights(train(tiny_cfg(dataset, tmp_path / "resumed")))
+    assert meta["step"] == 6
+    for key in straight:
+        torch.testing.assert_close(straight[key], resumed[key], msg=key)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_refuses_a_different_configuration(dataset, tmp_path):
+    train(tiny_cfg(dataset, tmp_path / "run", steps=2))
+    with pytest.raises(LoopWMError, match="different configuration"):
+        train(tiny_cfg(dataset, tmp_path / "run", lr=0.5))
+    # more steps on the same configuration is a resume, not a conflict
+    train(tiny_cfg(dataset, tmp_path / "run", steps=4))
+    assert final_weights(tmp_path / "run")[1]["step"] == 4
+
+
+def test_windows_longer_than_episodes_give_a_clear_error(dataset, tmp_path):
+    with pytest.raises(LoopWMError, match="no training window"):
+        train(tiny_cfg(dataset, tmp_path / "run", horizon=100))

@@ -20,7 +20,7 @@ from loopwm.utils import atomic_write_json
 
 
 def demo_model() -> ModelConfig:
-    return ModelConfig(d=64, n_heads=4, mlp_ratio=4, mu_rec=4.0, n_grad=0, neighbours=3)
+    return ModelConfig(d=64, n_heads=4, mlp_ratio=4, mu_rec=2.0, n_grad=0, neighbours=3)
 
 
 @dataclass

@@ -250,7 +250,12 @@ def train(cfg: TrainConfig) -> Path:
     budget_s = cfg.minutes * 60.0
     t0 = time.time()
     board = _tensorboard_writer(run_dir) if cfg.tensorboard else None
-    bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=not cfg.progress, dynamic_ncols=True)
+    if budget_s > 0:  # a wall-clock budget: the bar counts seconds, so its ETA is the real one
+        bar = tqdm(total=budget_s, initial=min(elapsed_before, budget_s), desc="train", unit="s", disable=not cfg.progress,
+                   dynamic_ncols=True, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}s [{elapsed}<{remaining}{postfix}]")
+    else:
+        bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=not cfg.progress, dynamic_ncols=True)
+    first_step, t_rate = step, time.time()
     model.train()
     with open(metrics_path, "a", encoding="utf-8") as log:
         while step < cfg.steps:
@@ -271,8 +276,13 @@ def train(cfg: TrainConfig) -> Path:
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{info['loss']:.4f}", refresh=False)
+            if budget_s > 0:
+                bar.update(min(elapsed_before + time.time() - t0, budget_s) - bar.n)
+                bar.set_postfix(step=step, steps_per_s=f"{(step - first_step) / (time.time() - t_rate):.1f}",
+                                loss=f"{info['loss']:.4f}", refresh=False)
+            else:
+                bar.update(1)
+                bar.set_postfix(loss=f"{info['loss']:.4f}", refresh=False)
             record = {"step": step, "time": round(elapsed_before + time.time() - t0, 3), "lr": lr,
                       "grad_norm": float(grad_norm), **{f"train/{k}": v for k, v in info.items()}}
             if step % cfg.eval_every == 0 and len(val_windows) > 0:

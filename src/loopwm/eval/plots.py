@@ -43,15 +43,16 @@ def plot_error_vs_horizon(result: dict, path: str | Path, title: str = "") -> Pa
 def plot_iterations(rollout: dict[str, np.ndarray], path: str | Path, title: str = "") -> Path:
     """Loop iterations the model used per imagined step, with the world's own difficulty below."""
     plt = _plt()
-    iters = rollout["iterations"]
-    t = np.arange(1, len(iters) + 1)
+    shown = min(len(rollout["iterations"]), 300)  # a window short enough to see single events
+    iters = rollout["iterations"][:shown]
+    t = np.arange(1, shown + 1)
     fig, axes = plt.subplots(2, 1, figsize=(7, 4.5), dpi=120, sharex=True)
     axes[0].step(t, iters, where="mid", color="C3", lw=1)
     axes[0].set_ylabel("model loop\niterations")
     axes[0].set_ylim(0, max(iters.max(), 1) + 1)
-    axes[0].set_title(title or f"Loop iterations per step (mean {iters.mean():.2f})")
-    axes[1].step(t, rollout["solver_iterations"], where="mid", color="C0", lw=1, label="world solver iterations")
-    axes[1].step(t, rollout["contacts"], where="mid", color="C1", lw=1, alpha=0.7, label="world contacts")
+    axes[0].set_title(title or f"Loop iterations per imagined step (first {shown}; mean {iters.mean():.2f})")
+    axes[1].step(t, rollout["solver_iterations"][:shown], where="mid", color="C0", lw=1, label="world solver iterations")
+    axes[1].step(t, rollout["contacts"][:shown], where="mid", color="C1", lw=1, alpha=0.7, label="world contacts")
     axes[1].set_ylabel("ground-truth\ndifficulty")
     axes[1].set_xlabel("imagined step")
     axes[1].legend(fontsize=8, loc="upper right")
@@ -67,11 +68,17 @@ def save_side_by_side_gif(true_obs: np.ndarray, pred_obs: np.ndarray, path: str 
                           render: Callable[[np.ndarray], np.ndarray], fps: int = 20) -> Path:
     """GIF of the real world (left) and the model's imagined rollout (right), frame by frame."""
     import imageio.v2 as imageio
+    from PIL import Image, ImageDraw  # Pillow comes with matplotlib
 
     frames = []
-    for true, pred in zip(true_obs, pred_obs):
+    for step, (true, pred) in enumerate(zip(true_obs, pred_obs), start=1):
         left, right = render(true), render(pred)
         gap = np.full((left.shape[0], 4, 3), 255, dtype=np.uint8)
-        frames.append(np.concatenate([left, gap, right], axis=1))
+        body = np.concatenate([left, gap, right], axis=1)
+        header = Image.new("RGB", (body.shape[1], 14), (240, 240, 240))
+        draw = ImageDraw.Draw(header)
+        draw.text((3, 1), "real world", fill=(0, 0, 0))
+        draw.text((left.shape[1] + 7, 1), f"imagined, step {step}", fill=(180, 30, 30))
+        frames.append(np.concatenate([np.asarray(header), body], axis=0))
     imageio.mimsave(path, frames, duration=1.0 / fps, loop=0)
     return Path(path)

@@ -2,7 +2,7 @@
 
 Reading order: `WorldSpec` (what the model knows about the world's observations), `ModelConfig`,
 `EntityEncoder` (observation rows -> tokens, with features relative to neighbours and walls),
-`WorldModel` (one `step`; `observe` and `imagine` are loops over it).
+`WorldModel` (`initial` and one `step`; `observe` and `imagine` come from `Dynamics`).
 
 Observations are (B, N, F): N entities (one row per body), F features. A flat observation (F,) is
 treated as one entity. The latent state has one token per entity plus `n_global` global tokens, so
@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from loopwm.models.blocks import MLP
+from loopwm.models.dynamics import Dynamics, Rollout, State  # noqa: F401 - re-exported
 from loopwm.models.exits import ExitRule
 from loopwm.models.looped import LoopedCore
 from loopwm.utils import LoopWMError
@@ -117,26 +118,6 @@ class ModelConfig:
         return self.n_grad or max(1, math.ceil(self.mu_rec / 2))
 
 
-@dataclass
-class State:
-    """What a world model carries from one environment step to the next."""
-
-    h: torch.Tensor  # (B, N_h, d) coda output of the previous step
-    z: torch.Tensor | None  # (B, N_h, d) recurrent state to carry, or None
-    obs: torch.Tensor  # (B, N, F) current observation (true or predicted), raw units
-    real: bool  # whether `obs` was observed rather than predicted
-
-
-@dataclass
-class Rollout:
-    """Per-step outputs of `observe` / `imagine`, stacked over time."""
-
-    obs: torch.Tensor  # (B, T, N, F) predicted next observations
-    reward: torch.Tensor  # (B, T)
-    cont_logit: torch.Tensor  # (B, T) continuation logits
-    iterations: torch.Tensor  # (B, T) loop iterations used
-
-
 class EntityEncoder(nn.Module):
     """Observation rows -> tokens (B, N, d), each carrying features relative to its surroundings.
 
@@ -204,7 +185,7 @@ class EntityEncoder(nn.Module):
         return self.mlp(self.features(obs, norm, action_feat))  # (B, N, d)
 
 
-class WorldModel(nn.Module):
+class WorldModel(Dynamics, nn.Module):
     """A Looped World Model. Implements the `Dynamics` interface: initial / step / observe / imagine.
 
     Example:
@@ -359,34 +340,6 @@ class WorldModel(nn.Module):
             high[..., spec.position_idx] = high[..., spec.position_idx] - rad
         return torch.maximum(torch.minimum(pred, high), low)
 
-    def observe(
-        self, state: State, actions: torch.Tensor, next_obs: torch.Tensor, depth=None, exit_rule=None
-    ) -> tuple[State, Rollout]:
-        """Teacher forcing: T steps, each predicting next_obs[:, t] (B, T, ...) from the true past."""
-        next_obs = self._as_entities(next_obs).float()
-        outs = []
-        for t in range(actions.shape[1]):
-            state, out = self.step(state, actions[:, t], depth, exit_rule)
-            outs.append(out)
-            state = State(h=state.h, z=state.z, obs=next_obs[:, t], real=True)
-        return state, _stack(outs)
-
-    def imagine(self, state: State, actions: torch.Tensor, depth=None, exit_rule=None) -> tuple[State, Rollout]:
-        """Open loop: roll H steps forward under `actions` (B, H, ...) without observations."""
-        outs = []
-        for t in range(actions.shape[1]):
-            state, out = self.step(state, actions[:, t], depth, exit_rule)
-            outs.append(out)
-        return state, _stack(outs)
-
     def checkpoint_meta(self) -> dict:
         return {"kind": "looped", "spec": asdict(self.spec), "model": asdict(self.cfg)}
 
-
-def _stack(outs: list[dict[str, torch.Tensor]]) -> Rollout:
-    return Rollout(
-        obs=torch.stack([o["obs"] for o in outs], dim=1),  # (B, T, N, F)
-        reward=torch.stack([o["reward"] for o in outs], dim=1),  # (B, T)
-        cont_logit=torch.stack([o["cont_logit"] for o in outs], dim=1),  # (B, T)
-        iterations=torch.stack([o["iterations"] for o in outs], dim=1),  # (B, T)
-    )

@@ -81,3 +81,32 @@ def test_resume_refuses_a_different_configuration(dataset, tmp_path):
 def test_windows_longer_than_episodes_give_a_clear_error(dataset, tmp_path):
     with pytest.raises(LoopWMError, match="no training window"):
         train(tiny_cfg(dataset, tmp_path / "run", horizon=100))
+
+
+def test_a_run_killed_with_sigkill_resumes(dataset, tmp_path):
+    """A real kill -9 in the middle of training: re-running the same command finishes the run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "killed"
+    args = [sys.executable, "-m", "loopwm.cli", "train", "--data", str(dataset), "--out", str(run), "--steps", "400",
+            "--batch-size", "4", "--context", "2", "--horizon", "3", "--ckpt-every", "1", "--eval-every", "1000",
+            "--no-progress", "--device", "cpu", "--model.d", "16", "--model.n-heads", "2", "--model.mu-rec", "2"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and latest_checkpoint(run) is None:
+        time.sleep(0.2)
+    time.sleep(1.0)  # let it write a few more checkpoints, then kill it wherever it is
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = read_checkpoint(latest_checkpoint(run))[1]["step"]
+    assert 0 < killed_at < 400
+    args[args.index("--steps") + 1] = str(killed_at + 5)  # finish quickly: a few more steps
+    subprocess.run(args, check=True, capture_output=True, timeout=120)
+    tensors, meta = read_checkpoint(latest_checkpoint(run))
+    assert meta["step"] == killed_at + 5
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, killed_at + 6))

@@ -232,6 +232,8 @@ def train(cfg: TrainConfig) -> Path:
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.99))
     rng = np.random.default_rng(cfg.seed)
     step, elapsed_before = 0, 0.0
+    for stale in (run_dir / "checkpoints").glob(".*.tmp"):
+        stale.unlink()  # a temp file left by a killed write; the checkpoint it was for never counted
     found = latest_checkpoint(run_dir)
     if found is not None:
         tensors, meta = read_checkpoint(found)

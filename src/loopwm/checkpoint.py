@@ -152,11 +152,15 @@ def build_model(meta: dict[str, Any]) -> torch.nn.Module:
     from loopwm.models.world_model import ModelConfig, WorldModel, WorldSpec
 
     kind = meta.get("kind")
-    if kind == "looped":
-        try:
+    try:
+        if kind in ("looped", "deep"):
             return WorldModel(WorldSpec(**meta["spec"]), ModelConfig(**meta["model"]))
-        except TypeError as err:
-            raise LoopWMError(f"checkpoint model config does not match this loopwm version ({err})") from err
+        if kind == "rssm":
+            from loopwm.models.rssm import RSSM, RSSMConfig
+
+            return RSSM(WorldSpec(**meta["spec"]), RSSMConfig(**meta["model"]))
+    except TypeError as err:
+        raise LoopWMError(f"checkpoint model config does not match this loopwm version ({err})") from err
     raise LoopWMError(f"checkpoint holds a model of unknown kind {kind!r}")
 
 

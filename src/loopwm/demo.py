@@ -100,7 +100,8 @@ def summary(result: dict, files: dict, minutes: float) -> str:
     lines = ["", "loopwm demo finished in %.1f min" % minutes]
     for h in pick:
         lines.append(f"  open-loop error at horizon {h:>2}: {err[h]:.4f}  (best floor {best[h]:.4f}, ratio {err[h] / max(best[h], 1e-12):.2f})")
-    lines.append(f"  parameters: {result['params']:,}   loop iterations per step: {result['iterations_per_step']:.2f}   max A_bar: {result['max_a_bar']:.3f}")
+    a_bar = "n/a" if result["max_a_bar"] is None else f"{result['max_a_bar']:.3f}"
+    lines.append(f"  parameters: {result['params']:,}   loop iterations per step: {result['iterations_per_step']:.2f}   max A_bar: {a_bar}")
     if "rollout_std_ratio" in result:
         lines.append(f"  {result['rollout_steps']}-step imagined rollout: max |obs| {result['rollout_max_abs']:.3f}, "
                      f"std ratio {result['rollout_std_ratio']:.2f}, inside box {result.get('rollout_inside_box', 1.0):.3f}")

@@ -12,6 +12,7 @@ import tyro
 
 from loopwm.checkpoint import load_model
 from loopwm.data import TrajectoryDataset
+from loopwm.models.flops import count_step_flops
 from loopwm.eval.openloop import HORIZONS, exit_rule_from, open_loop, real_vs_imagined, rollout_stats, steps_per_second
 from loopwm.utils import LoopWMError, pick_device
 
@@ -69,7 +70,7 @@ def evaluate(cfg: EvalConfig, keep_rollout: bool = False) -> dict:
         "open_loop_error": {str(h): float(res.errors[h - 1]) for h in pick},
         "floors": {name: {str(h): float(v[h - 1]) for h in pick} for name, v in res.floors.items()},
         "iterations_per_step": float(res.iterations.mean()),
-        "max_a_bar": model.max_a_bar(),
+        "max_a_bar": _finite_or_none(model.max_a_bar()),
         "exit_rule": cfg.exit,
         "threshold": cfg.threshold,
         "depth": depth or model.cfg.resolved_eval_depth(),
@@ -78,6 +79,8 @@ def evaluate(cfg: EvalConfig, keep_rollout: bool = False) -> dict:
     best_floor = {str(h): min(out["floors"][f][str(h)] for f in out["floors"]) for h in pick}
     out["ratio_to_best_floor"] = {h: out["open_loop_error"][h] / max(best_floor[h], 1e-12) for h in best_floor}
     first = ds.episode(int(episodes[0]))
+    out["flops_per_step"] = count_step_flops(
+        model, torch.as_tensor(first["obs"][0], device=device), torch.as_tensor(first["action"][0], device=device), depth)
     out["steps_per_second"] = steps_per_second(
         model, model._as_entities(torch.as_tensor(first["obs"][0], device=device).float()),
         torch.as_tensor(first["action"][0], device=device), depth=depth, exit_rule=rule)
@@ -90,14 +93,19 @@ def evaluate(cfg: EvalConfig, keep_rollout: bool = False) -> dict:
     return out
 
 
+def _finite_or_none(x: float):
+    return x if x == x else None  # NaN (a model without A_bar) is not valid JSON
+
+
 def format_table(result: dict) -> str:
     hs = list(result["open_loop_error"])
     lines = [f"{'horizon':>10} " + " ".join(f"{h:>8}" for h in hs)]
     lines.append(f"{'model':>10} " + " ".join(f"{result['open_loop_error'][h]:8.4f}" for h in hs))
     for name, values in result["floors"].items():
         lines.append(f"{name[:10]:>10} " + " ".join(f"{values[h]:8.4f}" for h in hs))
+    a_bar = "n/a" if result["max_a_bar"] is None else f"{result['max_a_bar']:.3f}"
     lines.append(f"params {result['params']:,}  iterations/step {result['iterations_per_step']:.2f}  "
-                 f"max A_bar {result['max_a_bar']:.3f}  batch-1 steps/s {result['steps_per_second']:.0f}")
+                 f"max A_bar {a_bar}  batch-1 steps/s {result['steps_per_second']:.0f}  FLOPs/step {result['flops_per_step']:,}")
     if "rollout_max_abs" in result:
         lines.append(f"{result['rollout_steps']}-step rollout: max |obs| {result['rollout_max_abs']:.3f}, "
                      f"std ratio {result['rollout_std_ratio']:.3f}, inside box {result.get('rollout_inside_box', float('nan')):.3f}")

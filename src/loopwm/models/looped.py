@@ -160,3 +160,20 @@ class LoopedCore(nn.Module):
 
     def max_a_bar(self) -> float:
         return float(self.inject.a_bar().detach().max())
+
+
+class DeepCore(LoopedCore):
+    """The fixed-depth baseline: the same prelude and coda, with the shared block replaced by
+    `n_blocks` distinct blocks applied once each (no injection, no loop, no state to carry)."""
+
+    def __init__(self, d: int, n_heads: int, n_blocks: int, n_prelude: int = 1, n_coda: int = 1, mlp_ratio: int = 4):
+        super().__init__(d, n_heads, n_prelude, 0, n_coda, mlp_ratio)
+        del self.inject  # no recurrence: nothing to inject into
+        self.core = Stack(n_blocks, d, n_heads, mlp_ratio)
+
+    def iterate(self, e, z, depth, n_grad=None, exit_rule=None):
+        used = torch.full((e.shape[0],), len(self.core.blocks), dtype=torch.long, device=e.device)
+        return self.core(e), used  # (B, N_h, d)
+
+    def max_a_bar(self) -> float:
+        return float("nan")  # no retention matrix in a fixed-depth stack

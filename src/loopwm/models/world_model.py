@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from loopwm.models.blocks import MLP
 from loopwm.models.dynamics import Dynamics, Rollout, State  # noqa: F401 - re-exported
 from loopwm.models.exits import ExitRule
-from loopwm.models.looped import LoopedCore
+from loopwm.models.looped import DeepCore, LoopedCore
 from loopwm.utils import LoopWMError
 
 BIG = 1e6  # stands in for an infinite observation bound when clamping
@@ -79,6 +79,9 @@ class WorldSpec:
 class ModelConfig:
     """Looped world model architecture."""
 
+    kind: str = "looped"
+    """"looped" (one shared block run in a loop) or "deep" (the fixed-depth baseline: `n_deep`
+    distinct blocks in its place, same encoder, prelude, coda and heads)."""
     d: int = 64
     """Token width."""
     n_heads: int = 4
@@ -110,6 +113,8 @@ class ModelConfig:
     learned no-observation token ("latent")."""
     init_decay: float = 0.45
     """Initial value of every entry of A_bar."""
+    n_deep: int = 4
+    """Distinct blocks replacing the shared one when kind is "deep"."""
 
     def resolved_eval_depth(self) -> int:
         return self.eval_depth or max(1, round(self.mu_rec))
@@ -206,7 +211,12 @@ class WorldModel(Dynamics, nn.Module):
         self.action_token = nn.Linear(n_act, d)
         self.global_embed = nn.Parameter(torch.randn(cfg.n_global, d) * 0.02)
         self.no_obs = nn.Parameter(torch.randn(d) * 0.02)  # imagination mode: "no observation"
-        self.core = LoopedCore(d, cfg.n_heads, cfg.n_prelude, cfg.n_recurrent, cfg.n_coda, cfg.mlp_ratio, cfg.init_decay)
+        if cfg.kind == "looped":
+            self.core = LoopedCore(d, cfg.n_heads, cfg.n_prelude, cfg.n_recurrent, cfg.n_coda, cfg.mlp_ratio, cfg.init_decay)
+        elif cfg.kind == "deep":
+            self.core = DeepCore(d, cfg.n_heads, cfg.n_deep, cfg.n_prelude, cfg.n_coda, cfg.mlp_ratio)
+        else:
+            raise LoopWMError(f"unknown model kind {cfg.kind!r}: use 'looped' or 'deep' (or the RSSM baseline)")
         self.obs_head = MLP(d, d, spec.n_features)
         self.reward_head = MLP(d, d, 1)
         self.cont_head = MLP(d, d, 1)
@@ -341,5 +351,5 @@ class WorldModel(Dynamics, nn.Module):
         return torch.maximum(torch.minimum(pred, high), low)
 
     def checkpoint_meta(self) -> dict:
-        return {"kind": "looped", "spec": asdict(self.spec), "model": asdict(self.cfg)}
+        return {"kind": self.cfg.kind, "spec": asdict(self.spec), "model": asdict(self.cfg)}
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from loopwm.checkpoint import latest_checkpoint, model_state, read_checkpoint, restore_optimizer, save_checkpoint
 from loopwm.data import TrajectoryDataset
+from loopwm.models import build_model
 from loopwm.models.world_model import ModelConfig, WorldModel, WorldSpec
 from loopwm.utils import LoopWMError, atomic_write_json, atomic_write_text, pick_device, seed_everything
 
@@ -36,7 +37,7 @@ class TrainConfig:
     out: str = "runs/balls"
     """Run directory (config.json, metrics.jsonl, checkpoints/). Re-running resumes it."""
     model: ModelConfig = field(default_factory=ModelConfig)
-    """Model architecture."""
+    """Model architecture (kind: looped, or deep for the fixed-depth baseline)."""
     steps: int = 20_000
     """Gradient steps (an upper bound when `minutes` is set)."""
     minutes: float = 0.0
@@ -161,9 +162,11 @@ def sequence_loss(model: WorldModel, batch: dict[str, torch.Tensor], cfg: TrainC
         noise = torch.randn(obs.shape, device=obs.device, generator=gen) * cfg.obs_noise * model.std_safe * model.dynamic
         inputs = obs + noise
     state = model.initial(inputs[:, 0])
-    preds, rewards, conts = [], [], []
+    preds, rewards, conts, aux = [], [], [], []
     for t in range(L):
         state, out = model.step(state, actions[:, t])
+        if "aux_loss" in out:  # model-specific terms, e.g. the RSSM's KL and reconstruction
+            aux.append(out["aux_loss"])
         preds.append(out["obs"])
         rewards.append(out["reward"])
         conts.append(out["cont_logit"])
@@ -178,8 +181,11 @@ def sequence_loss(model: WorldModel, batch: dict[str, torch.Tensor], cfg: TrainC
     cont_target = 1.0 - batch["terminated"].float()
     cont_loss = F.binary_cross_entropy_with_logits(torch.stack(conts, 1), cont_target)
     loss = obs_loss + cfg.reward_weight * reward_loss + cfg.cont_weight * cont_loss
+    aux_loss = torch.stack(aux).sum() / L if aux else torch.zeros(())
+    loss = loss + aux_loss
     per_step = err.sum(-1).mean(dim=(0, 2)) / model.dynamic.sum()  # (L,)
     return loss, {"loss": loss.item(), "obs": obs_loss.item(), "reward": reward_loss.item(), "cont": cont_loss.item(),
+                  "aux": aux_loss.item(),
                   "obs_first": per_step[0].item(), "obs_last": per_step[-1].item()}
 
 
@@ -228,7 +234,7 @@ def train(cfg: TrainConfig) -> Path:
 
     seed_everything(cfg.seed)
     spec = world_spec_from_data(ds, train_idx)
-    model = WorldModel(spec, cfg.model).to(device)
+    model = build_model(spec, cfg.model).to(device)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.99))
     rng = np.random.default_rng(cfg.seed)
     step, elapsed_before = 0, 0.0
@@ -313,6 +319,6 @@ def validate(model: WorldModel, ds: TrajectoryDataset, windows: np.ndarray, cfg:
     model.eval()
     pick = windows[np.linspace(0, len(windows) - 1, min(n, len(windows))).astype(int)]
     batch = to_tensors(ds.batch(pick), device)
-    quiet = TrainConfig(**{**asdict(cfg), "model": cfg.model, "obs_noise": 0.0})
+    quiet = replace(cfg, obs_noise=0.0)
     _, info = sequence_loss(model, batch, quiet)
     return {f"val/{k}": v for k, v in info.items()}

@@ -68,3 +68,18 @@ def test_errors_are_messages_not_tracebacks(tmp_path):
     assert proc.returncode == 2 and "NoSuchWorld-v9" in proc.stderr and "Traceback" not in proc.stderr
     proc = loopwm("train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r"), check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_bench_quick_writes_rows_table_and_plots(tmp_path):
+    out = tmp_path / "bench"
+    loopwm("bench", "--quick", "--out", str(out), "--steps", "3", "--minutes", "0.01", "--episodes", "8",
+           "--horizon", "12", "--no-progress", "--device", "cpu")
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    required = {"model", "world", "seed", "horizon", "error", "params", "flops_per_step", "iterations",
+                "steps_per_s_b1", "steps_per_s_b256", "budget"}
+    assert rows and all(required <= set(r) for r in rows)
+    assert {r["budget"] for r in rows} == {"steps", "wallclock"}
+    assert {r["model"] for r in rows} >= {"looped", "deep-4"}
+    assert {r["horizon"] for r in rows} == set(range(1, 13))
+    for name in ("table.md", "error_vs_horizon.png", "param_efficiency.png", "depth_scaling.png", "compute.png"):
+        assert (out / name).exists(), name

@@ -4,6 +4,7 @@
     loopwm collect  record episodes from an environment into a dataset folder
     loopwm train    train (or resume) a looped world model on a dataset
     loopwm eval     evaluate a run on held-out episodes (--json for machines)
+    loopwm bench    train and score the looped model against baselines on the same data
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from loopwm.utils import LoopWMError
 
 def main(argv: list[str] | None = None) -> int:
     # heavy imports inside main so `loopwm --help` stays quick and import errors surface as messages
+    from loopwm.bench import BenchConfig, run_bench
     from loopwm.data import CollectConfig, collect
     from loopwm.demo import DemoConfig, run_demo
     from loopwm.eval.evaluate import EvalConfig, evaluate, format_table
@@ -28,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         "collect": CollectConfig,
         "train": TrainConfig,
         "eval": EvalConfig,
+        "bench": BenchConfig,
     }
     cfg = tyro.extras.subcommand_cli_from_dict(commands, args=argv, prog="loopwm",
                                                description="Looped World Models: train, evaluate and use learned simulators.")
@@ -40,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         elif isinstance(cfg, TrainConfig):
             run = train(cfg)
             print(f"run written to {run}")
+        elif isinstance(cfg, BenchConfig):
+            print(f"results written to {run_bench(cfg)}")
         elif isinstance(cfg, EvalConfig):
             result = evaluate(cfg)
             if cfg.json:

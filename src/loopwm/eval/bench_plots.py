@@ -1,0 +1,83 @@
+"""The benchmark's four figures, drawn from its result rows only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from loopwm.eval.plots import _plt
+
+
+def _mean_curve(rows, world, budget, model, key="error"):
+    sel = [r for r in rows if (r["world"], r["budget"], r["model"]) == (world, budget, model)]
+    hs = sorted({r["horizon"] for r in sel})
+    return np.array(hs), np.array([np.mean([r[key] for r in sel if r["horizon"] == h]) for h in hs])
+
+
+def plot_all(rows: list[dict], depth_rows: list[dict], out: Path) -> list[Path]:
+    plt = _plt()
+    paths = []
+    worlds = sorted({r["world"] for r in rows})
+    budget = "steps" if any(r["budget"] == "steps" for r in rows) else rows[0]["budget"]
+    models = sorted({r["model"] for r in rows}, key=lambda m: (m != "looped", m))
+
+    # 1. open-loop error versus horizon, per regime
+    fig, axes = plt.subplots(1, len(worlds), figsize=(5.5 * len(worlds), 4), dpi=110, squeeze=False)
+    for ax, world in zip(axes[0], worlds):
+        for m in models:
+            hs, err = _mean_curve(rows, world, budget, m)
+            ax.plot(hs, err, lw=2.2 if m == "looped" else 1.2, color="C3" if m == "looped" else None, label=m)
+        sel = [r for r in rows if r["world"] == world and r["budget"] == budget]
+        for key, ls in (("floor_copy_last", "--"), ("floor_constant_velocity", "-."), ("floor_mean", ":")):
+            hs = sorted({r["horizon"] for r in sel})
+            ax.plot(hs, [np.mean([r[key] for r in sel if r["horizon"] == h]) for h in hs], "k", ls=ls, lw=1, label=key[6:])
+        ax.set_yscale("log"), ax.set_title(f"{world} (equal {budget})"), ax.set_xlabel("horizon"), ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("normalised MSE"), axes[0][-1].legend(fontsize=7)
+    fig.tight_layout(), fig.savefig(out / "error_vs_horizon.png"), plt.close(fig)
+    paths.append(out / "error_vs_horizon.png")
+
+    # 2. parameter efficiency: horizon-10 error against parameters
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    for world in worlds:
+        pts = []
+        for m in models:
+            sel = [r for r in rows if r["world"] == world and r["budget"] == budget and r["model"] == m and r["horizon"] == 10]
+            if sel:
+                pts.append((sel[0]["params"], np.mean([r["error"] for r in sel]), m))
+        deep = sorted(p for p in pts if p[2].startswith("deep"))
+        ax.plot([p[0] for p in deep], [p[1] for p in deep], "o-", label=f"{world}: deep transformers")
+        for p in pts:
+            if p[2] == "looped":
+                ax.plot(p[0], p[1], "*", ms=14, label=f"{world}: looped (one shared block)")
+    ax.set_xscale("log"), ax.set_xlabel("parameters"), ax.set_ylabel("error at horizon 10"), ax.grid(alpha=0.3)
+    ax.legend(fontsize=7), ax.set_title("Parameter efficiency")
+    fig.tight_layout(), fig.savefig(out / "param_efficiency.png"), plt.close(fig)
+    paths.append(out / "param_efficiency.png")
+
+    # 3. iterative latent depth: error versus test-time iterations of one trained looped model
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    for world in worlds:
+        sel = [r for r in depth_rows if r["world"] == world]
+        depths = sorted({r["depth"] for r in sel})
+        ax.plot(depths, [np.mean([r["error_h10"] for r in sel if r["depth"] == d]) for d in depths], "o-", label=world)
+    ax.set_xlabel("test-time loop iterations"), ax.set_ylabel("error at horizon 10"), ax.grid(alpha=0.3)
+    ax.legend(fontsize=8), ax.set_title("Iterative latent depth (one trained looped model)")
+    fig.tight_layout(), fig.savefig(out / "depth_scaling.png"), plt.close(fig)
+    paths.append(out / "depth_scaling.png")
+
+    # 4. compute: FLOPs per step and measured speed
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    world = worlds[0]
+    firsts = [next(r for r in rows if r["world"] == world and r["model"] == m) for m in models]
+    x = np.arange(len(models))
+    axes[0].bar(x, [r["flops_per_step"] for r in firsts], color=["C3" if m == "looped" else "C0" for m in models])
+    axes[0].set_ylabel("FLOPs per imagined step (batch 1)")
+    axes[1].bar(x - 0.2, [r["steps_per_s_b1"] for r in firsts], 0.4, label="batch 1")
+    axes[1].bar(x + 0.2, [r["steps_per_s_b256"] / 256 for r in firsts], 0.4, label="batch 256 (/256)")
+    axes[1].set_ylabel("imagined steps per second"), axes[1].legend(fontsize=8)
+    for ax in axes:
+        ax.set_xticks(x, models, rotation=30, fontsize=8), ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(f"Compute per step ({world})"), fig.tight_layout(), fig.savefig(out / "compute.png"), plt.close(fig)
+    paths.append(out / "compute.png")
+    return paths

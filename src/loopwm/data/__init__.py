@@ -1,7 +1,19 @@
-"""Trajectory data: collection from any Gymnasium environment, shards + manifest, validated loading."""
+"""Trajectory data: collection from any Gymnasium environment, shards + manifest, validated loading.
 
-from loopwm.data.collect import POLICIES, CollectConfig, collect, make_policy, run_episode
-from loopwm.data.shards import SCHEMA_VERSION, TrajectoryDataset, describe_space
+    from loopwm.data import CollectConfig, collect, TrajectoryDataset
+    path = collect(CollectConfig(env_id="Pendulum-v1", out="data/pendulum", episodes=20, policy="smooth"))
+    ds = TrajectoryDataset.load(path)            # validated; everything held in memory
+    train_idx, val_idx = ds.split(0.1)
+    batch = ds.batch(ds.windows(train_idx, 8)[:32])
 
-__all__ = ["POLICIES", "SCHEMA_VERSION", "CollectConfig", "TrajectoryDataset", "collect", "describe_space",
-           "make_policy", "run_episode"]
+The storage format is described in `loopwm.data.shards`.
+"""
+
+from loopwm.data.collect import (POLICIES, CollectConfig, MixedPolicy, Policy, RandomPolicy, SeekPolicy, SmoothPolicy,
+                                 collect, episode_seeds, make_policy, run_episode)
+from loopwm.data.shards import (FORMAT, SCHEMA_VERSION, TrajectoryDataset, decode_bounds, describe_space,
+                                encode_bounds, load_dataset, space_from_description)
+
+__all__ = ["FORMAT", "POLICIES", "SCHEMA_VERSION", "CollectConfig", "MixedPolicy", "Policy", "RandomPolicy",
+           "SeekPolicy", "SmoothPolicy", "TrajectoryDataset", "collect", "decode_bounds", "describe_space",
+           "encode_bounds", "episode_seeds", "load_dataset", "make_policy", "run_episode", "space_from_description"]

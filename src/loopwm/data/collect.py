@@ -1,19 +1,27 @@
-"""Collect episodes from an environment into a dataset folder, with progress bars and resume.
+"""Collect episodes from an environment into a dataset folder, with a progress bar and resume.
 
-Episode e is generated from seeds derived from (seed, e) alone, so collecting 100 episodes, stopping,
-and collecting again up to 200 gives exactly the data of one uninterrupted 200-episode run.
+Episode e is generated from seeds derived from (seed, e) alone (`episode_seeds`), so collecting 100
+episodes, stopping (or being killed), and collecting again up to 200 gives exactly the data of one
+uninterrupted 200-episode run.
+
+    from loopwm.data import CollectConfig, collect
+    collect(CollectConfig(env_id="Pendulum-v1", out="data/pendulum", episodes=50, policy="smooth"))
+    collect(env_id="Pendulum-v1", out="data/pendulum", episodes=50)        # the same, with keywords
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from loopwm import __version__
-from loopwm.data.shards import FORMAT, SCHEMA_VERSION, describe_space, read_manifest, write_manifest, write_shard
+from loopwm.data.shards import (FORMAT, MANIFEST, SCHEMA_VERSION, describe_space, read_manifest, shard_name,
+                                write_manifest, write_shard)
 from loopwm.utils import LoopWMError
 
 
@@ -24,62 +32,115 @@ class CollectConfig:
     env_id: str = "loopwm/Balls-v0"
     """Gymnasium id: a built-in world (loopwm/Balls-v0, Cradle-v0, Chain-v0, Mixed-v0) or any registered id."""
     out: str = "data/balls"
-    """Dataset folder to create or continue."""
+    """Dataset folder to create or continue (same settings only)."""
     episodes: int = 200
-    """Total episodes the folder should hold."""
+    """Total episodes the folder should hold; episodes already there are kept and not collected again."""
     policy: str = "mixed"
     """Behaviour policy: random, smooth, seek or mixed (a random one of the others per episode)."""
     seed: int = 0
-    """Seed of the whole collection; episode e depends only on (seed, e)."""
+    """Seed of the whole collection (>= 0); episode e depends only on (seed, e)."""
     shard_episodes: int = 50
-    """Episodes per shard file."""
+    """Episodes per shard file; the manifest is updated after each shard."""
     n_bodies: int | None = None
-    """Bodies in a built-in world (passed to the environment when set)."""
+    """Bodies in a built-in world (passed to the environment as n_bodies when set)."""
     max_episode_steps: int | None = None
-    """Episode length cap (passed to the environment when set)."""
+    """Episode length limit, passed to the environment (gymnasium's TimeLimit) when set."""
+    max_steps: int | None = None
+    """Cap on steps per episode applied by the collector; a capped episode's last step is marked truncated."""
     progress: bool = True
-    """Show a progress bar."""
+    """Show a progress bar (episodes, rate, ETA)."""
 
 
 # ----- behaviour policies: reset(rng) at episode start, then __call__(obs, rng) -> action -----
-class RandomPolicy:
-    name = "random"
+def _is_discrete(space) -> bool:
+    from gymnasium import spaces
+
+    return isinstance(space, spaces.Discrete)
+
+
+def _box_centre_scale(space) -> tuple[np.ndarray, np.ndarray]:
+    """Centre and half-width of each action dimension; unbounded sides count as a unit scale."""
+    low, high = np.asarray(space.low, np.float64), np.asarray(space.high, np.float64)
+    lo_ok, hi_ok = np.isfinite(low), np.isfinite(high)
+    both = lo_ok & hi_ok
+    low, high = np.where(lo_ok, low, 0.0), np.where(hi_ok, high, 0.0)  # no inf arithmetic below
+    centre = np.where(both, (low + high) / 2, np.where(lo_ok, low + 1.0, np.where(hi_ok, high - 1.0, 0.0)))
+    scale = np.where(both, (high - low) / 2, 1.0)
+    return centre, scale
+
+
+class Policy:
+    """Base class: `reset(rng)` at the start of each episode, then `policy(obs, rng) -> action`."""
+
+    name = "base"
 
     def __init__(self, space):
+        from gymnasium import spaces
+
+        if not isinstance(space, (spaces.Box, spaces.Discrete)):
+            raise LoopWMError(f"policies act in Box or Discrete action spaces, not {space}")
         self.space = space
 
-    def reset(self, rng):
+    def reset(self, rng: np.random.Generator) -> None:
         pass
 
+    def __call__(self, obs, rng: np.random.Generator):
+        raise NotImplementedError
+
+    def _to_box(self, x: np.ndarray) -> np.ndarray:
+        x = np.clip(x, self.space.low, self.space.high)
+        if np.issubdtype(self.space.dtype, np.integer):
+            x = np.rint(x)
+        return x.astype(self.space.dtype)
+
+
+class RandomPolicy(Policy):
+    """Independent uniform samples of the action space (normal/exponential along unbounded sides)."""
+
+    name = "random"
+
     def __call__(self, obs, rng):
-        if hasattr(self.space, "n"):
-            return int(rng.integers(self.space.n))
-        return rng.uniform(self.space.low, self.space.high).astype(self.space.dtype)
+        if _is_discrete(self.space):
+            return int(self.space.start + rng.integers(self.space.n))
+        low, high = np.asarray(self.space.low, np.float64), np.asarray(self.space.high, np.float64)
+        lo_ok, hi_ok = np.isfinite(low), np.isfinite(high)
+        shape = self.space.shape
+        low, high = np.where(lo_ok, low, 0.0), np.where(hi_ok, high, 1.0)
+        x = np.where(lo_ok & hi_ok, rng.uniform(low, high, size=shape),
+                     np.where(lo_ok, low + rng.exponential(size=shape),
+                              np.where(hi_ok, high - rng.exponential(size=shape), rng.normal(size=shape))))
+        return self._to_box(x)
 
 
-class SmoothPolicy(RandomPolicy):
-    """Temporally correlated random actions (an Ornstein-Uhlenbeck-like process), clipped to the box."""
+class SmoothPolicy(Policy):
+    """Temporally correlated random actions: an Ornstein-Uhlenbeck-like process clipped to the box
+    (x <- 0.9 x + sqrt(1 - 0.81) * 0.5 * noise, scaled to the box's half-width); for Discrete spaces,
+    the last action is kept with probability 0.8."""
 
     name = "smooth"
+    theta, sigma, keep = 0.9, 0.5, 0.8
 
     def reset(self, rng):
         self.x = None
 
     def __call__(self, obs, rng):
-        if hasattr(self.space, "n"):
-            if self.x is None or rng.random() > 0.8:
-                self.x = int(rng.integers(self.space.n))
+        if _is_discrete(self.space):
+            if self.x is None or rng.random() >= self.keep:
+                self.x = int(self.space.start + rng.integers(self.space.n))
             return self.x
-        noise = rng.normal(size=self.space.shape)
-        self.x = noise if self.x is None else 0.8 * self.x + 0.6 * noise
-        return np.clip(self.x, self.space.low, self.space.high).astype(self.space.dtype)
+        noise = self.sigma * rng.normal(size=self.space.shape)
+        self.x = noise if self.x is None else self.theta * self.x + np.sqrt(1 - self.theta**2) * noise
+        centre, scale = _box_centre_scale(self.space)
+        return self._to_box(centre + scale * self.x)
 
 
 class SeekPolicy(SmoothPolicy):
-    """Scripted, for the built-in world: push the controlled body toward another body, so that the
-    data holds many collisions the agent caused. Falls back to smooth noise on other worlds."""
+    """Scripted, for the built-in world ((N, 7) observations, 2D force): push the controlled body
+    (feature 5 == 1) toward another body chosen at random, changing target every ~20 steps, with
+    noise. The data then holds many collisions the agent caused. Elsewhere it acts like `smooth`."""
 
     name = "seek"
+    noise = 0.3
 
     def reset(self, rng):
         super().reset(rng)
@@ -87,31 +148,32 @@ class SeekPolicy(SmoothPolicy):
 
     def __call__(self, obs, rng):
         obs = np.asarray(obs)
-        if obs.ndim != 2 or obs.shape[1] != 7 or self.space.shape != (2,):
+        if (_is_discrete(self.space) or tuple(self.space.shape) != (2,) or obs.ndim != 2 or obs.shape[1] != 7
+                or obs.shape[0] < 2):
             return super().__call__(obs, rng)
         controlled = np.flatnonzero(obs[:, 5] > 0.5)
-        others = np.flatnonzero(obs[:, 5] <= 0.5)
-        if len(controlled) == 0 or len(others) == 0:
+        if len(controlled) == 0:
             return super().__call__(obs, rng)
-        me = obs[controlled[0], :2]
-        if self.target is None or self.until <= 0:
-            self.target, self.until = int(rng.choice(others)), int(rng.integers(10, 30))
+        me = int(controlled[0])
+        others = np.flatnonzero(np.arange(len(obs)) != me)
+        if self.target is None or self.until <= 0 or self.target >= len(obs):
+            self.target, self.until = int(rng.choice(others)), int(rng.integers(15, 26))
         self.until -= 1
-        direction = obs[self.target, :2] - me
-        push = direction / (np.linalg.norm(direction) + 1e-6) + 0.3 * rng.normal(size=2)
-        return np.clip(push, self.space.low, self.space.high).astype(self.space.dtype)
+        direction = obs[self.target, :2].astype(np.float64) - obs[me, :2]
+        centre, scale = _box_centre_scale(self.space)
+        push = direction / (np.linalg.norm(direction) + 1e-6) + self.noise * rng.normal(size=2)
+        return self._to_box(centre + scale * push)
 
 
-POLICIES = {"random": RandomPolicy, "smooth": SmoothPolicy, "seek": SeekPolicy}
-
-
-class MixedPolicy:
-    """Each episode draws one of the other policies: broader coverage of the state space."""
+class MixedPolicy(Policy):
+    """Each episode draws one of random, smooth and seek: broader coverage of the state space."""
 
     name = "mixed"
 
     def __init__(self, space):
-        self.members = [cls(space) for cls in POLICIES.values()]
+        super().__init__(space)
+        self.members = [RandomPolicy(space), SmoothPolicy(space), SeekPolicy(space)]
+        self.current = self.members[0]
 
     def reset(self, rng):
         self.current = self.members[int(rng.integers(len(self.members)))]
@@ -121,94 +183,224 @@ class MixedPolicy:
         return self.current(obs, rng)
 
 
-def make_policy(name: str, space):
-    table = {**POLICIES, "mixed": MixedPolicy}
-    if name not in table:
-        raise LoopWMError(f"unknown policy {name!r}: choose one of {', '.join(table)}")
-    return table[name](space)
+POLICIES: dict[str, type[Policy]] = {"random": RandomPolicy, "smooth": SmoothPolicy, "seek": SeekPolicy,
+                                     "mixed": MixedPolicy}
+"""Behaviour policies by name."""
 
 
-# ----- collection -----
-def run_episode(env, policy, seed: int, episode: int, max_steps: int | None = None) -> dict[str, np.ndarray]:
-    """Play one episode; its seeds depend only on (seed, episode)."""
+def make_policy(name: str, space) -> Policy:
+    """The policy called `name` for action space `space`; LoopWMError for unknown names."""
+    if name not in POLICIES:
+        raise LoopWMError(f"unknown policy {name!r}: choose one of {', '.join(POLICIES)}")
+    return POLICIES[name](space)
+
+
+# ----- one episode -----
+def episode_seeds(seed: int, episode: int) -> tuple[int, int]:
+    """(environment reset seed, policy rng seed) of episode `episode`: a function of (seed, episode) only."""
+    if seed < 0 or episode < 0:
+        raise LoopWMError(f"seed and episode must be >= 0, got seed={seed}, episode={episode}")
     env_seed, policy_seed = np.random.SeedSequence([seed, episode]).generate_state(2)
-    rng = np.random.default_rng(int(policy_seed))
-    obs, _ = env.reset(seed=int(env_seed))
+    return int(env_seed), int(policy_seed)
+
+
+def _info_dtype(value) -> str | None:
+    """Stored dtype of a per-step info value, or None when it is not a numeric scalar."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+    if isinstance(value, (bool, np.bool_)):
+        return "bool"
+    if isinstance(value, (int, np.integer)):
+        return "int32"
+    if isinstance(value, (float, np.floating)):
+        return "float32"
+    return None
+
+
+def run_episode(env, policy, seed: int, episode: int, max_steps: int | None = None,
+                info_dtypes: dict[str, str] | None = None) -> dict[str, np.ndarray]:
+    """Play one episode (its seeds depend only on (seed, episode)) and return its arrays.
+
+    obs (T+1, *obs_shape) float32; action (T, ...) float32 (Box) or int64 (Discrete); reward float32;
+    terminated, truncated bool; info_<key> for each key of `info_dtypes` (default: the numeric
+    scalars in the first step's info). A key missing from a later step's info is stored as 0.
+    Ends on terminated or truncated, or after `max_steps` steps (that last step is then marked truncated).
+    """
+    env_seed, policy_seed = episode_seeds(seed, episode)
+    rng = np.random.default_rng(policy_seed)
+    obs, _ = env.reset(seed=env_seed)
     policy.reset(rng)
-    observations, steps, infos = [obs], {k: [] for k in ("action", "reward", "terminated", "truncated")}, {}
-    t = 0
+    observations, actions, rewards, terms, truncs = [obs], [], [], [], []
+    infos: dict[str, list] = {}
     while True:
         action = policy(obs, rng)
         obs, reward, terminated, truncated, info = env.step(action)
+        if info_dtypes is None:  # the first step decides which info values are recorded
+            info_dtypes = {k: d for k, v in info.items() if (d := _info_dtype(v)) is not None}
         observations.append(obs)
-        for key, value in (("action", action), ("reward", reward), ("terminated", terminated), ("truncated", truncated)):
-            steps[key].append(value)
-        for key, value in info.items():
-            if isinstance(value, (bool, int, float, np.integer, np.floating, np.bool_)):
-                infos.setdefault(key, []).append(value)
-        t += 1
-        if terminated or truncated or (max_steps is not None and t >= max_steps):
+        actions.append(action)
+        rewards.append(reward)
+        terms.append(bool(terminated))
+        truncs.append(bool(truncated))
+        for key in info_dtypes:
+            infos.setdefault(key, []).append(info.get(key, 0))
+        if terminated or truncated:
             break
-    episode_arrays = {
-        "obs": np.asarray(observations, dtype=np.float32),
-        "action": np.asarray(steps["action"], dtype=np.int64 if hasattr(env.action_space, "n") else np.float32),
-        "reward": np.asarray(steps["reward"], dtype=np.float32),
-        "terminated": np.asarray(steps["terminated"], dtype=bool),
-        "truncated": np.asarray(steps["truncated"], dtype=bool),
-    }
-    for key, values in infos.items():
-        if len(values) == t:  # only keys reported on every step
-            arr = np.asarray(values)
-            episode_arrays[f"info_{key}"] = arr.astype(np.int32 if arr.dtype.kind in "iub" else np.float32)
-    return episode_arrays
+        if max_steps is not None and len(actions) >= max_steps:
+            truncs[-1] = True
+            break
+    discrete = _is_discrete(env.action_space)
+    try:
+        out = {"obs": np.asarray(np.stack([np.asarray(o) for o in observations]), dtype=np.float32)}
+    except ValueError as err:
+        raise LoopWMError(f"episode {episode}: the environment returned observations of varying shapes ({err}); "
+                          "loopwm records fixed-shape Box observations") from err
+    expected = tuple(env.observation_space.shape)
+    if out["obs"].shape[1:] != expected:
+        raise LoopWMError(f"episode {episode}: observations have shape {out['obs'].shape[1:]}, but the observation "
+                          f"space says {expected}; fix the environment or wrap it so the two agree")
+    bad = ~np.isfinite(out["obs"].reshape(len(out["obs"]), -1)).all(axis=1)
+    if bad.any():
+        raise LoopWMError(f"episode {episode}: the environment returned a non-finite (NaN or inf) observation at "
+                          f"step {int(np.argmax(bad))}; fix the environment before collecting from it")
+    out["action"] = np.asarray(actions, dtype=np.int64 if discrete else np.float32).reshape(
+        len(actions), *(() if discrete else env.action_space.shape))
+    out["reward"] = np.asarray(rewards, dtype=np.float32)
+    out["terminated"] = np.asarray(terms, dtype=bool)
+    out["truncated"] = np.asarray(truncs, dtype=bool)
+    for key, dtype in info_dtypes.items():
+        out[f"info_{key}"] = np.asarray(infos.get(key, []), dtype=dtype).reshape(len(actions))
+    return out
 
 
-def collect(cfg: CollectConfig) -> Path:
-    """Fill `cfg.out` up to `cfg.episodes` episodes; returns the dataset folder."""
+# ----- collection -----
+def _jsonable(x: Any, what: str) -> Any:
+    """`x` with numpy scalars/arrays and tuples turned into JSON types; LoopWMError if impossible."""
+    def conv(v):
+        if isinstance(v, dict):
+            return {str(k): conv(u) for k, u in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [conv(u) for u in v]
+        if isinstance(v, np.ndarray):
+            return conv(v.tolist())
+        if isinstance(v, np.generic):
+            return v.item()
+        return v
+
+    try:
+        return json.loads(json.dumps(conv(x), allow_nan=False))
+    except (TypeError, ValueError) as err:
+        raise LoopWMError(f"{what} must be JSON-serialisable to go in the dataset manifest ({err})") from err
+
+
+def _check_config(cfg: CollectConfig) -> None:
+    for field in ("episodes", "shard_episodes"):
+        if getattr(cfg, field) < 1:
+            raise LoopWMError(f"--{field.replace('_', '-')} must be at least 1, got {getattr(cfg, field)}")
+    for field in ("n_bodies", "max_episode_steps", "max_steps"):
+        value = getattr(cfg, field)
+        if value is not None and value < 1:
+            raise LoopWMError(f"--{field.replace('_', '-')} must be at least 1 when given, got {value}")
+    if cfg.seed < 0:
+        raise LoopWMError(f"--seed must be >= 0, got {cfg.seed}")
+    if cfg.policy not in POLICIES:
+        raise LoopWMError(f"unknown policy {cfg.policy!r}: choose one of {', '.join(POLICIES)}")
+
+
+def _remove_stale_temp_files(out: Path) -> None:
+    """Temp files a killed atomic write left behind (never the dataset's own files)."""
+    for tmp in list(out.glob(".shard_*.npz.*.tmp")) + list(out.glob(f".{MANIFEST}.*.tmp")):
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+
+
+def collect(cfg: CollectConfig | None = None, /, *, env_kwargs: dict[str, Any] | None = None, **fields) -> Path:
+    """Fill dataset folder `cfg.out` up to `cfg.episodes` episodes; returns the folder.
+
+    Call as `collect(CollectConfig(...))` or `collect(env_id=..., out=..., episodes=...)` (keywords
+    are CollectConfig fields, and override those of a given config). `env_kwargs` are extra keyword
+    arguments for the environment, recorded in the manifest next to n_bodies/max_episode_steps.
+    A folder that already holds a dataset is continued when its env, kwargs, policy and seed match.
+    """
+    from tqdm.auto import tqdm
+
     from loopwm.envs import make_env  # lazily: data does not need the built-in world to load
 
-    if cfg.episodes < 1 or cfg.shard_episodes < 1:
-        raise LoopWMError("--episodes and --shard-episodes must be at least 1")
-    env_kwargs = {}
-    if cfg.n_bodies is not None:
-        env_kwargs["n_bodies"] = cfg.n_bodies
-    if cfg.max_episode_steps is not None:
-        env_kwargs["max_episode_steps"] = cfg.max_episode_steps
-    out = Path(cfg.out)
-    env = make_env(cfg.env_id, **env_kwargs)
     try:
+        cfg = dataclasses.replace(cfg, **fields) if cfg is not None else CollectConfig(**fields)
+    except TypeError as err:
+        names = ", ".join(f.name for f in dataclasses.fields(CollectConfig))
+        raise LoopWMError(f"collect() got an unknown setting ({err}); the settings are {names}") from err
+    _check_config(cfg)
+    kwargs = _jsonable(dict(env_kwargs or {}), "env_kwargs")
+    if cfg.n_bodies is not None:
+        kwargs["n_bodies"] = cfg.n_bodies
+    if cfg.max_episode_steps is not None:
+        kwargs["max_episode_steps"] = cfg.max_episode_steps
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise LoopWMError(f"--out {out} is a file; use a new --out (a folder)")
+    identity = {"env_id": cfg.env_id, "env_kwargs": kwargs, "policy": cfg.policy, "seed": cfg.seed,
+                "max_steps": cfg.max_steps}
+    manifest = read_manifest(out) if out.is_dir() else None  # checks format and schema version
+    if manifest is not None:
+        theirs = {k: manifest.get(k) for k in identity}
+        if theirs != identity:
+            diff = {k: (theirs[k], identity[k]) for k in identity if theirs[k] != identity[k]}
+            raise LoopWMError(f"{out} holds a dataset collected with other settings (existing vs now: {diff}); "
+                              "use a new --out or delete it")
+        for entry in manifest["shards"]:
+            if not (out / entry["file"]).is_file():
+                raise LoopWMError(f"{out} lists shard {entry['file']}, which is missing, so it cannot be continued; "
+                                  "use a new --out or delete it")
+
+    env = make_env(cfg.env_id, **kwargs)
+    try:
+        spaces = {"observation_space": describe_space(env.observation_space),
+                  "action_space": describe_space(env.action_space)}
+        if spaces["observation_space"]["type"] != "box":
+            raise LoopWMError(f"{cfg.env_id} has a {spaces['observation_space']['type']} observation space; loopwm "
+                              "records Box observations (wrap the environment to give arrays)")
         policy = make_policy(cfg.policy, env.action_space)
-        identity = {"env_id": cfg.env_id, "env_kwargs": env_kwargs, "policy": cfg.policy, "seed": cfg.seed}
-        manifest = read_manifest(out)
-        if manifest is not None:
-            if manifest.get("format") != FORMAT:
-                raise LoopWMError(f"{out} holds something that is not a loopwm dataset: use a new --out")
-            mine = {k: manifest.get(k) for k in identity}
-            if mine != identity:
-                raise LoopWMError(f"{out} holds a dataset collected with other settings ({mine}); use a new --out or delete it")
-        else:
+        if manifest is None:
             manifest = {
-                "format": FORMAT, "schema_version": SCHEMA_VERSION, "created_by": f"loopwm {__version__}", **identity,
-                "observation_space": describe_space(env.observation_space),
-                "action_space": describe_space(env.action_space),
-                "kinematics": getattr(env.unwrapped, "kinematics", None),
-                "shards": [],
+                "schema_version": SCHEMA_VERSION, "format": FORMAT, "created_by": f"loopwm {__version__}",
+                **identity, **spaces,
+                "kinematics": _jsonable(getattr(env.unwrapped, "kinematics", None), "env.unwrapped.kinematics"),
+                "info_keys": None, "info_dtypes": None, "shards": [],
             }
+            out.mkdir(parents=True, exist_ok=True)
+            write_manifest(out, manifest)  # claims the folder for these settings at once
+        else:
+            for key, desc in spaces.items():
+                if manifest[key] != desc:
+                    raise LoopWMError(f"{cfg.env_id}'s {key} is now {desc}, but {out} was collected with "
+                                      f"{manifest[key]}; the environment changed: use a new --out")
+            _remove_stale_temp_files(out)
+        info_dtypes = manifest.get("info_dtypes") if manifest.get("info_keys") is not None else None
         done = sum(s["episodes"] for s in manifest["shards"])
+        steps = sum(s["steps"] for s in manifest["shards"])
         bar = tqdm(total=cfg.episodes, initial=min(done, cfg.episodes), desc=f"collect {cfg.env_id}", unit="ep",
                    disable=not cfg.progress, dynamic_ncols=True)
-        buffer = []
-        for e in range(done, cfg.episodes):
-            buffer.append(run_episode(env, policy, cfg.seed, e))
-            bar.update(1)
-            if len(buffer) == cfg.shard_episodes or e == cfg.episodes - 1:
-                shard = out / f"shard_{len(manifest['shards']):05d}.npz"
-                manifest["shards"].append(write_shard(shard, buffer))
-                write_manifest(out, manifest)
-                buffer = []
-        bar.close()
-        if done >= cfg.episodes and not (out / "manifest.json").exists():
-            write_manifest(out, manifest)
+        try:
+            buffer: list[dict[str, np.ndarray]] = []
+            for e in range(done, cfg.episodes):
+                ep = run_episode(env, policy, cfg.seed, e, cfg.max_steps, info_dtypes)
+                if info_dtypes is None:  # the first episode fixes the info arrays of the whole dataset
+                    info_dtypes = {k[5:]: str(v.dtype) for k, v in ep.items() if k.startswith("info_")}
+                    manifest["info_keys"], manifest["info_dtypes"] = list(info_dtypes), info_dtypes
+                buffer.append(ep)
+                steps += len(ep["action"])
+                bar.update(1)
+                bar.set_postfix(steps=steps, refresh=False)
+                if len(buffer) == cfg.shard_episodes or e == cfg.episodes - 1:
+                    manifest["shards"].append(write_shard(out / shard_name(len(manifest["shards"])), buffer))
+                    write_manifest(out, manifest)
+                    buffer = []
+        finally:
+            bar.close()
     finally:
         env.close()
     return out

@@ -73,7 +73,9 @@ def test_errors_are_messages_not_tracebacks(tmp_path):
 def test_bench_quick_writes_rows_table_and_plots(tmp_path):
     out = tmp_path / "bench"
     loopwm("bench", "--quick", "--out", str(out), "--steps", "3", "--minutes", "0.01", "--episodes", "8",
-           "--horizon", "12", "--no-progress", "--device", "cpu")
+           "--horizon", "12", "--no-progress", "--device", "cpu", "--lrs", "1e-3", "3e-3")
+    tuned = json.loads((out / "tuning.json").read_text())
+    assert set(tuned) >= {"looped", "deep-4"} and set(tuned.values()) <= {1e-3, 3e-3}
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     required = {"model", "world", "seed", "horizon", "error", "params", "flops_per_step", "iterations",
                 "steps_per_s_b1", "steps_per_s_b256", "budget"}

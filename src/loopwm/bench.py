@@ -116,6 +116,7 @@ def run_bench(cfg: BenchConfig) -> Path:
     jobs = [(w, s, name, b) for w in cfg.worlds for s in range(cfg.seeds) for name in suite for b in cfg.budgets]
     bar = tqdm(total=len(jobs), desc="bench", unit="model", disable=not cfg.progress, dynamic_ncols=True)
     timed: dict[tuple[str, str], tuple] = {}
+    best_lr = tune_learning_rates(cfg, suite, out, device) if cfg.lrs else {name: cfg.lr for name in suite}
     for world in cfg.worlds:
         data = collect(CollectConfig(env_id=WORLD_IDS[world], out=str(out / "data" / world), episodes=cfg.episodes,
                                      n_bodies=cfg.n_bodies, seed=0, progress=False))
@@ -124,7 +125,7 @@ def run_bench(cfg: BenchConfig) -> Path:
             for name, mcfg in suite.items():
                 for budget in cfg.budgets:
                     run_dir = out / "runs" / world / name / f"seed{seed}" / budget
-                    tcfg = TrainConfig(data=str(data), out=str(run_dir), model=mcfg, lr=cfg.lr, seed=seed,
+                    tcfg = TrainConfig(data=str(data), out=str(run_dir), model=mcfg, lr=best_lr[name], seed=seed,
                                        steps=cfg.steps if budget == "steps" else 10**9,
                                        minutes=0.0 if budget == "steps" else cfg.minutes,
                                        eval_every=10**9, ckpt_every=500, progress=False, device=cfg.device)
@@ -140,7 +141,7 @@ def run_bench(cfg: BenchConfig) -> Path:
                                                 speed(model, obs0, act0, 256))
                     flops, sps1, sps256 = timed[(world, name)]
                     for h in range(1, cfg.horizon + 1):
-                        rows.append({"model": name, "world": world, "seed": seed, "horizon": h, "budget": budget,
+                        rows.append({"model": name, "world": world, "seed": seed, "horizon": h, "budget": budget, "lr": best_lr[name],
                                      "error": float(res.errors[h - 1]), "params": model.param_count(),
                                      "flops_per_step": flops, "iterations": float(res.iterations.mean()),
                                      "steps_per_s_b1": sps1, "steps_per_s_b256": sps256, "train_steps": meta["step"],
@@ -162,6 +163,27 @@ def run_bench(cfg: BenchConfig) -> Path:
     plot_all(rows, depth_rows, out)
     print(table)
     return out
+
+
+def tune_learning_rates(cfg: BenchConfig, suite: dict[str, ModelConfig], out: Path, device) -> dict[str, float]:
+    """Equal tuning budget per model: each learning rate in --lrs, trained for --steps on the first
+    world with seed 0; the one with the lowest horizon-10 validation error is kept."""
+    world = cfg.worlds[0]
+    data = collect(CollectConfig(env_id=WORLD_IDS[world], out=str(out / "data" / world), episodes=cfg.episodes,
+                                 n_bodies=cfg.n_bodies, seed=0, progress=False))
+    ds = TrajectoryDataset.load(data)
+    best: dict[str, float] = {}
+    for name, mcfg in suite.items():
+        scores = {}
+        for lr in cfg.lrs:
+            run_dir = out / "runs" / "tuning" / world / name / f"lr{lr:g}"
+            train(TrainConfig(data=str(data), out=str(run_dir), model=mcfg, lr=lr, seed=0, steps=cfg.steps,
+                              eval_every=10**9, ckpt_every=500, progress=False, device=cfg.device))
+            model, meta = load_model(run_dir, device)
+            scores[lr] = float(open_loop(model, ds, np.asarray(meta["val_episodes"]), 4, 10, 256, device=device).errors[9])
+        best[name] = min(scores, key=scores.get)
+    atomic_write_text(out / "tuning.json", json.dumps(best, indent=2) + "\n")
+    return best
 
 
 def markdown_table(rows: list[dict]) -> str:

@@ -11,6 +11,7 @@ import torch
 import loopwm.train.loop as loop
 from loopwm.checkpoint import latest_checkpoint, model_state, read_checkpoint
 from loopwm.data import CollectConfig, collect
+from loopwm.models import RSSMConfig
 from loopwm.models.world_model import ModelConfig
 from loopwm.train.loop import TrainConfig, train
 from loopwm.utils import LoopWMError
@@ -46,8 +47,16 @@ def test_run_directory_contents(dataset, tmp_path):
     assert sorted(p.suffix for p in (run / "checkpoints").iterdir()) == [".json", ".json", ".safetensors", ".safetensors"]
 
 
-def test_interrupted_run_resumes_to_the_same_result(dataset, tmp_path, monkeypatch):
-    straight, _ = final_weights(train(tiny_cfg(dataset, tmp_path / "straight")))
+KINDS = {
+    "looped": {},
+    "deep": {"model": ModelConfig(kind="deep", d=16, n_heads=2, n_deep=2)},
+    "rssm": {"model": ModelConfig(kind="rssm"), "rssm": RSSMConfig(deter=32, stoch=4, classes=4, hidden=32)},
+}
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_interrupted_run_resumes_to_the_same_result(dataset, tmp_path, monkeypatch, kind):
+    straight, _ = final_weights(train(tiny_cfg(dataset, tmp_path / "straight", **KINDS[kind])))
 
     real_save = loop.save_checkpoint
 
@@ -59,9 +68,10 @@ def test_interrupted_run_resumes_to_the_same_result(dataset, tmp_path, monkeypat
 
     monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_cfg(dataset, tmp_path / "resumed"))
+        train(tiny_cfg(dataset, tmp_path / "resumed", **KINDS[kind]))
     monkeypatch.setattr(loop, "save_checkpoint", real_save)
-    resumed, meta = final_weights(train(tiny_cfg(dataset, tmp_path / "resumed")))
+    resumed, meta = final_weights(train(tiny_cfg(dataset, tmp_path / "resumed", **KINDS[kind])))
+    assert meta["kind"] == kind
     assert meta["step"] == 6
     for key in straight:
         torch.testing.assert_close(straight[key], resumed[key], msg=key)

@@ -41,6 +41,7 @@ def model_suite(quick: bool) -> dict[str, ModelConfig]:
         suite[f"deep-{n}"] = ModelConfig(kind="deep", n_deep=n)
     if not quick:
         suite["deep-4-wide"] = ModelConfig(kind="deep", n_deep=4, d=128)
+    suite["rssm"] = ModelConfig(kind="rssm")
     return suite
 
 

@@ -80,8 +80,9 @@ class ModelConfig:
     """Looped world model architecture."""
 
     kind: str = "looped"
-    """"looped" (one shared block run in a loop) or "deep" (the fixed-depth baseline: `n_deep`
-    distinct blocks in its place, same encoder, prelude, coda and heads)."""
+    """"looped" (one shared block run in a loop), "deep" (the fixed-depth baseline: `n_deep`
+    distinct blocks in its place, same encoder, prelude, coda and heads) or "rssm" (the
+    DreamerV3-style baseline, configured separately)."""
     d: int = 64
     """Token width."""
     n_heads: int = 4
@@ -216,7 +217,8 @@ class WorldModel(Dynamics, nn.Module):
         elif cfg.kind == "deep":
             self.core = DeepCore(d, cfg.n_heads, cfg.n_deep, cfg.n_prelude, cfg.n_coda, cfg.mlp_ratio)
         else:
-            raise LoopWMError(f"unknown model kind {cfg.kind!r}: use 'looped' or 'deep' (or the RSSM baseline)")
+            raise LoopWMError(f"unknown model kind {cfg.kind!r} for WorldModel: use 'looped' or 'deep' "
+                              "('rssm' is built by loopwm.models.build_model)")
         self.obs_head = MLP(d, d, spec.n_features)
         self.reward_head = MLP(d, d, 1)
         self.cont_head = MLP(d, d, 1)

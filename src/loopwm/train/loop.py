@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from loopwm.checkpoint import latest_checkpoint, model_state, read_checkpoint, restore_optimizer, save_checkpoint
 from loopwm.data import TrajectoryDataset
-from loopwm.models import build_model
+from loopwm.models import RSSMConfig, build_model
 from loopwm.models.world_model import ModelConfig, WorldModel, WorldSpec
 from loopwm.utils import LoopWMError, atomic_write_json, atomic_write_text, pick_device, seed_everything
 
@@ -37,7 +37,9 @@ class TrainConfig:
     out: str = "runs/balls"
     """Run directory (config.json, metrics.jsonl, checkpoints/). Re-running resumes it."""
     model: ModelConfig = field(default_factory=ModelConfig)
-    """Model architecture (kind: looped, or deep for the fixed-depth baseline)."""
+    """Model architecture (kind: looped, deep for the fixed-depth baseline, or rssm)."""
+    rssm: RSSMConfig = field(default_factory=RSSMConfig)
+    """RSSM baseline architecture, used when --model.kind rssm."""
     steps: int = 20_000
     """Gradient steps (an upper bound when `minutes` is set)."""
     minutes: float = 0.0
@@ -234,7 +236,7 @@ def train(cfg: TrainConfig) -> Path:
 
     seed_everything(cfg.seed)
     spec = world_spec_from_data(ds, train_idx)
-    model = build_model(spec, cfg.model).to(device)
+    model = build_model(spec, cfg.model, cfg.rssm).to(device)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.99))
     rng = np.random.default_rng(cfg.seed)
     step, elapsed_before = 0, 0.0
@@ -295,7 +297,9 @@ def train(cfg: TrainConfig) -> Path:
                       "grad_norm": float(grad_norm), **{f"train/{k}": v for k, v in info.items()}}
             if step % cfg.eval_every == 0 and len(val_windows) > 0:
                 record.update(validate(model, ds, val_windows, cfg, device))
-                record["loop/max_a_bar"] = model.max_a_bar()
+                a_bar = model.max_a_bar()
+                if a_bar == a_bar:  # models without a retention matrix report NaN: leave it out
+                    record["loop/max_a_bar"] = a_bar
                 model.train()
             log.write(json.dumps(record) + "\n")
             if board is not None:

@@ -9,7 +9,6 @@ does not match the recorded hash, is ignored when resuming (and reported when lo
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -141,10 +140,6 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch
 
 def model_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True)
 
 
 def build_model(meta: dict[str, Any]) -> torch.nn.Module:

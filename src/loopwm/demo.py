@@ -6,7 +6,6 @@ episodes -> write plots, a side-by-side GIF and a summary. Re-running the same c
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -110,6 +109,3 @@ def summary(result: dict, files: dict, minutes: float) -> str:
         lines.append(f"    {name:<16} {path}")
     return "\n".join(lines)
 
-
-def _jsonable(obj):
-    return json.loads(json.dumps(obj, default=str))

@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from loopwm.models.blocks import MLP
-from loopwm.models.dynamics import Dynamics, Rollout, State  # noqa: F401 - re-exported
+from loopwm.models.dynamics import Dynamics, State
 from loopwm.models.exits import ExitRule
 from loopwm.models.looped import DeepCore, LoopedCore
 from loopwm.utils import LoopWMError

@@ -119,9 +119,7 @@ def run_bench(cfg: BenchConfig) -> Path:
     timed: dict[tuple[str, str], tuple] = {}
     best_lr = tune_learning_rates(cfg, suite, out, device) if cfg.lrs else {name: cfg.lr for name in suite}
     for world in cfg.worlds:
-        data = collect(CollectConfig(env_id=WORLD_IDS[world], out=str(out / "data" / world), episodes=cfg.episodes,
-                                     n_bodies=cfg.n_bodies, seed=0, progress=False))
-        ds = TrajectoryDataset.load(data)
+        data, ds = world_data(cfg, world, out)
         for seed in range(cfg.seeds):
             for name, mcfg in suite.items():
                 for budget in cfg.budgets:
@@ -166,13 +164,18 @@ def run_bench(cfg: BenchConfig) -> Path:
     return out
 
 
+def world_data(cfg: BenchConfig, world: str, out: Path) -> tuple[Path, TrajectoryDataset]:
+    """The one dataset every model of a world trains on (collected once, reused on re-runs)."""
+    data = collect(CollectConfig(env_id=WORLD_IDS[world], out=str(out / "data" / world), episodes=cfg.episodes,
+                                 n_bodies=cfg.n_bodies, seed=0, progress=False))
+    return data, TrajectoryDataset.load(data)
+
+
 def tune_learning_rates(cfg: BenchConfig, suite: dict[str, ModelConfig], out: Path, device) -> dict[str, float]:
     """Equal tuning budget per model: each learning rate in --lrs, trained for --steps on the first
     world with seed 0; the one with the lowest horizon-10 validation error is kept."""
     world = cfg.worlds[0]
-    data = collect(CollectConfig(env_id=WORLD_IDS[world], out=str(out / "data" / world), episodes=cfg.episodes,
-                                 n_bodies=cfg.n_bodies, seed=0, progress=False))
-    ds = TrajectoryDataset.load(data)
+    data, ds = world_data(cfg, world, out)
     best: dict[str, float] = {}
     for name, mcfg in suite.items():
         scores = {}

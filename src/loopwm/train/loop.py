@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from loopwm.checkpoint import latest_checkpoint, model_state, read_checkpoint, restore_optimizer, save_checkpoint
-from loopwm.data import TrajectoryDataset
+from loopwm.data import TrajectoryDataset, decode_bounds
 from loopwm.models import RSSMConfig, build_model
 from loopwm.models.world_model import ModelConfig, WorldModel, WorldSpec
 from loopwm.utils import LoopWMError, atomic_write_json, atomic_write_text, pick_device, seed_everything
@@ -102,13 +102,8 @@ def world_spec_from_data(ds: TrajectoryDataset, train_idx) -> WorldSpec:
     F_ = ds.obs_shape[-1]
 
     def bound(values, reducer):
-        arr = np.asarray([np.nan if v is None else v for v in np.asarray(values, dtype=object).reshape(-1, F_).ravel()], dtype=np.float64)
-        arr = arr.reshape(-1, F_)
-        out = []
-        for f in range(F_):
-            col = arr[:, f]
-            out.append(None if not np.all(np.isfinite(col)) else float(reducer(col)))
-        return out
+        per_feature = decode_bounds(values, "float64").reshape(-1, F_)  # (N, F): pool over bodies
+        return [float(reducer(col)) if np.all(np.isfinite(col)) else None for col in per_feature.T]
 
     kin = ds.kinematics or {}
     act = ds.action_space

@@ -75,7 +75,8 @@ def test_bench_quick_writes_rows_table_and_plots(tmp_path):
     loopwm("bench", "--quick", "--out", str(out), "--steps", "3", "--minutes", "0.01", "--episodes", "8",
            "--horizon", "12", "--no-progress", "--device", "cpu", "--lrs", "1e-3", "3e-3")
     tuned = json.loads((out / "tuning.json").read_text())
-    assert set(tuned) >= {"looped", "deep-4"} and set(tuned.values()) <= {1e-3, 3e-3}
+    assert set(tuned["best"]) == {"looped", "deep", "rssm"} and set(tuned["best"].values()) <= {1e-3, 3e-3}
+    assert all(set(scores) == {"0.001", "0.003"} for scores in tuned["h10_error"].values())
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     required = {"model", "world", "seed", "horizon", "error", "params", "flops_per_step", "iterations",
                 "steps_per_s_b1", "steps_per_s_b256", "budget"}
@@ -83,5 +84,7 @@ def test_bench_quick_writes_rows_table_and_plots(tmp_path):
     assert {r["budget"] for r in rows} == {"steps", "wallclock"}
     assert {r["model"] for r in rows} >= {"looped", "deep-4"}
     assert {r["horizon"] for r in rows} == set(range(1, 13))
-    for name in ("table.md", "error_vs_horizon.png", "param_efficiency.png", "depth_scaling.png", "compute.png"):
+    assert {r["lr"] for r in rows if r["model"].startswith("deep")} == {tuned["best"]["deep"]}
+    assert "looped" in (out / "findings.md").read_text()
+    for name in ("table.md", "findings.md", "error_vs_horizon.png", "param_efficiency.png", "depth_scaling.png", "compute.png"):
         assert (out / name).exists(), name

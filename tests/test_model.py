@@ -137,12 +137,23 @@ def test_seeded_determinism_of_the_model():
 
 
 def test_training_depth_is_per_sample_poisson():
-    model = small_model(mu_rec=6.0)
+    model = small_model(mu_rec=6.0, depth_sampling="sample")
     torch.manual_seed(0)
     d = model.sample_depth(4000, "cpu")
     assert d.min() >= 1 and d.max() <= model.cfg.depth_max
     assert abs(d.float().mean().item() - 6.0) < 0.2
     assert d.unique().numel() > 5
+
+
+def test_training_depth_per_step_is_shared_by_the_batch_and_poisson_over_steps():
+    model = small_model(mu_rec=6.0, depth_sampling="step")
+    torch.manual_seed(0)
+    draws = torch.stack([model.sample_depth(8, "cpu") for _ in range(3000)])  # (steps, B)
+    assert draws.shape == (3000, 8) and bool((draws == draws[:, :1]).all())
+    assert draws.min() >= 1 and draws.max() <= model.cfg.depth_max
+    assert abs(draws[:, 0].float().mean().item() - 6.0) < 0.2 and draws[:, 0].unique().numel() > 5
+    with pytest.raises(LoopWMError, match="depth sampling"):
+        small_model(depth_sampling="sometimes")
 
 
 def test_batched_rollout_equals_per_sample_rollouts():

@@ -1,19 +1,32 @@
 """`loopwm bench`: train a suite of world models on the same data and score them the same way.
 
-Every model (the looped model, deep transformers of growing depth, the RSSM) is trained by the same
-loop on the same episodes, once per budget currency: an equal number of gradient steps, and an equal
-wall-clock time. Each is scored by the same open-loop code on the same held-out windows, and timed
-side by side in this one process. Output, under --out:
+Every model (the looped model, deep transformers of growing depth and width, the RSSM) is trained
+by the same loop on the same episodes, once per budget currency: an equal number of gradient steps,
+and an equal wall-clock time. Each model family gets the same small learning-rate sweep first. All
+are scored by the same open-loop code on the same held-out episodes; FLOPs and imagined steps per
+second are measured at the end, side by side in this one process with nothing else running.
+
+Training runs go to `--workers` processes of one thread each (the work is many small kernels, which
+gain nothing from a second thread below batch 128): in the wall-clock currency every model trains
+while one other run shares the machine, the same condition for all.
+
+Output, under --out:
 
     results.jsonl     one row per model, world, seed, budget and horizon
-    table.md          the horizon-1/10/50 errors, parameters, FLOPs and speeds
+    depth.jsonl       the looped model's horizon-10 error at each test-time iteration count
+    tuning.json       the learning rate kept per model family, with the scores behind it
+    table.md          the horizon-1/10/50 errors (mean ± std over seeds), parameters, FLOPs, speeds
+    findings.md       the comparisons the numbers support, stated in words
     *.png             error vs horizon, parameter efficiency, error vs test-time iterations, compute
 """
 
 from __future__ import annotations
 
 import json
+import math
+import multiprocessing as mp
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -30,14 +43,14 @@ from loopwm.train.loop import TrainConfig, train
 from loopwm.utils import LoopWMError, atomic_write_text, pick_device
 
 WORLD_IDS = {"balls": "loopwm/Balls-v0", "cradle": "loopwm/Cradle-v0", "chain": "loopwm/Chain-v0", "mixed": "loopwm/Mixed-v0"}
+CONTEXT = 4  # observed steps before open-loop scoring, equal to training's context
 
 
 def model_suite(quick: bool) -> dict[str, ModelConfig]:
-    """The looped model and the fixed-depth family it is measured against (same width and heads)."""
-    looped = ModelConfig(kind="looped", mu_rec=4.0)
-    suite = {"looped": looped}
-    depths = (1, 4, 8) if quick else (1, 2, 4, 8, 16)
-    for n in depths:
+    """The looped model and the fixed-depth family it is measured against (same width and heads
+    unless named wide), and the RSSM."""
+    suite = {"looped": ModelConfig(kind="looped", mu_rec=4.0)}
+    for n in (1, 4, 8) if quick else (1, 4, 8, 16):
         suite[f"deep-{n}"] = ModelConfig(kind="deep", n_deep=n)
     if not quick:
         suite["deep-4-wide"] = ModelConfig(kind="deep", n_deep=4, d=128)
@@ -45,36 +58,46 @@ def model_suite(quick: bool) -> dict[str, ModelConfig]:
     return suite
 
 
+def family(name: str) -> str:
+    """Models of one family share the tuned learning rate: looped, deep or rssm."""
+    return name.split("-")[0]
+
+
+# the member of each family that the learning-rate sweep trains (deep-4 matches the looped compute)
+FAMILY_REPRESENTATIVE = {"looped": "looped", "deep": "deep-4", "rssm": "rssm"}
+
+
 @dataclass
 class BenchConfig:
-    """Train and score the looped model against fixed-depth transformers and floors."""
+    """Train and score the looped model against fixed-depth transformers, the RSSM and floors."""
 
     out: str = "results/bench"
-    """Folder for results.jsonl, table.md and the plots (runs go to OUT/runs)."""
-    worlds: tuple[str, ...] = ("balls", "cradle", "chain")
-    """Built-in regimes to benchmark."""
+    """Folder for results.jsonl, table.md, findings.md and the plots (runs go to OUT/runs)."""
+    worlds: tuple[str, ...] = ("balls", "chain")
+    """Built-in regimes to benchmark (balls, cradle, chain, mixed)."""
     n_bodies: int = 5
     """Bodies per world."""
     episodes: int = 300
     """Episodes collected per world."""
     seeds: int = 3
     """Training seeds per model (the spread is reported)."""
-    steps: int = 1500
+    steps: int = 500
     """Gradient steps per model in the equal-steps currency."""
-    minutes: float = 3.0
+    minutes: float = 1.25
     """Training minutes per model in the equal-wall-clock currency."""
     budgets: tuple[str, ...] = ("steps", "wallclock")
     """Currencies to match models in."""
-    lr: float = 2e-3
-    """Learning rate for every model (the tuning sweep is --lrs)."""
-    lrs: tuple[float, ...] = ()
-    """Learning rates to try per model family on the first world and seed; the best is kept."""
+    lrs: tuple[float, ...] = (1e-3, 2e-3, 4e-3)
+    """Learning rates tried per model family (on the first world, seed 0, equal steps); the best
+    horizon-10 validation error decides. One value skips the sweep."""
     horizon: int = 50
     """Longest open-loop horizon scored."""
     test_depths: tuple[int, ...] = (1, 2, 4, 8, 12, 16)
     """Test-time iteration counts for the iterative-depth curve of the looped model."""
+    workers: int = 2
+    """Training processes run at once (one thread each)."""
     quick: bool = False
-    """Reduced suite (one world, one seed, short budgets) that finishes in minutes."""
+    """Reduced suite (one world, one seed, five models, short budgets) that finishes in minutes."""
     device: str = "auto"
     """"auto", "cpu" or "cuda[:N]"."""
     progress: bool = True
@@ -88,6 +111,13 @@ def resolve(cfg: BenchConfig) -> BenchConfig:
     unknown = [w for w in cfg.worlds if w not in WORLD_IDS]
     if unknown:
         raise LoopWMError(f"unknown world(s) {unknown}: choose from {', '.join(WORLD_IDS)}")
+    bad = [b for b in cfg.budgets if b not in ("steps", "wallclock")]
+    if bad or not cfg.budgets:
+        raise LoopWMError(f"unknown budget(s) {bad or cfg.budgets}: use steps and/or wallclock")
+    if not cfg.lrs or min(cfg.lrs) <= 0:
+        raise LoopWMError(f"--lrs needs at least one positive learning rate, got {cfg.lrs}")
+    if cfg.workers < 1 or cfg.seeds < 1 or cfg.steps < 1 or cfg.horizon < 10:
+        raise LoopWMError("--workers, --seeds and --steps must be at least 1 and --horizon at least 10")
     return cfg
 
 
@@ -106,88 +136,141 @@ def speed(model, obs0: torch.Tensor, action: torch.Tensor, batch: int, seconds: 
     return n * batch / (time.perf_counter() - start)
 
 
+def _run_dir(out: Path, world: str, name: str, lr: float, seed: int, budget: str) -> Path:
+    # the learning rate is part of the path, so the sweep's winning run is reused, not retrained
+    return out / "runs" / world / name / f"lr{lr:g}" / f"seed{seed}" / budget
+
+
+def _train_and_score(job: dict) -> dict:
+    """One training run and its open-loop scores (runs in a worker process)."""
+    torch.set_num_threads(1)
+    device = pick_device(job["device"])
+    budget = job["budget"]
+    tcfg = TrainConfig(data=job["data"], out=job["run_dir"], model=ModelConfig(**job["model"]), lr=job["lr"],
+                       seed=job["seed"], steps=job["steps"] if budget == "steps" else 10**9,
+                       minutes=0.0 if budget == "steps" else job["minutes"],
+                       eval_every=10**9, ckpt_every=500, progress=False, device=job["device"])
+    train(tcfg)
+    model, meta = load_model(job["run_dir"], device)
+    ds = TrajectoryDataset.load(job["data"])
+    val = np.asarray(meta["val_episodes"])
+    res = open_loop(model, ds, val, CONTEXT, job["horizon"], 256, device=device)
+    depth_errors = {}
+    for depth in job["test_depths"]:
+        depth_errors[depth] = float(open_loop(model, ds, val, CONTEXT, 10, 256, depth=depth, device=device).errors[9])
+    return {"errors": [float(e) for e in res.errors], "iterations": float(res.iterations.mean()),
+            "floors": {k: [float(x) for x in v] for k, v in res.floors.items()}, "params": model.param_count(),
+            "train_steps": int(meta["step"]), "train_seconds": float(meta.get("train_seconds", 0.0)),
+            "depth_errors": depth_errors}
+
+
+def _run_jobs(jobs: list[dict], cfg: BenchConfig, desc: str) -> list[dict]:
+    """Run jobs in `cfg.workers` processes (in this one when 1), longest first; results in job order."""
+    order = sorted(range(len(jobs)), key=lambda i: -jobs[i]["cost"])
+    results: list[dict | None] = [None] * len(jobs)
+    bar = tqdm(total=len(jobs), desc=desc, unit="run", disable=not cfg.progress, dynamic_ncols=True)
+    if cfg.workers == 1:
+        for i in order:
+            results[i] = _train_and_score(jobs[i])
+            bar.update(1)
+    else:
+        # spawn, not fork: a forked child would inherit this process's torch thread pool state
+        with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn")) as pool:
+            futures = {pool.submit(_train_and_score, jobs[i]): i for i in order}
+            for fut in as_completed(futures):
+                results[futures[fut]] = fut.result()
+                bar.update(1)
+    bar.close()
+    return results  # type: ignore[return-value]
+
+
+def _cost(mcfg: ModelConfig, budget: str, cfg: BenchConfig) -> float:
+    """A rough training time estimate, only to start the longest runs first."""
+    if budget == "wallclock":
+        return cfg.minutes * 60
+    blocks = {"looped": mcfg.mu_rec * 0.6, "deep": mcfg.n_deep, "rssm": 0.3}[mcfg.kind] * (mcfg.d / 64) ** 2
+    return cfg.steps * 0.03 * (2 + blocks)
+
+
 def run_bench(cfg: BenchConfig) -> Path:
     cfg = resolve(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
     suite = model_suite(cfg.quick)
-    rows: list[dict] = []
-    depth_rows: list[dict] = []
-    jobs = [(w, s, name, b) for w in cfg.worlds for s in range(cfg.seeds) for name in suite for b in cfg.budgets]
-    bar = tqdm(total=len(jobs), desc="bench", unit="model", disable=not cfg.progress, dynamic_ncols=True)
-    timed: dict[tuple[str, str], tuple] = {}
-    best_lr = tune_learning_rates(cfg, suite, out, device) if cfg.lrs else {name: cfg.lr for name in suite}
+    data = {world: world_data(cfg, world, out) for world in cfg.worlds}
+    start = time.time()
+
+    def job(world, name, lr, seed, budget):
+        return {"world": world, "name": name, "lr": lr, "seed": seed, "budget": budget, "data": str(data[world]),
+                "run_dir": str(_run_dir(out, world, name, lr, seed, budget)), "model": asdict(suite[name]),
+                "steps": cfg.steps, "minutes": cfg.minutes, "horizon": cfg.horizon, "device": cfg.device,
+                "test_depths": list(cfg.test_depths) if name == "looped" and budget == cfg.budgets[0] else [],
+                "cost": _cost(suite[name], budget, cfg)}
+
+    # 1. the same learning-rate sweep for every family, on the first world and seed, equal steps
+    families = sorted({family(n) for n in suite})
+    tuning: dict[str, dict] = {}
+    if len(cfg.lrs) > 1:
+        sweep = [job(cfg.worlds[0], FAMILY_REPRESENTATIVE[f], lr, 0, "steps") for f in families for lr in cfg.lrs]
+        for j, r in zip(sweep, _run_jobs(sweep, cfg, "lr sweep")):
+            tuning.setdefault(family(j["name"]), {})[f"{j['lr']:g}"] = r["errors"][9]
+    best_lr = {f: (float(min(tuning[f], key=tuning[f].get)) if f in tuning else cfg.lrs[0]) for f in families}
+    atomic_write_text(out / "tuning.json", json.dumps({"best": best_lr, "h10_error": tuning}, indent=2) + "\n")
+
+    # 2. every model, world, seed and budget (sweep runs with the winning rate are reused as they are)
+    jobs = [job(w, n, best_lr[family(n)], s, b) for w in cfg.worlds for s in range(cfg.seeds) for n in suite for b in cfg.budgets]
+    results = _run_jobs(jobs, cfg, "bench")
+
+    # 3. compute, measured side by side here once per model and world, nothing else running
+    timed = {}
     for world in cfg.worlds:
-        data, ds = world_data(cfg, world, out)
-        for seed in range(cfg.seeds):
-            for name, mcfg in suite.items():
-                for budget in cfg.budgets:
-                    run_dir = out / "runs" / world / name / f"seed{seed}" / budget
-                    tcfg = TrainConfig(data=str(data), out=str(run_dir), model=mcfg, lr=best_lr[name], seed=seed,
-                                       steps=cfg.steps if budget == "steps" else 10**9,
-                                       minutes=0.0 if budget == "steps" else cfg.minutes,
-                                       eval_every=10**9, ckpt_every=500, progress=False, device=cfg.device)
-                    train(tcfg)
-                    model, meta = load_model(run_dir, device)
-                    val = np.asarray(meta["val_episodes"])
-                    res = open_loop(model, ds, val, 4, cfg.horizon, 256, device=device)
-                    first = ds.episode(int(val[0]))
-                    obs0 = model._as_entities(torch.as_tensor(first["obs"][0], device=device).float())
-                    act0 = torch.as_tensor(first["action"][0], device=device)
-                    if (world, name) not in timed:  # timings once per model and world, all in this process
-                        timed[(world, name)] = (count_step_flops(model, obs0, act0), speed(model, obs0, act0, 1),
-                                                speed(model, obs0, act0, 256))
-                    flops, sps1, sps256 = timed[(world, name)]
-                    for h in range(1, cfg.horizon + 1):
-                        rows.append({"model": name, "world": world, "seed": seed, "horizon": h, "budget": budget, "lr": best_lr[name],
-                                     "error": float(res.errors[h - 1]), "params": model.param_count(),
-                                     "flops_per_step": flops, "iterations": float(res.iterations.mean()),
-                                     "steps_per_s_b1": sps1, "steps_per_s_b256": sps256, "train_steps": meta["step"],
-                                     **{f"floor_{k}": float(v[h - 1]) for k, v in res.floors.items()}})
-                    if name == "looped" and budget == cfg.budgets[0]:
-                        for depth in cfg.test_depths:
-                            r = open_loop(model, ds, val, 4, 10, 256, depth=depth, device=device)
-                            depth_rows.append({"world": world, "seed": seed, "depth": depth, "error_h10": float(r.errors[9]),
-                                               "flops_per_step": count_step_flops(model, obs0, act0, depth)})
-                    bar.update(1)
-    bar.close()
+        ds = TrajectoryDataset.load(data[world])
+        for name in suite:
+            first = next(j for j in jobs if j["world"] == world and j["name"] == name)
+            model, meta = load_model(first["run_dir"], device)
+            ep = ds.episode(int(meta["val_episodes"][0]))
+            obs0 = model._as_entities(torch.as_tensor(ep["obs"][0], device=device).float())
+            act0 = torch.as_tensor(ep["action"][0], device=device)
+            timed[(world, name)] = {"flops_per_step": count_step_flops(model, obs0, act0),
+                                    "steps_per_s_b1": speed(model, obs0, act0, 1), "steps_per_s_b256": speed(model, obs0, act0, 256)}
+            if name == "looped":
+                timed[(world, "depth_flops")] = {d: count_step_flops(model, obs0, act0, d) for d in cfg.test_depths}
+
+    rows, depth_rows = [], []
+    for j, r in zip(jobs, results):
+        t = timed[(j["world"], j["name"])]
+        for h in range(1, cfg.horizon + 1):
+            rows.append({"model": j["name"], "world": j["world"], "seed": j["seed"], "horizon": h, "budget": j["budget"],
+                         "lr": j["lr"], "error": r["errors"][h - 1], "params": r["params"], **t,
+                         "iterations": r["iterations"], "train_steps": r["train_steps"], "train_seconds": r["train_seconds"],
+                         **{f"floor_{k}": v[h - 1] for k, v in r["floors"].items()}})
+        for depth, err in r["depth_errors"].items():
+            depth_rows.append({"world": j["world"], "seed": j["seed"], "depth": int(depth), "error_h10": err,
+                               "flops_per_step": timed[(j["world"], "depth_flops")][int(depth)]})
     atomic_write_text(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     atomic_write_text(out / "depth.jsonl", "".join(json.dumps(r) + "\n" for r in depth_rows))
-    atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=2) + "\n")
+    atomic_write_text(out / "config.json", json.dumps({**asdict(cfg), "minutes_taken": round((time.time() - start) / 60, 1)}, indent=2) + "\n")
     table = markdown_table(rows)
     atomic_write_text(out / "table.md", table)
+    atomic_write_text(out / "findings.md", findings(rows))
     from loopwm.eval.bench_plots import plot_all
 
     plot_all(rows, depth_rows, out)
     print(table)
+    print(findings(rows))
     return out
 
 
-def world_data(cfg: BenchConfig, world: str, out: Path) -> tuple[Path, TrajectoryDataset]:
+def world_data(cfg: BenchConfig, world: str, out: Path) -> Path:
     """The one dataset every model of a world trains on (collected once, reused on re-runs)."""
-    data = collect(CollectConfig(env_id=WORLD_IDS[world], out=str(out / "data" / world), episodes=cfg.episodes,
+    return collect(CollectConfig(env_id=WORLD_IDS[world], out=str(out / "data" / world), episodes=cfg.episodes,
                                  n_bodies=cfg.n_bodies, seed=0, progress=False))
-    return data, TrajectoryDataset.load(data)
 
 
-def tune_learning_rates(cfg: BenchConfig, suite: dict[str, ModelConfig], out: Path, device) -> dict[str, float]:
-    """Equal tuning budget per model: each learning rate in --lrs, trained for --steps on the first
-    world with seed 0; the one with the lowest horizon-10 validation error is kept."""
-    world = cfg.worlds[0]
-    data, ds = world_data(cfg, world, out)
-    best: dict[str, float] = {}
-    for name, mcfg in suite.items():
-        scores = {}
-        for lr in cfg.lrs:
-            run_dir = out / "runs" / "tuning" / world / name / f"lr{lr:g}"
-            train(TrainConfig(data=str(data), out=str(run_dir), model=mcfg, lr=lr, seed=0, steps=cfg.steps,
-                              eval_every=10**9, ckpt_every=500, progress=False, device=cfg.device))
-            model, meta = load_model(run_dir, device)
-            scores[lr] = float(open_loop(model, ds, np.asarray(meta["val_episodes"]), 4, 10, 256, device=device).errors[9])
-        best[name] = min(scores, key=scores.get)
-    atomic_write_text(out / "tuning.json", json.dumps(best, indent=2) + "\n")
-    return best
+def _mean_error(rows: list[dict], world: str, budget: str, model: str, h: int) -> tuple[float, float]:
+    errs = [r["error"] for r in rows if (r["world"], r["budget"], r["model"], r["horizon"]) == (world, budget, model, h)]
+    return (float(np.mean(errs)), float(np.std(errs))) if errs else (math.nan, math.nan)
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -201,8 +284,8 @@ def markdown_table(rows: list[dict]) -> str:
         sel = [r for r in rows if (r["world"], r["budget"], r["model"]) == (world, budget, model)]
         cells = []
         for h in hs:
-            errs = np.array([r["error"] for r in sel if r["horizon"] == h])
-            cells.append(f"{errs.mean():.4f}" + (f" ± {errs.std():.4f}" if len(errs) > 1 else ""))
+            mean, std = _mean_error(rows, world, budget, model, h)
+            cells.append(f"{mean:.4f}" + (f" ± {std:.4f}" if len({r['seed'] for r in sel}) > 1 else ""))
         r0 = sel[0]
         steps = np.mean([r["train_steps"] for r in sel if r["horizon"] == 1])
         lines.append(f"| {world} | {budget} | {model} | {r0['params']:,} | {r0['flops_per_step']:,} | {r0['iterations']:.1f} | "
@@ -213,6 +296,47 @@ def markdown_table(rows: list[dict]) -> str:
             cells = [f"{np.mean([r['floor_' + name] for r in sel if r['horizon'] == h]):.4f}" for h in hs]
             lines.append(f"| {world} | - | floor: {name} | 0 | 0 | - | " + " | ".join(cells) + " | - | - | - |")
     return "\n".join(lines) + "\n"
+
+
+def findings(rows: list[dict]) -> str:
+    """The questions the benchmark exists to answer, answered from the rows (means over seeds)."""
+    lines = ["# Findings (computed from results.jsonl; means over seeds, spread in table.md)", ""]
+    worlds = sorted({r["world"] for r in rows})
+    budgets = [b for b in ("steps", "wallclock") if any(r["budget"] == b for r in rows)]
+    horizons = [h for h in (1, 10, 50) if any(r["horizon"] == h for r in rows)]
+    params = {r["model"]: r["params"] for r in rows}
+    for budget in budgets:
+        lines.append(f"## Equal {'gradient steps' if budget == 'steps' else 'wall-clock time'}")
+        for world in worlds:
+            looped, _ = _mean_error(rows, world, budget, "looped", 10)
+            deep = sorted((params[m], m) for m in params if m.startswith("deep"))
+            match = [(p, m) for p, m in deep if _mean_error(rows, world, budget, m, 10)[0] <= looped]
+            if match:
+                p, m = match[0]
+                lines.append(f"- {world}: the smallest deep transformer at or below the looped model's horizon-10 error "
+                             f"({looped:.4f}) is {m} ({_mean_error(rows, world, budget, m, 10)[0]:.4f}), "
+                             f"with {p / params['looped']:.2f}x the looped model's parameters.")
+            else:
+                biggest = deep[-1]
+                lines.append(f"- {world}: no deep transformer up to {biggest[1]} ({biggest[0] / params['looped']:.1f}x the "
+                             f"parameters) reaches the looped model's horizon-10 error ({looped:.4f}).")
+            if "rssm" in params:
+                parts = []
+                for h in horizons:
+                    lo, ro = _mean_error(rows, world, budget, "looped", h)[0], _mean_error(rows, world, budget, "rssm", h)[0]
+                    parts.append(f"h{h} {lo:.4f} vs {ro:.4f} ({'looped better' if lo < ro else 'RSSM better'})")
+                lines.append(f"  Looped ({params['looped']:,} params) against the RSSM ({params['rssm']:,}): " + ", ".join(parts) + ".")
+        lines.append("")
+    if len(worlds) > 1:
+        lines.append("## Error at horizon 10 relative to the best floor (lower is better), equal steps")
+        budget = budgets[0]
+        for world in worlds:
+            sel = [r for r in rows if r["world"] == world and r["horizon"] == 10]
+            floor = min(np.mean([r[k] for r in sel]) for k in sel[0] if k.startswith("floor_"))
+            cells = [f"{m} {_mean_error(rows, world, budget, m, 10)[0] / floor:.3f}" for m in sorted(params, key=_order)]
+            lines.append(f"- {world}: " + ", ".join(cells))
+        lines.append("")
+    return "\n".join(lines)
 
 
 def _order(name: str) -> tuple:

@@ -19,39 +19,47 @@ def plot_all(rows: list[dict], depth_rows: list[dict], out: Path) -> list[Path]:
     plt = _plt()
     paths = []
     worlds = sorted({r["world"] for r in rows})
-    budget = "steps" if any(r["budget"] == "steps" for r in rows) else rows[0]["budget"]
     models = sorted({r["model"] for r in rows}, key=lambda m: (m != "looped", m))
 
-    # 1. open-loop error versus horizon, per regime
-    fig, axes = plt.subplots(1, len(worlds), figsize=(5.5 * len(worlds), 4), dpi=110, squeeze=False)
-    for ax, world in zip(axes[0], worlds):
-        for m in models:
-            hs, err = _mean_curve(rows, world, budget, m)
-            ax.plot(hs, err, lw=2.2 if m == "looped" else 1.2, color="C3" if m == "looped" else None, label=m)
-        sel = [r for r in rows if r["world"] == world and r["budget"] == budget]
-        for key, ls in (("floor_copy_last", "--"), ("floor_constant_velocity", "-."), ("floor_mean", ":")):
-            hs = sorted({r["horizon"] for r in sel})
-            ax.plot(hs, [np.mean([r[key] for r in sel if r["horizon"] == h]) for h in hs], "k", ls=ls, lw=1, label=key[6:])
-        ax.set_yscale("log"), ax.set_title(f"{world} (equal {budget})"), ax.set_xlabel("horizon"), ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("normalised MSE"), axes[0][-1].legend(fontsize=7)
+    budgets = [b for b in ("steps", "wallclock") if any(r["budget"] == b for r in rows)]
+
+    # 1. open-loop error versus horizon, per regime (columns) and budget currency (rows)
+    fig, axes = plt.subplots(len(budgets), len(worlds), figsize=(5.5 * len(worlds), 4 * len(budgets)), dpi=110, squeeze=False)
+    for axrow, budget in zip(axes, budgets):
+        for ax, world in zip(axrow, worlds):
+            for m in models:
+                hs, err = _mean_curve(rows, world, budget, m)
+                ax.plot(hs, err, lw=2.2 if m == "looped" else 1.2, color="C3" if m == "looped" else None, label=m)
+            sel = [r for r in rows if r["world"] == world and r["budget"] == budget]
+            for key, ls in (("floor_copy_last", "--"), ("floor_constant_velocity", "-."), ("floor_mean", ":")):
+                hs = sorted({r["horizon"] for r in sel})
+                ax.plot(hs, [np.mean([r[key] for r in sel if r["horizon"] == h]) for h in hs], "k", ls=ls, lw=1, label=key[6:])
+            ax.set_yscale("log"), ax.set_title(f"{world}, equal {budget}"), ax.set_xlabel("horizon"), ax.grid(alpha=0.3)
+        axrow[0].set_ylabel("normalised MSE")
+    axes[0][-1].legend(fontsize=7)
     fig.tight_layout(), fig.savefig(out / "error_vs_horizon.png"), plt.close(fig)
     paths.append(out / "error_vs_horizon.png")
 
-    # 2. parameter efficiency: horizon-10 error against parameters
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
-    for world in worlds:
-        pts = []
-        for m in models:
-            sel = [r for r in rows if r["world"] == world and r["budget"] == budget and r["model"] == m and r["horizon"] == 10]
-            if sel:
-                pts.append((sel[0]["params"], np.mean([r["error"] for r in sel]), m))
-        deep = sorted(p for p in pts if p[2].startswith("deep"))
-        ax.plot([p[0] for p in deep], [p[1] for p in deep], "o-", label=f"{world}: deep transformers")
-        for p in pts:
-            if p[2] == "looped":
-                ax.plot(p[0], p[1], "*", ms=14, label=f"{world}: looped (one shared block)")
-    ax.set_xscale("log"), ax.set_xlabel("parameters"), ax.set_ylabel("error at horizon 10"), ax.grid(alpha=0.3)
-    ax.legend(fontsize=7), ax.set_title("Parameter efficiency")
+    # 2. parameter efficiency: horizon-10 error against parameters, one panel per budget currency
+    fig, axes = plt.subplots(1, len(budgets), figsize=(6 * len(budgets), 4), dpi=110, squeeze=False)
+    for ax, budget in zip(axes[0], budgets):
+        for i, world in enumerate(worlds):
+            pts = []
+            for m in models:
+                sel = [r for r in rows if r["world"] == world and r["budget"] == budget and r["model"] == m and r["horizon"] == 10]
+                if sel:
+                    errs = [r["error"] for r in sel]
+                    pts.append((sel[0]["params"], np.mean(errs), np.std(errs), m))
+            deep = sorted(p for p in pts if p[3].startswith("deep"))
+            ax.errorbar([p[0] for p in deep], [p[1] for p in deep], [p[2] for p in deep], fmt="o-", color=f"C{i}",
+                        capsize=3, label=f"{world}: deep transformers")
+            for p in deep:
+                ax.annotate(p[3][5:], (p[0], p[1]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            for p in pts:
+                if p[3] == "looped":
+                    ax.errorbar(p[0], p[1], p[2], fmt="*", ms=14, color=f"C{i}", label=f"{world}: looped (one shared block)")
+        ax.set_xscale("log"), ax.set_xlabel("parameters"), ax.set_ylabel("error at horizon 10"), ax.grid(alpha=0.3)
+        ax.legend(fontsize=7), ax.set_title(f"Parameter efficiency, equal {budget}")
     fig.tight_layout(), fig.savefig(out / "param_efficiency.png"), plt.close(fig)
     paths.append(out / "param_efficiency.png")
 

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from loopwm import __version__
-from loopwm.data.shards import (FORMAT, MANIFEST, SCHEMA_VERSION, describe_space, read_manifest, shard_name,
-                                write_manifest, write_shard)
+from loopwm.data.shards import (FORMAT, MANIFEST, SCHEMA_VERSION, TrajectoryDataset, describe_space, read_manifest,
+                                shard_name, write_manifest, write_shard)
 from loopwm.utils import LoopWMError
 
 
@@ -316,13 +316,34 @@ def _remove_stale_temp_files(out: Path) -> None:
             pass
 
 
-def collect(cfg: CollectConfig | None = None, /, *, env_kwargs: dict[str, Any] | None = None, **fields) -> Path:
+CUSTOM_PREFIX = "python:"
+"""env_id prefix recorded for an environment object handed to `collect(env=...)`."""
+
+
+def _custom_env_id(env: Any) -> str:
+    for attr in ("reset", "step", "observation_space", "action_space"):
+        if not hasattr(env, attr):
+            raise LoopWMError(f"collect(env=...) needs an object with the Gymnasium reset/step contract and "
+                              f"observation_space/action_space attributes; {type(env).__name__} has no {attr}")
+    spec = getattr(env, "spec", None)
+    name = getattr(spec, "id", None) or f"{type(env).__module__}.{type(env).__qualname__}"
+    return CUSTOM_PREFIX + name
+
+
+def collect(cfg: CollectConfig | None = None, /, *, env: Any = None, env_kwargs: dict[str, Any] | None = None,
+            **fields) -> Path:
     """Fill dataset folder `cfg.out` up to `cfg.episodes` episodes; returns the folder.
 
     Call as `collect(CollectConfig(...))` or `collect(env_id=..., out=..., episodes=...)` (keywords
     are CollectConfig fields, and override those of a given config). `env_kwargs` are extra keyword
     arguments for the environment, recorded in the manifest next to n_bodies/max_episode_steps.
     A folder that already holds a dataset is continued when its env, kwargs, policy and seed match.
+
+    `env` is your own environment object instead of an id: anything with Gymnasium's
+    `reset(seed=) -> (obs, info)` and `step(action) -> (obs, reward, terminated, truncated, info)`
+    and Box/Discrete `observation_space`/`action_space`. Its episodes are capped at `max_steps`
+    (1000 when unset). The dataset records it as "python:<class or spec id>"; evaluation then scores
+    held-out episodes but cannot replay the real environment. The caller keeps ownership (not closed).
     """
     from tqdm.auto import tqdm
 
@@ -333,6 +354,8 @@ def collect(cfg: CollectConfig | None = None, /, *, env_kwargs: dict[str, Any] |
     except TypeError as err:
         names = ", ".join(f.name for f in dataclasses.fields(CollectConfig))
         raise LoopWMError(f"collect() got an unknown setting ({err}); the settings are {names}") from err
+    if env is not None:
+        cfg = dataclasses.replace(cfg, env_id=_custom_env_id(env), max_steps=cfg.max_steps or 1000)
     _check_config(cfg)
     kwargs = _jsonable(dict(env_kwargs or {}), "env_kwargs")
     if cfg.n_bodies is not None:
@@ -356,7 +379,9 @@ def collect(cfg: CollectConfig | None = None, /, *, env_kwargs: dict[str, Any] |
                 raise LoopWMError(f"{out} lists shard {entry['file']}, which is missing, so it cannot be continued; "
                                   "use a new --out or delete it")
 
-    env = make_env(cfg.env_id, **kwargs)
+    own_env = env is None
+    if own_env:
+        env = make_env(cfg.env_id, **kwargs)
     try:
         spaces = {"observation_space": describe_space(env.observation_space),
                   "action_space": describe_space(env.action_space)}
@@ -368,7 +393,7 @@ def collect(cfg: CollectConfig | None = None, /, *, env_kwargs: dict[str, Any] |
             manifest = {
                 "schema_version": SCHEMA_VERSION, "format": FORMAT, "created_by": f"loopwm {__version__}",
                 **identity, **spaces,
-                "kinematics": _jsonable(getattr(env.unwrapped, "kinematics", None), "env.unwrapped.kinematics"),
+                "kinematics": _jsonable(getattr(getattr(env, "unwrapped", env), "kinematics", None), "env.unwrapped.kinematics"),
                 "info_keys": None, "info_dtypes": None, "shards": [],
             }
             out.mkdir(parents=True, exist_ok=True)
@@ -401,6 +426,14 @@ def collect(cfg: CollectConfig | None = None, /, *, env_kwargs: dict[str, Any] |
                     buffer = []
         finally:
             bar.close()
+        if manifest.get("stats", {}).get("episodes") != cfg.episodes:
+            # normalisation statistics of the whole dataset, for users and tools; training
+            # measures its own on the training episodes and stores them in the checkpoint
+            ds = TrajectoryDataset.load(out, verify=False)
+            stats = ds.stats(range(ds.episodes))
+            manifest["stats"] = {"episodes": ds.episodes, **{k: [float(x) for x in np.ravel(v)] for k, v in stats.items()}}
+            write_manifest(out, manifest)
     finally:
-        env.close()
+        if own_env:
+            env.close()
     return out

@@ -9,6 +9,9 @@ other Gymnasium id) with errors that say what to do.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import os
 from typing import Any
 
 import gymnasium as gym
@@ -55,6 +58,31 @@ _LOOKUP_ERRORS = (gym.error.NameNotFound, gym.error.NamespaceNotFound, gym.error
                   gym.error.UnregisteredEnv, gym.error.DeprecatedEnv)
 
 
+# ids whose registrations live in an optional package: prefix -> (module to import, extra that installs it)
+_PLUGINS = {"ALE/": ("ale_py", "atari"), "MiniGrid-": ("minigrid", "minigrid"), "BabyAI-": ("minigrid", "minigrid")}
+_MUJOCO_IDS = ("Ant", "HalfCheetah", "Hopper", "Humanoid", "InvertedDoublePendulum", "InvertedPendulum", "Pusher",
+               "Reacher", "Swimmer", "Walker2d")
+
+
+def _prepare(env_id: str) -> None:
+    """Load the package that registers `env_id` and set up headless rendering where needed."""
+    for prefix, (module, extra) in _PLUGINS.items():
+        if env_id.startswith(prefix):
+            try:
+                mod = importlib.import_module(module)
+            except ImportError as err:
+                raise LoopWMError(f"{env_id} needs the {module} package: pip install \"loopwm[{extra}]\"") from err
+            if hasattr(gym, "register_envs"):
+                gym.register_envs(mod)
+    if env_id.split("-")[0] in _MUJOCO_IDS:
+        # no display on servers: software EGL unless the user chose a backend
+        os.environ.setdefault("MUJOCO_GL", "egl")
+        os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+        if importlib.util.find_spec("mujoco") is None:
+            raise LoopWMError(f"{env_id} is a MuJoCo task: pip install \"loopwm[mujoco]\" (and, for rendering on a "
+                              "server, the system packages libegl1 libgl1-mesa-dri, see the README)")
+
+
 def make_env(env_id: str, **kwargs: Any) -> gym.Env:
     """Make a Gymnasium environment by id, with a LoopWMError for ids that do not exist.
 
@@ -65,6 +93,7 @@ def make_env(env_id: str, **kwargs: Any) -> gym.Env:
         raise LoopWMError(f"env_id must be a string such as 'loopwm/Balls-v0', got {env_id!r}")
     if env_id.startswith("loopwm/") and env_id not in ENV_IDS:
         raise LoopWMError(f"unknown loopwm environment {env_id!r}: known ids are {', '.join(ENV_IDS)}")
+    _prepare(env_id)
     try:
         return gym.make(env_id, **kwargs)
     except _LOOKUP_ERRORS as err:

@@ -12,6 +12,7 @@ import tyro
 
 from loopwm.checkpoint import load_model
 from loopwm.data import TrajectoryDataset
+from loopwm.data.collect import CUSTOM_PREFIX
 from loopwm.models.flops import count_step_flops
 from loopwm.eval.openloop import HORIZONS, exit_rule_from, open_loop, real_vs_imagined, rollout_stats, steps_per_second
 from loopwm.utils import LoopWMError, pick_device
@@ -60,7 +61,8 @@ def evaluate(cfg: EvalConfig, keep_rollout: bool = False) -> dict:
     depth = cfg.depth or None
     rule = exit_rule_from(cfg.exit, cfg.threshold)
     res = open_loop(model, ds, episodes, cfg.context, cfg.horizon, cfg.max_windows, depth, rule, device=device)
-    pick = [h for h in HORIZONS if h <= cfg.horizon]
+    horizon = len(res.errors)  # shorter than asked when held-out episodes are short
+    pick = [h for h in HORIZONS if h <= horizon] + ([horizon] if horizon < cfg.horizon and horizon not in HORIZONS else [])
     out = {
         "run": str(cfg.run),
         "env_id": meta.get("env_id"),
@@ -84,7 +86,7 @@ def evaluate(cfg: EvalConfig, keep_rollout: bool = False) -> dict:
     out["steps_per_second"] = steps_per_second(
         model, model._as_entities(torch.as_tensor(first["obs"][0], device=device).float()),
         torch.as_tensor(first["action"][0], device=device), depth=depth, exit_rule=rule)
-    if meta.get("env_id"):
+    if meta.get("env_id") and not meta["env_id"].startswith(CUSTOM_PREFIX):  # a user's own object cannot be re-made
         rollout = real_vs_imagined(model, meta["env_id"], meta.get("env_kwargs") or {}, cfg.rollout_steps,
                                    cfg.context, cfg.seed, depth, rule, device)
         out.update(rollout_stats(model, rollout))
@@ -107,6 +109,7 @@ def format_table(result: dict) -> str:
     lines.append(f"params {result['params']:,}  iterations/step {result['iterations_per_step']:.2f}  "
                  f"max A_bar {a_bar}  batch-1 steps/s {result['steps_per_second']:.0f}  FLOPs/step {result['flops_per_step']:,}")
     if "rollout_max_abs" in result:
+        box = f", inside box {result['rollout_inside_box']:.3f}" if "rollout_inside_box" in result else ""
         lines.append(f"{result['rollout_steps']}-step rollout: max |obs| {result['rollout_max_abs']:.3f}, "
-                     f"std ratio {result['rollout_std_ratio']:.3f}, inside box {result.get('rollout_inside_box', float('nan')):.3f}")
+                     f"std ratio {result['rollout_std_ratio']:.3f}{box}")
     return "\n".join(lines)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from loopwm.models.exits import make_exit_rule
+from loopwm.utils import LoopWMError
 
 HORIZONS = (1, 2, 5, 10, 20, 30, 40, 50)
 
@@ -54,10 +55,18 @@ def floor_predictions(model, obs: torch.Tensor, context: int, horizon: int) -> d
 @torch.no_grad()
 def open_loop(model, ds, episodes, context: int = 4, horizon: int = 50, max_windows: int = 512,
               depth: int | None = None, exit_rule=None, batch_size: int = 256, device="cpu") -> OpenLoopResult:
-    """Score `model` and the floors on windows of held-out `episodes` of dataset `ds`."""
+    """Score `model` and the floors on windows of held-out `episodes` of dataset `ds`.
+
+    Where no held-out episode is long enough for context + horizon steps (short, terminating
+    episodes such as CartPole under a random policy), the horizon is cut to the longest that fits:
+    `len(result.errors)` is the horizon actually scored.
+    """
+    longest = int(np.max(ds.lengths[np.asarray(episodes, dtype=np.int64)])) if len(episodes) else 0
+    if longest <= context:
+        raise LoopWMError(f"held-out episodes last at most {longest} steps, not more than the context of {context}: "
+                          "collect longer episodes or lower --context")
+    horizon = min(horizon, longest - context)
     windows = ds.windows(episodes, context + horizon)
-    if len(windows) == 0:
-        raise ValueError(f"held-out episodes are shorter than context + horizon = {context + horizon} steps")
     windows = windows[np.unique(np.linspace(0, len(windows) - 1, min(max_windows, len(windows))).astype(int))]
     sums = torch.zeros(horizon)
     floor_sums = {}

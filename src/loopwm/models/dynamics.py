@@ -45,8 +45,10 @@ class Dynamics:
 
     def observe(self, state: State, actions: torch.Tensor, next_obs: torch.Tensor, depth=None, exit_rule=None
                 ) -> tuple[State, Rollout]:
-        """Teacher forcing: T steps, each predicting next_obs[:, t] (B, T, ...) from the true past."""
-        next_obs = self._as_entities(next_obs).float()
+        """Teacher forcing: T steps, each predicting next_obs[:, t] from the true past.
+
+        next_obs is (B, T, *obs_shape) as the environment gives it, or already (B, T, N, F)."""
+        next_obs = (next_obs if next_obs.dim() == 4 else self._as_entities(next_obs)).float()  # (B, T, N, F)
         outs = []
         for t in range(actions.shape[1]):
             state, out = self.step(state, actions[:, t], depth, exit_rule)

@@ -61,6 +61,12 @@ class WorldSpec:
     """Feature index of the body radius, if any (used for gaps to walls and neighbours)."""
     dt: float | None = None
     """Timestep of the world, needed to integrate velocities."""
+    action_low: list[float | None] = field(default_factory=list)
+    """Per-component lower bound of a box action (None: unbounded; empty: not recorded)."""
+    action_high: list[float | None] = field(default_factory=list)
+    """Per-component upper bound of a box action."""
+    action_start: int = 0
+    """Smallest discrete action (gymnasium's Discrete(n, start))."""
 
     @property
     def n_entities(self) -> int:
@@ -255,6 +261,13 @@ class WorldModel(Dynamics, nn.Module):
             self.register_buffer("step_scale", vel_std * spec.dt)
             self.register_buffer("pos_low", low[spec.position_idx])
             self.register_buffer("pos_high", high[spec.position_idx])
+        if spec.action_kind == "box" and spec.action_low:
+            # components bounded on both sides enter as [-1, 1]; unbounded ones pass unchanged
+            both = [lo is not None and hi is not None for lo, hi in zip(spec.action_low, spec.action_high)]
+            centre = [(lo + hi) / 2 if ok else 0.0 for lo, hi, ok in zip(spec.action_low, spec.action_high, both)]
+            half = [max((hi - lo) / 2, 1e-6) if ok else 1.0 for lo, hi, ok in zip(spec.action_low, spec.action_high, both)]
+            self.register_buffer("action_centre", torch.tensor(centre, **f32))
+            self.register_buffer("action_half_range", torch.tensor(half, **f32))
 
     def _norm(self) -> dict[str, torch.Tensor]:
         keys = ["mean", "std_safe", "pos_scale", "vel_scale", "step_scale", "pos_low", "pos_high"]
@@ -266,8 +279,15 @@ class WorldModel(Dynamics, nn.Module):
 
     def _action_features(self, action: torch.Tensor) -> torch.Tensor:
         if self.spec.action_kind == "discrete":
-            return F.one_hot(action.long().reshape(-1), self.spec.action_dim).float()  # (B, A)
-        return action.reshape(action.shape[0], -1).float()  # (B, A)
+            index = action.long().reshape(-1) - self.spec.action_start  # (B,)
+            if bool(((index < 0) | (index >= self.spec.action_dim)).any()):
+                raise LoopWMError(f"discrete actions must lie in [{self.spec.action_start}, "
+                                  f"{self.spec.action_start + self.spec.action_dim}), got {action.reshape(-1).tolist()[:8]}")
+            return F.one_hot(index, self.spec.action_dim).float()  # (B, A)
+        act = action.reshape(action.shape[0], -1).float()  # (B, A)
+        if hasattr(self, "action_centre"):  # bounded components mapped to [-1, 1]
+            act = (act - self.action_centre) / self.action_half_range
+        return act
 
     def n_state_tokens(self, n_entities: int) -> int:
         return n_entities + self.cfg.n_global
@@ -281,7 +301,7 @@ class WorldModel(Dynamics, nn.Module):
     # ----- the Dynamics interface -----
     def initial(self, obs: torch.Tensor) -> State:
         """Start from a first observation (B, N, F) (or (B, F) for flat worlds)."""
-        obs = self._as_entities(obs).float()
+        obs = (obs if obs.dim() == 3 else self._as_entities(obs)).float()  # raw (B, *obs_shape) or (B, N, F)
         B, N, _ = obs.shape
         h = obs.new_zeros(B, self.n_state_tokens(N), self.cfg.d)  # (B, N_h, d)
         return State(h=h, z=None, obs=obs, real=True)

@@ -107,10 +107,13 @@ def world_spec_from_data(ds: TrajectoryDataset, train_idx) -> WorldSpec:
 
     kin = ds.kinematics or {}
     act = ds.action_space
+    action_low, action_high, action_start = [], [], 0
     if act["type"] == "discrete":
-        action_kind, action_dim = "discrete", int(act["n"])
+        action_kind, action_dim, action_start = "discrete", int(act["n"]), int(act.get("start", 0))
     else:
         action_kind, action_dim = "box", int(np.prod(act["shape"]))
+        action_low = [float(x) if np.isfinite(x) else None for x in decode_bounds(act["low"], "float64").reshape(-1)]
+        action_high = [float(x) if np.isfinite(x) else None for x in decode_bounds(act["high"], "float64").reshape(-1)]
     return WorldSpec(
         obs_shape=list(ds.obs_shape),
         action_kind=action_kind,
@@ -124,6 +127,9 @@ def world_spec_from_data(ds: TrajectoryDataset, train_idx) -> WorldSpec:
         velocity_idx=list(kin.get("velocity", [])),
         radius_idx=kin.get("radius"),
         dt=kin.get("dt"),
+        action_low=action_low,
+        action_high=action_high,
+        action_start=action_start,
     )
 
 

@@ -1,0 +1,122 @@
+"""Any Gymnasium environment, end to end: collect -> train -> evaluate, with both action kinds,
+a user's own environment object, MuJoCo (when its extra is installed) and clear refusals."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+
+from loopwm.checkpoint import load_model
+from loopwm.data import TrajectoryDataset, collect
+from loopwm.eval.evaluate import EvalConfig, evaluate
+from loopwm.models.world_model import ModelConfig
+from loopwm.train.loop import TrainConfig, train
+from loopwm.utils import LoopWMError
+
+TINY = ModelConfig(d=16, n_heads=2, mu_rec=2.0)
+
+
+def round_trip(tmp_path, env_id=None, env=None, episodes=6, horizon=12, **collect_kw):
+    data = collect(env_id=env_id or "unused", env=env, out=str(tmp_path / "data"), episodes=episodes, progress=False,
+                   shard_episodes=4, **collect_kw)
+    run = train(TrainConfig(data=str(data), out=str(tmp_path / "run"), model=TINY, steps=3, batch_size=4, context=2,
+                            horizon=3, warmup=1, eval_every=10**9, progress=False, device="cpu"))
+    result = evaluate(EvalConfig(run=str(run), horizon=horizon, context=2, max_windows=16, rollout_steps=15, device="cpu"))
+    return TrajectoryDataset.load(data), load_model(run, "cpu")[0], result
+
+
+def test_discrete_actions_cartpole(tmp_path):
+    ds, model, result = round_trip(tmp_path, "CartPole-v1", max_steps=40)
+    assert ds.action_space == {**ds.action_space, "type": "discrete", "n": 2}
+    assert model.spec.action_kind == "discrete" and model.spec.action_dim == 2
+    feats = model._action_features(torch.tensor([0, 1, 1]))
+    assert torch.equal(feats, torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]))  # one-hot
+    assert all(np.isfinite(v) for v in result["open_loop_error"].values())
+    json.dumps(result)  # the --json output stays valid JSON
+    # continuation is trained on termination only: CartPole ends by terminating, the cap truncates
+    assert ds.arrays["terminated"].any() or ds.arrays["truncated"].any()
+    assert not (ds.arrays["terminated"] & ds.arrays["truncated"]).any()
+
+
+def test_continuous_actions_pendulum_are_scaled_to_the_bounds(tmp_path):
+    ds, model, result = round_trip(tmp_path, "Pendulum-v1", max_steps=30, horizon=50)
+    assert model.spec.action_kind == "box" and model.spec.action_low == [-2.0] and model.spec.action_high == [2.0]
+    feats = model._action_features(torch.tensor([[-2.0], [0.0], [2.0]]))
+    assert torch.allclose(feats, torch.tensor([[-1.0], [0.0], [1.0]]))
+    manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
+    assert manifest["stats"]["episodes"] == 6 and len(manifest["stats"]["obs_mean"]) == 3  # stats in the manifest
+    assert np.allclose(manifest["stats"]["obs_mean"], ds.stats(range(6))["obs_mean"])
+    assert "30" not in result["open_loop_error"]  # 30-step episodes leave at most 28 steps after a context of 2
+    assert "28" in result["open_loop_error"] and result["rollout_finite"]
+
+
+class ShiftedCounter:
+    """A user's own environment: no gymnasium base class, Discrete actions starting at -1."""
+
+    observation_space = spaces.Box(-np.inf, np.inf, shape=(3,), dtype=np.float32)
+    action_space = spaces.Discrete(3, start=-1)
+
+    def reset(self, seed=None, options=None):
+        self.rng = np.random.default_rng(seed)
+        self.x = self.rng.normal(size=3).astype(np.float32)
+        return self.x.copy(), {}
+
+    def step(self, action):
+        self.x = (0.9 * self.x + 0.1 * int(action)).astype(np.float32)
+        return self.x.copy(), float(-abs(self.x).sum()), False, False, {}
+
+
+def test_own_environment_object(tmp_path):
+    ds, model, result = round_trip(tmp_path, env=ShiftedCounter(), max_steps=25)
+    assert ds.env_id.startswith("python:") and ds.arrays["action"].min() >= -1 and ds.arrays["action"].max() <= 1
+    assert model.spec.action_start == -1
+    assert torch.equal(model._action_features(torch.tensor([-1, 1])), torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]))
+    with pytest.raises(LoopWMError, match="discrete actions must lie in"):
+        model._action_features(torch.tensor([2]))
+    assert "rollout_steps" not in result  # the object cannot be re-made, so no real-vs-imagined replay
+    with pytest.raises(LoopWMError, match="reset/step contract"):
+        collect(env=object(), out=str(tmp_path / "x"), episodes=1, progress=False)
+
+
+class DictObs(ShiftedCounter):
+    observation_space = spaces.Dict({"x": spaces.Box(-1, 1, shape=(2,))})
+
+
+class TextObs(ShiftedCounter):
+    observation_space = spaces.Text(8)
+
+
+class MultiDiscreteActions(ShiftedCounter):
+    action_space = spaces.MultiDiscrete([2, 3])
+
+
+@pytest.mark.parametrize("env_cls, space", [(DictObs, "Dict"), (TextObs, "Text"), (MultiDiscreteActions, "MultiDiscrete")])
+def test_unsupported_spaces_are_named(tmp_path, env_cls, space):
+    with pytest.raises(LoopWMError) as err:
+        collect(env=env_cls(), out=str(tmp_path / "d"), episodes=1, progress=False)
+    assert space in str(err.value) and "Box" in str(err.value)
+
+
+def test_optional_packages_name_their_extra():
+    from loopwm.envs import make_env
+
+    if importlib.util.find_spec("ale_py") is None:
+        with pytest.raises(LoopWMError, match=r"loopwm\[atari\]"):
+            make_env("ALE/Pong-v5")
+    with pytest.raises(LoopWMError, match="gymnasium does not know"):
+        make_env("NoSuchTask-v3")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mujoco") is None,
+                    reason='MuJoCo is an optional extra: pip install "loopwm[mujoco]"')
+def test_mujoco_task_vector_observations(tmp_path):
+    ds, model, result = round_trip(tmp_path, "HalfCheetah-v5", episodes=3, max_steps=20)
+    assert ds.obs_shape == (17,) and model.spec.action_dim == 6
+    assert model.spec.action_low == [-1.0] * 6
+    assert all(np.isfinite(v) for v in result["open_loop_error"].values())

@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -120,3 +119,28 @@ def test_mujoco_task_vector_observations(tmp_path):
     assert ds.obs_shape == (17,) and model.spec.action_dim == 6
     assert model.spec.action_low == [-1.0] * 6
     assert all(np.isfinite(v) for v in result["open_loop_error"].values())
+
+
+@pytest.mark.parametrize("kind", ["looped", "deep", "rssm"])
+def test_pixel_pipeline_shapes_and_outputs(tmp_path, kind):
+    data = collect(env_id="loopwm/Balls-v0", obs="pixels", pixel_size=16, n_bodies=3, max_episode_steps=20,
+                   out=str(tmp_path / "data"), episodes=3, progress=False)
+    ds = TrajectoryDataset.load(data)
+    assert ds.obs_shape == (16, 16, 3) and ds.arrays["obs"].dtype == np.uint8 and ds.kinematics is None
+    assert ds.stats(range(3))["obs_mean"].shape == (3,)  # pooled over pixels: one value per channel
+    run = train(TrainConfig(data=str(data), out=str(tmp_path / "run"), model=ModelConfig(kind=kind, d=16, n_heads=2, mu_rec=2.0),
+                            steps=2, batch_size=2, context=2, horizon=2, warmup=1, eval_every=10**9, progress=False, device="cpu"))
+    model, _ = load_model(run, "cpu")
+    assert model.spec.pixels and model.spec.n_entities == 256
+    frames = torch.as_tensor(ds.batch(ds.windows([0], 3)[:2])["obs"])  # (B, L+1, H, W, C) uint8
+    state = model.initial(frames[:, 0])
+    assert state.obs.shape == (2, 256, 3)
+    state, roll = model.observe(state, torch.as_tensor(ds.batch(ds.windows([0], 3)[:2])["action"]), frames[:, 1:])
+    assert roll.obs.shape == (2, 3, 256, 3) and roll.obs.dtype == torch.float32
+    assert float(roll.obs.detach().min()) >= 0 and float(roll.obs.detach().max()) <= 255  # frames stay valid images
+    if kind != "rssm":
+        assert state.h.shape == (2, 4 + model.cfg.n_global, 16)  # (16/8)^2 patch tokens + globals
+    result = evaluate(EvalConfig(run=str(run), horizon=5, context=2, max_windows=4, rollout_steps=6,
+                                 out=str(tmp_path / "eval"), gif_steps=4, device="cpu"))
+    assert np.isfinite(result["open_loop_error"]["5"]) and (tmp_path / "eval" / "real_vs_imagined.gif").exists()
+    assert json.loads((tmp_path / "eval" / "eval.json").read_text())["params"] == model.param_count()

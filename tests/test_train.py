@@ -88,6 +88,21 @@ def test_resume_refuses_a_different_configuration(dataset, tmp_path):
     assert final_weights(tmp_path / "run")[1]["step"] == 4
 
 
+def test_runs_saved_before_a_setting_existed_still_resume(dataset, tmp_path):
+    """A config.json written by an older loopwm lacks newer settings: at their defaults they match."""
+    train(tiny_cfg(dataset, tmp_path / "run", steps=2))
+    path = tmp_path / "run" / "config.json"
+    saved = json.loads(path.read_text())
+    del saved["model"]["depth_sampling"], saved["rssm"]["decode_from"]
+    path.write_text(json.dumps(saved))
+    train(tiny_cfg(dataset, tmp_path / "run", steps=3))
+    assert final_weights(tmp_path / "run")[1]["step"] == 3
+    cfg = tiny_cfg(dataset, tmp_path / "run", steps=4)
+    cfg.model.depth_sampling = "sample"  # not the default: the old run did not do this
+    with pytest.raises(LoopWMError, match=r"model\.depth_sampling"):
+        train(cfg)
+
+
 def test_windows_longer_than_episodes_give_a_clear_error(dataset, tmp_path):
     with pytest.raises(LoopWMError, match="no training window"):
         train(tiny_cfg(dataset, tmp_path / "run", horizon=100))

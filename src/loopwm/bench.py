@@ -38,6 +38,7 @@ from loopwm.checkpoint import load_model
 from loopwm.data import CollectConfig, TrajectoryDataset, collect
 from loopwm.eval.openloop import open_loop
 from loopwm.models.flops import count_step_flops
+from loopwm.models.rssm import RSSMConfig
 from loopwm.models.world_model import ModelConfig
 from loopwm.train.loop import TrainConfig, train
 from loopwm.utils import LoopWMError, atomic_write_text, pick_device
@@ -46,25 +47,28 @@ WORLD_IDS = {"balls": "loopwm/Balls-v0", "cradle": "loopwm/Cradle-v0", "chain": 
 CONTEXT = 4  # observed steps before open-loop scoring, equal to training's context
 
 
-def model_suite(quick: bool) -> dict[str, ModelConfig]:
-    """The looped model and the fixed-depth family it is measured against (same width and heads
-    unless named wide), and the RSSM."""
-    suite = {"looped": ModelConfig(kind="looped", mu_rec=4.0)}
+def model_suite(quick: bool) -> dict[str, tuple[ModelConfig, RSSMConfig]]:
+    """The looped model; the fixed-depth family it is measured against (same width and heads unless
+    named wide); the DreamerV3-style RSSM; and the deterministic GRU world model (the RSSM without
+    its stochastic state, encoding its own predictions in imagination as the looped model does)."""
+    suite = {"looped": (ModelConfig(kind="looped", mu_rec=4.0), RSSMConfig())}
     for n in (1, 4, 8) if quick else (1, 4, 8, 16):
-        suite[f"deep-{n}"] = ModelConfig(kind="deep", n_deep=n)
+        suite[f"deep-{n}"] = (ModelConfig(kind="deep", n_deep=n), RSSMConfig())
     if not quick:
-        suite["deep-4-wide"] = ModelConfig(kind="deep", n_deep=4, d=128)
-    suite["rssm"] = ModelConfig(kind="rssm")
+        suite["deep-4-wide"] = (ModelConfig(kind="deep", n_deep=4, d=128), RSSMConfig())
+    suite["rssm"] = (ModelConfig(kind="rssm"), RSSMConfig())
+    if not quick:
+        suite["gru"] = (ModelConfig(kind="rssm"), RSSMConfig(stoch=0))
     return suite
 
 
 def family(name: str) -> str:
-    """Models of one family share the tuned learning rate: looped, deep or rssm."""
+    """Models of one family share the tuned learning rate: looped, deep, rssm or gru."""
     return name.split("-")[0]
 
 
 # the member of each family that the learning-rate sweep trains (deep-4 matches the looped compute)
-FAMILY_REPRESENTATIVE = {"looped": "looped", "deep": "deep-4", "rssm": "rssm"}
+FAMILY_REPRESENTATIVE = {"looped": "looped", "deep": "deep-4", "rssm": "rssm", "gru": "gru"}
 
 
 @dataclass
@@ -146,7 +150,8 @@ def _train_and_score(job: dict) -> dict:
     torch.set_num_threads(1)
     device = pick_device(job["device"])
     budget = job["budget"]
-    tcfg = TrainConfig(data=job["data"], out=job["run_dir"], model=ModelConfig(**job["model"]), lr=job["lr"],
+    tcfg = TrainConfig(data=job["data"], out=job["run_dir"], model=ModelConfig(**job["model"]),
+                       rssm=RSSMConfig(**job["rssm"]), lr=job["lr"],
                        seed=job["seed"], steps=job["steps"] if budget == "steps" else 10**9,
                        minutes=0.0 if budget == "steps" else job["minutes"],
                        eval_every=10**9, ckpt_every=500, progress=False, device=job["device"])
@@ -203,10 +208,11 @@ def run_bench(cfg: BenchConfig) -> Path:
 
     def job(world, name, lr, seed, budget):
         return {"world": world, "name": name, "lr": lr, "seed": seed, "budget": budget, "data": str(data[world]),
-                "run_dir": str(_run_dir(out, world, name, lr, seed, budget)), "model": asdict(suite[name]),
+                "run_dir": str(_run_dir(out, world, name, lr, seed, budget)), "model": asdict(suite[name][0]),
+                "rssm": asdict(suite[name][1]),
                 "steps": cfg.steps, "minutes": cfg.minutes, "horizon": cfg.horizon, "device": cfg.device,
                 "test_depths": list(cfg.test_depths) if name == "looped" and budget == cfg.budgets[0] else [],
-                "cost": _cost(suite[name], budget, cfg)}
+                "cost": _cost(suite[name][0], budget, cfg)}
 
     # 1. the same learning-rate sweep for every family, on the first world and seed, equal steps
     families = sorted({family(n) for n in suite})
@@ -320,12 +326,14 @@ def findings(rows: list[dict]) -> str:
                 biggest = deep[-1]
                 lines.append(f"- {world}: no deep transformer up to {biggest[1]} ({biggest[0] / params['looped']:.1f}x the "
                              f"parameters) reaches the looped model's horizon-10 error ({looped:.4f}).")
-            if "rssm" in params:
+            for other, label in (("rssm", "the RSSM"), ("gru", "the GRU world model")):
+                if other not in params:
+                    continue
                 parts = []
                 for h in horizons:
-                    lo, ro = _mean_error(rows, world, budget, "looped", h)[0], _mean_error(rows, world, budget, "rssm", h)[0]
-                    parts.append(f"h{h} {lo:.4f} vs {ro:.4f} ({'looped better' if lo < ro else 'RSSM better'})")
-                lines.append(f"  Looped ({params['looped']:,} params) against the RSSM ({params['rssm']:,}): " + ", ".join(parts) + ".")
+                    lo, ro = _mean_error(rows, world, budget, "looped", h)[0], _mean_error(rows, world, budget, other, h)[0]
+                    parts.append(f"h{h} {lo:.4f} vs {ro:.4f} ({'looped better' if lo < ro else label + ' better'})")
+                lines.append(f"  Looped ({params['looped']:,} params) against {label} ({params[other]:,}): " + ", ".join(parts) + ".")
         lines.append("")
     if len(worlds) > 1:
         lines.append("## Error at horizon 10 relative to the best floor (lower is better), equal steps")

@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from loopwm.data import CollectConfig, collect
-from loopwm.eval.evaluate import EvalConfig, evaluate, format_table
-from loopwm.eval.plots import plot_error_vs_horizon, plot_iterations, save_side_by_side_gif
+from loopwm.checkpoint import load_model
+from loopwm.eval.evaluate import EvalConfig, evaluate, format_table, write_figures
 from loopwm.models.world_model import ModelConfig
 from loopwm.train.loop import TrainConfig, train
 from loopwm.utils import atomic_write_json
@@ -74,16 +74,9 @@ def run_demo(cfg: DemoConfig) -> dict:
                       max_windows=512 if not cfg.tiny else 16)
     result = evaluate(ecfg, keep_rollout=True)
     rollout = result.pop("_rollout", None)
-    atomic_write_json(out / "eval.json", result)
-    files = {"config": out / "config.json", "metrics": out / "metrics.jsonl", "eval": out / "eval.json",
-             "error_plot": plot_error_vs_horizon(result, out / "error_vs_horizon.png", f"{cfg.env_id}, {cfg.n_bodies} bodies")}
-    if rollout is not None:
-        from loopwm.envs import render_obs
-
-        files["iterations_plot"] = plot_iterations(rollout, out / "iterations.png")
-        n = min(cfg.gif_steps, len(rollout["pred"]))
-        files["video"] = save_side_by_side_gif(rollout["true"][:n], rollout["pred"][:n], out / "real_vs_imagined.gif",
-                                               lambda o: render_obs(o, size=128))
+    model, _ = load_model(out, "cpu")
+    files = {"config": out / "config.json", "metrics": out / "metrics.jsonl",
+             **write_figures(result, rollout, model, out, f"{cfg.env_id}, {cfg.n_bodies} bodies", cfg.gif_steps)}
     files["checkpoint"] = sorted((out / "checkpoints").glob("step_*.safetensors"))[-1]
     minutes = (time.time() - start) / 60
     print()

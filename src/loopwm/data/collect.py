@@ -47,6 +47,11 @@ class CollectConfig:
     """Episode length limit, passed to the environment (gymnasium's TimeLimit) when set."""
     max_steps: int | None = None
     """Cap on steps per episode applied by the collector; a capped episode's last step is marked truncated."""
+    obs: str = "state"
+    """Observations to record: "state" (the environment's own vectors) or "pixels" (rendered RGB
+    frames, resized to --pixel-size; any environment that renders rgb_array)."""
+    pixel_size: int = 64
+    """Side of the square frames recorded with --obs pixels (a multiple of 8)."""
     progress: bool = True
     """Show a progress bar (episodes, rate, ETA)."""
 
@@ -250,8 +255,9 @@ def run_episode(env, policy, seed: int, episode: int, max_steps: int | None = No
             truncs[-1] = True
             break
     discrete = _is_discrete(env.action_space)
+    obs_dtype = np.uint8 if env.observation_space.dtype == np.uint8 else np.float32  # frames stay bytes
     try:
-        out = {"obs": np.asarray(np.stack([np.asarray(o) for o in observations]), dtype=np.float32)}
+        out = {"obs": np.asarray(np.stack([np.asarray(o) for o in observations]), dtype=obs_dtype)}
     except ValueError as err:
         raise LoopWMError(f"episode {episode}: the environment returned observations of varying shapes ({err}); "
                           "loopwm records fixed-shape Box observations") from err
@@ -303,6 +309,8 @@ def _check_config(cfg: CollectConfig) -> None:
             raise LoopWMError(f"--{field.replace('_', '-')} must be at least 1 when given, got {value}")
     if cfg.seed < 0:
         raise LoopWMError(f"--seed must be >= 0, got {cfg.seed}")
+    if cfg.obs not in ("state", "pixels"):
+        raise LoopWMError(f"unknown --obs {cfg.obs!r}: use state or pixels")
     if cfg.policy not in POLICIES:
         raise LoopWMError(f"unknown policy {cfg.policy!r}: choose one of {', '.join(POLICIES)}")
 
@@ -330,6 +338,17 @@ def _custom_env_id(env: Any) -> str:
     return CUSTOM_PREFIX + name
 
 
+def open_env(env_id: str, env_kwargs: dict[str, Any], obs: str = "state", pixel_size: int | None = 64):
+    """The environment exactly as a dataset recorded it (`obs` and `pixel_size` from its manifest)."""
+    from loopwm.envs import make_env  # lazily: data does not need the built-in world to load
+
+    if obs == "pixels":
+        from loopwm.envs.pixels import PixelObservation
+
+        return PixelObservation(make_env(env_id, **env_kwargs, render_mode="rgb_array"), pixel_size or 64)
+    return make_env(env_id, **env_kwargs)
+
+
 def collect(cfg: CollectConfig | None = None, /, *, env: Any = None, env_kwargs: dict[str, Any] | None = None,
             **fields) -> Path:
     """Fill dataset folder `cfg.out` up to `cfg.episodes` episodes; returns the folder.
@@ -346,8 +365,6 @@ def collect(cfg: CollectConfig | None = None, /, *, env: Any = None, env_kwargs:
     held-out episodes but cannot replay the real environment. The caller keeps ownership (not closed).
     """
     from tqdm.auto import tqdm
-
-    from loopwm.envs import make_env  # lazily: data does not need the built-in world to load
 
     try:
         cfg = dataclasses.replace(cfg, **fields) if cfg is not None else CollectConfig(**fields)
@@ -366,10 +383,10 @@ def collect(cfg: CollectConfig | None = None, /, *, env: Any = None, env_kwargs:
     if out.exists() and not out.is_dir():
         raise LoopWMError(f"--out {out} is a file; use a new --out (a folder)")
     identity = {"env_id": cfg.env_id, "env_kwargs": kwargs, "policy": cfg.policy, "seed": cfg.seed,
-                "max_steps": cfg.max_steps}
+                "max_steps": cfg.max_steps, "obs": cfg.obs, "pixel_size": cfg.pixel_size if cfg.obs == "pixels" else None}
     manifest = read_manifest(out) if out.is_dir() else None  # checks format and schema version
     if manifest is not None:
-        theirs = {k: manifest.get(k) for k in identity}
+        theirs = {k: manifest.get(k, {"obs": "state"}.get(k)) for k in identity}  # older manifests: state
         if theirs != identity:
             diff = {k: (theirs[k], identity[k]) for k in identity if theirs[k] != identity[k]}
             raise LoopWMError(f"{out} holds a dataset collected with other settings (existing vs now: {diff}); "
@@ -381,7 +398,11 @@ def collect(cfg: CollectConfig | None = None, /, *, env: Any = None, env_kwargs:
 
     own_env = env is None
     if own_env:
-        env = make_env(cfg.env_id, **kwargs)
+        env = open_env(cfg.env_id, kwargs, cfg.obs, cfg.pixel_size)
+    elif cfg.obs == "pixels":
+        from loopwm.envs.pixels import PixelObservation
+
+        env = PixelObservation(env, cfg.pixel_size)
     try:
         spaces = {"observation_space": describe_space(env.observation_space),
                   "action_space": describe_space(env.action_space)}
@@ -393,7 +414,8 @@ def collect(cfg: CollectConfig | None = None, /, *, env: Any = None, env_kwargs:
             manifest = {
                 "schema_version": SCHEMA_VERSION, "format": FORMAT, "created_by": f"loopwm {__version__}",
                 **identity, **spaces,
-                "kinematics": _jsonable(getattr(getattr(env, "unwrapped", env), "kinematics", None), "env.unwrapped.kinematics"),
+                "kinematics": None if cfg.obs == "pixels" else  # frames carry no positions to integrate
+                _jsonable(getattr(getattr(env, "unwrapped", env), "kinematics", None), "env.unwrapped.kinematics"),
                 "info_keys": None, "info_dtypes": None, "shards": [],
             }
             out.mkdir(parents=True, exist_ok=True)

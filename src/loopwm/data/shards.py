@@ -10,6 +10,7 @@ Shard contents (E episodes of T_i steps each; S = sum T_i)::
 
     episode_lengths  int64   (E,)                  the T_i, each >= 1
     obs              float32 (S + E, *obs_shape)   T_i + 1 observations per episode: the first, then one per step
+                     (uint8 when the observation space is uint8, as camera frames (H, W, C) are)
     action           float32 (S, *act_shape) for a Box action space, int64 (S,) for Discrete
     reward           float32 (S,)
     terminated       bool    (S,)
@@ -246,8 +247,9 @@ def _check_shard(shard: Path, arrays: dict[str, np.ndarray], entry: dict, manife
     obs_shape = tuple(manifest["observation_space"]["shape"])
     act = manifest["action_space"]
     act_shape = () if act["type"] == "discrete" else tuple(act["shape"])
+    pixels = manifest["observation_space"].get("dtype") == "uint8"
     expected = {  # key: (shape, accepted dtype kinds, canonical dtype)
-        "obs": ((n_obs, *obs_shape), "f", np.float32),
+        "obs": ((n_obs, *obs_shape), "u" if pixels else "f", np.uint8 if pixels else np.float32),
         "action": ((n_steps, *act_shape), "iu" if act["type"] == "discrete" else "f",
                    np.int64 if act["type"] == "discrete" else np.float32),
         "reward": ((n_steps,), "fiu", np.float32),
@@ -365,8 +367,9 @@ class TrajectoryDataset:
 
     @property
     def feature_shape(self) -> tuple[int, ...]:
-        """Shape of `stats`: (F,) for (N, F) observations (pooled over bodies), else the observation shape."""
-        return self.obs_shape[-1:] if len(self.obs_shape) == 2 else self.obs_shape
+        """Shape of `stats`: (F,) for (N, F) observations (pooled over bodies), (C,) for (H, W, C)
+        frames (pooled over pixels), else the observation shape."""
+        return self.obs_shape[-1:] if len(self.obs_shape) >= 2 else self.obs_shape
 
     @property
     def episodes(self) -> int:
@@ -489,12 +492,30 @@ class TrajectoryDataset:
             raise LoopWMError("statistics need at least one episode")
         feat = self.feature_shape
         obs = self.arrays["obs"]
-        rows = np.isin(self._obs_episode, idx)
-        x = obs[rows].astype(np.float64).reshape(-1, *feat)
-        # a delta row r pairs observations r and r+1 of one episode
-        pair = rows[:-1] & (self._obs_episode[:-1] == self._obs_episode[1:])
-        d = (obs[1:][pair].astype(np.float64) - obs[:-1][pair]).reshape(-1, *feat)
-        return {"obs_mean": x.mean(0), "obs_std": x.std(0), "delta_mean": d.mean(0), "delta_std": d.std(0)}
+        rows = np.flatnonzero(np.isin(self._obs_episode, idx))
+        acc = {k: np.zeros((3, *feat)) for k in ("obs", "delta")}  # count, sum, sum of squares
+
+        def add(key: str, x: np.ndarray) -> None:
+            x = x.astype(np.float64).reshape(-1, *feat)
+            acc[key] += np.stack([np.full(feat, len(x), dtype=np.float64), x.sum(0), (x * x).sum(0)])
+
+        # in chunks of rows: a float64 copy of a whole dataset of frames would not fit in memory
+        chunk = max(1, 2**22 // max(1, int(np.prod(obs.shape[1:]))))
+        for lo in range(0, len(rows), chunk):
+            r = rows[lo : lo + chunk]
+            add("obs", obs[r])
+            # a delta pairs observation row i with row i + 1 of the same episode
+            pair = r[(r + 1 < len(obs))]
+            pair = pair[self._obs_episode[pair] == self._obs_episode[pair + 1]]
+            if len(pair):
+                add("delta", obs[pair + 1].astype(np.float64) - obs[pair])
+        out = {}
+        for key in ("obs", "delta"):
+            n, s1, s2 = acc[key]
+            n = np.maximum(n, 1)
+            mean = s1 / n
+            out[f"{key}_mean"], out[f"{key}_std"] = mean, np.sqrt(np.maximum(s2 / n - mean * mean, 0.0))
+        return out
 
     def windows(self, episodes: Iterable[int], length: int) -> np.ndarray:
         """Every window of `length` transitions inside one of `episodes`, never crossing an episode end.

@@ -66,6 +66,7 @@ _MUJOCO_IDS = ("Ant", "HalfCheetah", "Hopper", "Humanoid", "InvertedDoublePendul
 
 def _prepare(env_id: str) -> None:
     """Load the package that registers `env_id` and set up headless rendering where needed."""
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame renderers (classic control) need no display
     for prefix, (module, extra) in _PLUGINS.items():
         if env_id.startswith(prefix):
             try:

@@ -46,9 +46,63 @@ class EvalConfig:
     """Seed of the long rollout's start and actions."""
     device: str = "auto"
     """"auto", "cpu" or "cuda[:N]"."""
+    out: str = ""
+    """Folder for eval.json and figures: error vs horizon, iterations per step, and a side-by-side
+    real-vs-imagined GIF where frames can be drawn (the built-in world, pixel observations)."""
+    gif_steps: int = 150
+    """Imagined steps shown in the GIF."""
+
+
+def frame_renderer(model, env_id: str | None, size: int = 128):
+    """A function from one observation in entity form to an RGB frame, or None when the world's
+    states cannot be drawn (vector observations of an environment other than the built-in world)."""
+    spec = model.spec
+    if spec.pixels:
+        H, W, C = spec.obs_shape
+        scale = max(1, size // H)
+
+        def draw(o):
+            frame = np.clip(np.asarray(o), 0, 255).astype(np.uint8).reshape(H, W, C)[..., :3]
+            return np.kron(frame, np.ones((scale, scale, 1), dtype=np.uint8))  # nearest-neighbour upscale
+
+        return draw
+    if env_id and env_id.startswith("loopwm/"):
+        from loopwm.envs import render_obs
+
+        return lambda o: render_obs(o, size=size)
+    return None
+
+
+def write_figures(result: dict, rollout: dict | None, model, out: str | Path, title: str = "", gif_steps: int = 150) -> dict:
+    """eval.json, the error plot and, with a rollout, the iterations plot and the side-by-side GIF."""
+    from loopwm.eval.plots import plot_error_vs_horizon, plot_iterations, save_side_by_side_gif
+    from loopwm.utils import atomic_write_json
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "eval.json", result)
+    files = {"eval": out / "eval.json", "error_plot": plot_error_vs_horizon(result, out / "error_vs_horizon.png", title)}
+    if rollout is not None:
+        files["iterations_plot"] = plot_iterations(rollout, out / "iterations.png")
+        render = frame_renderer(model, result.get("env_id"))
+        if render is not None:
+            n = min(gif_steps, len(rollout["pred"]))
+            files["video"] = save_side_by_side_gif(rollout["true"][:n], rollout["pred"][:n], out / "real_vs_imagined.gif", render)
+    return files
 
 
 def evaluate(cfg: EvalConfig, keep_rollout: bool = False) -> dict:
+    """Score a run; with `cfg.out`, also write eval.json and the figures there."""
+    result = _evaluate(cfg, keep_rollout=keep_rollout or bool(cfg.out))
+    if cfg.out:
+        rollout = result["_rollout"] if keep_rollout else result.pop("_rollout", None)
+        model, _ = load_model(cfg.run, "cpu")
+        clean = {k: v for k, v in result.items() if k != "_rollout"}
+        write_figures(clean, rollout, model, cfg.out, str(result.get("env_id") or ""), cfg.gif_steps)
+    return result
+
+
+def _evaluate(cfg: EvalConfig, keep_rollout: bool = False) -> dict:
     device = pick_device(cfg.device)
     model, meta = load_model(cfg.run, device)
     data_path = cfg.data or meta.get("data")
@@ -88,7 +142,8 @@ def evaluate(cfg: EvalConfig, keep_rollout: bool = False) -> dict:
         torch.as_tensor(first["action"][0], device=device), depth=depth, exit_rule=rule)
     if meta.get("env_id") and not meta["env_id"].startswith(CUSTOM_PREFIX):  # a user's own object cannot be re-made
         rollout = real_vs_imagined(model, meta["env_id"], meta.get("env_kwargs") or {}, cfg.rollout_steps,
-                                   cfg.context, cfg.seed, depth, rule, device)
+                                   cfg.context, cfg.seed, depth, rule, device, ds.manifest.get("obs", "state"),
+                                   ds.manifest.get("pixel_size"))
         out.update(rollout_stats(model, rollout))
         if keep_rollout:
             out["_rollout"] = rollout

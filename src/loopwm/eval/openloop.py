@@ -94,17 +94,18 @@ def open_loop(model, ds, episodes, context: int = 4, horizon: int = 50, max_wind
 
 @torch.no_grad()
 def real_vs_imagined(model, env_id: str, env_kwargs: dict, steps: int = 1000, context: int = 4, seed: int = 12345,
-                     depth: int | None = None, exit_rule=None, device="cpu") -> dict[str, np.ndarray]:
+                     depth: int | None = None, exit_rule=None, device="cpu", obs_mode: str = "state",
+                     pixel_size: int | None = None) -> dict[str, np.ndarray]:
     """Run the real world and the model side by side from the same start under the same actions.
 
     The model observes the first `context` transitions, then imagines `steps` more. Returns true and
     predicted observations (steps, N, F), the model's iterations per step, and the world's own
     per-step difficulty (contacts, solver iterations) where it reports them.
     """
-    from loopwm.envs import make_env
+    from loopwm.data.collect import open_env
 
     kwargs = {**env_kwargs, "max_episode_steps": steps + context + 1}
-    env = make_env(env_id, **kwargs)
+    env = open_env(env_id, kwargs, obs_mode, pixel_size)
     obs, _ = env.reset(seed=seed)
     env.action_space.seed(seed)
     rng = np.random.default_rng(seed)

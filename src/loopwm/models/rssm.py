@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from loopwm.models.dynamics import Dynamics, State
+from loopwm.models.pixels import ConvDecoder, ConvEncoder
 from loopwm.models.world_model import WorldModel, WorldSpec
 from loopwm.utils import LoopWMError
 
@@ -41,7 +42,9 @@ class RSSMConfig:
     deter: int = 256
     """Width of the deterministic GRU state h."""
     stoch: int = 16
-    """Number of categorical latent variables in z."""
+    """Number of categorical latent variables in z; 0 gives the deterministic GRU world model
+    (no z, no KL: every step encodes its input observation, the model's own prediction in
+    imagination, as the looped model does)."""
     classes: int = 16
     """Classes of each categorical variable."""
     hidden: int = 256
@@ -56,6 +59,9 @@ class RSSMConfig:
     """Weight of the representation loss KL(posterior || sg(prior)): keeps the posterior predictable."""
     recon_weight: float = 1.0
     """Weight of the reconstruction loss of o_t from the posterior state (normalised MSE)."""
+    decode_from: str = "sample"
+    """What the next-observation head reads besides h: "sample" (the prior's one-hot z, as
+    DreamerV3) or "probs" (the prior's class probabilities: deterministic given h, less noisy)."""
 
     def resolved_eval_depth(self) -> int:
         """One GRU update per environment step: the RSSM has no loop whose depth could vary."""
@@ -115,6 +121,32 @@ def kl_balanced(post: torch.Tensor, prior: torch.Tensor, cfg: RSSMConfig) -> tor
 
 
 # ----- the model -----
+class PixelRSSMEncoder(nn.Module):
+    """Frames (B, H*W, C) -> (B, hidden): the shared convolutional encoder, flattened."""
+
+    def __init__(self, obs_shape: list[int], hidden: int, d: int = 32):
+        super().__init__()
+        self.conv = ConvEncoder(obs_shape, d)
+        self.out = dense(self.conv.pos.numel(), hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.conv(x).flatten(1))  # (B, P, d) -> (B, hidden)
+
+
+class PixelRSSMDecoder(nn.Module):
+    """Model state (B, n_feat) -> per-pixel outputs (B, H*W, C) through the shared decoder."""
+
+    def __init__(self, obs_shape: list[int], n_feat: int, d: int = 32):
+        super().__init__()
+        self.deconv = ConvDecoder(obs_shape, d)
+        self.n_patches, self.d = self.deconv.gh * self.deconv.gw, d
+        self.inp = nn.Linear(n_feat, self.n_patches * d)
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        tokens = self.inp(feat).view(feat.shape[0], self.n_patches, self.d)  # (B, P, d)
+        return self.deconv(tokens)  # (B, H*W, C)
+
+
 class RSSM(Dynamics, nn.Module):
     """A DreamerV3-style RSSM world model. Implements the `Dynamics` interface: initial / step /
     observe / imagine, with the same observation conventions as `WorldModel`.
@@ -146,17 +178,27 @@ class RSSM(Dynamics, nn.Module):
         n_obs = spec.n_entities * spec.n_features  # all bodies flattened into one vector
         n_z = cfg.stoch * cfg.classes
         n_feat = cfg.deter + n_z  # the model state [h, z] every head reads
-        self.encoder = nn.Sequential(dense(n_obs, cfg.hidden), dense(cfg.hidden, cfg.hidden))
-        self.img_in = dense(n_z + spec.action_dim, cfg.hidden)  # [z_t, a_t] -> GRU input
+        if spec.pixels:  # frames: convolutional encoder and decoders, as DreamerV3
+            self.encoder = PixelRSSMEncoder(spec.obs_shape, cfg.hidden)
+        else:
+            self.encoder = nn.Sequential(dense(n_obs, cfg.hidden), dense(cfg.hidden, cfg.hidden))
+        if cfg.decode_from not in ("sample", "probs"):
+            raise LoopWMError(f"unknown --rssm.decode-from {cfg.decode_from!r}: use sample or probs")
+        # [z_t, a_t] -> GRU input; without z, [embed(o_t), a_t]
+        self.img_in = dense((n_z or cfg.hidden) + spec.action_dim, cfg.hidden)
         self.gru = nn.GRUCell(cfg.hidden, cfg.deter)
-        self.prior_head = head(cfg.deter, cfg.hidden, n_z)  # p(z | h)
-        self.post_head = head(cfg.deter + cfg.hidden, cfg.hidden, n_z)  # q(z | h, embed(o))
-        self.obs_head = head(n_feat, cfg.hidden, n_obs)  # normalised change o_t -> o_{t+1}
-        self.recon_head = head(n_feat, cfg.hidden, n_obs)  # normalised o_t, for the latent loss
+        if n_z:
+            self.prior_head = head(cfg.deter, cfg.hidden, n_z)  # p(z | h)
+            self.post_head = head(cfg.deter + cfg.hidden, cfg.hidden, n_z)  # q(z | h, embed(o))
+        decoder = (lambda: PixelRSSMDecoder(spec.obs_shape, n_feat)) if spec.pixels else (lambda: head(n_feat, cfg.hidden, n_obs))
+        self.obs_head = decoder()  # normalised change o_t -> o_{t+1}
+        if n_z:
+            self.recon_head = decoder()  # normalised o_t from the posterior state, for the latent loss
         self.reward_head = head(n_feat, cfg.hidden, 1)
         self.cont_head = head(n_feat, cfg.hidden, 1)
-        nn.init.zeros_(self.obs_head[-1].weight)  # start as "nothing changes", like the looped model
-        nn.init.zeros_(self.obs_head[-1].bias)
+        if not spec.pixels:  # (the pixel decoder starts at zero by itself)
+            nn.init.zeros_(self.obs_head[-1].weight)  # start as "nothing changes", like the looped model
+            nn.init.zeros_(self.obs_head[-1].bias)
         self._register_norm_buffers(spec)
 
     def max_a_bar(self) -> float:
@@ -207,20 +249,28 @@ class RSSM(Dynamics, nn.Module):
         act = self._action_features(action)  # (B, A)
         h = state.h  # (B, deter)
         aux = obs.new_zeros(())
-        if state.real:  # an observation to correct the belief with: posterior, and its losses
-            embed = self.encoder(symlog(self._normalise(obs)).reshape(B, N * Fdim))  # (B, hidden)
-            post = self._dist(self.post_head(torch.cat([h, embed], dim=-1)))  # (B, S, C)
-            prior = self._dist(self.prior_head(h))  # (B, S, C)
-            z = self._sample(post)  # (B, S*C)
-            recon = self._recon_loss(torch.cat([h, z], dim=-1), obs)
-            aux = kl_balanced(post, prior, self.cfg) + self.cfg.recon_weight * recon
-        elif state.z is not None:  # imagining: the prior sample drawn by the previous step
-            z = state.z  # (B, S*C)
-        else:  # imagining from a state that never saw an observation nor a step
-            z = self._sample(self._dist(self.prior_head(h)))  # (B, S*C)
-        h_next = self.gru(self.img_in(torch.cat([z, act], dim=-1)), h)  # (B, deter)
-        z_next = self._sample(self._dist(self.prior_head(h_next)))  # (B, S*C)
-        feat = torch.cat([h_next, z_next], dim=-1)  # (B, deter + S*C)
+        x = symlog(self._normalise(obs))  # (B, N, F)
+        if not self.cfg.stoch:  # deterministic GRU: encode whatever observation the state holds
+            embed = self.encoder(x if self.spec.pixels else x.reshape(B, N * Fdim))  # (B, hidden)
+            h_next = self.gru(self.img_in(torch.cat([embed, act], dim=-1)), h)  # (B, deter)
+            z_next, feat = None, h_next
+        else:
+            if state.real:  # an observation to correct the belief with: posterior, and its losses
+                embed = self.encoder(x if self.spec.pixels else x.reshape(B, N * Fdim))  # (B, hidden)
+                post = self._dist(self.post_head(torch.cat([h, embed], dim=-1)))  # (B, S, C)
+                prior = self._dist(self.prior_head(h))  # (B, S, C)
+                z = self._sample(post)  # (B, S*C)
+                recon = self._recon_loss(torch.cat([h, z], dim=-1), obs)
+                aux = kl_balanced(post, prior, self.cfg) + self.cfg.recon_weight * recon
+            elif state.z is not None:  # imagining: the prior sample drawn by the previous step
+                z = state.z  # (B, S*C)
+            else:  # imagining from a state that never saw an observation nor a step
+                z = self._sample(self._dist(self.prior_head(h)))  # (B, S*C)
+            h_next = self.gru(self.img_in(torch.cat([z, act], dim=-1)), h)  # (B, deter)
+            probs = self._dist(self.prior_head(h_next))  # (B, S, C)
+            z_next = self._sample(probs)  # (B, S*C)
+            read = z_next if self.cfg.decode_from == "sample" else probs.flatten(1)
+            feat = torch.cat([h_next, read], dim=-1)  # (B, deter + S*C)
         pred = self._decode(obs, self.obs_head(feat).view(B, N, Fdim))  # (B, N, F)
         out = {
             "obs": pred,

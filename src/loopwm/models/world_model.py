@@ -28,6 +28,7 @@ from loopwm.models.blocks import MLP
 from loopwm.models.dynamics import Dynamics, State
 from loopwm.models.exits import ExitRule
 from loopwm.models.looped import DeepCore, LoopedCore
+from loopwm.models.pixels import ConvDecoder, PixelEncoder
 from loopwm.utils import LoopWMError
 
 BIG = 1e6  # stands in for an infinite observation bound when clamping
@@ -69,7 +70,14 @@ class WorldSpec:
     """Smallest discrete action (gymnasium's Discrete(n, start))."""
 
     @property
+    def pixels(self) -> bool:
+        """Camera frames (H, W, C): seen as H*W pixel entities, encoded as patch tokens."""
+        return len(self.obs_shape) == 3
+
+    @property
     def n_entities(self) -> int:
+        if self.pixels:
+            return self.obs_shape[0] * self.obs_shape[1]
         return self.obs_shape[0] if len(self.obs_shape) == 2 else 1
 
     @property
@@ -78,7 +86,7 @@ class WorldSpec:
 
     @property
     def kinematic(self) -> bool:
-        return bool(self.position_idx) and self.dt is not None
+        return bool(self.position_idx) and self.dt is not None and not self.pixels
 
 
 @dataclass
@@ -220,7 +228,11 @@ class WorldModel(Dynamics, nn.Module):
         self.spec, self.cfg = spec, cfg
         d = cfg.d
         n_act = spec.action_dim
-        self.encoder = EntityEncoder(spec, cfg, n_act)
+        if spec.pixels:  # frames: a convolutional encoder and decoder around the same core
+            self.encoder = PixelEncoder(spec.obs_shape, d, n_act)
+            self.n_patches = self.encoder.conv.pos.shape[0]
+        else:
+            self.encoder = EntityEncoder(spec, cfg, n_act)
         self.action_token = nn.Linear(n_act, d)
         self.global_embed = nn.Parameter(torch.randn(cfg.n_global, d) * 0.02)
         self.no_obs = nn.Parameter(torch.randn(d) * 0.02)  # imagination mode: "no observation"
@@ -231,11 +243,14 @@ class WorldModel(Dynamics, nn.Module):
         else:
             raise LoopWMError(f"unknown model kind {cfg.kind!r} for WorldModel: use 'looped' or 'deep' "
                               "('rssm' is built by loopwm.models.build_model)")
-        self.obs_head = MLP(d, d, spec.n_features)
+        if spec.pixels:
+            self.obs_head = ConvDecoder(spec.obs_shape, d)  # zero at init, like the MLP head below
+        else:
+            self.obs_head = MLP(d, d, spec.n_features)
+            nn.init.zeros_(self.obs_head.fc2.weight)  # start as "nothing changes": a stable first rollout
+            nn.init.zeros_(self.obs_head.fc2.bias)
         self.reward_head = MLP(d, d, 1)
         self.cont_head = MLP(d, d, 1)
-        nn.init.zeros_(self.obs_head.fc2.weight)  # start as "nothing changes": a stable first rollout
-        nn.init.zeros_(self.obs_head.fc2.bias)
         self._register_norm_buffers(spec)
 
     # ----- normalisation constants (buffers, saved in the checkpoint) -----
@@ -275,7 +290,10 @@ class WorldModel(Dynamics, nn.Module):
 
     # ----- shapes in, shapes out -----
     def _as_entities(self, obs: torch.Tensor) -> torch.Tensor:
-        return obs if len(self.spec.obs_shape) == 2 else obs.unsqueeze(-2)  # (..., N, F)
+        shape = self.spec.obs_shape
+        if len(shape) == 3:  # frames (..., H, W, C) -> (..., H*W, C)
+            return obs.reshape(*obs.shape[:-3], shape[0] * shape[1], shape[2])
+        return obs if len(shape) == 2 else obs.unsqueeze(-2)  # (..., N, F)
 
     def _action_features(self, action: torch.Tensor) -> torch.Tensor:
         if self.spec.action_kind == "discrete":
@@ -289,8 +307,12 @@ class WorldModel(Dynamics, nn.Module):
             act = (act - self.action_centre) / self.action_half_range
         return act
 
+    def n_obs_tokens(self, n_entities: int) -> int:
+        """Tokens an observation becomes: one per entity, or one per patch for frames."""
+        return self.n_patches if self.spec.pixels else n_entities
+
     def n_state_tokens(self, n_entities: int) -> int:
-        return n_entities + self.cfg.n_global
+        return self.n_obs_tokens(n_entities) + self.cfg.n_global
 
     def param_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -328,28 +350,29 @@ class WorldModel(Dynamics, nn.Module):
         """
         obs = state.obs
         B, N, _ = obs.shape
+        P = self.n_obs_tokens(N)  # observation tokens: N entities, or the patches of a frame
         act = self._action_features(action)  # (B, A)
         if depth is None:
             depth = self.sample_depth(B, obs.device) if self.training else self.cfg.resolved_eval_depth()
         if isinstance(depth, int):
             depth = torch.full((B,), depth, dtype=torch.long, device=obs.device)
         if state.real or self.cfg.feedback == "prediction":
-            e_obs = self.encoder(obs, self._norm(), act)  # (B, N, d)
+            e_obs = self.encoder(obs, self._norm(), act)  # (B, P, d)
         else:
-            e_obs = self.no_obs.expand(B, N, -1)  # (B, N, d)
-        h_prev = state.h  # (B, N + G, d)
+            e_obs = self.no_obs.expand(B, P, -1)  # (B, P, d)
+        h_prev = state.h  # (B, P + G, d)
         x = torch.cat(
             [
-                h_prev[:, :N] + e_obs,  # entity slots paired with their own observation row
-                h_prev[:, N:] + self.global_embed,  # (B, G, d)
+                h_prev[:, :P] + e_obs,  # entity slots paired with their own observation row
+                h_prev[:, P:] + self.global_embed,  # (B, G, d)
                 self.action_token(act)[:, None, :],  # (B, 1, d)
             ],
             dim=1,
-        )  # (B, N + G + 1, d)
+        )  # (B, P + G + 1, d)
         z0 = state.z if self.cfg.carry_state else None
         n_grad = self.cfg.resolved_n_grad() if self.training else None
         h, z, used = self.core(x, self.n_state_tokens(N), z0, depth, n_grad, exit_rule)  # (B, N_h, d) x2
-        pred = self._decode(obs, self.obs_head(h[:, :N]))  # (B, N, F)
+        pred = self._decode(obs, self.obs_head(h[:, :P]))  # (B, N, F)
         pooled = h.mean(dim=1)  # (B, d)
         out = {
             "obs": pred,

@@ -197,13 +197,28 @@ def _check_resume(run_dir: Path, cfg: TrainConfig) -> None:
     if not saved_path.exists():
         return
     saved = json.loads(saved_path.read_text())
-    now = asdict(cfg)
-    diff = [k for k in now if k not in RESUMABLE_FIELDS and saved.get(k) != now[k]]
+    diff = [k for k in _config_diff(saved, asdict(cfg), asdict(TrainConfig())) if k.split(".")[0] not in RESUMABLE_FIELDS]
     if diff:
         raise LoopWMError(
             f"{run_dir} holds a run with a different configuration ({', '.join(diff)} differ); "
             "use a new --out, or delete the folder to start over"
         )
+
+
+def _config_diff(saved: dict, now: dict, default: dict, prefix: str = "") -> list[str]:
+    """Settings that differ between a saved config and the current one. A setting the saved run does
+    not have (added to loopwm since) counts as equal when it is at its default value, which by
+    construction reproduces the old behaviour."""
+    out = []
+    for key, value in now.items():
+        if key not in saved:
+            if value != default.get(key):
+                out.append(prefix + key)
+        elif isinstance(value, dict) and isinstance(saved[key], dict):
+            out += _config_diff(saved[key], value, default.get(key) or {}, f"{prefix}{key}.")
+        elif saved[key] != value:
+            out.append(prefix + key)
+    return out
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

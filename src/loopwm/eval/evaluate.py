@@ -37,7 +37,7 @@ class EvalConfig:
     depth: int = 0
     """Loop iterations per step; 0 means the model's evaluation depth."""
     exit: str = "fixed"
-    """Exit rule: fixed, delta or accel."""
+    """Exit rule: fixed, delta, accel, or gate (a model trained with --model.exit-gate)."""
     threshold: float = 0.0
     """Threshold of the exit rule."""
     rollout_steps: int = 1000
@@ -113,7 +113,7 @@ def _evaluate(cfg: EvalConfig, keep_rollout: bool = False) -> dict:
         raise LoopWMError(f"dataset observations {tuple(ds.obs_shape)} do not match the model's {tuple(model.spec.obs_shape)}")
     episodes = np.asarray(meta["val_episodes"]) if not cfg.data else np.arange(ds.episodes)
     depth = cfg.depth or None
-    rule = exit_rule_from(cfg.exit, cfg.threshold)
+    rule = exit_rule_from(cfg.exit, cfg.threshold, model)
     res = open_loop(model, ds, episodes, cfg.context, cfg.horizon, cfg.max_windows, depth, rule, device=device)
     horizon = len(res.errors)  # shorter than asked when held-out episodes are short
     pick = [h for h in HORIZONS if h <= horizon] + ([horizon] if horizon < cfg.horizon and horizon not in HORIZONS else [])

@@ -141,6 +141,24 @@ def real_vs_imagined(model, env_id: str, env_kwargs: dict, steps: int = 1000, co
     }
 
 
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 0..n-1 with ties given their average rank."""
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x), dtype=np.float64)
+    ranks[order] = np.arange(len(x))
+    values, inverse = np.unique(x, return_inverse=True)
+    sums = np.bincount(inverse, weights=ranks)
+    return (sums / np.bincount(inverse))[inverse]
+
+
+def spearman(a, b) -> float | None:
+    """Spearman rank correlation; None when either series is constant (no ranking to compare)."""
+    a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
+    if len(a) != len(b) or len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return None
+    return float(np.corrcoef(_ranks(a), _ranks(b))[0, 1])
+
+
 def rollout_stats(model, rollout: dict[str, np.ndarray]) -> dict[str, float]:
     """Boundedness of a long imagined rollout against the true one."""
     pred, true = rollout["pred"], rollout["true"]
@@ -162,6 +180,11 @@ def rollout_stats(model, rollout: dict[str, np.ndarray]) -> dict[str, float]:
         lo, hi = low[spec.position_idx], high[spec.position_idx]
         inside = (pos - rad >= lo - 1e-5) & (pos + rad <= hi + 1e-5)
         stats["rollout_inside_box"] = float(inside.all(-1).mean())
+    contacts, solver = rollout.get("contacts"), rollout.get("solver_iterations")
+    if contacts is not None and solver is not None and (np.any(contacts) or np.any(solver)):  # the world reports its difficulty
+        n = len(rollout["iterations"])
+        stats["iterations_event_spearman"] = spearman(rollout["iterations"], rollout["contacts"][:n])
+        stats["iterations_solver_spearman"] = spearman(rollout["iterations"], rollout["solver_iterations"][:n])
     return stats
 
 
@@ -178,5 +201,5 @@ def steps_per_second(model, obs0: torch.Tensor, action: torch.Tensor, n: int = 2
     return n / (time.perf_counter() - start)
 
 
-def exit_rule_from(name: str, threshold: float):
-    return None if name == "fixed" else make_exit_rule(name, threshold)
+def exit_rule_from(name: str, threshold: float, model=None):
+    return None if name == "fixed" else make_exit_rule(name, threshold, model=model)

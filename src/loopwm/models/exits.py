@@ -72,11 +72,30 @@ class AccelExit(ExitRule):
         return (hits >= 2) & (t + 1 >= self.min_iterations)
 
 
-EXIT_RULES = {"fixed": ExitRule, "delta": DeltaExit, "accel": AccelExit}
+class GateExit(ExitRule):
+    """Stop when the model's learned exit gate (`looped.ExitGate`) exceeds the threshold."""
+
+    name = "gate"
+
+    def __init__(self, threshold: float = 0.5, min_iterations: int = 1, gate=None):
+        super().__init__(threshold, min_iterations)
+        if gate is None:
+            raise LoopWMError("the gate exit rule needs a looped model trained with an exit gate "
+                              "(loopwm train --model.exit-gate); this model has none: use delta or accel")
+        self.gate = gate
+
+    def should_stop(self, t, z_prev, z_new, rows):
+        return (self.gate(z_new) > self.threshold) & (t + 1 >= self.min_iterations)
 
 
-def make_exit_rule(name: str, threshold: float = 0.0, min_iterations: int = 1) -> ExitRule:
-    """Build an exit rule by name; unknown names raise an error that lists the known ones."""
+EXIT_RULES = {"fixed": ExitRule, "delta": DeltaExit, "accel": AccelExit, "gate": GateExit}
+
+
+def make_exit_rule(name: str, threshold: float = 0.0, min_iterations: int = 1, model=None) -> ExitRule:
+    """Build an exit rule by name; unknown names raise an error that lists the known ones.
+    The gate rule reads the gate of `model` (a looped world model trained with one)."""
     if name not in EXIT_RULES:
         raise LoopWMError(f"unknown exit rule {name!r}: choose one of {sorted(EXIT_RULES)}")
+    if name == "gate":
+        return GateExit(threshold, min_iterations, gate=getattr(getattr(model, "core", None), "gate", None))
     return EXIT_RULES[name](threshold=threshold, min_iterations=min_iterations)

@@ -52,6 +52,21 @@ class DiagInjection(nn.Module):
         return self.a_bar() * z + dt * (e @ self.B.T)  # (B, N_h, d)
 
 
+class ExitGate(nn.Module):
+    """The paper's learned exit gate: g = mean over tokens of sigmoid(w . LN(z) + b), one exit
+    probability per sample. It starts low (about 0.12): a fresh gate lets the loop run."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(d, elementwise_affine=False)  # the gate reads direction, not scale
+        self.proj = nn.Linear(d, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.constant_(self.proj.bias, -2.0)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.proj(self.norm(z))).squeeze(-1).mean(-1)  # (B, N_h, d) -> (B,)
+
+
 class LoopedCore(nn.Module):
     """Prelude / shared recurrent block / coda, with per-sample depth."""
 
@@ -65,9 +80,11 @@ class LoopedCore(nn.Module):
         mlp_ratio: int = 4,
         init_decay: float = 0.45,
         init_std: float = 0.02,
+        exit_gate: bool = False,
     ):
         super().__init__()
         self.init_std = init_std
+        self.gate = ExitGate(d) if exit_gate else None
         self.prelude = Stack(n_prelude, d, n_heads, mlp_ratio)
         self.prelude_norm = nn.LayerNorm(d)
         self.inject = DiagInjection(d, init_decay)
@@ -94,6 +111,7 @@ class LoopedCore(nn.Module):
         depth: torch.Tensor,
         n_grad: int | None = None,
         exit_rule: ExitRule | None = None,
+        trajectory: list | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the shared block up to depth[i] times per sample i.
 
@@ -103,6 +121,8 @@ class LoopedCore(nn.Module):
             depth: (B,) long, maximum iterations per sample (>= 1).
             n_grad: gradients flow only through each sample's last n_grad iterations (None: all).
             exit_rule: may stop a sample before its depth; stopped samples are frozen.
+            trajectory: a list that receives the whole batch's state (B, N_h, d) after every
+                iteration (a finished sample repeats its final state), for per-iteration losses.
         Returns:
             z: (B, N_h, d) final state; used: (B,) long, iterations actually run.
         """
@@ -131,6 +151,8 @@ class LoopedCore(nn.Module):
                 running = running.index_put((rows,), ~stop) if not everyone else ~stop
             z = z_new if everyone else z.index_copy(0, rows, z_new)
             used = used + run.long()
+            if trajectory is not None:
+                trajectory.append(z)
         return z, used
 
     def forward(
@@ -141,6 +163,7 @@ class LoopedCore(nn.Module):
         depth: torch.Tensor,
         n_grad: int | None = None,
         exit_rule: ExitRule | None = None,
+        trajectory: list | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One environment step.
 
@@ -154,9 +177,12 @@ class LoopedCore(nn.Module):
         e = self.prelude_norm(self.prelude(x)[:, :n_state])  # (B, N_h, d)
         if z0 is None:
             z0 = self.initial_state(e.shape, e.device, e.dtype)
-        z, used = self.iterate(e, z0, depth, n_grad, exit_rule)
-        h = self.coda_norm(self.coda(self.coda_proj(z)))  # (B, N_h, d)
-        return h, z, used
+        z, used = self.iterate(e, z0, depth, n_grad, exit_rule, trajectory)
+        return self.readout(z), z, used
+
+    def readout(self, z: torch.Tensor) -> torch.Tensor:
+        """Coda: the recurrent state (..., N_h, d) -> h (..., N_h, d) for the heads and the next step."""
+        return self.coda_norm(self.coda(self.coda_proj(z)))
 
     def max_a_bar(self) -> float:
         return float(self.inject.a_bar().detach().max())
@@ -171,7 +197,7 @@ class DeepCore(LoopedCore):
         del self.inject  # no recurrence: nothing to inject into
         self.core = Stack(n_blocks, d, n_heads, mlp_ratio)
 
-    def iterate(self, e, z, depth, n_grad=None, exit_rule=None):
+    def iterate(self, e, z, depth, n_grad=None, exit_rule=None, trajectory=None):
         used = torch.full((e.shape[0],), len(self.core.blocks), dtype=torch.long, device=e.device)
         return self.core(e), used  # (B, N_h, d)
 

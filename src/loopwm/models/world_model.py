@@ -134,6 +134,10 @@ class ModelConfig:
     """Initial value of every entry of A_bar."""
     n_deep: int = 4
     """Distinct blocks replacing the shared one when kind is "deep"."""
+    exit_gate: bool = False
+    """Give the looped model the paper's learned exit gate (for `--exit gate`). While training,
+    every loop iteration is then decoded, and the gate learns from those per-iteration errors
+    when further iterations stop paying (see TrainConfig.gate_*)."""
 
     def resolved_eval_depth(self) -> int:
         return self.eval_depth or max(1, round(self.mu_rec))
@@ -237,8 +241,11 @@ class WorldModel(Dynamics, nn.Module):
         self.global_embed = nn.Parameter(torch.randn(cfg.n_global, d) * 0.02)
         self.no_obs = nn.Parameter(torch.randn(d) * 0.02)  # imagination mode: "no observation"
         if cfg.kind == "looped":
-            self.core = LoopedCore(d, cfg.n_heads, cfg.n_prelude, cfg.n_recurrent, cfg.n_coda, cfg.mlp_ratio, cfg.init_decay)
+            self.core = LoopedCore(d, cfg.n_heads, cfg.n_prelude, cfg.n_recurrent, cfg.n_coda, cfg.mlp_ratio, cfg.init_decay,
+                                   exit_gate=cfg.exit_gate)
         elif cfg.kind == "deep":
+            if cfg.exit_gate:
+                raise LoopWMError("--model.exit-gate needs a loop to exit from: use it with --model.kind looped")
             self.core = DeepCore(d, cfg.n_heads, cfg.n_deep, cfg.n_prelude, cfg.n_coda, cfg.mlp_ratio)
         else:
             raise LoopWMError(f"unknown model kind {cfg.kind!r} for WorldModel: use 'looped' or 'deep' "
@@ -252,6 +259,7 @@ class WorldModel(Dynamics, nn.Module):
         self.reward_head = MLP(d, d, 1)
         self.cont_head = MLP(d, d, 1)
         self._register_norm_buffers(spec)
+        self.supervise_every_iteration = False  # set by training when it weights every iteration's error
 
     # ----- normalisation constants (buffers, saved in the checkpoint) -----
     def _register_norm_buffers(self, spec: WorldSpec) -> None:
@@ -371,7 +379,9 @@ class WorldModel(Dynamics, nn.Module):
         )  # (B, P + G + 1, d)
         z0 = state.z if self.cfg.carry_state else None
         n_grad = self.cfg.resolved_n_grad() if self.training else None
-        h, z, used = self.core(x, self.n_state_tokens(N), z0, depth, n_grad, exit_rule)  # (B, N_h, d) x2
+        # per-iteration outputs, for the gate's training signal and for depth supervision
+        per_iteration = [] if (self.training and (self.cfg.exit_gate or self.supervise_every_iteration)) else None
+        h, z, used = self.core(x, self.n_state_tokens(N), z0, depth, n_grad, exit_rule, per_iteration)  # (B, N_h, d) x2
         pred = self._decode(obs, self.obs_head(h[:, :P]))  # (B, N, F)
         pooled = h.mean(dim=1)  # (B, d)
         out = {
@@ -380,6 +390,15 @@ class WorldModel(Dynamics, nn.Module):
             "cont_logit": self.cont_head(pooled).squeeze(-1),
             "iterations": used,
         }
+        if per_iteration:  # decode the state after every iteration, and ask the gate at each one
+            zs = torch.stack(per_iteration)  # (T, B, N_h, d)
+            T = zs.shape[0]
+            hs = self.core.readout(zs.flatten(0, 1))  # (T*B, N_h, d)
+            raw = self.obs_head(hs[:, :P])  # (T*B, P or N, F)
+            preds = self._decode(obs.repeat(T, 1, 1), raw)  # (T*B, N, F)
+            out["obs_per_iteration"] = preds.view(T, B, N, -1)  # (T, B, N, F)
+            if self.core.gate is not None:
+                out["gate"] = self.core.gate(zs.flatten(0, 1)).view(T, B)  # (T, B)
         return State(h=h, z=z, obs=pred, real=False), out
 
     def _decode(self, obs: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:

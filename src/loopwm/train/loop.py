@@ -68,6 +68,17 @@ class TrainConfig:
     """Weight of the reward loss."""
     cont_weight: float = 0.01
     """Weight of the continuation loss."""
+    depth_supervision: float = 0.0
+    """Weight of the mean observation loss of the prediction decoded after EVERY loop iteration
+    (looped models): rewards good predictions at every depth, which is what lets an exit rule stop
+    early without losing accuracy."""
+    gate_weight: float = 1.0
+    """Weight of the exit gate's loss (models built with --model.exit-gate)."""
+    gate_tolerance: float = 0.02
+    """The gate's target after iteration t is "stop" when no later iteration lowers that step's
+    error by more than this fraction, else "continue"."""
+    gate_entropy: float = 0.01
+    """Weight of the paper's binary-entropy regulariser on the gate (keeps it from saturating early)."""
     val_fraction: float = 0.1
     """Fraction of episodes held out for validation (split by episode)."""
     eval_every: int = 250
@@ -165,11 +176,17 @@ def sequence_loss(model: WorldModel, batch: dict[str, torch.Tensor], cfg: TrainC
         noise = torch.randn(obs.shape, device=obs.device, generator=gen) * cfg.obs_noise * model.std_safe * model.dynamic
         inputs = obs + noise
     state = model.initial(inputs[:, 0])
-    preds, rewards, conts, aux = [], [], [], []
+    preds, rewards, conts, aux, deep_terms, gate_terms = [], [], [], [], [], []
     for t in range(L):
         state, out = model.step(state, actions[:, t])
         if "aux_loss" in out:  # model-specific terms, e.g. the RSSM's KL and reconstruction
             aux.append(out["aux_loss"])
+        if "obs_per_iteration" in out:  # (T, B, N, F): the prediction after every loop iteration
+            per_iter = ((out["obs_per_iteration"] - obs[None, :, t + 1]) / model.std_safe) ** 2 * model.dynamic
+            per_iter = per_iter.sum(-1).mean(-1) / model.dynamic.sum()  # (T, B)
+            deep_terms.append(per_iter.mean())
+            if "gate" in out:
+                gate_terms.append(gate_loss(per_iter, out["gate"], cfg.gate_tolerance, cfg.gate_entropy))
         preds.append(out["obs"])
         rewards.append(out["reward"])
         conts.append(out["cont_logit"])
@@ -186,10 +203,31 @@ def sequence_loss(model: WorldModel, batch: dict[str, torch.Tensor], cfg: TrainC
     loss = obs_loss + cfg.reward_weight * reward_loss + cfg.cont_weight * cont_loss
     aux_loss = torch.stack(aux).sum() / L if aux else torch.zeros(())
     loss = loss + aux_loss
+    deep_loss = torch.stack(deep_terms).mean() if deep_terms else torch.zeros(())
+    gate_term = torch.stack(gate_terms).mean() if gate_terms else torch.zeros(())
+    loss = loss + cfg.depth_supervision * deep_loss + cfg.gate_weight * gate_term
     per_step = err.sum(-1).mean(dim=(0, 2)) / model.dynamic.sum()  # (L,)
     return loss, {"loss": loss.item(), "obs": obs_loss.item(), "reward": reward_loss.item(), "cont": cont_loss.item(),
-                  "aux": aux_loss.item(),
+                  "aux": aux_loss.item(), "every_iteration": deep_loss.item(), "gate": gate_term.item(),
                   "obs_first": per_step[0].item(), "obs_last": per_step[-1].item()}
+
+
+def gate_targets(losses: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """From per-iteration errors (T, B) of one step, 1.0 where stopping after iteration t loses at
+    most `tolerance` (relative) against the best later iteration, else 0.0: (T, B)."""
+    later_best = torch.cat([losses.flip(0).cummin(0).values.flip(0)[1:], torch.full_like(losses[:1], float("inf"))])
+    return (later_best >= (1.0 - tolerance) * losses).float()  # the last iteration is always "stop"
+
+
+def gate_loss(losses: torch.Tensor, gates: torch.Tensor, tolerance: float, entropy_weight: float) -> torch.Tensor:
+    """The exit gate's objective for one step: binary cross-entropy of the gate probabilities
+    (T, B) against `gate_targets` of the (detached) per-iteration errors, minus the paper's
+    binary-entropy regulariser (Eq. 11) with weight `entropy_weight`."""
+    g = gates.clamp(1e-6, 1 - 1e-6)
+    target = gate_targets(losses.detach(), tolerance)
+    bce = F.binary_cross_entropy(g, target)
+    entropy = -(g * g.log() + (1 - g) * (1 - g).log()).mean()
+    return bce - entropy_weight * entropy
 
 
 def _check_resume(run_dir: Path, cfg: TrainConfig) -> None:
@@ -253,6 +291,10 @@ def train(cfg: TrainConfig) -> Path:
     seed_everything(cfg.seed)
     spec = world_spec_from_data(ds, train_idx)
     model = build_model(spec, cfg.model, cfg.rssm).to(device)
+    if cfg.depth_supervision > 0:
+        if cfg.model.kind != "looped":
+            raise LoopWMError("--depth-supervision weights every loop iteration: use it with --model.kind looped")
+        model.supervise_every_iteration = True
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.99))
     rng = np.random.default_rng(cfg.seed)
     step, elapsed_before = 0, 0.0

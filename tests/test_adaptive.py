@@ -1,0 +1,104 @@
+"""Adaptive depth: the learned exit gate, its training signal, and where iterations go."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from loopwm.data import collect
+from loopwm.eval.evaluate import EvalConfig, evaluate
+from loopwm.eval.openloop import spearman
+from loopwm.models.exits import make_exit_rule
+from loopwm.models.world_model import ModelConfig
+from loopwm.train.loop import TrainConfig, gate_loss, gate_targets, train
+from loopwm.utils import LoopWMError
+from tests.test_model import random_obs, small_model
+
+
+def test_gate_targets_say_stop_once_later_iterations_stop_helping():
+    # per-iteration errors of two samples over 4 iterations
+    losses = torch.tensor([[1.0, 1.0], [0.5, 0.99], [0.495, 0.98], [0.494, 0.97]])
+    target = gate_targets(losses, tolerance=0.02)
+    # sample 0: 1.0 -> 0.5 is worth continuing; after iteration 2 nothing gains more than 2%
+    assert target[:, 0].tolist() == [0.0, 1.0, 1.0, 1.0]
+    # sample 1: 0.99 -> 0.97 is a 2.02% gain, so iteration 2 is "continue"; 0.98 -> 0.97 is 1.02%
+    assert target[:, 1].tolist() == [0.0, 0.0, 1.0, 1.0]
+
+
+def test_gate_loss_value_and_gradient_on_a_hand_made_example():
+    losses = torch.tensor([[1.0], [0.5]])  # iteration 1 halves the error: target (0, 1)
+    gates = torch.tensor([[0.2], [0.9]], requires_grad=True)
+    value = gate_loss(losses, gates, tolerance=0.02, entropy_weight=0.1)
+    bce = -(math.log(0.8) + math.log(0.9)) / 2
+    entropy = (-(0.2 * math.log(0.2) + 0.8 * math.log(0.8)) - (0.9 * math.log(0.9) + 0.1 * math.log(0.1))) / 2
+    assert value.item() == pytest.approx(bce - 0.1 * entropy, rel=1e-5)
+    value.backward()
+    assert gates.grad[0, 0] > 0 and gates.grad[1, 0] < 0  # lower the early gate, raise the late one
+
+
+def test_gate_threshold_limits_and_missing_gate():
+    model = small_model(exit_gate=True).eval()
+    obs, act = random_obs(3, 2), torch.rand(3, 4, 2)
+    state = model.initial(obs[:, 0])
+    _, fixed = model.imagine(state, act, depth=6)
+    _, never = model.imagine(state, act, depth=6, exit_rule=make_exit_rule("gate", 1.0, model=model))
+    _, always = model.imagine(state, act, depth=6, exit_rule=make_exit_rule("gate", 0.0, model=model))
+    torch.testing.assert_close(fixed.obs, never.obs)
+    assert bool((never.iterations == 6).all()) and bool((always.iterations == 1).all())
+    with pytest.raises(LoopWMError, match="exit-gate"):
+        make_exit_rule("gate", 0.5, model=small_model())
+
+
+def test_batched_gate_rollouts_equal_per_sample_ones():
+    model = small_model(exit_gate=True).eval()
+    with torch.no_grad():  # a gate that actually varies between samples
+        torch.nn.init.normal_(model.core.gate.proj.weight, std=2.0)
+        model.core.gate.proj.bias.zero_()
+    obs, act = random_obs(4, 2, seed=3), torch.rand(4, 5, 2)
+    rule = make_exit_rule("gate", 0.5, model=model)
+    _, batched = model.imagine(model.initial(obs[:, 0]), act, depth=8, exit_rule=rule)
+    assert batched.iterations.unique().numel() > 1  # the test means something only if depths differ
+    for i in range(4):
+        _, alone = model.imagine(model.initial(obs[i : i + 1, 0]), act[i : i + 1], depth=8, exit_rule=rule)
+        torch.testing.assert_close(batched.obs[i : i + 1], alone.obs, atol=1e-5, rtol=1e-5)
+        assert torch.equal(batched.iterations[i : i + 1], alone.iterations)
+
+
+def test_training_outputs_every_iteration_when_the_gate_learns():
+    model = small_model(exit_gate=True).train()
+    obs, act = random_obs(2, 2), torch.rand(2, 2)
+    _, out = model.step(model.initial(obs[:, 0]), act, depth=torch.tensor([3, 5]))
+    assert out["obs_per_iteration"].shape == (5, 2, 4, 7) and out["gate"].shape == (5, 2)
+    # the sample that stopped after 3 iterations repeats its final prediction afterwards
+    torch.testing.assert_close(out["obs_per_iteration"][2, 0], out["obs_per_iteration"][4, 0])
+    torch.testing.assert_close(out["obs_per_iteration"][-1], out["obs"])
+    with pytest.raises(LoopWMError, match="kind looped"):
+        small_model(kind="deep", exit_gate=True)
+
+
+def test_spearman_against_known_rankings():
+    assert spearman([1, 2, 3, 4], [2, 4, 6, 9]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([2, 2, 2], [1, 2, 3]) is None
+    # tied ranks (0, 1.5, 1.5, 3) against (0, 2, 1, 3): Pearson of the ranks = 4.5 / sqrt(4.5 * 5)
+    assert spearman([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(4.5 / math.sqrt(22.5), abs=1e-12)
+
+
+def test_gate_model_trains_and_reports_where_iterations_go(tmp_path):
+    data = collect(env_id="loopwm/Cradle-v0", n_bodies=4, max_episode_steps=30, out=str(tmp_path / "data"),
+                   episodes=6, progress=False)
+    run = train(TrainConfig(data=str(data), out=str(tmp_path / "run"), steps=3, batch_size=4, context=2, horizon=3,
+                            warmup=1, eval_every=10**9, progress=False, device="cpu", depth_supervision=0.5,
+                            model=ModelConfig(d=16, n_heads=2, mu_rec=3.0, exit_gate=True)))
+    first = [line for line in (run / "metrics.jsonl").read_text().splitlines()][0]
+    assert '"train/gate"' in first and '"train/every_iteration"' in first
+    result = evaluate(EvalConfig(run=str(run), exit="gate", threshold=0.5, horizon=5, context=2, max_windows=8,
+                                 rollout_steps=40, device="cpu"))
+    assert result["exit_rule"] == "gate" and result["threshold"] == 0.5
+    assert "iterations_event_spearman" in result and "iterations_solver_spearman" in result
+    for key in ("iterations_event_spearman", "iterations_solver_spearman"):
+        assert result[key] is None or -1.0 <= result[key] <= 1.0
+    assert np.isfinite(result["open_loop_error"]["5"])

@@ -65,7 +65,8 @@ def plot_iterations(rollout: dict[str, np.ndarray], path: str | Path, title: str
 
 
 def save_side_by_side_gif(true_obs: np.ndarray, pred_obs: np.ndarray, path: str | Path,
-                          render: Callable[[np.ndarray], np.ndarray], fps: int = 20) -> Path:
+                          render: Callable[[np.ndarray], np.ndarray], fps: int = 20,
+                          notes: list[str] | None = None) -> Path:
     """GIF of the real world (left) and the model's imagined rollout (right), frame by frame."""
     import imageio.v2 as imageio
     from PIL import Image, ImageDraw  # Pillow comes with matplotlib
@@ -78,7 +79,8 @@ def save_side_by_side_gif(true_obs: np.ndarray, pred_obs: np.ndarray, path: str 
         header = Image.new("RGB", (body.shape[1], 14), (240, 240, 240))
         draw = ImageDraw.Draw(header)
         draw.text((3, 1), "real world", fill=(0, 0, 0))
-        draw.text((left.shape[1] + 7, 1), f"imagined, step {step}", fill=(180, 30, 30))
+        note = f", {notes[step - 1]}" if notes is not None else ""
+        draw.text((left.shape[1] + 7, 1), f"imagined, step {step}{note}", fill=(180, 30, 30))
         frames.append(np.concatenate([np.asarray(header), body], axis=0))
     imageio.mimsave(path, frames, duration=1.0 / fps, loop=0)
     return Path(path)

@@ -1,0 +1,103 @@
+"""Where do loop iterations go, and what do they buy? Measurements for adaptive depth.
+
+    depth_by_difficulty   one-step error at each fixed depth, split by the world's own difficulty
+                          (its solver iterations for that step): does depth help hard steps only?
+    exit_sweep            open-loop error at horizon 10 against mean iterations per step, for every
+                          exit rule over a range of thresholds, with the fixed-depth curve
+    wallclock             imagined steps per second of an exit rule against fixed depth, side by
+                          side in this process, at batch 1 and batch 256
+
+All of them score held-out windows of a dataset with the same open-loop code as `loopwm eval`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from loopwm.eval.openloop import exit_rule_from, normalised_error, open_loop, spearman
+
+
+@torch.no_grad()
+def one_step_errors(model, ds, episodes, context: int = 4, depth: int | None = None, exit_rule=None,
+                    max_windows: int = 1024, device="cpu") -> dict[str, np.ndarray]:
+    """Per-window error of the prediction one step after `context` observed steps, the iterations
+    it used, and the world's contact and solver-iteration counts for that step (W,) each."""
+    windows = ds.windows(episodes, context + 1)
+    windows = windows[np.unique(np.linspace(0, len(windows) - 1, min(max_windows, len(windows))).astype(int))]
+    batch = ds.batch(windows)
+    obs = model._as_entities(torch.as_tensor(batch["obs"], device=device).float())  # (W, C+2, N, F)
+    act = torch.as_tensor(batch["action"], device=device)  # (W, C+1, ...)
+    state = model.initial(obs[:, 0])
+    state, _ = model.observe(state, act[:, : context - 1], obs[:, 1:context], depth=depth, exit_rule=exit_rule)
+    _, out = model.step(state, act[:, context - 1], depth, exit_rule)
+    err = normalised_error(model, out["obs"][:, None], obs[:, context][:, None])[:, 0]  # (W,)
+    info = {k: batch[f"info_{k}"][:, context - 1] for k in ("contacts", "solver_iterations") if f"info_{k}" in batch}
+    return {"error": err.cpu().numpy(), "iterations": out["iterations"].cpu().numpy(), **info}
+
+
+def depth_by_difficulty(model, ds, episodes, depths, context: int = 4, device="cpu") -> list[dict]:
+    """Mean one-step error at each fixed depth for the easiest, middle and hardest third of steps
+    (by the world's solver iterations)."""
+    rows = []
+    base = one_step_errors(model, ds, episodes, context, depth=1, device=device)
+    solver = base.get("solver_iterations")
+    if solver is None:
+        return rows
+    cuts = np.quantile(solver, [1 / 3, 2 / 3])
+    groups = {"easy": solver <= cuts[0], "middle": (solver > cuts[0]) & (solver <= cuts[1]), "hard": solver > cuts[1]}
+    for depth in depths:
+        res = one_step_errors(model, ds, episodes, context, depth=depth, device=device)
+        for name, mask in groups.items():
+            if mask.any():
+                rows.append({"depth": int(depth), "group": name, "windows": int(mask.sum()),
+                             "solver_iterations_mean": float(solver[mask].mean()), "error_h1": float(res["error"][mask].mean())})
+    return rows
+
+
+def exit_sweep(model, ds, episodes, rules: dict[str, list[float]], depths, max_depth: int, context: int = 4,
+               device="cpu") -> list[dict]:
+    """Horizon-10 open-loop error against mean iterations for fixed depths and each rule's thresholds,
+    with the rank correlation of one-step iterations against the world's difficulty."""
+    rows = []
+    for depth in depths:
+        res = open_loop(model, ds, episodes, context, 10, 512, depth=depth, device=device)
+        rows.append({"rule": "fixed", "threshold": None, "max_depth": int(depth), "mean_iterations": float(res.iterations.mean()),
+                     "error_h10": float(res.errors[9]), "error_h1": float(res.errors[0])})
+    for name, thresholds in rules.items():
+        for threshold in thresholds:
+            rule = exit_rule_from(name, threshold, model)
+            res = open_loop(model, ds, episodes, context, 10, 512, depth=max_depth, exit_rule=rule, device=device)
+            one = one_step_errors(model, ds, episodes, context, depth=max_depth, exit_rule=rule, device=device)
+            rows.append({"rule": name, "threshold": float(threshold), "max_depth": int(max_depth),
+                         "mean_iterations": float(res.iterations.mean()), "error_h10": float(res.errors[9]),
+                         "error_h1": float(res.errors[0]),
+                         "iterations_event_spearman": spearman(one["iterations"], one.get("contacts", [])),
+                         "iterations_solver_spearman": spearman(one["iterations"], one.get("solver_iterations", []))})
+    return rows
+
+
+@torch.no_grad()
+def wallclock(model, obs0: torch.Tensor, action: torch.Tensor, depth: int, exit_rule, batch: int, seconds: float = 1.5) -> dict:
+    """Imagined steps per second with `exit_rule` and with fixed `depth`, alternated in short bursts
+    so that machine noise hits both alike; also the mean iterations the rule used."""
+    obs = obs0[None].expand(batch, *obs0.shape).contiguous()
+    act = action[None].expand(batch, *action.shape).contiguous()
+    timings = {"fixed": [0, 0.0], "adaptive": [0, 0.0]}
+    iters = []
+    states = {k: model.initial(obs) for k in timings}
+    start = time.perf_counter()
+    while time.perf_counter() - start < 2 * seconds or min(v[0] for v in timings.values()) < 5:
+        for key, rule in (("fixed", None), ("adaptive", exit_rule)):
+            t0 = time.perf_counter()
+            for _ in range(5):
+                states[key], out = model.step(states[key], act, depth, rule)
+                if key == "adaptive":
+                    iters.append(float(out["iterations"].float().mean()))
+            timings[key][0] += 5
+            timings[key][1] += time.perf_counter() - t0
+    fixed, adaptive = (timings[k][0] * batch / timings[k][1] for k in ("fixed", "adaptive"))
+    return {"batch": batch, "steps_per_s_fixed": fixed, "steps_per_s_adaptive": adaptive,
+            "speedup": adaptive / fixed, "mean_iterations_adaptive": float(np.mean(iters)), "depth_fixed": depth}

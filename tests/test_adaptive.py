@@ -102,3 +102,31 @@ def test_gate_model_trains_and_reports_where_iterations_go(tmp_path):
     for key in ("iterations_event_spearman", "iterations_solver_spearman"):
         assert result[key] is None or -1.0 <= result[key] <= 1.0
     assert np.isfinite(result["open_loop_error"]["5"])
+
+
+def test_adaptive_measurements_on_a_tiny_model(tmp_path):
+    from loopwm.checkpoint import load_model
+    from loopwm.data import TrajectoryDataset
+    from loopwm.eval.adaptive import depth_by_difficulty, exit_sweep, one_step_errors, wallclock
+
+    data = collect(env_id="loopwm/Chain-v0", n_bodies=4, max_episode_steps=25, out=str(tmp_path / "data"),
+                   episodes=4, progress=False)
+    run = train(TrainConfig(data=str(data), out=str(tmp_path / "run"), steps=2, batch_size=4, context=2, horizon=2,
+                            warmup=1, eval_every=10**9, progress=False, device="cpu",
+                            model=ModelConfig(d=16, n_heads=2, mu_rec=2.0, exit_gate=True)))
+    model, _ = load_model(run, "cpu")
+    ds = TrajectoryDataset.load(data)
+    one = one_step_errors(model, ds, [0, 1], context=2, depth=3, max_windows=20)
+    assert one["error"].shape == one["iterations"].shape == one["solver_iterations"].shape == (20,)
+    assert (one["iterations"] == 3).all() and np.isfinite(one["error"]).all()
+    rows = depth_by_difficulty(model, ds, [0, 1], depths=[1, 2], context=2)
+    assert {r["group"] for r in rows} <= {"easy", "middle", "hard"} and {r["depth"] for r in rows} == {1, 2}
+    sweep = exit_sweep(model, ds, [0, 1], {"delta": [1e9], "gate": [1.0]}, depths=[1, 3], max_depth=3, context=2)
+    by = {(r["rule"], r["threshold"]): r for r in sweep}
+    assert by[("delta", 1e9)]["mean_iterations"] == 1.0  # always fires: one iteration
+    fixed3 = next(r for r in sweep if r["rule"] == "fixed" and r["max_depth"] == 3)
+    assert by[("gate", 1.0)]["mean_iterations"] == 3.0 and by[("gate", 1.0)]["error_h10"] == pytest.approx(fixed3["error_h10"])
+    ep = ds.episode(0)
+    t = wallclock(model, torch.as_tensor(ep["obs"][0]).float(), torch.as_tensor(ep["action"][0]), 3,
+                  make_exit_rule("delta", 1e9), batch=4, seconds=0.05)
+    assert t["steps_per_s_fixed"] > 0 and t["steps_per_s_adaptive"] > 0 and t["mean_iterations_adaptive"] == 1.0

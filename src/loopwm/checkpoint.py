@@ -88,9 +88,15 @@ def read_checkpoint(json_path: str | Path, verify: bool = True) -> tuple[dict[st
     meta = read_json(json_path, "checkpoint metadata")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise LoopWMError(f"{json_path} is not a loopwm checkpoint (format field missing or foreign)")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise LoopWMError(f"{json_path} was written by a newer loopwm (format {meta['format_version']}); upgrade loopwm")
-    tensor_path = json_path.with_name(meta["tensors"])
+    version, tensors_name = meta.get("format_version", 0), meta.get("tensors")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise LoopWMError(f"{json_path} is damaged: its format_version is {version!r}; delete it to fall back to an older checkpoint")
+    if version > FORMAT_VERSION:
+        raise LoopWMError(f"{json_path} was written by a newer loopwm (format {version}); upgrade loopwm")
+    if not isinstance(tensors_name, str) or Path(tensors_name).name != tensors_name or not tensors_name.endswith(".safetensors"):
+        raise LoopWMError(f"{json_path} is damaged: it names {tensors_name!r} as its tensor file; delete it to fall back "
+                          "to an older checkpoint")
+    tensor_path = json_path.with_name(tensors_name)
     if not tensor_path.exists():
         raise LoopWMError(f"checkpoint tensors missing: {tensor_path}; the run was copied incompletely")
     if verify and sha256_file(tensor_path) != meta.get("sha256"):
@@ -147,16 +153,21 @@ def build_model(meta: dict[str, Any]) -> torch.nn.Module:
     from loopwm.models.world_model import ModelConfig, WorldModel, WorldSpec
 
     kind = meta.get("kind")
+    if kind not in ("looped", "deep", "rssm"):
+        raise LoopWMError(f"checkpoint holds a model of unknown kind {kind!r}")
+    if not isinstance(meta.get("spec"), dict) or not isinstance(meta.get("model"), dict):
+        raise LoopWMError("checkpoint metadata lacks the spec and model sections; it is damaged or foreign")
     try:
-        if kind in ("looped", "deep"):
-            return WorldModel(WorldSpec(**meta["spec"]), ModelConfig(**meta["model"]))
         if kind == "rssm":
             from loopwm.models.rssm import RSSM, RSSMConfig
 
             return RSSM(WorldSpec(**meta["spec"]), RSSMConfig(**meta["model"]))
-    except TypeError as err:
-        raise LoopWMError(f"checkpoint model config does not match this loopwm version ({err})") from err
-    raise LoopWMError(f"checkpoint holds a model of unknown kind {kind!r}")
+        return WorldModel(WorldSpec(**meta["spec"]), ModelConfig(**meta["model"]))
+    except LoopWMError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any failure to build from the metadata means it is not ours
+        raise LoopWMError(f"checkpoint metadata describes a model this loopwm cannot build ({type(err).__name__}: "
+                          f"{str(err)[:200]}); it is damaged, foreign, or from an incompatible loopwm version") from err
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:

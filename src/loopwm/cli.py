@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     from loopwm.bench import BenchConfig, run_bench
     from loopwm.data import CollectConfig, collect
     from loopwm.demo import DemoConfig, run_demo
+    from loopwm.doctor import DoctorConfig, doctor
     from loopwm.eval.evaluate import EvalConfig, evaluate, format_table
     from loopwm.train.loop import TrainConfig, train
 
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         "train": TrainConfig,
         "eval": EvalConfig,
         "bench": BenchConfig,
+        "doctor": DoctorConfig,
     }
     cfg = tyro.extras.subcommand_cli_from_dict(commands, args=argv, prog="loopwm",
                                                description="Looped World Models: train, evaluate and use learned simulators.")
@@ -45,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"run written to {run}")
         elif isinstance(cfg, BenchConfig):
             print(f"results written to {run_bench(cfg)}")
+        elif isinstance(cfg, DoctorConfig):
+            return doctor(cfg)
         elif isinstance(cfg, EvalConfig):
             result = evaluate(cfg)
             if cfg.json:

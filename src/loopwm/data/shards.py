@@ -194,8 +194,13 @@ def check_manifest(path: Path, manifest: Any) -> None:
         raise damaged(f"action_space type {manifest['action_space'].get('type')!r} is unknown")
     if manifest["action_space"]["type"] == "discrete" and not isinstance(manifest["action_space"].get("n"), int):
         raise damaged("the discrete action_space has no integer n")
-    if not isinstance(manifest.get("info_keys") or [], list):
-        raise damaged("info_keys is not a list")
+    info_keys, info_dtypes = manifest.get("info_keys"), manifest.get("info_dtypes")
+    if info_keys is not None and (not isinstance(info_keys, list) or not all(isinstance(k, str) for k in info_keys)):
+        raise damaged("info_keys is not a list of names")
+    if info_dtypes is not None and (not isinstance(info_dtypes, dict) or not all(isinstance(v, str) for v in info_dtypes.values())):
+        raise damaged("info_dtypes is not a mapping of names to dtype strings")
+    if manifest.get("kinematics") is not None and not isinstance(manifest["kinematics"], dict):
+        raise damaged("kinematics is neither null nor a mapping")
     shards = manifest.get("shards")
     if not isinstance(shards, list):
         raise damaged("the shards list is missing")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import re
 from typing import Any
 
 import gymnasium as gym
@@ -84,6 +85,10 @@ def _prepare(env_id: str) -> None:
                               "server, the system packages libegl1 libgl1-mesa-dri, see the README)")
 
 
+# gymnasium's id grammar: an optional "module:" prefix, an optional namespace, a name, an optional version
+_ID = re.compile(r"(?:[A-Za-z_][\w.]*:)?(?:[\w.-]+/)?[\w.-]+?(?:-v\d+)?")
+
+
 def make_env(env_id: str, **kwargs: Any) -> gym.Env:
     """Make a Gymnasium environment by id, with a LoopWMError for ids that do not exist.
 
@@ -94,9 +99,14 @@ def make_env(env_id: str, **kwargs: Any) -> gym.Env:
         raise LoopWMError(f"env_id must be a string such as 'loopwm/Balls-v0', got {env_id!r}")
     if env_id.startswith("loopwm/") and env_id not in ENV_IDS:
         raise LoopWMError(f"unknown loopwm environment {env_id!r}: known ids are {', '.join(ENV_IDS)}")
+    if not _ID.fullmatch(env_id):
+        raise LoopWMError(f"{env_id!r} is not an environment id: ids look like 'CartPole-v1', 'ALE/Pong-v5' or "
+                          f"'my_package:MyEnv-v0'. Built-in ids are {', '.join(ENV_IDS)}")
     _prepare(env_id)
     try:
         return gym.make(env_id, **kwargs)
+    except (ImportError, gym.error.DependencyNotInstalled) as err:
+        raise LoopWMError(f"{env_id} needs a package that is not installed ({err}); install it (see `loopwm doctor`)") from err
     except _LOOKUP_ERRORS as err:
         raise LoopWMError(f"gymnasium does not know the environment {env_id!r} ({err}). Built-in ids are "
                           f"{', '.join(ENV_IDS)}; for another id, install and import the package that "

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from loopwm.utils import LoopWMError
+
 
 @dataclass
 class State:
@@ -43,11 +45,57 @@ class Dynamics:
     def step(self, state: State, action: torch.Tensor, depth: Any = None, exit_rule: Any = None) -> tuple[State, dict]:
         raise NotImplementedError  # pragma: no cover
 
+    # ----- input checks at the public entry points (a clear message, not an error deep in torch) -----
+    def check_obs(self, obs: torch.Tensor, lead: int, what: str = "observations") -> None:
+        """obs must be (*lead dims, *obs_shape) or the entity form (*lead dims, N, F), finite."""
+        spec = self.spec
+        entity = (spec.n_entities, spec.n_features)
+        if not isinstance(obs, torch.Tensor):
+            raise LoopWMError(f"{what} must be a torch.Tensor, got {type(obs).__name__}")
+        tail = tuple(obs.shape[lead:])
+        if obs.dim() < lead or tail not in (tuple(spec.obs_shape), entity):
+            raise LoopWMError(f"{what} have shape {tuple(obs.shape)}; this model expects {lead} leading dims then "
+                              f"{tuple(spec.obs_shape)} (the dataset's observation shape)")
+        if not (obs.dtype.is_floating_point or obs.dtype == torch.uint8):
+            raise LoopWMError(f"{what} have dtype {obs.dtype}; pass floating-point values (or uint8 frames)")
+        if obs.dtype.is_floating_point and not bool(torch.isfinite(obs).all()):
+            raise LoopWMError(f"{what} contain NaN or infinite values; clean the input (the model cannot predict from them)")
+
+    def check_actions(self, actions: torch.Tensor, lead: int) -> None:
+        """actions must be (*lead dims, *action_shape), finite and inside the action space."""
+        spec = self.spec
+        shape = () if spec.action_kind == "discrete" else None
+        if not isinstance(actions, torch.Tensor):
+            raise LoopWMError(f"actions must be a torch.Tensor, got {type(actions).__name__}")
+        n = int(torch.tensor(actions.shape[lead:]).prod()) if actions.dim() > lead else 1
+        if actions.dim() < lead or (shape == () and actions.dim() != lead) or (shape is None and n != spec.action_dim):
+            want = "no further dims (one integer per step)" if shape == () else f"{spec.action_dim} values per step"
+            raise LoopWMError(f"actions have shape {tuple(actions.shape)}; this model expects {lead} leading dims then {want}")
+        if spec.action_kind == "discrete":
+            if actions.dtype.is_floating_point and not bool((actions == actions.round()).all()):
+                raise LoopWMError("discrete actions must be whole numbers")
+            lo, hi = spec.action_start, spec.action_start + spec.action_dim
+            if actions.numel() and (int(actions.min()) < lo or int(actions.max()) >= hi):
+                raise LoopWMError(f"discrete actions must lie in [{lo}, {hi}); got values from {int(actions.min())} to {int(actions.max())}")
+            return
+        a = actions.float().reshape(*actions.shape[:lead], -1)  # (..., A)
+        if not bool(torch.isfinite(a).all()):
+            raise LoopWMError("actions contain NaN or infinite values")
+        for i, (lo, hi) in enumerate(zip(spec.action_low, spec.action_high)):
+            col = a[..., i]
+            if (lo is not None and bool((col < lo - 1e-5).any())) or (hi is not None and bool((col > hi + 1e-5).any())):
+                raise LoopWMError(f"action component {i} leaves the action space [{lo}, {hi}] (got {float(col.min()):.4g} "
+                                  f"to {float(col.max()):.4g}); clip actions to the environment's bounds")
+
     def observe(self, state: State, actions: torch.Tensor, next_obs: torch.Tensor, depth=None, exit_rule=None
                 ) -> tuple[State, Rollout]:
         """Teacher forcing: T steps, each predicting next_obs[:, t] from the true past.
 
         next_obs is (B, T, *obs_shape) as the environment gives it, or already (B, T, N, F)."""
+        self.check_obs(next_obs, 2, "next_obs")
+        self.check_actions(actions, 2)
+        if actions.shape[:2] != next_obs.shape[:2]:
+            raise LoopWMError(f"actions {tuple(actions.shape[:2])} and next_obs {tuple(next_obs.shape[:2])} must agree on (batch, time)")
         next_obs = (next_obs if next_obs.dim() == 4 else self._as_entities(next_obs)).float()  # (B, T, N, F)
         outs = []
         for t in range(actions.shape[1]):
@@ -58,6 +106,9 @@ class Dynamics:
 
     def imagine(self, state: State, actions: torch.Tensor, depth=None, exit_rule=None) -> tuple[State, Rollout]:
         """Open loop: roll H steps forward under `actions` (B, H, ...) without observations."""
+        self.check_actions(actions, 2)
+        if actions.shape[0] != state.obs.shape[0]:
+            raise LoopWMError(f"actions have batch {actions.shape[0]} but the state has batch {state.obs.shape[0]}")
         outs = []
         for t in range(actions.shape[1]):
             state, out = self.step(state, actions[:, t], depth, exit_rule)

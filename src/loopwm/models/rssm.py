@@ -231,6 +231,7 @@ class RSSM(Dynamics, nn.Module):
     # ----- the Dynamics interface -----
     def initial(self, obs: torch.Tensor) -> State:
         """Start from a first observation (B, N, F) (or (B, F) for flat worlds): h = 0, no z yet."""
+        self.check_obs(obs, 1, "the first observation")
         obs = (obs if obs.dim() == 3 else self._as_entities(obs)).float()  # raw (B, *obs_shape) or (B, N, F)
         h = obs.new_zeros(obs.shape[0], self.cfg.deter)  # (B, deter)
         return State(h=h, z=None, obs=obs, real=True)

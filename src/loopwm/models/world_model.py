@@ -331,6 +331,7 @@ class WorldModel(Dynamics, nn.Module):
     # ----- the Dynamics interface -----
     def initial(self, obs: torch.Tensor) -> State:
         """Start from a first observation (B, N, F) (or (B, F) for flat worlds)."""
+        self.check_obs(obs, 1, "the first observation")
         obs = (obs if obs.dim() == 3 else self._as_entities(obs)).float()  # raw (B, *obs_shape) or (B, N, F)
         B, N, _ = obs.shape
         h = obs.new_zeros(B, self.n_state_tokens(N), self.cfg.d)  # (B, N_h, d)

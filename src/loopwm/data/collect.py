@@ -52,6 +52,9 @@ class CollectConfig:
     frames, resized to --pixel-size; any environment that renders rgb_array)."""
     pixel_size: int = 64
     """Side of the square frames recorded with --obs pixels (a multiple of 8)."""
+    workers: int = 1
+    """Processes playing episodes in parallel (each with its own environment); the dataset does not
+    depend on this number."""
     progress: bool = True
     """Show a progress bar (episodes, rate, ETA)."""
 
@@ -309,6 +312,8 @@ def _check_config(cfg: CollectConfig) -> None:
             raise LoopWMError(f"--{field.replace('_', '-')} must be at least 1 when given, got {value}")
     if cfg.seed < 0:
         raise LoopWMError(f"--seed must be >= 0, got {cfg.seed}")
+    if cfg.workers < 1:
+        raise LoopWMError(f"--workers must be at least 1, got {cfg.workers}")
     if cfg.obs not in ("state", "pixels"):
         raise LoopWMError(f"unknown --obs {cfg.obs!r}: use state or pixels")
     if cfg.policy not in POLICIES:
@@ -336,6 +341,40 @@ def _custom_env_id(env: Any) -> str:
     spec = getattr(env, "spec", None)
     name = getattr(spec, "id", None) or f"{type(env).__module__}.{type(env).__qualname__}"
     return CUSTOM_PREFIX + name
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(env_id: str, env_kwargs: dict, obs: str, pixel_size: int, policy: str) -> None:
+    env = open_env(env_id, env_kwargs, obs, pixel_size)
+    _WORKER.update(env=env, policy=make_policy(policy, env.action_space))
+
+
+def _worker_episode(args) -> dict[str, np.ndarray]:
+    seed, episode, max_steps, info_dtypes = args
+    return run_episode(_WORKER["env"], _WORKER["policy"], seed, episode, max_steps, info_dtypes)
+
+
+def _episodes(env, policy, cfg: "CollectConfig", start: int, kwargs: dict, own_env: bool, info_dtypes):
+    """(episode index, arrays) for episodes start..cfg.episodes-1, in order. With --workers > 1 they
+    are played in worker processes, each with its own copy of the environment; since episode e
+    depends only on (seed, e), the dataset is the same whatever the number of workers."""
+    e = start
+    if cfg.workers <= 1 or not own_env:  # an environment object cannot be copied into other processes
+        for e in range(start, cfg.episodes):
+            yield e, run_episode(env, policy, cfg.seed, e, cfg.max_steps, info_dtypes())
+        return
+    if info_dtypes() is None and e < cfg.episodes:  # the first episode decides which info keys exist
+        yield e, run_episode(env, policy, cfg.seed, e, cfg.max_steps, None)
+        e += 1
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                             initargs=(cfg.env_id, kwargs, cfg.obs, cfg.pixel_size, cfg.policy)) as pool:
+        jobs = [(cfg.seed, i, cfg.max_steps, info_dtypes()) for i in range(e, cfg.episodes)]
+        yield from zip(range(e, cfg.episodes), pool.map(_worker_episode, jobs, chunksize=4))
 
 
 def open_env(env_id: str, env_kwargs: dict[str, Any], obs: str = "state", pixel_size: int | None = 64):
@@ -433,8 +472,7 @@ def collect(cfg: CollectConfig | None = None, /, *, env: Any = None, env_kwargs:
                    disable=not cfg.progress, dynamic_ncols=True)
         try:
             buffer: list[dict[str, np.ndarray]] = []
-            for e in range(done, cfg.episodes):
-                ep = run_episode(env, policy, cfg.seed, e, cfg.max_steps, info_dtypes)
+            for e, ep in _episodes(env, policy, cfg, done, kwargs, own_env, lambda: info_dtypes):
                 if info_dtypes is None:  # the first episode fixes the info arrays of the whole dataset
                     info_dtypes = {k[5:]: str(v.dtype) for k, v in ep.items() if k.startswith("info_")}
                     manifest["info_keys"], manifest["info_dtypes"] = list(info_dtypes), info_dtypes

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -25,7 +26,8 @@ from loopwm.checkpoint import latest_checkpoint, model_state, read_checkpoint, r
 from loopwm.data import TrajectoryDataset, decode_bounds
 from loopwm.models import RSSMConfig, build_model
 from loopwm.models.world_model import ModelConfig, WorldModel, WorldSpec
-from loopwm.utils import LoopWMError, atomic_write_json, atomic_write_text, pick_device, seed_everything
+from loopwm.train.distributed import Distributed
+from loopwm.utils import LoopWMError, atomic_write_json, atomic_write_text, seed_everything
 
 
 @dataclass
@@ -273,9 +275,31 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def train(cfg: TrainConfig) -> Path:
-    """Train (or resume) and return the run directory."""
+    """Train (or resume) and return the run directory. Under torchrun, every process calls this
+    (see `loopwm.train.distributed`); only rank 0 writes."""
     run_dir = Path(cfg.out)
-    device = pick_device(cfg.device)
+    ddp = Distributed.from_env(cfg.device)
+    try:
+        return _train(cfg, run_dir, ddp)
+    finally:
+        ddp.close()
+
+
+class _LossModule(torch.nn.Module):
+    """The sequence loss as a module's forward, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig):
+        super().__init__()
+        self.model, self.cfg = model, cfg
+
+    def forward(self, batch: dict[str, torch.Tensor]):
+        return sequence_loss(self.model, batch, self.cfg)
+
+
+def _train(cfg: TrainConfig, run_dir: Path, ddp: Distributed) -> Path:
+    device = ddp.device
+    if cfg.batch_size % ddp.world:
+        raise LoopWMError(f"--batch-size {cfg.batch_size} is the global batch and must divide among {ddp.world} processes")
     ds = TrajectoryDataset.load(cfg.data)
     train_idx, val_idx = ds.split(cfg.val_fraction, seed=cfg.seed)
     window = cfg.horizon + cfg.context
@@ -285,8 +309,10 @@ def train(cfg: TrainConfig) -> Path:
         raise LoopWMError(f"no training window of {window} steps fits in {cfg.data}: collect longer episodes or lower --context/--horizon")
 
     _check_resume(run_dir, cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / "config.json", asdict(cfg))
+    if ddp.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / "config.json", asdict(cfg))
+    ddp.barrier()
 
     seed_everything(cfg.seed)
     spec = world_spec_from_data(ds, train_idx)
@@ -298,8 +324,9 @@ def train(cfg: TrainConfig) -> Path:
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.99))
     rng = np.random.default_rng(cfg.seed)
     step, elapsed_before = 0, 0.0
-    for stale in (run_dir / "checkpoints").glob(".*.tmp"):
-        stale.unlink()  # a temp file left by a killed write; the checkpoint it was for never counted
+    if ddp.main:
+        for stale in (run_dir / "checkpoints").glob(".*.tmp"):
+            stale.unlink()  # a temp file left by a killed write; the checkpoint it was for never counted
     found = latest_checkpoint(run_dir)
     if found is not None:
         tensors, meta = read_checkpoint(found)
@@ -314,30 +341,33 @@ def train(cfg: TrainConfig) -> Path:
                 "data": str(cfg.data), "env_id": ds.env_id, "env_kwargs": ds.env_kwargs, "val_episodes": [int(i) for i in val_idx]}
 
     metrics_path = run_dir / "metrics.jsonl"
-    _truncate_metrics(metrics_path, step)  # drop records written after the checkpoint we resume from
+    if ddp.main:
+        _truncate_metrics(metrics_path, step)  # drop records written after the checkpoint we resume from
+    runner = ddp.wrap(_LossModule(model, cfg))
     budget_s = cfg.minutes * 60.0
     t0 = time.time()
-    board = _tensorboard_writer(run_dir) if cfg.tensorboard else None
+    board = _tensorboard_writer(run_dir) if cfg.tensorboard and ddp.main else None
+    show = cfg.progress and ddp.main
     if budget_s > 0:  # a wall-clock budget: the bar counts seconds, so its ETA is the real one
-        bar = tqdm(total=budget_s, initial=min(elapsed_before, budget_s), desc="train", unit="s", disable=not cfg.progress,
+        bar = tqdm(total=budget_s, initial=min(elapsed_before, budget_s), desc="train", unit="s", disable=not show,
                    dynamic_ncols=True, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}s [{elapsed}<{remaining}{postfix}]")
     else:
-        bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=not cfg.progress, dynamic_ncols=True)
+        bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=not show, dynamic_ncols=True)
     first_step, t_rate = step, time.time()
     model.train()
-    with open(metrics_path, "a", encoding="utf-8") as log:
+    with open(metrics_path if ddp.main else os.devnull, "a", encoding="utf-8") as log:
         while step < cfg.steps:
             spent = elapsed_before + time.time() - t0
-            if budget_s > 0 and spent >= budget_s:
+            if ddp.agree(budget_s > 0 and spent >= budget_s):  # rank 0's clock decides for all
                 break
             fraction = max(step / cfg.steps, spent / budget_s if budget_s > 0 else 0.0)
             lr = lr_at(cfg, step, fraction)
             for group in opt.param_groups:
                 group["lr"] = lr
-            pick = train_windows[rng.integers(0, len(train_windows), cfg.batch_size)]
-            batch = to_tensors(ds.batch(pick), device)
-            loss, info = sequence_loss(model, batch, cfg)
-            if not torch.isfinite(loss):
+            pick = train_windows[rng.integers(0, len(train_windows), cfg.batch_size)]  # the global batch
+            batch = to_tensors(ds.batch(ddp.shard(pick)), device)  # this process's slice of it
+            loss, info = runner(batch)
+            if not ddp.all_finite(loss):
                 raise LoopWMError(f"loss became {loss.item()} at step {step}: lower --lr or check the data for outliers")
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -353,7 +383,7 @@ def train(cfg: TrainConfig) -> Path:
                 bar.set_postfix(loss=f"{info['loss']:.4f}", refresh=False)
             record = {"step": step, "time": round(elapsed_before + time.time() - t0, 3), "lr": lr,
                       "grad_norm": float(grad_norm), **{f"train/{k}": v for k, v in info.items()}}
-            if step % cfg.eval_every == 0 and len(val_windows) > 0:
+            if step % cfg.eval_every == 0 and len(val_windows) > 0 and ddp.main:
                 record.update(validate(model, ds, val_windows, cfg, device))
                 a_bar = model.max_a_bar()
                 if a_bar == a_bar:  # models without a retention matrix report NaN: leave it out
@@ -364,11 +394,14 @@ def train(cfg: TrainConfig) -> Path:
                 for key, value in record.items():
                     if key != "step":
                         board.add_scalar(key, value, step)
-            if step % cfg.ckpt_every == 0:
+            if step % cfg.ckpt_every == 0 and ddp.main:
                 log.flush()
                 save_checkpoint(run_dir, step, model, meta_now(), opt)
         log.flush()
-        save_checkpoint(run_dir, step, model, meta_now(), opt)
+        ddp.check_in_sync(model)
+        if ddp.main:
+            save_checkpoint(run_dir, step, model, {**meta_now(), "world_size": ddp.world}, opt)
+        ddp.barrier()  # nobody returns before the final checkpoint exists
     bar.close()
     if board is not None:
         board.close()

@@ -289,8 +289,10 @@ class WorldModel(Dynamics, nn.Module):
             both = [lo is not None and hi is not None for lo, hi in zip(spec.action_low, spec.action_high)]
             centre = [(lo + hi) / 2 if ok else 0.0 for lo, hi, ok in zip(spec.action_low, spec.action_high, both)]
             half = [max((hi - lo) / 2, 1e-6) if ok else 1.0 for lo, hi, ok in zip(spec.action_low, spec.action_high, both)]
-            self.register_buffer("action_centre", torch.tensor(centre, **f32))
-            self.register_buffer("action_half_range", torch.tensor(half, **f32))
+            # not persistent: they follow from the spec saved with every checkpoint (and older
+            # checkpoints, written before actions were scaled, still load)
+            self.register_buffer("action_centre", torch.tensor(centre, **f32), persistent=False)
+            self.register_buffer("action_half_range", torch.tensor(half, **f32), persistent=False)
 
     def _norm(self) -> dict[str, torch.Tensor]:
         keys = ["mean", "std_safe", "pos_scale", "vel_scale", "step_scale", "pos_low", "pos_high"]

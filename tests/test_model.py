@@ -227,3 +227,17 @@ def test_checkpoint_round_trip_and_corruption(tmp_path):
         load_model(foreign)
     with pytest.raises(LoopWMError, match="no such run"):
         load_model(tmp_path / "missing")
+
+
+def test_checkpoints_that_saved_derived_buffers_still_load():
+    from loopwm.checkpoint import load_weights
+
+    torch.manual_seed(0)
+    spec = make_spec()
+    spec.action_low, spec.action_high = [-2.0, -2.0], [2.0, 2.0]
+    model = WorldModel(spec, ModelConfig(d=16, n_heads=2))
+    assert "action_centre" not in model.state_dict()  # derived from the spec, not saved
+    old = {**model.state_dict(), "action_centre": torch.zeros(2), "action_half_range": torch.full((2,), 2.0)}
+    load_weights(model, old)
+    with pytest.raises(RuntimeError, match="unexpected_key"):
+        load_weights(model, {**model.state_dict(), "unexpected_key": torch.zeros(1)})

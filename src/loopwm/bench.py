@@ -192,9 +192,13 @@ def _run_jobs(jobs: list[dict], cfg: BenchConfig, desc: str) -> list[dict]:
         # spawn, not fork: a forked child would inherit this process's torch thread pool state
         with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn")) as pool:
             futures = {pool.submit(_train_and_score, jobs[i]): i for i in order}
-            for fut in as_completed(futures):
-                results[futures[fut]] = fut.result()
-                bar.update(1)
+            try:
+                for fut in as_completed(futures):
+                    results[futures[fut]] = fut.result()
+                    bar.update(1)
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)  # fail now, not after every queued run
+                raise
     bar.close()
     return results  # type: ignore[return-value]
 

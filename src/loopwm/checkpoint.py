@@ -148,6 +148,14 @@ def model_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
 
 
+def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """load_state_dict, except that values of buffers the model derives from its spec (and no longer
+    saves) are ignored: checkpoints written while they were still saved keep loading."""
+    saved_now = set(model.state_dict())
+    derived = {name for name, _ in model.named_buffers()} - saved_now
+    model.load_state_dict({k: v for k, v in state.items() if k not in derived})
+
+
 def build_model(meta: dict[str, Any]) -> torch.nn.Module:
     """Rebuild a model from the `kind`, `spec` and `model` fields of checkpoint metadata."""
     from loopwm.models.world_model import ModelConfig, WorldModel, WorldSpec
@@ -175,7 +183,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[to
     tensors, meta = read_checkpoint(resolve_checkpoint(path))
     model = build_model(meta)
     try:
-        model.load_state_dict(model_state(tensors))
+        load_weights(model, model_state(tensors))
     except RuntimeError as err:
         raise LoopWMError(f"checkpoint weights do not fit the model they claim to be ({str(err)[:200]})") from err
     return model.to(device).eval(), meta

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from loopwm.checkpoint import latest_checkpoint, model_state, read_checkpoint, restore_optimizer, save_checkpoint
+from loopwm.checkpoint import latest_checkpoint, load_weights, model_state, read_checkpoint, restore_optimizer, save_checkpoint
 from loopwm.data import TrajectoryDataset, decode_bounds
 from loopwm.models import RSSMConfig, build_model
 from loopwm.models.world_model import ModelConfig, WorldModel, WorldSpec
@@ -330,7 +330,7 @@ def _train(cfg: TrainConfig, run_dir: Path, ddp: Distributed) -> Path:
     found = latest_checkpoint(run_dir)
     if found is not None:
         tensors, meta = read_checkpoint(found)
-        model.load_state_dict(model_state(tensors))
+        load_weights(model, model_state(tensors))
         restore_optimizer(opt, tensors, meta)
         torch.set_rng_state(tensors["rng/torch"])
         rng.bit_generator.state = meta["numpy_rng"]

@@ -98,3 +98,15 @@ def test_doctor_reports_every_part_with_a_fix_for_problems():
     assert checks["torch"]["status"] == "ok" and "threads" in checks["torch"]["detail"]
     assert all(c["fix"] for c in checks.values() if c["status"] != "ok")  # every problem comes with a fix
     assert proc.returncode == (1 if any(c["status"] == "broken" for c in checks.values()) else 0)
+
+
+def test_bench_runs_a_gymnasium_world_and_a_model_subset(tmp_path):
+    out = tmp_path / "bench"
+    loopwm("bench", "--quick", "--out", str(out), "--worlds", "Pendulum-v1", "--models", "looped", "rssm",
+           "--steps", "3", "--minutes", "0.01", "--episodes", "6", "--max-episode-steps", "30", "--horizon", "12",
+           "--no-progress", "--device", "cpu", "--lrs", "2e-3", "--workers", "1")
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert {r["model"] for r in rows} == {"looped", "rssm"} and {r["world"] for r in rows} == {"Pendulum-v1"}
+    assert "copy-last-observation floor" in (out / "findings.md").read_text()
+    proc = loopwm("bench", "--quick", "--out", str(out), "--models", "nope", check=False)
+    assert proc.returncode == 2 and "unknown model" in proc.stderr

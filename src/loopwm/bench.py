@@ -44,6 +44,19 @@ from loopwm.train.loop import TrainConfig, train
 from loopwm.utils import LoopWMError, atomic_write_text, pick_device
 
 WORLD_IDS = {"balls": "loopwm/Balls-v0", "cradle": "loopwm/Cradle-v0", "chain": "loopwm/Chain-v0", "mixed": "loopwm/Mixed-v0"}
+
+
+def world_source(world: str, cfg: "BenchConfig") -> dict:
+    """How to collect a benchmark world: a built-in regime ("balls"), the same from rendered frames
+    ("balls-pixels"), or any Gymnasium id ("Pendulum-v1", "HalfCheetah-v5")."""
+    name, pixels = (world[: -len("-pixels")], True) if world.endswith("-pixels") else (world, False)
+    if name in WORLD_IDS:
+        return {"env_id": WORLD_IDS[name], "n_bodies": cfg.n_bodies, "obs": "pixels" if pixels else "state",
+                "pixel_size": cfg.pixel_size}
+    if "/" in name and name.split("/")[0] == "loopwm":
+        raise LoopWMError(f"unknown built-in world {name!r}: choose from {', '.join(WORLD_IDS)}")
+    return {"env_id": name, "n_bodies": None, "obs": "pixels" if pixels else "state", "pixel_size": cfg.pixel_size,
+            "max_episode_steps": cfg.max_episode_steps}
 CONTEXT = 4  # observed steps before open-loop scoring, equal to training's context
 
 
@@ -78,7 +91,14 @@ class BenchConfig:
     out: str = "results/bench"
     """Folder for results.jsonl, table.md, findings.md and the plots (runs go to OUT/runs)."""
     worlds: tuple[str, ...] = ("balls", "chain")
-    """Built-in regimes to benchmark (balls, cradle, chain, mixed)."""
+    """Worlds to benchmark: built-in regimes (balls, cradle, chain, mixed), the same from frames
+    (balls-pixels), or any Gymnasium id (CartPole-v1, Pendulum-v1, HalfCheetah-v5)."""
+    models: tuple[str, ...] = ()
+    """Subset of the model suite to run (e.g. looped deep-4 rssm); empty runs all of it."""
+    pixel_size: int = 32
+    """Frame side for pixel worlds."""
+    max_episode_steps: int = 200
+    """Episode cap for Gymnasium worlds (their own limits, e.g. 1000 for MuJoCo, make data slow)."""
     n_bodies: int = 5
     """Bodies per world."""
     episodes: int = 300
@@ -112,9 +132,11 @@ def resolve(cfg: BenchConfig) -> BenchConfig:
     if cfg.quick:
         cfg = replace(cfg, worlds=cfg.worlds[:1], seeds=1, steps=min(cfg.steps, 120), minutes=min(cfg.minutes, 0.4),
                       episodes=min(cfg.episodes, 60), test_depths=(1, 2, 4, 8))
-    unknown = [w for w in cfg.worlds if w not in WORLD_IDS]
+    for world in cfg.worlds:
+        world_source(world, cfg)  # raises on unknown built-in names
+    unknown = [m for m in cfg.models if m not in model_suite(cfg.quick)]
     if unknown:
-        raise LoopWMError(f"unknown world(s) {unknown}: choose from {', '.join(WORLD_IDS)}")
+        raise LoopWMError(f"unknown model(s) {unknown}: choose from {', '.join(model_suite(cfg.quick))}")
     bad = [b for b in cfg.budgets if b not in ("steps", "wallclock")]
     if bad or not cfg.budgets:
         raise LoopWMError(f"unknown budget(s) {bad or cfg.budgets}: use steps and/or wallclock")
@@ -216,7 +238,7 @@ def run_bench(cfg: BenchConfig) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
-    suite = model_suite(cfg.quick)
+    suite = {k: v for k, v in model_suite(cfg.quick).items() if not cfg.models or k in cfg.models}
     data = {world: world_data(cfg, world, out) for world in cfg.worlds}
     start = time.time()
 
@@ -232,7 +254,9 @@ def run_bench(cfg: BenchConfig) -> Path:
     families = sorted({family(n) for n in suite})
     tuning: dict[str, dict] = {}
     if len(cfg.lrs) > 1:
-        sweep = [job(cfg.worlds[0], FAMILY_REPRESENTATIVE[f], lr, 0, "steps") for f in families for lr in cfg.lrs]
+        rep = {f: FAMILY_REPRESENTATIVE[f] if FAMILY_REPRESENTATIVE[f] in suite else next(n for n in suite if family(n) == f)
+               for f in families}
+        sweep = [job(cfg.worlds[0], rep[f], lr, 0, "steps") for f in families for lr in cfg.lrs]
         for j, r in zip(sweep, _run_jobs(sweep, cfg, "lr sweep")):
             tuning.setdefault(family(j["name"]), {})[f"{j['lr']:g}"] = r["errors"][9]
     best_lr = {f: (float(min(tuning[f], key=tuning[f].get)) if f in tuning else cfg.lrs[0]) for f in families}
@@ -260,7 +284,7 @@ def run_bench(cfg: BenchConfig) -> Path:
     rows, depth_rows = [], []
     for j, r in zip(jobs, results):
         t = timed[(j["world"], j["name"])]
-        for h in range(1, cfg.horizon + 1):
+        for h in range(1, len(r["errors"]) + 1):  # fewer when a world's held-out episodes are short
             rows.append({"model": j["name"], "world": j["world"], "seed": j["seed"], "horizon": h, "budget": j["budget"],
                          "lr": j["lr"], "error": r["errors"][h - 1], "params": r["params"], **t,
                          "iterations": r["iterations"], "train_steps": r["train_steps"], "train_seconds": r["train_seconds"],
@@ -284,8 +308,10 @@ def run_bench(cfg: BenchConfig) -> Path:
 
 def world_data(cfg: BenchConfig, world: str, out: Path) -> Path:
     """The one dataset every model of a world trains on (collected once, reused on re-runs)."""
-    return collect(CollectConfig(env_id=WORLD_IDS[world], out=str(out / "data" / world), episodes=cfg.episodes,
-                                 n_bodies=cfg.n_bodies, seed=0, progress=False))
+    src = world_source(world, cfg)
+    return collect(CollectConfig(env_id=src["env_id"], out=str(out / "data" / world), episodes=cfg.episodes,
+                                 n_bodies=src["n_bodies"], obs=src["obs"], pixel_size=src["pixel_size"],
+                                 max_episode_steps=src.get("max_episode_steps"), seed=0, progress=False))
 
 
 def _mean_error(rows: list[dict], world: str, budget: str, model: str, h: int) -> tuple[float, float]:
@@ -321,13 +347,15 @@ def markdown_table(rows: list[dict]) -> str:
 def findings(rows: list[dict]) -> str:
     """The questions the benchmark exists to answer, answered from the rows (means over seeds)."""
     lines = ["# Findings (computed from results.jsonl; means over seeds, spread in table.md)", ""]
+    if not any(r["model"] == "looped" for r in rows):
+        return "\n".join(lines + ["(no looped model in this run: nothing to compare)", ""])
     worlds = sorted({r["world"] for r in rows})
     budgets = [b for b in ("steps", "wallclock") if any(r["budget"] == b for r in rows)]
     horizons = [h for h in (1, 10, 50) if any(r["horizon"] == h for r in rows)]
-    params = {r["model"]: r["params"] for r in rows}
     for budget in budgets:
         lines.append(f"## Equal {'gradient steps' if budget == 'steps' else 'wall-clock time'}")
         for world in worlds:
+            params = {r["model"]: r["params"] for r in rows if r["world"] == world}  # sizes depend on the world
             looped, _ = _mean_error(rows, world, budget, "looped", 10)
             deep = sorted((params[m], m) for m in params if m.startswith("deep"))
             match = [(p, m) for p, m in deep if _mean_error(rows, world, budget, m, 10)[0] <= looped]
@@ -336,26 +364,37 @@ def findings(rows: list[dict]) -> str:
                 lines.append(f"- {world}: the smallest deep transformer at or below the looped model's horizon-10 error "
                              f"({looped:.4f}) is {m} ({_mean_error(rows, world, budget, m, 10)[0]:.4f}), "
                              f"with {p / params['looped']:.2f}x the looped model's parameters.")
-            else:
+            elif deep:
                 biggest = deep[-1]
                 lines.append(f"- {world}: no deep transformer up to {biggest[1]} ({biggest[0] / params['looped']:.1f}x the "
                              f"parameters) reaches the looped model's horizon-10 error ({looped:.4f}).")
+            else:
+                lines.append(f"- {world}: looped model horizon-10 error {looped:.4f}.")
             for other, label in (("rssm", "the RSSM"), ("gru", "the GRU world model")):
                 if other not in params:
                     continue
                 parts = []
                 for h in horizons:
                     lo, ro = _mean_error(rows, world, budget, "looped", h)[0], _mean_error(rows, world, budget, other, h)[0]
-                    parts.append(f"h{h} {lo:.4f} vs {ro:.4f} ({'looped better' if lo < ro else label + ' better'})")
+                    if lo == lo and ro == ro:  # both scored at this horizon
+                        parts.append(f"h{h} {lo:.4f} vs {ro:.4f} ({'looped better' if lo < ro else label + ' better'})")
                 lines.append(f"  Looped ({params['looped']:,} params) against {label} ({params[other]:,}): " + ", ".join(parts) + ".")
+            sel = [r for r in rows if r["world"] == world and r["budget"] == budget and r["horizon"] == 10 and r["model"] == "looped"]
+            if sel:
+                copy_last = float(np.mean([r["floor_copy_last"] for r in sel]))
+                lines.append(f"  Looped against the copy-last-observation floor at h10: {looped:.4f} vs {copy_last:.4f} "
+                             f"({'beats it' if looped < copy_last else 'does NOT beat it'}).")
         lines.append("")
     if len(worlds) > 1:
         lines.append("## Error at horizon 10 relative to the best floor (lower is better), equal steps")
         budget = budgets[0]
         for world in worlds:
             sel = [r for r in rows if r["world"] == world and r["horizon"] == 10]
+            if not sel:
+                continue
             floor = min(np.mean([r[k] for r in sel]) for k in sel[0] if k.startswith("floor_"))
-            cells = [f"{m} {_mean_error(rows, world, budget, m, 10)[0] / floor:.3f}" for m in sorted(params, key=_order)]
+            models = sorted({r["model"] for r in rows if r["world"] == world}, key=_order)
+            cells = [f"{m} {_mean_error(rows, world, budget, m, 10)[0] / floor:.3f}" for m in models]
             lines.append(f"- {world}: " + ", ".join(cells))
         lines.append("")
     return "\n".join(lines)

@@ -35,10 +35,11 @@ def _custom_mapping() -> dict:
 
 @torch.no_grad()
 def count_step_flops(model, obs: torch.Tensor, action: torch.Tensor, depth: int | None = None) -> int:
-    """FLOPs of one imagined step of `model` from one observation (N, F) and action, at batch 1."""
+    """FLOPs of one imagined step of `model` from one observation (as the environment gives it, or
+    in entity form (N, F)) and action, at batch 1."""
     was_training = model.training
     model.eval()
-    state = model.initial(model._as_entities(obs[None].float()))
+    state = model.initial(obs[None].float())  # initial accepts either form
     with FlopCounterMode(display=False, custom_mapping=_custom_mapping()) as counter:
         model.step(state, action[None], depth)
     model.train(was_training)

@@ -86,6 +86,8 @@ def test_bench_quick_writes_rows_table_and_plots(tmp_path):
     assert {r["horizon"] for r in rows} == set(range(1, 13))
     assert {r["lr"] for r in rows if r["model"].startswith("deep")} == {tuned["best"]["deep"]}
     assert "looped" in (out / "findings.md").read_text()
+    (out / "table.md").unlink()
+    loopwm("bench", "--out", str(out), "--report-only")  # redraws reports from results.jsonl alone
     for name in ("table.md", "findings.md", "error_vs_horizon.png", "param_efficiency.png", "depth_scaling.png", "compute.png"):
         assert (out / name).exists(), name
 

@@ -126,6 +126,26 @@ class BenchConfig:
     """"auto", "cpu" or "cuda[:N]"."""
     progress: bool = True
     """Show progress bars."""
+    report_only: bool = False
+    """Only rewrite table.md, findings.md and the plots from the results.jsonl already in --out."""
+
+
+def write_reports(out: Path) -> str:
+    """table.md, findings.md and the plots, from results.jsonl and depth.jsonl in `out`."""
+    from loopwm.eval.bench_plots import plot_all
+
+    def read(name):
+        path = out / name
+        if not path.exists():
+            raise LoopWMError(f"{path} not found: run the benchmark first (without --report-only)")
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    rows, depth_rows = read("results.jsonl"), read("depth.jsonl")
+    table, found = markdown_table(rows), findings(rows)
+    atomic_write_text(out / "table.md", table)
+    atomic_write_text(out / "findings.md", found)
+    plot_all(rows, depth_rows, out)
+    return table + "\n" + found
 
 
 def resolve(cfg: BenchConfig) -> BenchConfig:
@@ -234,6 +254,9 @@ def _cost(mcfg: ModelConfig, budget: str, cfg: BenchConfig) -> float:
 
 
 def run_bench(cfg: BenchConfig) -> Path:
+    if cfg.report_only:
+        print(write_reports(Path(cfg.out)))
+        return Path(cfg.out)
     cfg = resolve(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -295,14 +318,7 @@ def run_bench(cfg: BenchConfig) -> Path:
     atomic_write_text(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     atomic_write_text(out / "depth.jsonl", "".join(json.dumps(r) + "\n" for r in depth_rows))
     atomic_write_text(out / "config.json", json.dumps({**asdict(cfg), "minutes_taken": round((time.time() - start) / 60, 1)}, indent=2) + "\n")
-    table = markdown_table(rows)
-    atomic_write_text(out / "table.md", table)
-    atomic_write_text(out / "findings.md", findings(rows))
-    from loopwm.eval.bench_plots import plot_all
-
-    plot_all(rows, depth_rows, out)
-    print(table)
-    print(findings(rows))
+    print(write_reports(out))
     return out
 
 
@@ -356,13 +372,14 @@ def findings(rows: list[dict]) -> str:
         lines.append(f"## Equal {'gradient steps' if budget == 'steps' else 'wall-clock time'}")
         for world in worlds:
             params = {r["model"]: r["params"] for r in rows if r["world"] == world}  # sizes depend on the world
-            looped, _ = _mean_error(rows, world, budget, "looped", 10)
+            looped, spread = _mean_error(rows, world, budget, "looped", 10)
             deep = sorted((params[m], m) for m in params if m.startswith("deep"))
-            match = [(p, m) for p, m in deep if _mean_error(rows, world, budget, m, 10)[0] <= looped]
+            # "matches": within one standard deviation (over seeds) of the looped model's error
+            match = [(p, m) for p, m in deep if _mean_error(rows, world, budget, m, 10)[0] <= looped + spread]
             if match:
                 p, m = match[0]
-                lines.append(f"- {world}: the smallest deep transformer at or below the looped model's horizon-10 error "
-                             f"({looped:.4f}) is {m} ({_mean_error(rows, world, budget, m, 10)[0]:.4f}), "
+                lines.append(f"- {world}: the smallest deep transformer that matches the looped model's horizon-10 error "
+                             f"({looped:.4f} ± {spread:.4f}) is {m} ({_mean_error(rows, world, budget, m, 10)[0]:.4f}), "
                              f"with {p / params['looped']:.2f}x the looped model's parameters.")
             elif deep:
                 biggest = deep[-1]
@@ -375,9 +392,11 @@ def findings(rows: list[dict]) -> str:
                     continue
                 parts = []
                 for h in horizons:
-                    lo, ro = _mean_error(rows, world, budget, "looped", h)[0], _mean_error(rows, world, budget, other, h)[0]
+                    (lo, ls), (ro, rs) = _mean_error(rows, world, budget, "looped", h), _mean_error(rows, world, budget, other, h)
                     if lo == lo and ro == ro:  # both scored at this horizon
-                        parts.append(f"h{h} {lo:.4f} vs {ro:.4f} ({'looped better' if lo < ro else label + ' better'})")
+                        verdict = "within the seed spread" if abs(lo - ro) <= max(ls, rs) else \
+                            ("looped better" if lo < ro else label + " better")
+                        parts.append(f"h{h} {lo:.4f} vs {ro:.4f} ({verdict})")
                 lines.append(f"  Looped ({params['looped']:,} params) against {label} ({params[other]:,}): " + ", ".join(parts) + ".")
             sel = [r for r in rows if r["world"] == world and r["budget"] == budget and r["horizon"] == 10 and r["model"] == "looped"]
             if sel:

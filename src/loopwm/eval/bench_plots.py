@@ -27,9 +27,10 @@ def plot_all(rows: list[dict], depth_rows: list[dict], out: Path) -> list[Path]:
     fig, axes = plt.subplots(len(budgets), len(worlds), figsize=(5.5 * len(worlds), 4 * len(budgets)), dpi=110, squeeze=False)
     for axrow, budget in zip(axes, budgets):
         for ax, world in zip(axrow, worlds):
+            others = iter(f"C{i}" for i in (0, 1, 2, 4, 5, 6, 7, 8, 9, 0, 1, 2))  # C3 (red) is the looped model's alone
             for m in models:
                 hs, err = _mean_curve(rows, world, budget, m)
-                ax.plot(hs, err, lw=2.2 if m == "looped" else 1.2, color="C3" if m == "looped" else None, label=m)
+                ax.plot(hs, err, lw=2.4 if m == "looped" else 1.2, color="C3" if m == "looped" else next(others), label=m)
             sel = [r for r in rows if r["world"] == world and r["budget"] == budget]
             for key, ls in (("floor_copy_last", "--"), ("floor_constant_velocity", "-."), ("floor_mean", ":")):
                 hs = sorted({r["horizon"] for r in sel})

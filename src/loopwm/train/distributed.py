@@ -36,7 +36,7 @@ class Distributed:
         rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
         device = pick_device(requested_device)
         if device.type == "cuda":
-            device = torch.device("cuda", local)
+            device = torch.device(device.type, local)  # this process's GPU
             torch.cuda.set_device(device)
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")

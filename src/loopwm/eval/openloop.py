@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from loopwm.models.dynamics import normalised_error  # noqa: F401 - also part of this module's API
 from loopwm.models.exits import make_exit_rule
 from loopwm.utils import LoopWMError
 
@@ -27,12 +28,6 @@ class OpenLoopResult:
     floors: dict[str, np.ndarray]  # name -> (H,)
     iterations: np.ndarray  # (W, H) loop iterations used per window and imagined step
     windows: int
-
-
-def normalised_error(model, pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
-    """Per-step error (B, T) from predictions and truth (B, T, N, F)."""
-    err = ((pred - true) / model.std_safe) ** 2 * model.dynamic  # (B, T, N, F)
-    return err.sum(-1).mean(-1) / model.dynamic.sum()  # (B, T)
 
 
 def floor_predictions(model, obs: torch.Tensor, context: int, horizon: int) -> dict[str, torch.Tensor]:

@@ -36,6 +36,13 @@ class Rollout:
     iterations: torch.Tensor  # (B, T) loop iterations used (1 for models without a loop)
 
 
+def normalised_error(model, pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+    """Squared error over each feature's training variance, averaged over entities and over the
+    features that change: (..., N, F) predictions and truth -> (...). Shared by training and evaluation."""
+    err = ((pred - true) / model.std_safe) ** 2 * model.dynamic  # (..., N, F)
+    return err.sum(-1).mean(-1) / model.dynamic.sum()  # (...)
+
+
 class Dynamics:
     """Mixin giving `observe` and `imagine` to any model with `initial`, `step` and `_as_entities`."""
 

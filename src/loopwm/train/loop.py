@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from loopwm.checkpoint import latest_checkpoint, load_weights, model_state, read_checkpoint, restore_optimizer, save_checkpoint
 from loopwm.data import TrajectoryDataset, decode_bounds
 from loopwm.models import RSSMConfig, build_model
+from loopwm.models.dynamics import normalised_error
 from loopwm.models.world_model import ModelConfig, WorldModel, WorldSpec
 from loopwm.train.distributed import Distributed
 from loopwm.utils import LoopWMError, atomic_write_json, atomic_write_text, seed_everything
@@ -184,8 +185,7 @@ def sequence_loss(model: WorldModel, batch: dict[str, torch.Tensor], cfg: TrainC
         if "aux_loss" in out:  # model-specific terms, e.g. the RSSM's KL and reconstruction
             aux.append(out["aux_loss"])
         if "obs_per_iteration" in out:  # (T, B, N, F): the prediction after every loop iteration
-            per_iter = ((out["obs_per_iteration"] - obs[None, :, t + 1]) / model.std_safe) ** 2 * model.dynamic
-            per_iter = per_iter.sum(-1).mean(-1) / model.dynamic.sum()  # (T, B)
+            per_iter = normalised_error(model, out["obs_per_iteration"], obs[None, :, t + 1])  # (T, B)
             deep_terms.append(per_iter.mean())
             if "gate" in out:
                 gate_terms.append(gate_loss(per_iter, out["gate"], cfg.gate_tolerance, cfg.gate_entropy))

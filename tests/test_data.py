@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import mmap
 
 import gymnasium as gym
 import numpy as np
@@ -316,6 +317,54 @@ def test_windows_never_cross_episodes_and_batches_gather_them(fake):
         ds.batch(np.array([[0, ds.lengths[0] - 1, 3]]))
     with pytest.raises(LoopWMError, match="one length"):
         ds.batch(np.array([[0, 0, 2], [0, 0, 3]]))
+
+
+def _mapped(arr: np.ndarray) -> bool:
+    while arr is not None and not isinstance(arr, mmap.mmap):
+        arr = arr.obj if isinstance(arr, memoryview) else getattr(arr, "base", None)
+    return arr is not None
+
+
+def test_memory_mapped_load_equals_an_in_memory_one(fake):
+    mapped, read = TrajectoryDataset.load(fake), TrajectoryDataset.load(fake, mmap=False)
+    assert len(mapped.shards) == 3 and all(_mapped(part["obs"]) for part in mapped.shards)
+    assert not any(_mapped(part["obs"]) for part in read.shards)
+    assert not mapped.shards[0]["obs"].flags.writeable  # a map of the shard file must never be written through
+    assert sorted(mapped.arrays) == sorted(read.arrays)
+    for key in read.arrays:
+        np.testing.assert_array_equal(mapped.arrays[key], read.arrays[key], err_msg=key)
+    w = mapped.windows(np.arange(6), 2)  # windows from all three shards in one batch
+    for key, value in read.batch(w).items():
+        np.testing.assert_array_equal(mapped.batch(w)[key], value, err_msg=key)
+    mapped.release()  # dropping resident pages changes nothing that is read afterwards
+    np.testing.assert_array_equal(mapped.batch(w)["obs"], read.batch(w)["obs"])
+    for key, value in read.stats(np.arange(6)).items():
+        np.testing.assert_allclose(mapped.stats(np.arange(6))[key], value, err_msg=key)
+
+
+def test_compressed_shards_from_other_tools_are_read_instead_of_mapped(fake):
+    shard = fake / "shard_00001.npz"
+    with np.load(shard, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    with open(shard, "wb") as f:
+        np.savez_compressed(f, **arrays)
+    ds = TrajectoryDataset.load(fake, verify=False)
+    assert _mapped(ds.shards[0]["obs"]) and not _mapped(ds.shards[1]["obs"])
+    np.testing.assert_array_equal(ds.episode(2)["obs"], arrays["obs"][: ds.lengths[2] + 1])
+
+
+def test_window_index_numbers_the_same_windows_without_storing_them(fake):
+    ds = TrajectoryDataset.load(fake)
+    for episodes, length in (([0, 2, 3, 5], 1), ([1, 4], 3), ([5], 7), (np.arange(6), 100)):
+        index, rows = ds.window_index(np.array(episodes), length), ds.windows(np.array(episodes), length)
+        assert len(index) == len(rows)
+        np.testing.assert_array_equal(index.take(np.arange(len(index))), rows.reshape(-1, 3))
+        if len(index):
+            np.testing.assert_array_equal(index.take([len(index) - 1, 0]), rows[[-1, 0]])
+            with pytest.raises(LoopWMError, match=r"window numbers must lie in \[0, "):
+                index.take([len(index)])
+    with pytest.raises(LoopWMError, match="window length must be an integer >= 1"):
+        ds.window_index([0], 0)
 
 
 # ----- collection: resume, refusal, policies -----

@@ -37,13 +37,19 @@ The manifest is rewritten (atomically) after every shard, so a killed collection
 smaller dataset, and collecting again into the same folder continues where it stopped.
 
 Loading: ``TrajectoryDataset.load(path, verify=True)`` checks everything above and raises a
-`LoopWMError` that names the problem (and the shard, episode and step where it applies).
+`LoopWMError` that names the problem (and the shard, episode and step where it applies). The
+arrays are memory-mapped where they lie in each shard (`np.savez` stores them uncompressed), so a
+dataset larger than memory trains with only the pages its batches touch resident.
 """
 
 from __future__ import annotations
 
+import errno
 import math
+import mmap
 import operator
+import struct
+import zipfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -211,17 +217,104 @@ def check_manifest(path: Path, manifest: Any) -> None:
             raise damaged(f"shard entry {i} names {entry['file']!r}, which is not a file inside the dataset folder")
 
 
-def _read_npz(shard: Path) -> dict[str, np.ndarray]:
+def _read_npz(shard: Path, mmap: bool = False, maps: list | None = None) -> dict[str, np.ndarray]:
+    """The arrays of one shard. With `mmap`, members stored uncompressed (as `np.savez` writes them)
+    are mapped read-only in place instead of read, and their mmap objects appended to `maps`."""
     try:
+        if mmap:
+            return _map_npz(shard, maps if maps is not None else [])
         with open(shard, "rb") as f:  # our own handle, closed even when numpy gives up half-way
             npz = np.load(f, allow_pickle=False)
             if not isinstance(npz, np.lib.npyio.NpzFile):
                 raise ValueError("not an .npz archive")
             with npz:
                 return {k: npz[k] for k in npz.files}
+    except OSError as err:
+        if err.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+            raise LoopWMError(f"shard {shard} cannot be memory-mapped ({err}): every mapped shard keeps a file handle "
+                              "and a mapping; raise the limit (`ulimit -n`), collect with a larger --shard-episodes, "
+                              "or load with mmap=False") from err
+        raise LoopWMError(f"shard {shard} cannot be read ({type(err).__name__}: {err}); it is truncated or corrupt: "
+                          "delete the dataset folder (or this shard and its manifest entry) and re-run collect") from err
     except Exception as err:  # zipfile, zlib, numpy format and OS errors all mean the same thing here
         raise LoopWMError(f"shard {shard} cannot be read ({type(err).__name__}: {err}); it is truncated or corrupt: "
                           "delete the dataset folder (or this shard and its manifest entry) and re-run collect") from err
+
+
+_ZIP_LOCAL_HEADER = 30  # bytes before a member's name in a zip local file header
+
+
+def _map_npz(shard: Path, maps: list) -> dict[str, np.ndarray]:
+    """Memory-map the members of an .npz archive without reading them.
+
+    An .npz is a zip of .npy files; `np.savez` stores them uncompressed, so each array's bytes lie
+    contiguously in the archive after its zip and .npy headers. We find that offset and map it, so a
+    dataset larger than memory costs only the pages a batch touches. Compressed members (a shard
+    written by other tools with `savez_compressed`) are read instead.
+    """
+    out: dict[str, np.ndarray] = {}
+    whole = None
+    with open(shard, "rb") as f, zipfile.ZipFile(f) as zf:
+        for info in zf.infolist():
+            name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            if info.compress_type != zipfile.ZIP_STORED:
+                with zf.open(info) as member:
+                    out[name] = np.lib.format.read_array(member, allow_pickle=False)
+                continue
+            f.seek(info.header_offset)
+            header = f.read(_ZIP_LOCAL_HEADER)
+            if len(header) != _ZIP_LOCAL_HEADER or header[:4] != b"PK\x03\x04":
+                raise ValueError(f"member {info.filename} has no valid zip header")
+            name_len, extra_len = struct.unpack("<HH", header[26:30])
+            f.seek(info.header_offset + _ZIP_LOCAL_HEADER + name_len + extra_len)
+            version = np.lib.format.read_magic(f)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            if version not in read_header:
+                raise ValueError(f"member {info.filename} has .npy format version {version}")
+            shape, fortran, dtype = read_header[version](f)
+            if dtype.hasobject:
+                raise ValueError(f"member {info.filename} holds Python objects, which loopwm never unpickles")
+            start = f.tell()
+            count = math.prod(shape)
+            if start + count * dtype.itemsize > info.header_offset + _ZIP_LOCAL_HEADER + name_len + extra_len + info.file_size:
+                raise ValueError(f"member {info.filename} is shorter than its header says")
+            if count == 0:
+                out[name] = np.zeros(shape, dtype=dtype)
+                continue
+            if whole is None:  # one map per shard file, shared by its arrays (each map holds a file handle)
+                whole = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                maps.append(whole)
+            arr = np.frombuffer(whole, dtype=dtype, count=count, offset=start)
+            out[name] = arr.reshape(shape, order="F" if fortran else "C")
+    return out
+
+
+def _allow_open_files(n: int) -> None:
+    """Raise this process's soft limit on open files towards `n` (each mapped shard holds one),
+    within the hard limit; where that is not enough, mapping reports the problem and the fixes."""
+    try:
+        import resource
+    except ImportError:  # not a Unix: nothing to raise
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < n:
+        target = n if hard == resource.RLIM_INFINITY else min(n, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass
+
+
+def _release(maps: list) -> None:
+    """Drop the pages of `maps` from this process's resident memory (the OS page cache keeps them,
+    so touching them again costs a cheap minor fault, not a disk read)."""
+    if not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    for m in maps:
+        try:
+            m.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):  # a closed map or a platform without madvise: nothing to release
+            pass
 
 
 def _starts(lengths: np.ndarray) -> np.ndarray:
@@ -287,14 +380,25 @@ def _check_shard(shard: Path, arrays: dict[str, np.ndarray], entry: dict, manife
         arr = arrays[key]
         if arr.dtype.kind != "f":
             continue
-        finite = np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
-        if not finite.all():
-            row = int(np.argmin(finite))
+        row = _first_non_finite_row(arr)
+        if row is not None:
             local = int(np.searchsorted(starts, row, side="right") - 1)
             raise LoopWMError(
                 f"shard {shard}: {key} holds NaN or inf in episode {first_episode + local} of the dataset "
                 f"(episode {local} of this shard), {'observation' if key == 'obs' else 'step'} {row - int(starts[local])}; "
                 "the environment produced non-finite values: fix it (or drop that shard and its manifest entry) and re-collect")
+
+
+def _first_non_finite_row(arr: np.ndarray, chunk_bytes: int = 1 << 26) -> int | None:
+    """Index of the first row of `arr` holding NaN or inf, or None; reads in chunks of ~64 MB so a
+    memory-mapped shard is checked without a full-size temporary."""
+    rows = max(1, chunk_bytes // max(1, arr[:1].nbytes))
+    for lo in range(0, len(arr), rows):
+        part = arr[lo : lo + rows]
+        finite = np.isfinite(part.reshape(len(part), -1)).all(axis=1)
+        if not finite.all():
+            return lo + int(np.argmin(finite))
+    return None
 
 
 def _info_dtypes(manifest: dict, first_shard: dict[str, np.ndarray]) -> dict[str, str]:
@@ -314,8 +418,13 @@ def _info_dtypes(manifest: dict, first_shard: dict[str, np.ndarray]) -> dict[str
     return out
 
 
+def _check_window_length(length) -> None:
+    if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 1:
+        raise LoopWMError(f"window length must be an integer >= 1, got {length!r}")
+
+
 class TrajectoryDataset:
-    """A loaded, validated dataset held in memory.
+    """A loaded, validated dataset, its shards memory-mapped (or held in memory).
 
     Example::
 
@@ -325,19 +434,25 @@ class TrajectoryDataset:
         windows = ds.windows(train_idx, 12)      # (M, 3) rows: episode, start, length
         batch = ds.batch(windows[:32])           # obs (32, 13, N, F), action (32, 12, 2), reward (32, 12), ...
 
-    `arrays` holds every shard's arrays concatenated (obs over all episodes' observations, the others
-    over all steps); `obs_start`, `step_start` and `lengths` (per episode) index into them.
+    Each shard's arrays stay separate (`shards[k]`): episodes never cross shards, so neither do
+    windows, and nothing is concatenated. Loaded with `mmap=True` (the default) the arrays are
+    read-only maps of the shard files, and resident memory grows only with the pages that batches
+    touch; `release()` hands those back. `arrays` joins all shards into memory, for small datasets.
     """
 
-    def __init__(self, path: Path, manifest: dict[str, Any], arrays: dict[str, np.ndarray], lengths: np.ndarray):
+    def __init__(self, path: Path, manifest: dict[str, Any], shards: list[dict[str, np.ndarray]],
+                 maps: list | None = None):
         self.path = Path(path)
         self.manifest = manifest
-        self.arrays = arrays
-        self.lengths = np.asarray(lengths, dtype=np.int64)
-        self.obs_start = _starts(self.lengths + 1)
-        self.step_start = _starts(self.lengths)
-        # episode of each observation row, for statistics without a Python loop over episodes
-        self._obs_episode = np.repeat(np.arange(len(self.lengths)), self.lengths + 1)
+        self.shards = [{k: v for k, v in part.items() if k != "episode_lengths"} for part in shards]
+        lengths = [np.asarray(part["episode_lengths"], dtype=np.int64) for part in shards]
+        self.lengths = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
+        # per episode: its shard, and where its observations and steps start inside that shard
+        self.episode_shard = np.repeat(np.arange(len(lengths)), [len(x) for x in lengths])
+        self.obs_start = np.concatenate([_starts(x + 1) for x in lengths]) if lengths else self.lengths.copy()
+        self.step_start = np.concatenate([_starts(x) for x in lengths]) if lengths else self.lengths.copy()
+        self._maps = maps or []
+        self._joined: dict[str, np.ndarray] | None = None
 
     # ----- what the dataset holds -----
     @property
@@ -387,7 +502,21 @@ class TrajectoryDataset:
     @property
     def info_keys(self) -> list[str]:
         """Names of the per-step info arrays, with their "info_" prefix (as in `batch`)."""
-        return [k for k in self.arrays if k.startswith("info_")]
+        return [k for k in (self.shards[0] if self.shards else {}) if k.startswith("info_")]
+
+    @property
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every shard's arrays joined along time (obs over all observations, the others over all
+        steps), in memory: fine for small datasets, a full copy for large ones (use `batch`/`episode`)."""
+        if self._joined is None:
+            keys = self.shards[0].keys() if self.shards else ()
+            self._joined = {k: (self.shards[0][k] if len(self.shards) == 1 else
+                                np.concatenate([part[k] for part in self.shards], axis=0)) for k in keys}
+        return self._joined
+
+    def release(self) -> None:
+        """Hand the memory-mapped pages touched so far back to the OS (a no-op for in-memory data)."""
+        _release(self._maps)
 
     def __len__(self) -> int:
         return self.episodes
@@ -406,14 +535,12 @@ class TrajectoryDataset:
         return i % self.episodes
 
     def episode(self, i: int) -> dict[str, np.ndarray]:
-        """Episode i: obs (T+1, ...), the others (T, ...). Views into the dataset's arrays: copy before editing."""
+        """Episode i: obs (T+1, ...), the others (T, ...), as fresh writable arrays (copies: the
+        dataset's own arrays may be read-only maps of its files)."""
         i = self._episode_index(i)
         o, s, n = self.obs_start[i], self.step_start[i], self.lengths[i]
-        out = {"obs": self.arrays["obs"][o : o + n + 1]}
-        for key, arr in self.arrays.items():
-            if key != "obs":
-                out[key] = arr[s : s + n]
-        return out
+        part = self.shards[self.episode_shard[i]]
+        return {key: np.array(arr[o : o + n + 1] if key == "obs" else arr[s : s + n]) for key, arr in part.items()}
 
     def _episode_indices(self, episodes: Iterable[int]) -> np.ndarray:
         idx = np.asarray(list(episodes) if not isinstance(episodes, np.ndarray) else episodes).reshape(-1)
@@ -428,10 +555,12 @@ class TrajectoryDataset:
 
     # ----- loading -----
     @classmethod
-    def load(cls, path: str | Path, verify: bool = True) -> "TrajectoryDataset":
+    def load(cls, path: str | Path, verify: bool = True, mmap: bool = True) -> "TrajectoryDataset":
         """Load and validate a dataset folder; every problem raises a LoopWMError saying what to do.
 
-        verify=True also checks every shard's sha256 against the manifest (reads each file twice).
+        verify=True also checks every shard's sha256 against the manifest (a streamed read of each file).
+        mmap=True maps the shards read-only instead of reading them (see the class docstring); the
+        checks run either way, in chunks, and the pages they touch are released afterwards.
         """
         path = Path(path)
         if not path.exists():
@@ -445,8 +574,11 @@ class TrajectoryDataset:
         if not manifest["shards"]:
             raise LoopWMError(f"dataset {path} holds no shards yet (its collection stopped before the first shard); "
                               "run the same `loopwm collect` command again to fill it")
-        parts: dict[str, list[np.ndarray]] = {}
-        lengths, first_episode = [], 0
+        if mmap:
+            _allow_open_files(len(manifest["shards"]) + 256)
+        parts: list[dict[str, np.ndarray]] = []
+        maps: list = []
+        first_episode = 0
         info_dtypes = None
         for entry in manifest["shards"]:
             shard = path / entry["file"]
@@ -456,20 +588,20 @@ class TrajectoryDataset:
             if verify and sha256_file(shard) != entry["sha256"]:
                 raise LoopWMError(f"shard {shard} is corrupt (checksum mismatch); re-run collect to rewrite it, "
                                   "or delete it and its manifest entry")
-            arrays = _read_npz(shard)
+            shard_maps: list = []
+            arrays = _read_npz(shard, mmap=mmap, maps=shard_maps)
             if info_dtypes is None:
                 info_dtypes = _info_dtypes(manifest, arrays)
             _check_shard(shard, arrays, entry, manifest, first_episode, info_dtypes)
+            _release(shard_maps)  # the checks touched every page; keep only what batches will touch
+            maps.extend(shard_maps)
             first_episode += entry["episodes"]
-            lengths.append(arrays.pop("episode_lengths"))
-            for key, arr in arrays.items():
-                parts.setdefault(key, []).append(arr)
+            parts.append(arrays)
         totals = (manifest.get("episodes"), manifest.get("steps"))
         if totals != (first_episode, sum(s["steps"] for s in manifest["shards"])):
             raise LoopWMError(f"{path / MANIFEST} is damaged: its totals {totals} disagree with its shard entries; "
                               "re-collect the dataset into a new folder")
-        joined = {k: np.concatenate(v, axis=0) for k, v in parts.items()}
-        return cls(path, manifest, joined, np.concatenate(lengths))
+        return cls(path, manifest, parts, maps)
 
     # ----- splits, statistics, windows, batches -----
     def split(self, val_fraction: float = 0.1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -496,24 +628,25 @@ class TrajectoryDataset:
         if idx.size == 0:
             raise LoopWMError("statistics need at least one episode")
         feat = self.feature_shape
-        obs = self.arrays["obs"]
-        rows = np.flatnonzero(np.isin(self._obs_episode, idx))
         acc = {k: np.zeros((3, *feat)) for k in ("obs", "delta")}  # count, sum, sum of squares
 
         def add(key: str, x: np.ndarray) -> None:
             x = x.astype(np.float64).reshape(-1, *feat)
             acc[key] += np.stack([np.full(feat, len(x), dtype=np.float64), x.sum(0), (x * x).sum(0)])
 
-        # in chunks of rows: a float64 copy of a whole dataset of frames would not fit in memory
-        chunk = max(1, 2**22 // max(1, int(np.prod(obs.shape[1:]))))
-        for lo in range(0, len(rows), chunk):
-            r = rows[lo : lo + chunk]
-            add("obs", obs[r])
-            # a delta pairs observation row i with row i + 1 of the same episode
-            pair = r[(r + 1 < len(obs))]
-            pair = pair[self._obs_episode[pair] == self._obs_episode[pair + 1]]
-            if len(pair):
-                add("delta", obs[pair + 1].astype(np.float64) - obs[pair])
+        # episode by episode within each shard, in chunks of observations: a float64 copy of a whole
+        # dataset of frames would not fit in memory, and a mapped shard should not become resident
+        chunk = max(2, 2**22 // max(1, int(np.prod(self.obs_shape))))
+        for i in idx:
+            obs = self.shards[self.episode_shard[i]]["obs"]
+            first, n_obs = int(self.obs_start[i]), int(self.lengths[i]) + 1
+            for lo in range(0, n_obs, chunk):
+                # overlap chunks by one observation so every delta obs[t+1] - obs[t] is counted once
+                part = obs[first + max(lo - 1, 0) : first + min(lo + chunk, n_obs)]
+                add("obs", part[1:] if lo else part)
+                if len(part) > 1:
+                    add("delta", part[1:].astype(np.float64) - part[:-1])
+        self.release()
         out = {}
         for key in ("obs", "delta"):
             n, s1, s2 = acc[key]
@@ -528,8 +661,7 @@ class TrajectoryDataset:
         Returns an int64 array (M, 3) of rows (episode, start, length), ordered by episode then start;
         M = sum(max(T_e - length + 1, 0)). Episodes shorter than `length` contribute nothing.
         """
-        if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 1:
-            raise LoopWMError(f"window length must be an integer >= 1, got {length!r}")
+        _check_window_length(length)
         idx = self._episode_indices(episodes)
         counts = np.maximum(self.lengths[idx] - length + 1, 0)
         total = int(counts.sum())
@@ -561,16 +693,51 @@ class TrajectoryDataset:
                        or np.any(start + length > self.lengths[np.clip(ep, 0, self.episodes - 1)])):
             raise LoopWMError(f"batch got a window outside its episode (episodes must lie in [0, {self.episodes}) and "
                               "start + length <= the episode's steps); take windows from windows()")
-        steps = np.arange(length)
-        obs_rows = (self.obs_start[ep] + start)[:, None] + np.arange(length + 1)  # (B, L+1)
-        step_rows = (self.step_start[ep] + start)[:, None] + steps  # (B, L)
-        out = {"obs": self.arrays["obs"][obs_rows]}
-        for key, arr in self.arrays.items():
-            if key != "obs":
-                out[key] = arr[step_rows]
+        obs_rows = (self.obs_start[ep] + start)[:, None] + np.arange(length + 1)  # (B, L+1), rows inside each shard
+        step_rows = (self.step_start[ep] + start)[:, None] + np.arange(length)  # (B, L)
+        shard = self.episode_shard[ep]  # (B,)
+        if len(w) and (shard == shard[0]).all():  # the common case: one gather per array
+            part = self.shards[shard[0]]
+            return {key: arr[obs_rows if key == "obs" else step_rows] for key, arr in part.items()}
+        first = self.shards[0] if self.shards else {}
+        out = {key: np.empty((len(w), length + (key == "obs"), *arr.shape[1:]), dtype=arr.dtype) for key, arr in first.items()}
+        for k in np.unique(shard):
+            rows = shard == k
+            for key, arr in self.shards[k].items():
+                out[key][rows] = arr[obs_rows[rows] if key == "obs" else step_rows[rows]]
         return out
 
+    def window_index(self, episodes: Iterable[int], length: int) -> "WindowIndex":
+        """The windows of `windows(episodes, length)` without materialising them: O(episodes) memory.
 
-def load_dataset(path: str | Path, verify: bool = True) -> TrajectoryDataset:
+        `len(index)` counts them and `index.take(i)` returns rows (episode, start, length) for flat
+        window numbers i, in the same order as `windows()`; training samples from it."""
+        _check_window_length(length)
+        idx = self._episode_indices(episodes)
+        return WindowIndex(idx, np.maximum(self.lengths[idx] - length + 1, 0), length)
+
+
+class WindowIndex:
+    """Flat numbering of every window of one length inside a set of episodes (see `window_index`)."""
+
+    def __init__(self, episodes: np.ndarray, counts: np.ndarray, length: int):
+        keep = counts > 0
+        self.episodes, self.length = episodes[keep], int(length)
+        self.ends = np.cumsum(counts[keep])  # window numbers in [firsts[j], ends[j]) belong to episodes[j]
+        self.firsts = self.ends - counts[keep]
+
+    def __len__(self) -> int:
+        return int(self.ends[-1]) if len(self.ends) else 0
+
+    def take(self, i) -> np.ndarray:
+        """Rows (episode, start, length), int64 (len(i), 3), for window numbers i in [0, len)."""
+        i = np.asarray(i, dtype=np.int64).reshape(-1)
+        if len(i) and (i.min() < 0 or i.max() >= len(self)):
+            raise LoopWMError(f"window numbers must lie in [0, {len(self)}), got {i.min()}..{i.max()}")
+        j = np.searchsorted(self.ends, i, side="right")
+        return np.stack([self.episodes[j], i - self.firsts[j], np.full(len(i), self.length, dtype=np.int64)], axis=1)
+
+
+def load_dataset(path: str | Path, verify: bool = True, mmap: bool = True) -> TrajectoryDataset:
     """Same as `TrajectoryDataset.load`."""
-    return TrajectoryDataset.load(path, verify=verify)
+    return TrajectoryDataset.load(path, verify=verify, mmap=mmap)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from loopwm.checkpoint import latest_checkpoint, load_weights, model_state, read_checkpoint, restore_optimizer, save_checkpoint
-from loopwm.data import TrajectoryDataset, decode_bounds
+from loopwm.data import TrajectoryDataset, WindowIndex, decode_bounds
 from loopwm.models import RSSMConfig, build_model
 from loopwm.models.dynamics import normalised_error
 from loopwm.models.world_model import ModelConfig, WorldModel, WorldSpec
@@ -84,6 +84,10 @@ class TrainConfig:
     """Weight of the paper's binary-entropy regulariser on the gate (keeps it from saturating early)."""
     val_fraction: float = 0.1
     """Fraction of episodes held out for validation (split by episode)."""
+    mmap: bool = True
+    """Memory-map the dataset's shards, so resident memory holds only the pages batches touch (for
+    datasets larger than memory); --no-mmap reads them in, which suits network filesystems where
+    mapped files are slow or unsafe."""
     eval_every: int = 250
     """Validate every this many steps."""
     ckpt_every: int = 500
@@ -98,7 +102,7 @@ class TrainConfig:
     """Also write the metrics as TensorBoard events under OUT/tb (needs `pip install tensorboard`)."""
 
 
-RESUMABLE_FIELDS = ("steps", "minutes", "progress", "device", "eval_every", "ckpt_every", "tensorboard")
+RESUMABLE_FIELDS = ("steps", "minutes", "progress", "device", "eval_every", "ckpt_every", "tensorboard", "mmap")
 
 
 def _tensorboard_writer(run_dir: Path):
@@ -300,11 +304,12 @@ def _train(cfg: TrainConfig, run_dir: Path, ddp: Distributed) -> Path:
     device = ddp.device
     if cfg.batch_size % ddp.world:
         raise LoopWMError(f"--batch-size {cfg.batch_size} is the global batch and must divide among {ddp.world} processes")
-    ds = TrajectoryDataset.load(cfg.data)
+    ds = TrajectoryDataset.load(cfg.data, mmap=cfg.mmap)
     train_idx, val_idx = ds.split(cfg.val_fraction, seed=cfg.seed)
     window = cfg.horizon + cfg.context
-    train_windows = ds.windows(train_idx, window)
-    val_windows = ds.windows(val_idx, window)
+    # window indexes, not window arrays: a 10-million-step dataset would need 240 MB of rows
+    train_windows = ds.window_index(train_idx, window)
+    val_windows = ds.window_index(val_idx, window)
     if len(train_windows) == 0:
         raise LoopWMError(f"no training window of {window} steps fits in {cfg.data}: collect longer episodes or lower --context/--horizon")
 
@@ -364,7 +369,7 @@ def _train(cfg: TrainConfig, run_dir: Path, ddp: Distributed) -> Path:
             lr = lr_at(cfg, step, fraction)
             for group in opt.param_groups:
                 group["lr"] = lr
-            pick = train_windows[rng.integers(0, len(train_windows), cfg.batch_size)]  # the global batch
+            pick = train_windows.take(rng.integers(0, len(train_windows), cfg.batch_size))  # the global batch
             batch = to_tensors(ds.batch(ddp.shard(pick)), device)  # this process's slice of it
             loss, info = runner(batch)
             if not ddp.all_finite(loss):
@@ -383,6 +388,8 @@ def _train(cfg: TrainConfig, run_dir: Path, ddp: Distributed) -> Path:
                 bar.set_postfix(loss=f"{info['loss']:.4f}", refresh=False)
             record = {"step": step, "time": round(elapsed_before + time.time() - t0, 3), "lr": lr,
                       "grad_norm": float(grad_norm), **{f"train/{k}": v for k, v in info.items()}}
+            if step % cfg.eval_every == 0:
+                ds.release()  # mapped pages touched by past batches: resident memory stays bounded
             if step % cfg.eval_every == 0 and len(val_windows) > 0 and ddp.main:
                 record.update(validate(model, ds, val_windows, cfg, device))
                 a_bar = model.max_a_bar()
@@ -409,10 +416,12 @@ def _train(cfg: TrainConfig, run_dir: Path, ddp: Distributed) -> Path:
 
 
 @torch.no_grad()
-def validate(model: WorldModel, ds: TrajectoryDataset, windows: np.ndarray, cfg: TrainConfig, device, n: int = 256) -> dict:
+def validate(model: WorldModel, ds: TrajectoryDataset, windows: WindowIndex | np.ndarray, cfg: TrainConfig, device,
+             n: int = 256) -> dict:
     """Validation loss at the training depth-free evaluation setting (fixed evaluation depth)."""
     model.eval()
-    pick = windows[np.linspace(0, len(windows) - 1, min(n, len(windows))).astype(int)]
+    spread = np.linspace(0, len(windows) - 1, min(n, len(windows))).astype(int)
+    pick = windows.take(spread) if isinstance(windows, WindowIndex) else windows[spread]
     batch = to_tensors(ds.batch(pick), device)
     quiet = replace(cfg, obs_noise=0.0)
     _, info = sequence_loss(model, batch, quiet)

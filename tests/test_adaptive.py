@@ -56,6 +56,7 @@ def test_batched_gate_rollouts_equal_per_sample_ones():
     model = small_model(exit_gate=True).eval()
     with torch.no_grad():  # a gate that actually varies between samples
         torch.nn.init.normal_(model.core.gate.proj.weight, std=2.0)
+        model.core.gate.proj.weight[:, -1] = 1.0  # the latent-change input
         model.core.gate.proj.bias.zero_()
     obs, act = random_obs(4, 2, seed=3), torch.rand(4, 5, 2)
     rule = make_exit_rule("gate", 0.5, model=model)

@@ -85,7 +85,7 @@ class GateExit(ExitRule):
         self.gate = gate
 
     def should_stop(self, t, z_prev, z_new, rows):
-        return (self.gate(z_new) > self.threshold) & (t + 1 >= self.min_iterations)
+        return (self.gate(z_prev, z_new) > self.threshold) & (t + 1 >= self.min_iterations)
 
 
 EXIT_RULES = {"fixed": ExitRule, "delta": DeltaExit, "accel": AccelExit, "gate": GateExit}

@@ -53,18 +53,24 @@ class DiagInjection(nn.Module):
 
 
 class ExitGate(nn.Module):
-    """The paper's learned exit gate: g = mean over tokens of sigmoid(w . LN(z) + b), one exit
-    probability per sample. It starts low (about 0.12): a fresh gate lets the loop run."""
+    """The paper's learned exit gate, g = mean over tokens of sigmoid(w . LN(z) + b), one exit
+    probability per sample, with one input added: each token's log relative change in the last
+    iteration. The normalised state alone says where the latent is, not whether it is still moving;
+    a gate that saw only that learned the base rate of "stop" (the same value at every iteration)
+    in our first study. It starts low (about 0.12): a fresh gate lets the loop run."""
 
     def __init__(self, d: int):
         super().__init__()
         self.norm = nn.LayerNorm(d, elementwise_affine=False)  # the gate reads direction, not scale
-        self.proj = nn.Linear(d, 1)
+        self.proj = nn.Linear(d + 1, 1)
         nn.init.zeros_(self.proj.weight)
         nn.init.constant_(self.proj.bias, -2.0)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.proj(self.norm(z))).squeeze(-1).mean(-1)  # (B, N_h, d) -> (B,)
+    def forward(self, z_prev: torch.Tensor, z_new: torch.Tensor) -> torch.Tensor:
+        """Exit probability (B,) after an iteration took z_prev to z_new, both (B, N_h, d)."""
+        change = (z_new - z_prev).norm(dim=-1) / (z_prev.norm(dim=-1) + 1e-6)  # (B, N_h)
+        features = torch.cat([self.norm(z_new), torch.log(change + 1e-6).unsqueeze(-1)], dim=-1)  # (B, N_h, d+1)
+        return torch.sigmoid(self.proj(features)).squeeze(-1).mean(-1)  # (B, N_h) -> (B,)
 
 
 class LoopedCore(nn.Module):
@@ -121,8 +127,9 @@ class LoopedCore(nn.Module):
             depth: (B,) long, maximum iterations per sample (>= 1).
             n_grad: gradients flow only through each sample's last n_grad iterations (None: all).
             exit_rule: may stop a sample before its depth; stopped samples are frozen.
-            trajectory: a list that receives the whole batch's state (B, N_h, d) after every
-                iteration (a finished sample repeats its final state), for per-iteration losses.
+            trajectory: a list that receives the whole batch's state (B, N_h, d): the starting
+                state, then the state after every iteration (a finished sample repeats its final
+                state), for per-iteration losses and the exit gate's training.
         Returns:
             z: (B, N_h, d) final state; used: (B,) long, iterations actually run.
         """
@@ -133,6 +140,8 @@ class LoopedCore(nn.Module):
         want_grad = torch.is_grad_enabled()
         if exit_rule is not None:
             exit_rule.start(z)
+        if trajectory is not None:
+            trajectory.append(z)
         for t in range(int(depth.max())):
             run = running & (t < depth)  # (B,)
             if not bool(run.any()):

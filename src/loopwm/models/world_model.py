@@ -394,14 +394,16 @@ class WorldModel(Dynamics, nn.Module):
             "iterations": used,
         }
         if per_iteration:  # decode the state after every iteration, and ask the gate at each one
-            zs = torch.stack(per_iteration)  # (T, B, N_h, d)
-            T = zs.shape[0]
-            hs = self.core.readout(zs.flatten(0, 1))  # (T*B, N_h, d)
+            zs = torch.stack(per_iteration)  # (T+1, B, N_h, d): the starting state, then one per iteration
+            T = zs.shape[0] - 1
+            hs = self.core.readout(zs[1:].flatten(0, 1))  # (T*B, N_h, d)
             raw = self.obs_head(hs[:, :P])  # (T*B, P or N, F)
             preds = self._decode(obs.repeat(T, 1, 1), raw)  # (T*B, N, F)
             out["obs_per_iteration"] = preds.view(T, B, N, -1)  # (T, B, N, F)
             if self.core.gate is not None:
-                out["gate"] = self.core.gate(zs.flatten(0, 1)).view(T, B)  # (T, B)
+                # detached: the gate is a probe that learns when to stop; its loss must not reshape the dynamics
+                steps = zs.detach()
+                out["gate"] = self.core.gate(steps[:-1].flatten(0, 1), steps[1:].flatten(0, 1)).view(T, B)  # (T, B)
         return State(h=h, z=z, obs=pred, real=False), out
 
     def _decode(self, obs: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:

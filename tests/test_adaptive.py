@@ -127,7 +127,7 @@ def test_adaptive_measurements_on_a_tiny_model(tmp_path):
     assert by[("delta", 1e9)]["mean_iterations"] == 1.0  # always fires: one iteration
     fixed3 = next(r for r in sweep if r["rule"] == "fixed" and r["max_depth"] == 3)
     assert by[("gate", 1.0)]["mean_iterations"] == 3.0 and by[("gate", 1.0)]["error_h10"] == pytest.approx(fixed3["error_h10"])
-    ep = ds.episode(0)
-    t = wallclock(model, torch.as_tensor(ep["obs"][0]).float(), torch.as_tensor(ep["action"][0]), 3,
+    b = ds.batch(ds.windows([0, 1], 5)[:6])
+    t = wallclock(model, torch.as_tensor(b["obs"][:, 0]).float(), torch.as_tensor(b["action"]), 3,
                   make_exit_rule("delta", 1e9), batch=4, seconds=0.05)
     assert t["steps_per_s_fixed"] > 0 and t["steps_per_s_adaptive"] > 0 and t["mean_iterations_adaptive"] == 1.0

@@ -81,14 +81,16 @@ def exit_sweep(model, ds, episodes, rules: dict[str, list[float]], depths, max_d
 
 @torch.no_grad()
 def wallclock(model, starts: torch.Tensor, actions: torch.Tensor, depth: int, exit_rule, batch: int,
-              seconds: float = 1.5) -> dict:
+              seconds: float = 1.5, fixed_depth: int | None = None) -> dict:
     """Imagined steps per second with `exit_rule` and with fixed `depth`, alternated rollout by
     rollout so that machine noise hits both alike; also the mean iterations the rule used.
 
     starts: (P, *obs_shape) first observations of P held-out windows; actions: (P, H, *action_shape)
     their real actions. Each rollout imagines H steps from `batch` of them (taken in turn, so batch 1
-    sees many different windows): real situations, not one state driven to a standstill.
+    sees many different windows): real situations, not one state driven to a standstill. The rule
+    runs with at most `depth` iterations; the fixed model runs `fixed_depth` (default: `depth`).
     """
+    fixed_depth = depth if fixed_depth is None else fixed_depth
     P, H = actions.shape[:2]
     timings = {"fixed": [0, 0.0], "adaptive": [0, 0.0]}
     iters = []
@@ -96,15 +98,15 @@ def wallclock(model, starts: torch.Tensor, actions: torch.Tensor, depth: int, ex
     while time.perf_counter() - start < 2 * seconds or min(v[0] for v in timings.values()) < 3 * H:
         rows = (k * batch + torch.arange(batch)) % P  # (batch,)
         k += 1
-        for key, rule in (("fixed", None), ("adaptive", exit_rule)):
+        for key, rule, d in (("fixed", None, fixed_depth), ("adaptive", exit_rule, depth)):
             state, plan = model.initial(starts[rows]), actions[rows]  # plan: (batch, H, ...)
             t0 = time.perf_counter()
             for t in range(H):
-                state, out = model.step(state, plan[:, t], depth, rule)
+                state, out = model.step(state, plan[:, t], d, rule)
                 if key == "adaptive":
                     iters.append(float(out["iterations"].float().mean()))
             timings[key][1] += time.perf_counter() - t0
             timings[key][0] += H
     fixed, adaptive = (timings[k][0] * batch / timings[k][1] for k in ("fixed", "adaptive"))
     return {"batch": batch, "steps_per_s_fixed": fixed, "steps_per_s_adaptive": adaptive,
-            "speedup": adaptive / fixed, "mean_iterations_adaptive": float(np.mean(iters)), "depth_fixed": depth}
+            "speedup": adaptive / fixed, "mean_iterations_adaptive": float(np.mean(iters)), "depth_fixed": fixed_depth}

@@ -671,13 +671,8 @@ class TrajectoryDataset:
         Returns an int64 array (M, 3) of rows (episode, start, length), ordered by episode then start;
         M = sum(max(T_e - length + 1, 0)). Episodes shorter than `length` contribute nothing.
         """
-        _check_window_length(length)
-        idx = self._episode_indices(episodes)
-        counts = np.maximum(self.lengths[idx] - length + 1, 0)
-        total = int(counts.sum())
-        ep = np.repeat(idx, counts)
-        start = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
-        return np.stack([ep, start, np.full(total, length, dtype=np.int64)], axis=1)
+        index = self.window_index(episodes, length)
+        return index.take(np.arange(len(index)))
 
     def batch(self, windows: np.ndarray, length: int | None = None) -> dict[str, np.ndarray]:
         """Arrays for windows of one length, gathered with vectorised indexing.

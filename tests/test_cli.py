@@ -92,6 +92,19 @@ def test_bench_quick_writes_rows_table_and_plots(tmp_path):
         assert (out / name).exists(), name
 
 
+def test_bench_can_tune_the_learning_rate_on_every_world(tmp_path):
+    out = tmp_path / "bench"
+    loopwm("bench", "--out", str(out), "--worlds", "Pendulum-v1", "balls", "--models", "looped", "--seeds", "1",
+           "--test-depths", "1", "2", "--steps", "3", "--episodes", "6", "--max-episode-steps", "30", "--horizon", "10", "--budgets", "steps",
+           "--no-progress", "--device", "cpu", "--lrs", "1e-3", "3e-3", "--workers", "1", "--tune-each-world")
+    tuned = json.loads((out / "tuning.json").read_text())
+    assert set(tuned["best"]) == {"Pendulum-v1", "balls"}
+    assert all(set(t["looped"]) == {"0.001", "0.003"} for t in tuned["h10_error"].values())
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    for world in ("Pendulum-v1", "balls"):  # each world trained at its own winner
+        assert {r["lr"] for r in rows if r["world"] == world} == {tuned["best"][world]["looped"]}
+
+
 def test_doctor_reports_every_part_with_a_fix_for_problems():
     proc = loopwm("doctor", "--json", "--no-render", check=False)
     assert proc.returncode in (0, 1)  # 1 only when something is broken

@@ -14,7 +14,8 @@ Output, under --out:
 
     results.jsonl     one row per model, world, seed, budget and horizon
     depth.jsonl       the looped model's horizon-10 error at each test-time iteration count
-    tuning.json       the learning rate kept per model family, with the scores behind it
+    tuning.json       the learning rate kept per model family (per world with --tune-each-world),
+                      with the scores behind it
     table.md          the horizon-1/10/50 errors (mean ± std over seeds), parameters, FLOPs, speeds
     findings.md       the comparisons the numbers support, stated in words
     *.png             error vs horizon, parameter efficiency, error vs test-time iterations, compute
@@ -112,8 +113,12 @@ class BenchConfig:
     budgets: tuple[str, ...] = ("steps", "wallclock")
     """Currencies to match models in."""
     lrs: tuple[float, ...] = (1e-3, 2e-3, 4e-3)
-    """Learning rates tried per model family (on the first world, seed 0, equal steps); the best
-    horizon-10 validation error decides. One value skips the sweep."""
+    """Learning rates tried per model family (seed 0, equal steps); the best horizon-10 validation
+    error decides. One value skips the sweep."""
+    tune_each_world: bool = False
+    """Sweep the learning rates on every world and use each world's own best (costs one sweep per
+    world); by default the first world's winners are used everywhere, which can pick a rate that
+    diverges on another world."""
     horizon: int = 50
     """Longest open-loop horizon scored."""
     test_depths: tuple[int, ...] = (1, 2, 4, 8, 12, 16)
@@ -210,6 +215,9 @@ def _train_and_score(job: dict) -> dict:
     ds = TrajectoryDataset.load(job["data"])
     val = np.asarray(meta["val_episodes"])
     res = open_loop(model, ds, val, CONTEXT, job["horizon"], 256, device=device)
+    if len(res.errors) < 10:  # the bench's headline is horizon 10: open_loop cut the horizon to what fits
+        raise LoopWMError(f"the held-out episodes of {job['world']} are too short to score horizon 10 after {CONTEXT} "
+                          f"observed steps (the longest fits {len(res.errors)}): raise --episodes or --max-episode-steps")
     depth_errors = {}
     for depth in job["test_depths"]:
         depth_errors[depth] = float(open_loop(model, ds, val, CONTEXT, 10, 256, depth=depth, device=device).errors[9])
@@ -273,20 +281,28 @@ def run_bench(cfg: BenchConfig) -> Path:
                 "test_depths": list(cfg.test_depths) if name == "looped" and budget == cfg.budgets[0] else [],
                 "cost": _cost(suite[name][0], budget, cfg)}
 
-    # 1. the same learning-rate sweep for every family, on the first world and seed, equal steps
+    # 1. the same learning-rate sweep for every family (seed 0, equal steps), on the first world or on each
     families = sorted({family(n) for n in suite})
-    tuning: dict[str, dict] = {}
+    tuned_on = list(cfg.worlds) if cfg.tune_each_world else [cfg.worlds[0]]
+    tuning: dict[str, dict[str, dict]] = {w: {} for w in tuned_on}
     if len(cfg.lrs) > 1:
         rep = {f: FAMILY_REPRESENTATIVE[f] if FAMILY_REPRESENTATIVE[f] in suite else next(n for n in suite if family(n) == f)
                for f in families}
-        sweep = [job(cfg.worlds[0], rep[f], lr, 0, "steps") for f in families for lr in cfg.lrs]
+        sweep = [job(w, rep[f], lr, 0, "steps") for w in tuned_on for f in families for lr in cfg.lrs]
         for j, r in zip(sweep, _run_jobs(sweep, cfg, "lr sweep")):
-            tuning.setdefault(family(j["name"]), {})[f"{j['lr']:g}"] = r["errors"][9]
-    best_lr = {f: (float(min(tuning[f], key=tuning[f].get)) if f in tuning else cfg.lrs[0]) for f in families}
-    atomic_write_text(out / "tuning.json", json.dumps({"best": best_lr, "h10_error": tuning}, indent=2) + "\n")
+            tuning[j["world"]].setdefault(family(j["name"]), {})[f"{j['lr']:g}"] = r["errors"][9]
+    best_by_world = {w: {f: (float(min(t[f], key=t[f].get)) if f in t else cfg.lrs[0]) for f in families}
+                     for w, t in tuning.items()}
+
+    def lr_for(world: str, name: str) -> float:
+        return best_by_world[world if cfg.tune_each_world else cfg.worlds[0]][family(name)]
+
+    summary = ({"best": best_by_world, "h10_error": tuning} if cfg.tune_each_world else
+               {"best": best_by_world[cfg.worlds[0]], "h10_error": tuning[cfg.worlds[0]], "tuned_on": cfg.worlds[0]})
+    atomic_write_text(out / "tuning.json", json.dumps(summary, indent=2) + "\n")
 
     # 2. every model, world, seed and budget (sweep runs with the winning rate are reused as they are)
-    jobs = [job(w, n, best_lr[family(n)], s, b) for w in cfg.worlds for s in range(cfg.seeds) for n in suite for b in cfg.budgets]
+    jobs = [job(w, n, lr_for(w, n), s, b) for w in cfg.worlds for s in range(cfg.seeds) for n in suite for b in cfg.budgets]
     results = _run_jobs(jobs, cfg, "bench")
 
     # 3. compute, measured side by side here once per model and world, nothing else running

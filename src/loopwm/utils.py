@@ -31,18 +31,24 @@ class LoopWMError(Exception):
     """Base class for errors a user can act on; the message says what is wrong and how to fix it."""
 
 
-def pick_device(requested: str = "auto") -> "torch.device":  # noqa: F821 - torch imported lazily
-    """The one place that chooses a device: "auto" gives CUDA when present, else CPU."""
+def pick_device(requested: str = "auto", local_rank: int | None = None) -> "torch.device":  # noqa: F821 - torch imported lazily
+    """The one place that chooses a device: "auto" gives CUDA when present, else CPU. With
+    `local_rank` (one process of several on a machine), a GPU device becomes that process's own
+    GPU, made current; a CPU device is shared."""
     import torch
 
     if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(requested)
-    except RuntimeError as err:
-        raise LoopWMError(f"unknown device {requested!r}: use 'auto', 'cpu' or 'cuda[:N]'") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise LoopWMError(f"device {requested!r} asked for, but CUDA is not available: use --device cpu")
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            device = torch.device(requested)
+        except RuntimeError as err:
+            raise LoopWMError(f"unknown device {requested!r}: use 'auto', 'cpu' or 'cuda[:N]'") from err
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise LoopWMError(f"device {requested!r} asked for, but CUDA is not available: use --device cpu")
+    if local_rank is not None and device.type == "cuda":
+        device = torch.device(device.type, local_rank)
+        torch.cuda.set_device(device)
     return device
 
 

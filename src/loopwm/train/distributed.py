@@ -34,10 +34,7 @@ class Distributed:
         if world <= 1:
             return cls(0, 1, pick_device(requested_device))
         rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-        device = pick_device(requested_device)
-        if device.type == "cuda":
-            device = torch.device(device.type, local)  # this process's GPU
-            torch.cuda.set_device(device)
+        device = pick_device(requested_device, local_rank=local)
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         return cls(rank, world, device)
@@ -51,7 +48,7 @@ class Distributed:
             return module
         from torch.nn.parallel import DistributedDataParallel
 
-        ids = [self.device.index] if self.device.type == "cuda" else None
+        ids = [self.device.index] if self.device.index is not None else None  # a GPU process's own device
         # some parameters sit out some steps (an exit gate, a head without a target): let DDP know
         return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
 

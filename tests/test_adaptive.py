@@ -108,7 +108,7 @@ def test_gate_model_trains_and_reports_where_iterations_go(tmp_path):
 def test_adaptive_measurements_on_a_tiny_model(tmp_path):
     from loopwm.checkpoint import load_model
     from loopwm.data import TrajectoryDataset
-    from loopwm.eval.adaptive import depth_by_difficulty, exit_sweep, one_step_errors, wallclock
+    from loopwm.eval.adaptive import depth_by_difficulty, error_by_sweeps, exit_sweep, one_step_errors, sweep_stratum, wallclock
 
     data = collect(env_id="loopwm/Chain-v0", n_bodies=4, max_episode_steps=25, out=str(tmp_path / "data"),
                    episodes=4, progress=False)
@@ -131,3 +131,18 @@ def test_adaptive_measurements_on_a_tiny_model(tmp_path):
     t = wallclock(model, torch.as_tensor(b["obs"][:, 0]).float(), torch.as_tensor(b["action"]), 3,
                   make_exit_rule("delta", 1e9), batch=4, seconds=0.05)
     assert t["steps_per_s_fixed"] > 0 and t["steps_per_s_adaptive"] > 0 and t["mean_iterations_adaptive"] == 1.0
+    strata = error_by_sweeps(model, ds, [0, 1], depths=[1, 2], context=2, max_windows=20)
+    assert {r["depth"] for r in strata} == {1, 2}
+    assert sum(r["windows"] for r in strata if r["depth"] == 1) == 20
+    # the strata partition the steps: their weighted mean is the overall one-step error
+    at1 = [r for r in strata if r["depth"] == 1]
+    whole = one_step_errors(model, ds, [0, 1], context=2, depth=1, max_windows=20)
+    assert sum(r["error_h1"] * r["windows"] for r in at1) / 20 == pytest.approx(float(whole["error"].mean()), rel=1e-5)
+    assert all(sweep_stratum([r["solver_iterations_mean"]])[0] == r["sweeps"] for r in at1 if r["sweeps"] in ("0", "1"))
+
+
+def test_sweep_strata_cover_every_count_once():
+    from loopwm.eval.adaptive import sweep_stratum
+
+    assert sweep_stratum([0, 1, 2, 3, 4, 7, 8, 15, 16, 31, 32, 250]) == [
+        "0", "1", "2-3", "2-3", "4-7", "4-7", "8-15", "8-15", "16-31", "16-31", "32+", "32+"]

@@ -125,3 +125,16 @@ def test_bench_runs_a_gymnasium_world_and_a_model_subset(tmp_path):
     assert "copy-last-observation floor" in (out / "findings.md").read_text()
     proc = loopwm("bench", "--quick", "--out", str(out), "--models", "nope", check=False)
     assert proc.returncode == 2 and "unknown model" in proc.stderr
+
+
+def test_rail_world_trains_and_evaluates_with_local_attention(tmp_path):
+    loopwm("collect", "--env-id", "loopwm/Rail-v0", "--out", str(tmp_path / "data"), "--episodes", "4",
+           "--n-bodies", "10", "--max-episode-steps", "40")
+    loopwm("train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--steps", "2", "--batch-size", "4",
+           "--no-progress", "--device", "cpu", "--threads", "1", "--model.attention", "local", "--model.attn-bias",
+           *TINY_MODEL)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["model"]["attention"] == "local" and config["threads"] == 1
+    result = json.loads(loopwm("eval", str(tmp_path / "run"), "--json", "--rollout-steps", "20", "--horizon", "10",
+                               "--max-windows", "8").stdout)
+    assert result["params"] > 0

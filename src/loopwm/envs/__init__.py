@@ -41,6 +41,7 @@ ENV_IDS: dict[str, str] = {
     "loopwm/Balls-v0": "balls",
     "loopwm/Cradle-v0": "cradle",
     "loopwm/Chain-v0": "chain",
+    "loopwm/Rail-v0": "rail",
     "loopwm/Mixed-v0": "mixed",
 }
 """Registered Gymnasium ids and the regime each one presets."""

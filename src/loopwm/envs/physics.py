@@ -18,7 +18,11 @@ Regimes
 ``balls``   N discs of slightly different radii and masses, random positions and velocities.
 ``cradle``  rows of touching discs at rest and one or two strikers aimed at them (Newton's cradle).
 ``chain``   N particles joined by distance constraints, under gravity, the first one driven.
-``mixed``   every reset draws one of the three above, with the same N.
+``rail``    a Newton's cradle that stays one: equal discs on one line, in touching runs separated by
+            random gaps, a few of them moving either way. A collision passes its impulse through a
+            whole run within one step (k sweeps for a run of k), so which disc moves next depends
+            on a chain of contacts as long as the run; the discs can never leave the line.
+``mixed``   every reset draws one of balls, cradle or chain, with the same N.
 
 Body 0 is the controlled body in every regime (the first ``n_controlled`` bodies for discs).
 
@@ -58,7 +62,7 @@ import numpy as np
 
 from loopwm.utils import LoopWMError
 
-REGIMES: tuple[str, ...] = ("balls", "cradle", "chain", "mixed")
+REGIMES: tuple[str, ...] = ("balls", "cradle", "chain", "rail", "mixed")
 """Valid values of ``WorldConfig.regime``."""
 
 OBS_FEATURES: tuple[str, ...] = ("x", "y", "vx", "vy", "radius", "controlled", "chain")
@@ -77,7 +81,7 @@ class WorldConfig:
     """Everything that defines a world. Lengths in box units, time in seconds."""
 
     regime: str = "balls"
-    """One of ``REGIMES``: "balls", "cradle", "chain" or "mixed" (a random one of the three per reset)."""
+    """One of ``REGIMES``: "balls", "cradle", "chain", "rail" or "mixed" (balls, cradle or chain, drawn per reset)."""
 
     n_bodies: int = 5
     """Number of bodies (discs or chain particles), 2..64. Observations have one row per body."""
@@ -142,6 +146,23 @@ class WorldConfig:
     chain_max_iters: int = 200
     """Most chain-solver iterations per step; hitting it is reported as converged=False."""
 
+    rail_radius: float = 0.01
+    """Disc radius in the rail regime (every disc the same, mass 1). Discs may cover at most 70% of
+    the rail: 2 * rail_radius * n_bodies <= 0.7 * box (fuller rails jam: an impulse runs wall to wall)."""
+
+    rail_gap: float = 0.1
+    """Rail regime: the chance that two neighbouring discs start apart rather than touching, so runs
+    of touching discs are about 1 / rail_gap long (cut at n_bodies). The free length of the rail
+    is shared at random between the gaps and the two ends."""
+
+    rail_movers: int = 2
+    """Rail regime: discs that start moving (random direction, speed drawn from striker_speed)."""
+
+    rail_damping: float = 0.01
+    """Rail regime: fraction of every disc's velocity lost each step (rolling friction). Without it
+    an agent that keeps pushing fills the rail with fast discs until every gap is crossed within a
+    step and the rail jams (an impulse runs wall to wall)."""
+
     render_size: int = 64
     """Side in pixels of frames from render() (rgb_array)."""
 
@@ -183,6 +204,19 @@ class WorldConfig:
             raise LoopWMError("solver_max_iters and chain_max_iters must be at least 1")
         if self.slop < 0 or self.gravity < 0 or not 0 <= self.chain_damping < 1:
             raise LoopWMError("slop and gravity must be >= 0 and chain_damping in [0, 1)")
+        if not 0.0 <= self.rail_damping < 1.0:
+            raise LoopWMError(f"rail_damping={self.rail_damping} must be in [0, 1)")
+        if not 0.0 <= self.rail_gap <= 1.0:
+            raise LoopWMError(f"rail_gap={self.rail_gap} is a probability: use a value in [0, 1]")
+        if not 0 <= self.rail_movers <= self.n_bodies:
+            raise LoopWMError(f"rail_movers={self.rail_movers} must be in 0..n_bodies ({self.n_bodies})")
+        if not (math.isfinite(self.rail_radius) and self.rail_radius > 0):
+            raise LoopWMError(f"rail_radius must be a positive number, got {self.rail_radius!r}")
+        if self.regime == "rail" and 2 * self.rail_radius * self.n_bodies > 0.7 * self.box:
+            most = int(0.7 * self.box / (2 * self.rail_radius))
+            raise LoopWMError(f"{self.n_bodies} discs of radius {self.rail_radius} do not fit on a rail of length "
+                              f"{self.box}: use at most {most} bodies, or a smaller rail_radius "
+                              f"(<= {0.7 * self.box / (2 * self.n_bodies):.4g})")
         if self.render_size < 8:
             raise LoopWMError(f"render_size={self.render_size} is too small: use 8 or more pixels")
 
@@ -260,15 +294,19 @@ class World:
             self._init_balls(rng)
         elif regime == "cradle":
             self._init_cradle(rng)
+        elif regime == "rail":
+            self._init_rail(rng)
         else:
             self._init_chain(rng)
         self._refresh()
 
-    def set_state(self, positions, velocities, radii=None, *, chain: bool = False, controlled=None) -> None:
+    def set_state(self, positions, velocities, radii=None, *, chain: bool = False, rail: bool = False,
+                  controlled=None) -> None:
         """Place bodies by hand (tests, demonstrations). Discs get mass (r / config.radius)^2.
 
         ``chain=True`` makes the bodies a chain in index order (particle 0 the driver), with the
-        configured particle radius; ``controlled`` is a 0/1 vector (default: the config's choice).
+        configured particle radius; ``rail=True`` makes them rail discs (radius rail_radius unless
+        given, mass 1, pushes along x only); ``controlled`` is a 0/1 vector (default: the config's choice).
         """
         pos = np.asarray(positions, dtype=np.float64)
         vel = np.asarray(velocities, dtype=np.float64)
@@ -276,11 +314,13 @@ class World:
             raise LoopWMError(f"positions and velocities must have shape ({self.n}, 2) for n_bodies={self.n}, "
                               f"got {pos.shape} and {vel.shape}")
         cfg = self.config
-        self.regime = "chain" if chain else "balls"
+        self.regime = "chain" if chain else "rail" if rail else "balls"
         self.pos[:] = pos
         self.vel[:] = vel
         if chain:
             self.radius[:] = cfg.chain_radius
+        elif rail and radii is None:
+            self.radius[:] = cfg.rail_radius
         else:
             self.radius[:] = cfg.radius if radii is None else np.asarray(radii, dtype=np.float64)
         self.controlled[:] = 0.0
@@ -297,8 +337,8 @@ class World:
         cfg = self.config
         chain = self.regime == "chain"
         self.is_chain[:] = 1.0 if chain else 0.0
-        if chain:
-            self.mass[:] = 1.0
+        if chain or self.regime == "rail":
+            self.mass[:] = 1.0  # chain particles and rail discs are all alike
         else:
             self.mass[:] = (self.radius / cfg.radius) ** 2
         self.inv_mass = 1.0 / self.mass
@@ -399,6 +439,30 @@ class World:
         self.controlled[:] = 0.0
         self.controlled[: cfg.n_controlled] = 1.0
 
+    def _init_rail(self, rng: np.random.Generator) -> None:
+        """Equal discs on the line y = box / 2: touching runs, random gaps, a few movers.
+
+        Bodies are numbered in a random order (not left to right), so body 0, the controlled one,
+        is a random disc and no model can read a disc's place in the row from its index.
+        """
+        cfg = self.config
+        n, r, L = self.n, cfg.rail_radius, cfg.box
+        apart = rng.random(n - 1) < cfg.rail_gap  # (n-1,) True where neighbours k, k+1 start apart
+        # the free length goes to the gaps and the two ends, in random shares (a flat Dirichlet)
+        shares = rng.dirichlet(np.ones(int(apart.sum()) + 2)) * (L - 2 * r * n)
+        gaps = np.zeros(n - 1)
+        gaps[apart] = shares[1:-1]
+        x = r + shares[0] + 2 * r * np.arange(n) + np.concatenate([[0.0], np.cumsum(gaps)])  # (n,) left to right
+        vx = np.zeros(n)
+        movers = rng.choice(n, size=cfg.rail_movers, replace=False)
+        vx[movers] = rng.choice([-1.0, 1.0], size=len(movers)) * rng.uniform(*cfg.striker_speed, size=len(movers))
+        order = rng.permutation(n)
+        self.radius[:] = r
+        self.pos[:] = np.stack([x[order], np.full(n, L / 2)], axis=1)
+        self.vel[:] = np.stack([vx[order], np.zeros(n)], axis=1)
+        self.controlled[:] = 0.0
+        self.controlled[: cfg.n_controlled] = 1.0
+
     def _init_chain(self, rng: np.random.Generator) -> None:
         """A chain hanging roughly downward from a driver in the upper part of the box, at rest."""
         cfg = self.config
@@ -427,6 +491,8 @@ class World:
     def step(self, action) -> StepStats:
         """Advance one timestep under ``action`` (shape (2,), values clipped to [-1, 1])."""
         ax, ay = _check_action(action)
+        if self.regime == "rail":
+            ay = 0.0  # pushes act along the rail only
         if self.regime == "chain":
             stats = self._step_chain(ax, ay)
         else:
@@ -455,6 +521,8 @@ class World:
         dt, e, slop = cfg.dt, cfg.restitution, cfg.slop
         x, v = self.pos, self.vel
 
+        if self.regime == "rail" and cfg.rail_damping:
+            v *= 1.0 - cfg.rail_damping  # rolling friction, before anything else acts
         # 1. The agent's force, as a velocity change. A push may not take a disc above max_speed (or
         #    above its current speed if a collision already made it faster), so zero action is
         #    exactly passive physics and the agent cannot pump unbounded energy in.
@@ -470,12 +538,20 @@ class World:
                 v[i, 0], v[i, 1] = nx, ny
 
         # 2. Contact geometry, fixed for the whole step because positions move only after the solver.
-        pi, pj = self._pi, self._pj
+        pi, pj, rsum = self._pi, self._pj, self._rsum
+        pi_list, pj_list = self._pi_list, self._pj_list
+        if self.regime == "rail":
+            # On a line only neighbours can touch. Testing every pair would let a fast disc's
+            # speculative contact reach through its neighbour to the disc behind it.
+            order = np.argsort(x[:, 0], kind="stable")
+            pi, pj = np.minimum(order[:-1], order[1:]), np.maximum(order[:-1], order[1:])
+            rsum = self.radius[pi] + self.radius[pj]
+            pi_list, pj_list = pi.tolist(), pj.tolist()
         d = x[pj] - x[pi]
         dist = np.sqrt(np.einsum("ij,ij->i", d, d))
         normal = d / np.maximum(dist, 1e-12)[:, None]  # coincident centres: zero normal, no impulse
         # Speculative test gap + dt*v_n < slop rewritten as v_n < limit: one comparison per sweep.
-        limit = (slop - (dist - self._rsum)) / dt
+        limit = (slop - (dist - rsum)) / dt
         np.minimum(limit, -_APPROACH_EPS, out=limit)  # and the pair must actually approach
         lo = self._lo + slop  # a centre ending below lo (above hi) would touch the wall
         hi = self._hi - slop
@@ -484,7 +560,7 @@ class World:
         iterations = 0
         converged = True
         touched: set[int] = set()  # distinct contacts that received an impulse (walls encoded after pairs)
-        n_pairs = len(self._pi_list)
+        n_pairs = len(pi_list)
         normal_list = None
         limit_list = None
         while True:
@@ -506,7 +582,7 @@ class World:
                     limit_list = limit.tolist()
                 w = self._inv_mass_list
                 for k in pair_hits.tolist():
-                    i, j = self._pi_list[k], self._pj_list[k]
+                    i, j = pi_list[k], pj_list[k]
                     nx, ny = normal_list[k]
                     # Re-test against the velocities left by earlier impulses in this sweep.
                     rel = (v[j, 0] - v[i, 0]) * nx + (v[j, 1] - v[i, 1]) * ny

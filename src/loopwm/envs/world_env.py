@@ -61,7 +61,7 @@ class LoopWorldEnv(gym.Env):
 
         n = cfg.n_bodies
         v = cfg.speed_limit
-        r_max = max(cfg.max_radius, cfg.chain_radius)
+        r_max = max(cfg.max_radius, cfg.chain_radius, cfg.rail_radius)
         # Real bounds per feature: centres stay in the box, speeds never exceed speed_limit.
         low = np.array([0.0, 0.0, -v, -v, 0.0, 0.0, 0.0], dtype=np.float32)
         high = np.array([cfg.box, cfg.box, v, v, r_max, 1.0, 1.0], dtype=np.float32)

@@ -57,6 +57,34 @@ def depth_by_difficulty(model, ds, episodes, depths, context: int = 4, device="c
     return rows
 
 
+SWEEP_BINS = (0, 1, 2, 4, 8, 16, 32)
+"""Lower edges of the solver-sweep strata: 0 (free flight), 1, 2-3, 4-7, 8-15, 16-31, 32+."""
+
+
+def sweep_stratum(sweeps: np.ndarray, bins=SWEEP_BINS) -> list[str]:
+    """Stratum names ("0", "1", "2-3", ..., "32+") of solver-sweep counts."""
+    names = [f"{lo}" if hi == lo + 1 else f"{lo}-{hi - 1}" for lo, hi in zip(bins[:-1], bins[1:])] + [f"{bins[-1]}+"]
+    return [names[int(np.searchsorted(bins, s, side="right")) - 1] for s in np.asarray(sweeps).tolist()]
+
+
+def error_by_sweeps(model, ds, episodes, depths, context: int = 4, max_windows: int = 4096, device="cpu",
+                    bins=SWEEP_BINS) -> list[dict]:
+    """Mean one-step error in every stratum of the world's solver sweeps (`SWEEP_BINS`), at each
+    fixed test depth: where the extra iterations go to work, or fail to."""
+    rows = []
+    for depth in depths:
+        res = one_step_errors(model, ds, episodes, context, depth=depth, max_windows=max_windows, device=device)
+        if "solver_iterations" not in res:
+            return rows
+        strata = np.array(sweep_stratum(res["solver_iterations"], bins))
+        for name in dict.fromkeys(sweep_stratum(sorted(set(res["solver_iterations"].tolist())), bins)):
+            mask = strata == name
+            rows.append({"depth": None if depth is None else int(depth), "sweeps": name, "windows": int(mask.sum()),
+                         "solver_iterations_mean": float(res["solver_iterations"][mask].mean()),
+                         "error_h1": float(res["error"][mask].mean())})
+    return rows
+
+
 def exit_sweep(model, ds, episodes, rules: dict[str, list[float]], depths, max_depth: int, context: int = 4,
                device="cpu") -> list[dict]:
     """Horizon-10 open-loop error against mean iterations for fixed depths and each rule's thresholds,

@@ -2,7 +2,8 @@
 
 A pre-norm block: x + Attn(LN(x)), then x + MLP(LN(x)). The block returns the updated stream; the
 looped core evaluates it after the state injection, so the sum of its two residual branches is the
-paper's nonlinear term R(h, e).
+paper's nonlinear term R(h, e). Every block takes an optional `Neighbourhood` (loopwm.models.locality):
+an attention mask that keeps entity tokens local, and pair geometry for a learned per-head bias.
 """
 
 from __future__ import annotations
@@ -11,23 +12,34 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from loopwm.models.locality import Neighbourhood
+
 
 class SelfAttention(nn.Module):
     """Bidirectional multi-head self-attention over the token axis (tokens are entities, not time)."""
 
-    def __init__(self, d: int, n_heads: int):
+    def __init__(self, d: int, n_heads: int, n_geom: int = 0):
         super().__init__()
         if d % n_heads != 0:
             raise ValueError(f"model width d={d} must be divisible by n_heads={n_heads}")
         self.n_heads = n_heads
         self.qkv = nn.Linear(d, 3 * d)
         self.proj = nn.Linear(d, d)
+        # per-head attention bias, linear in the pair geometry (n_geom features per pair)
+        self.geom_bias = nn.Linear(n_geom, n_heads) if n_geom else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, nbhd: Neighbourhood | None = None) -> torch.Tensor:
         B, N, D = x.shape
         H = self.n_heads
         q, k, v = self.qkv(x).view(B, N, 3, H, D // H).permute(2, 0, 3, 1, 4)  # 3 x (B, H, N, D/H)
-        y = F.scaled_dot_product_attention(q, k, v)  # (B, H, N, D/H)
+        bias = None
+        if nbhd is not None:
+            bias = nbhd.mask  # (B, 1, N, N) bool or None
+            if self.geom_bias is not None and nbhd.geom is not None:
+                bias = self.geom_bias(nbhd.geom).permute(0, 3, 1, 2)  # (B, N, N, H) -> (B, H, N, N)
+                if nbhd.mask is not None:
+                    bias = bias.masked_fill(~nbhd.mask, float("-inf"))  # every row keeps its own token
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, H, N, D/H)
         y = y.transpose(1, 2).reshape(B, N, D)  # (B, N, D)
         return self.proj(y)
 
@@ -45,26 +57,26 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """One pre-norm transformer block acting on (B, N, d) token streams."""
 
-    def __init__(self, d: int, n_heads: int, mlp_ratio: int = 4):
+    def __init__(self, d: int, n_heads: int, mlp_ratio: int = 4, n_geom: int = 0):
         super().__init__()
         self.ln1 = nn.LayerNorm(d)
-        self.attn = SelfAttention(d, n_heads)
+        self.attn = SelfAttention(d, n_heads, n_geom)
         self.ln2 = nn.LayerNorm(d)
         self.mlp = MLP(d, mlp_ratio * d, d)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x))
+    def forward(self, x: torch.Tensor, nbhd: Neighbourhood | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), nbhd)
         return x + self.mlp(self.ln2(x))
 
 
 class Stack(nn.Module):
     """A few distinct (non-shared) blocks applied in order."""
 
-    def __init__(self, n_blocks: int, d: int, n_heads: int, mlp_ratio: int = 4):
+    def __init__(self, n_blocks: int, d: int, n_heads: int, mlp_ratio: int = 4, n_geom: int = 0):
         super().__init__()
-        self.blocks = nn.ModuleList(Block(d, n_heads, mlp_ratio) for _ in range(n_blocks))
+        self.blocks = nn.ModuleList(Block(d, n_heads, mlp_ratio, n_geom) for _ in range(n_blocks))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, nbhd: Neighbourhood | None = None) -> torch.Tensor:
         for block in self.blocks:
-            x = block(x)
+            x = block(x, nbhd)
         return x

@@ -53,6 +53,10 @@ class Dynamics:
         raise NotImplementedError  # pragma: no cover
 
     # ----- input checks at the public entry points (a clear message, not an error deep in torch) -----
+    any_entity_count = False
+    """True for models whose tokens are the bodies themselves (one per row of an (N, F) observation),
+    which therefore run on scenes with more or fewer bodies than they were trained on."""
+
     def check_obs(self, obs: torch.Tensor, lead: int, what: str = "observations") -> None:
         """obs must be (*lead dims, *obs_shape) or the entity form (*lead dims, N, F), finite."""
         spec = self.spec
@@ -60,6 +64,8 @@ class Dynamics:
         if not isinstance(obs, torch.Tensor):
             raise LoopWMError(f"{what} must be a torch.Tensor, got {type(obs).__name__}")
         tail = tuple(obs.shape[lead:])
+        if self.any_entity_count and len(spec.obs_shape) == 2 and len(tail) == 2 and tail[1] == spec.n_features and tail[0] >= 1:
+            tail = entity  # an entity model runs on any number of bodies
         if obs.dim() < lead or tail not in (tuple(spec.obs_shape), entity):
             raise LoopWMError(f"{what} have shape {tuple(obs.shape)}; this model expects {lead} leading dims then "
                               f"{tuple(spec.obs_shape)} (the dataset's observation shape)")

@@ -8,7 +8,8 @@ One environment step, the paper's Eqs. 4-8, with shapes batch-first:
 
 The three parts are separate objects: `DiagInjection` (the contractive linear update), the shared
 `Stack` repeated by `iterate` (the loop: per-sample depth, truncated gradients, frozen stopped
-samples) and an `ExitRule` (when to stop) passed in from outside.
+samples) and an `ExitRule` (when to stop) passed in from outside. An optional `Neighbourhood`
+(who may attend to whom this step) is shared by the prelude, every iteration and the coda.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 
 from loopwm.models.blocks import Stack
 from loopwm.models.exits import ExitRule
+from loopwm.models.locality import Neighbourhood
 
 
 def inverse_softplus(y: float) -> float:
@@ -87,16 +89,17 @@ class LoopedCore(nn.Module):
         init_decay: float = 0.45,
         init_std: float = 0.02,
         exit_gate: bool = False,
+        n_geom: int = 0,
     ):
         super().__init__()
         self.init_std = init_std
         self.gate = ExitGate(d) if exit_gate else None
-        self.prelude = Stack(n_prelude, d, n_heads, mlp_ratio)
+        self.prelude = Stack(n_prelude, d, n_heads, mlp_ratio, n_geom)
         self.prelude_norm = nn.LayerNorm(d)
         self.inject = DiagInjection(d, init_decay)
-        self.core = Stack(n_recurrent, d, n_heads, mlp_ratio)  # the ONE shared block (stack)
+        self.core = Stack(n_recurrent, d, n_heads, mlp_ratio, n_geom)  # the ONE shared block (stack)
         self.coda_proj = nn.Linear(d, d)
-        self.coda = Stack(n_coda, d, n_heads, mlp_ratio)
+        self.coda = Stack(n_coda, d, n_heads, mlp_ratio, n_geom)
         self.coda_norm = nn.LayerNorm(d)
 
     def initial_state(self, shape: tuple[int, ...], device, dtype) -> torch.Tensor:
@@ -106,9 +109,9 @@ class LoopedCore(nn.Module):
             nn.init.trunc_normal_(z, std=self.init_std, a=-3 * self.init_std, b=3 * self.init_std)
         return z
 
-    def recur(self, z: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    def recur(self, z: torch.Tensor, e: torch.Tensor, nbhd: Neighbourhood | None = None) -> torch.Tensor:
         """One iteration: inject, then the shared blocks (their residual branches are R(z, e))."""
-        return self.core(self.inject(z, e))
+        return self.core(self.inject(z, e), nbhd)
 
     def iterate(
         self,
@@ -118,6 +121,7 @@ class LoopedCore(nn.Module):
         n_grad: int | None = None,
         exit_rule: ExitRule | None = None,
         trajectory: list | None = None,
+        nbhd: Neighbourhood | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the shared block up to depth[i] times per sample i.
 
@@ -130,6 +134,7 @@ class LoopedCore(nn.Module):
             trajectory: a list that receives the whole batch's state (B, N_h, d): the starting
                 state, then the state after every iteration (a finished sample repeats its final
                 state), for per-iteration losses and the exit gate's training.
+            nbhd: the step's attention context over the N_h state tokens (None: full attention).
         Returns:
             z: (B, N_h, d) final state; used: (B,) long, iterations actually run.
         """
@@ -150,9 +155,10 @@ class LoopedCore(nn.Module):
             everyone = rows.numel() == B
             z_in = z if everyone else z[rows]  # (R, N_h, d)
             e_in = e if everyone else e[rows]
+            nbhd_in = nbhd if (everyone or nbhd is None) else nbhd.take(rows)
             in_window = t >= grad_from[rows]  # (R,) rows whose gradient passes this iteration
             with torch.set_grad_enabled(want_grad and bool(in_window.any())):
-                z_new = self.recur(z_in, e_in)  # (R, N_h, d)
+                z_new = self.recur(z_in, e_in, nbhd_in)  # (R, N_h, d)
                 if z_new.requires_grad and not bool(in_window.all()):
                     z_new = torch.where(in_window[:, None, None], z_new, z_new.detach())
             if exit_rule is not None:
@@ -173,25 +179,28 @@ class LoopedCore(nn.Module):
         n_grad: int | None = None,
         exit_rule: ExitRule | None = None,
         trajectory: list | None = None,
+        nbhd: Neighbourhood | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One environment step.
 
         Args:
             x: (B, N_in, d) prelude input; its first n_state tokens are the state slots.
             z0: (B, n_state, d) carried recurrent state, or None for a fresh one.
+            nbhd: attention context over all N_in tokens (None: full attention).
         Returns:
             h: (B, n_state, d) coda output; z: (B, n_state, d) final recurrent state;
             used: (B,) iterations run.
         """
-        e = self.prelude_norm(self.prelude(x)[:, :n_state])  # (B, N_h, d)
+        e = self.prelude_norm(self.prelude(x, nbhd)[:, :n_state])  # (B, N_h, d)
+        state_nbhd = nbhd.crop(n_state) if nbhd is not None else None  # the action token drops out
         if z0 is None:
             z0 = self.initial_state(e.shape, e.device, e.dtype)
-        z, used = self.iterate(e, z0, depth, n_grad, exit_rule, trajectory)
-        return self.readout(z), z, used
+        z, used = self.iterate(e, z0, depth, n_grad, exit_rule, trajectory, state_nbhd)
+        return self.readout(z, state_nbhd), z, used
 
-    def readout(self, z: torch.Tensor) -> torch.Tensor:
-        """Coda: the recurrent state (..., N_h, d) -> h (..., N_h, d) for the heads and the next step."""
-        return self.coda_norm(self.coda(self.coda_proj(z)))
+    def readout(self, z: torch.Tensor, nbhd: Neighbourhood | None = None) -> torch.Tensor:
+        """Coda: the recurrent state (B, N_h, d) -> h (B, N_h, d) for the heads and the next step."""
+        return self.coda_norm(self.coda(self.coda_proj(z), nbhd))
 
     def max_a_bar(self) -> float:
         return float(self.inject.a_bar().detach().max())
@@ -201,14 +210,15 @@ class DeepCore(LoopedCore):
     """The fixed-depth baseline: the same prelude and coda, with the shared block replaced by
     `n_blocks` distinct blocks applied once each (no injection, no loop, no state to carry)."""
 
-    def __init__(self, d: int, n_heads: int, n_blocks: int, n_prelude: int = 1, n_coda: int = 1, mlp_ratio: int = 4):
-        super().__init__(d, n_heads, n_prelude, 0, n_coda, mlp_ratio)
+    def __init__(self, d: int, n_heads: int, n_blocks: int, n_prelude: int = 1, n_coda: int = 1, mlp_ratio: int = 4,
+                 n_geom: int = 0):
+        super().__init__(d, n_heads, n_prelude, 0, n_coda, mlp_ratio, n_geom=n_geom)
         del self.inject  # no recurrence: nothing to inject into
-        self.core = Stack(n_blocks, d, n_heads, mlp_ratio)
+        self.core = Stack(n_blocks, d, n_heads, mlp_ratio, n_geom)
 
-    def iterate(self, e, z, depth, n_grad=None, exit_rule=None, trajectory=None):
+    def iterate(self, e, z, depth, n_grad=None, exit_rule=None, trajectory=None, nbhd=None):
         used = torch.full((e.shape[0],), len(self.core.blocks), dtype=torch.long, device=e.device)
-        return self.core(e), used  # (B, N_h, d)
+        return self.core(e, nbhd), used  # (B, N_h, d)
 
     def max_a_bar(self) -> float:
         return float("nan")  # no retention matrix in a fixed-depth stack

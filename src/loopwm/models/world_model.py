@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from loopwm.models.blocks import MLP
 from loopwm.models.dynamics import Dynamics, State
 from loopwm.models.exits import ExitRule
+from loopwm.models.locality import Neighbourhood, neighbour_graph, relative_geometry, token_mask
 from loopwm.models.looped import DeepCore, LoopedCore
 from loopwm.models.pixels import ConvDecoder, PixelEncoder
 from loopwm.utils import LoopWMError
@@ -138,6 +139,21 @@ class ModelConfig:
     """Give the looped model the paper's learned exit gate (for `--exit gate`). While training,
     every loop iteration is then decoded, and the gate learns from those per-iteration errors
     when further iterations stop paying (see TrainConfig.gate_*)."""
+    attention: str = "full"
+    """Who entity tokens attend to, in every block: "full" (every token), "local" (only their
+    neighbours and themselves, a graph rebuilt each step from the current positions, observed or
+    predicted: one block pass is then one round of message passing), or "local+globals" (local,
+    plus the global and action tokens, which see every body: a shortcut around locality). Needs a
+    world with positions (kinematics)."""
+    attn_neighbours: int = 2
+    """Local attention: each body is linked to its k nearest bodies by surface gap (links work
+    both ways). 2 suits bodies on a line; 4-6 suit a plane."""
+    attn_radius: float = 0.0
+    """Local attention: also link bodies whose surface gap is below this distance (world units;
+    0: no radius rule)."""
+    attn_bias: bool = False
+    """Add a learned per-head attention bias from each pair's geometry (unit direction and surface
+    gap), so a head can read the neighbour on one side or the touching one. Needs kinematics."""
 
     def resolved_eval_depth(self) -> int:
         return self.eval_depth or max(1, round(self.mu_rec))
@@ -230,6 +246,7 @@ class WorldModel(Dynamics, nn.Module):
         if cfg.depth_sampling not in ("step", "sample"):
             raise LoopWMError(f"unknown depth sampling {cfg.depth_sampling!r}: use 'step' or 'sample'")
         self.spec, self.cfg = spec, cfg
+        self.any_entity_count = not spec.pixels and len(spec.obs_shape) == 2  # one token per body: any N works
         d = cfg.d
         n_act = spec.action_dim
         if spec.pixels:  # frames: a convolutional encoder and decoder around the same core
@@ -240,13 +257,22 @@ class WorldModel(Dynamics, nn.Module):
         self.action_token = nn.Linear(n_act, d)
         self.global_embed = nn.Parameter(torch.randn(cfg.n_global, d) * 0.02)
         self.no_obs = nn.Parameter(torch.randn(d) * 0.02)  # imagination mode: "no observation"
+        if cfg.attention not in ("full", "local", "local+globals"):
+            raise LoopWMError(f"unknown attention {cfg.attention!r}: use 'full', 'local' or 'local+globals'")
+        if (cfg.attention != "full" or cfg.attn_bias) and not spec.kinematic:
+            raise LoopWMError(f"--model.attention {cfg.attention}{' with --model.attn-bias' if cfg.attn_bias else ''} needs "
+                              "body positions, and this world declares none (pixels or a flat vector): use "
+                              "--model.attention full without --model.attn-bias")
+        if cfg.attention != "full" and cfg.attn_neighbours < 1 and cfg.attn_radius <= 0:
+            raise LoopWMError("local attention needs --model.attn-neighbours >= 1 or --model.attn-radius > 0")
+        n_geom = len(spec.position_idx) + 1 if cfg.attn_bias else 0  # unit direction + surface gap
         if cfg.kind == "looped":
             self.core = LoopedCore(d, cfg.n_heads, cfg.n_prelude, cfg.n_recurrent, cfg.n_coda, cfg.mlp_ratio, cfg.init_decay,
-                                   exit_gate=cfg.exit_gate)
+                                   exit_gate=cfg.exit_gate, n_geom=n_geom)
         elif cfg.kind == "deep":
             if cfg.exit_gate:
                 raise LoopWMError("--model.exit-gate needs a loop to exit from: use it with --model.kind looped")
-            self.core = DeepCore(d, cfg.n_heads, cfg.n_deep, cfg.n_prelude, cfg.n_coda, cfg.mlp_ratio)
+            self.core = DeepCore(d, cfg.n_heads, cfg.n_deep, cfg.n_prelude, cfg.n_coda, cfg.mlp_ratio, n_geom)
         else:
             raise LoopWMError(f"unknown model kind {cfg.kind!r} for WorldModel: use 'looped' or 'deep' "
                               "('rssm' is built by loopwm.models.build_model)")
@@ -339,6 +365,23 @@ class WorldModel(Dynamics, nn.Module):
         h = obs.new_zeros(B, self.n_state_tokens(N), self.cfg.d)  # (B, N_h, d)
         return State(h=h, z=None, obs=obs, real=True)
 
+    def neighbourhood(self, obs: torch.Tensor) -> Neighbourhood | None:
+        """The attention context of one step from the observation it reads (B, N, F): a mask
+        over the step's N + G + 1 tokens (local attention) and pair geometry (attention bias), or
+        None for plain full attention."""
+        cfg, spec = self.cfg, self.spec
+        if cfg.attention == "full" and not cfg.attn_bias:
+            return None
+        pos = obs[..., spec.position_idx]  # (B, N, P)
+        rad = obs[..., spec.radius_idx] if spec.radius_idx is not None else torch.zeros_like(obs[..., 0])  # (B, N)
+        n_extra = cfg.n_global + 1  # global tokens and the action token
+        mask = None
+        if cfg.attention != "full":
+            adj = neighbour_graph(pos, rad, cfg.attn_neighbours, cfg.attn_radius)  # (B, N, N)
+            mask = token_mask(adj, n_extra, entities_read_globals=cfg.attention == "local+globals")
+        geom = relative_geometry(pos, rad, self.step_scale, n_extra) if cfg.attn_bias else None
+        return Neighbourhood(mask, geom)
+
     def sample_depth(self, batch: int, device) -> torch.Tensor:
         """Training loop counts T ~ max(1, Poisson(mu_rec)), capped at depth_max: (B,) long,
         drawn per step or per sample (`depth_sampling`)."""
@@ -381,10 +424,11 @@ class WorldModel(Dynamics, nn.Module):
             dim=1,
         )  # (B, P + G + 1, d)
         z0 = state.z if self.cfg.carry_state else None
+        nbhd = self.neighbourhood(obs)  # rebuilt every step from the positions this step reads
         n_grad = self.cfg.resolved_n_grad() if self.training else None
         # per-iteration outputs, for the gate's training signal and for depth supervision
         per_iteration = [] if (self.training and (self.cfg.exit_gate or self.supervise_every_iteration)) else None
-        h, z, used = self.core(x, self.n_state_tokens(N), z0, depth, n_grad, exit_rule, per_iteration)  # (B, N_h, d) x2
+        h, z, used = self.core(x, self.n_state_tokens(N), z0, depth, n_grad, exit_rule, per_iteration, nbhd)  # (B, N_h, d) x2
         pred = self._decode(obs, self.obs_head(h[:, :P]))  # (B, N, F)
         pooled = h.mean(dim=1)  # (B, d)
         out = {
@@ -396,7 +440,8 @@ class WorldModel(Dynamics, nn.Module):
         if per_iteration:  # decode the state after every iteration, and ask the gate at each one
             zs = torch.stack(per_iteration)  # (T+1, B, N_h, d): the starting state, then one per iteration
             T = zs.shape[0] - 1
-            hs = self.core.readout(zs[1:].flatten(0, 1))  # (T*B, N_h, d)
+            state_nbhd = nbhd.crop(self.n_state_tokens(N)).repeat(T) if nbhd is not None else None
+            hs = self.core.readout(zs[1:].flatten(0, 1), state_nbhd)  # (T*B, N_h, d)
             raw = self.obs_head(hs[:, :P])  # (T*B, P or N, F)
             preds = self._decode(obs.repeat(T, 1, 1), raw)  # (T*B, N, F)
             out["obs_per_iteration"] = preds.view(T, B, N, -1)  # (T, B, N, F)

@@ -96,13 +96,20 @@ class TrainConfig:
     """Seed for model init, sampling and noise."""
     device: str = "auto"
     """"auto" (CUDA when present), "cpu" or "cuda[:N]"."""
+    threads: int = 0
+    """CPU threads for torch (0: torch's default, one per core). Small models gain little from a
+    second thread at small batches (docs/LOG.md): one thread each lets two runs share two cores."""
+    compile: bool = False
+    """Compile every transformer block with torch.compile (fuses its small kernels; costs tens of
+    seconds on the first steps; measured in results/throughput)."""
     progress: bool = True
     """Show a progress bar."""
     tensorboard: bool = False
     """Also write the metrics as TensorBoard events under OUT/tb (needs `pip install tensorboard`)."""
 
 
-RESUMABLE_FIELDS = ("steps", "minutes", "progress", "device", "eval_every", "ckpt_every", "tensorboard", "mmap")
+RESUMABLE_FIELDS = ("steps", "minutes", "progress", "device", "eval_every", "ckpt_every", "tensorboard", "mmap", "threads",
+                    "compile")
 
 
 def _tensorboard_writer(run_dir: Path):
@@ -160,6 +167,18 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
         else:
             no_decay.append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def compile_blocks(model: torch.nn.Module) -> int:
+    """torch.compile every transformer block in place (weights and checkpoints are unchanged);
+    returns how many were compiled. Blocks, not the whole step: the loop's depth changes from step
+    to step, which would recompile a whole-step graph every time."""
+    from loopwm.models.blocks import Block
+
+    blocks = [m for m in model.modules() if isinstance(m, Block)]
+    for block in blocks:
+        block.compile(dynamic=True)
+    return len(blocks)
 
 
 def lr_at(cfg: TrainConfig, step: int, fraction: float) -> float:
@@ -319,6 +338,8 @@ def _train(cfg: TrainConfig, run_dir: Path, ddp: Distributed) -> Path:
         atomic_write_json(run_dir / "config.json", asdict(cfg))
     ddp.barrier()
 
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     spec = world_spec_from_data(ds, train_idx)
     model = build_model(spec, cfg.model, cfg.rssm).to(device)
@@ -348,6 +369,8 @@ def _train(cfg: TrainConfig, run_dir: Path, ddp: Distributed) -> Path:
     metrics_path = run_dir / "metrics.jsonl"
     if ddp.main:
         _truncate_metrics(metrics_path, step)  # drop records written after the checkpoint we resume from
+    if cfg.compile:
+        compile_blocks(model)
     runner = ddp.wrap(_LossModule(model, cfg))
     budget_s = cfg.minutes * 60.0
     t0 = time.time()

@@ -1,0 +1,291 @@
+"""Does iterative depth pay? Fixed stacks of 1-8 blocks against one looped block on the rail world,
+where one observed step passes an impulse through a whole run of touching discs.
+
+    python scripts/depth_study.py --out results/depth                 # about 75 minutes on 2 cores
+    python scripts/depth_study.py --out /tmp/depth --quick            # about 3 minutes
+
+Every model has the same width, encoder, heads, local attention (neighbours by surface gap,
+rebuilt every step) and training (equal gradient steps, same data, same seed); they differ only in
+what sits between prelude and coda: one shared block run T times, or k distinct blocks. Variants
+with full attention show what locality changes. Each is then scored on held-out episodes of the
+world it trained on and on worlds with fewer and more discs (never seen), at every test depth.
+
+Writes under --out: runs.jsonl (training summary per model), results.jsonl (open-loop error per
+model, size and depth, with the floors), strata.jsonl (one-step error per stratum of the world's
+solver sweeps), world.json (the sweep distribution of every world size), summary.md and plots.
+Re-running re-uses finished runs and scores.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import tyro
+
+from loopwm.utils import atomic_write_text
+
+
+@dataclass
+class DepthStudyConfig:
+    """Fixed-depth stacks against a looped block where one step needs many passes."""
+
+    out: str = "results/depth"
+    """Result folder (runs and data go under it, ignored by git)."""
+    env_id: str = "loopwm/Rail-v0"
+    """World: the rail (touching runs, impulses through whole runs in one step)."""
+    n_bodies: int = 16
+    """Discs in the training world."""
+    test_sizes: list[int] = field(default_factory=lambda: [8, 16, 32])
+    """World sizes every model is scored on (the training size among them)."""
+    episodes: int = 300
+    """Episodes collected per world size."""
+    steps: int = 1500
+    """Gradient steps per model (equal for all)."""
+    batch_size: int = 64
+    """Training windows per step."""
+    lr: float = 3e-3
+    """Peak learning rate, the same for every model."""
+    context: int = 2
+    """Observed steps per training window, and before scoring."""
+    horizon: int = 4
+    """Imagined steps per training window (scoring goes to 10)."""
+    mu_rec: float = 8.0
+    """Mean training loop count of the looped models."""
+    models: list[str] = field(default_factory=lambda: ["looped", "deep-1", "deep-2", "deep-4", "deep-8", "looped-full",
+                                                       "deep-1-full"])
+    """Models: looped, deep-K (K distinct blocks), each with local attention unless suffixed -full."""
+    test_depths: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 12, 16, 24, 32])
+    """Test-time loop counts for the looped models."""
+    seed: int = 0
+    """Training seed."""
+    workers: int = 2
+    """Training processes at once (one thread each)."""
+    quick: bool = False
+    """A few-minute version for checking the script."""
+
+
+def model_config(name: str, cfg: DepthStudyConfig):
+    from loopwm.models.world_model import ModelConfig
+
+    full = name.endswith("-full")
+    base = name[: -len("-full")] if full else name
+    attention = dict(attention="full" if full else "local", attn_bias=True, attn_neighbours=2, neighbours=2)
+    if base == "looped":
+        return ModelConfig(kind="looped", mu_rec=cfg.mu_rec, depth_max=int(3 * cfg.mu_rec), **attention)
+    if base.startswith("deep-"):
+        return ModelConfig(kind="deep", n_deep=int(base.split("-")[1]), **attention)
+    raise SystemExit(f"unknown model {name!r}: use looped or deep-K, optionally with -full")
+
+
+def _train(job: dict) -> dict:
+    import torch
+
+    from loopwm.train.loop import TrainConfig, train
+
+    torch.set_num_threads(1)
+    tcfg = TrainConfig(data=job["data"], out=job["run"], model=job["model"], steps=job["steps"], batch_size=job["batch_size"],
+                       lr=job["lr"], context=job["context"], horizon=job["horizon"], seed=job["seed"], threads=1,
+                       eval_every=max(1, job["steps"] // 6), ckpt_every=max(1, job["steps"] // 3), progress=False)
+    train(tcfg)
+    records = [json.loads(x) for x in (Path(job["run"]) / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    curve = [(r["step"], r["val/obs"]) for r in records if "val/obs" in r]
+    return {"model": job["name"], "steps": records[-1]["step"], "train_seconds": records[-1]["time"], "val_curve": curve}
+
+
+def world_stats(ds) -> dict:
+    sweeps = np.concatenate([ds.episode(i)["info_solver_iterations"] for i in range(len(ds))])
+    from loopwm.eval.adaptive import sweep_stratum
+
+    names, counts = np.unique(sweep_stratum(sweeps), return_counts=True)
+    return {"steps": int(len(sweeps)), "mean": float(sweeps.mean()), "p50": float(np.quantile(sweeps, 0.5)),
+            "p90": float(np.quantile(sweeps, 0.9)), "p99": float(np.quantile(sweeps, 0.99)), "max": int(sweeps.max()),
+            "fraction": {str(k): float(c / len(sweeps)) for k, c in zip(names, counts)}}
+
+
+def main(cfg: DepthStudyConfig) -> None:
+    import torch
+
+    from loopwm.checkpoint import load_model
+    from loopwm.data import TrajectoryDataset, collect
+    from loopwm.eval.adaptive import error_by_sweeps
+    from loopwm.eval.openloop import open_loop
+
+    if cfg.quick:
+        cfg = replace(cfg, episodes=20, steps=20, test_sizes=[8, 16], models=["looped", "deep-1"], test_depths=[1, 4, 8],
+                      mu_rec=4.0)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sizes = sorted(set(cfg.test_sizes) | {cfg.n_bodies})
+    data = {n: collect(env_id=cfg.env_id, n_bodies=n, out=str(out / "data" / f"n{n}"), episodes=cfg.episodes, seed=100 + n)
+            for n in sizes}
+    world = {n: world_stats(TrajectoryDataset.load(data[n])) for n in sizes}
+    atomic_write_text(out / "world.json", json.dumps({str(k): v for k, v in world.items()}, indent=1))
+
+    # ---- training (equal steps), two runs at a time
+    runs_path = out / "runs.jsonl"
+    runs = {r["model"]: r for r in _read(runs_path)}
+    jobs = [{"name": m, "model": model_config(m, cfg), "data": str(data[cfg.n_bodies]), "run": str(out / "runs" / m),
+             "steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "context": cfg.context,
+             "horizon": cfg.horizon, "seed": cfg.seed} for m in cfg.models if runs.get(m, {}).get("steps") != cfg.steps]
+    with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn")) as pool:
+        for row in pool.map(_train, jobs):
+            runs[row["model"]] = row
+            _write(runs_path, list(runs.values()))
+            print(f"trained {row['model']}: {row['steps']} steps in {row['train_seconds'] / 60:.1f} min", flush=True)
+
+    # ---- scoring: every model on every size; looped models at every test depth
+    torch.set_num_threads(2)
+    results_path, strata_path = out / "results.jsonl", out / "strata.jsonl"
+    results, strata = _read(results_path), _read(strata_path)
+    scored = {(r["model"], r["size"]) for r in results}
+    for name in cfg.models:
+        model, meta = load_model(out / "runs" / name, "cpu")
+        runs[name]["params"] = model.param_count()
+        depths = cfg.test_depths if model.cfg.kind == "looped" else [model.cfg.n_deep]
+        for n in sizes:
+            if (name, n) in scored:
+                continue
+            ds = TrajectoryDataset.load(data[n])
+            episodes = np.asarray(meta["val_episodes"]) if n == cfg.n_bodies else np.arange(min(len(ds), 60))
+            for depth in depths:
+                res = open_loop(model, ds, episodes, cfg.context, 10, 512, depth=depth if model.cfg.kind == "looped" else None)
+                results.append({"model": name, "size": n, "depth": depth, "params": model.param_count(),
+                                "h1": float(res.errors[0]), "h10": float(res.errors[9]),
+                                **{f"{k}_h1": float(v[0]) for k, v in res.floors.items()},
+                                **{f"{k}_h10": float(v[9]) for k, v in res.floors.items()}})
+            for row in error_by_sweeps(model, ds, episodes, depths if model.cfg.kind == "looped" else [None],
+                                       cfg.context, max_windows=3000):
+                strata.append({"model": name, "size": n, **row, "depth": row["depth"] if row["depth"] else depths[0]})
+            _write(results_path, results)
+            _write(strata_path, strata)
+            print(f"scored {name} on {n} discs", flush=True)
+    _write(runs_path, list(runs.values()))
+    write_summary(out, cfg)
+
+
+def _read(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+
+
+def _write(path: Path, rows: list[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def best_depth(results: list[dict], name: str, size: int, key: str = "h1") -> dict:
+    rows = [r for r in results if r["model"] == name and r["size"] == size]
+    return min(rows, key=lambda r: r[key])
+
+
+def write_summary(out: Path, cfg: DepthStudyConfig) -> None:
+    runs = {r["model"]: r for r in _read(out / "runs.jsonl")}
+    results, strata = _read(out / "results.jsonl"), _read(out / "strata.jsonl")
+    world = json.loads((out / "world.json").read_text())
+    N = cfg.n_bodies
+    lines = [f"# Depth study: {cfg.env_id}, trained on {N} discs ({cfg.steps} steps each, batch {cfg.batch_size}, "
+             f"lr {cfg.lr:g}, context {cfg.context}, horizon {cfg.horizon}, seed {cfg.seed})", "",
+             "## The worlds: solver sweeps per step", "",
+             "| discs | mean | median | p90 | p99 | max | free flight (0) | 8+ sweeps |", "|---|---|---|---|---|---|---|---|"]
+    for n, w in sorted(world.items(), key=lambda kv: int(kv[0])):
+        hard = sum(v for k, v in w["fraction"].items() if k[0].isdigit() and int(k.split("-")[0].rstrip("+")) >= 8)
+        lines.append(f"| {n} | {w['mean']:.1f} | {w['p50']:.0f} | {w['p90']:.0f} | {w['p99']:.0f} | {w['max']} | "
+                     f"{w['fraction'].get('0', 0):.0%} | {hard:.0%} |")
+    lines += ["", f"## Error on {N} discs (held-out episodes); looped models at their best test depth", "",
+              "| model | params | steps | train min | last val losses | depth | h1 | h10 | copy-last h1 / h10 |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for name in cfg.models:
+        if name not in runs or not any(r["model"] == name and r["size"] == N for r in results):
+            continue
+        r = best_depth(results, name, N)
+        run = runs[name]
+        last = ", ".join(f"{v:.4f}" for _, v in run["val_curve"][-2:])
+        lines.append(f"| {name} | {r['params']:,} | {run['steps']} | {run['train_seconds'] / 60:.1f} | {last} | {r['depth']} | "
+                     f"{r['h1']:.4f} | {r['h10']:.4f} | {r['copy_last_h1']:.3f} / {r['copy_last_h10']:.3f} |")
+    lines += ["", "## One-step error by the world's solver sweeps (trained size, best depth)", ""]
+    names = [m for m in cfg.models if any(s["model"] == m and s["size"] == N for s in strata)]
+    bins = list(dict.fromkeys(s["sweeps"] for s in sorted(strata, key=lambda s: s["solver_iterations_mean"]) if s["size"] == N))
+    lines += ["| model | depth | " + " | ".join(bins) + " |", "|---|---|" + "---|" * len(bins)]
+    for name in names:
+        d = best_depth(results, name, N)["depth"]
+        cells = {s["sweeps"]: s["error_h1"] for s in strata if s["model"] == name and s["size"] == N and s["depth"] == d}
+        lines.append(f"| {name} | {d} | " + " | ".join(f"{cells[b]:.4f}" if b in cells else "" for b in bins) + " |")
+    counts = {s["sweeps"]: s["windows"] for s in strata if s["size"] == N and s["model"] == names[0]} if names else {}
+    lines.append("| (windows) | | " + " | ".join(str(counts.get(b, "")) for b in bins) + " |")
+    loops = [m for m in cfg.models if m.startswith("looped")]
+    for name in loops:
+        lines += ["", f"## {name}: horizon-1 error against test-time iterations, per world size (trained on {N})", "",
+                  "| discs | " + " | ".join(str(d) for d in cfg.test_depths) + " | copy-last |",
+                  "|---|" + "---|" * (len(cfg.test_depths) + 1)]
+        for n in sorted({r["size"] for r in results if r["model"] == name}):
+            rows = {r["depth"]: r for r in results if r["model"] == name and r["size"] == n}
+            lines.append(f"| {n} | " + " | ".join(f"{rows[d]['h1']:.4f}" if d in rows else "" for d in cfg.test_depths)
+                         + f" | {next(iter(rows.values()))['copy_last_h1']:.4f} |")
+    lines += ["", "## Other sizes: each model's horizon-1 / horizon-10 error (looped at training depth and at its best)", "",
+              "| model | " + " | ".join(f"{n} discs" for n in sorted(cfg.test_sizes)) + " |",
+              "|---|" + "---|" * len(cfg.test_sizes)]
+    train_depth = round(cfg.mu_rec)
+    for name in cfg.models:
+        cells = []
+        for n in sorted(cfg.test_sizes):
+            rows = [r for r in results if r["model"] == name and r["size"] == n]
+            if not rows:
+                cells.append("")
+                continue
+            at_train = next((r for r in rows if r["depth"] == train_depth), rows[0])
+            best = min(rows, key=lambda r: r["h1"])
+            cell = f"{at_train['h1']:.4f} / {at_train['h10']:.4f}"
+            if best is not at_train:
+                cell += f" (depth {best['depth']}: {best['h1']:.4f} / {best['h10']:.4f})"
+            cells.append(cell)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
+    plot(out, cfg, results, strata)
+
+
+def plot(out: Path, cfg: DepthStudyConfig, results: list[dict], strata: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    N = cfg.n_bodies
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    ax = axes[0]
+    for name in cfg.models:
+        rows = [r for r in results if r["model"] == name and r["size"] == N]
+        if not rows:
+            continue
+        d = min(rows, key=lambda r: r["h1"])["depth"]
+        pts = sorted((s["solver_iterations_mean"], s["error_h1"]) for s in strata
+                     if s["model"] == name and s["size"] == N and s["depth"] == d)
+        if pts:
+            x, y = zip(*pts)
+            ax.plot(x, y, marker="o", label=f"{name} (depth {d})", linestyle="--" if name.endswith("-full") else "-")
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("world's solver sweeps in the step (stratum mean)")
+    ax.set_ylabel("one-step error")
+    ax.set_title(f"error by difficulty, {N} discs")
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    for n in sorted({r["size"] for r in results}):
+        rows = sorted((r["depth"], r["h1"] / r["copy_last_h1"]) for r in results if r["model"] == "looped" and r["size"] == n)
+        if rows:
+            x, y = zip(*rows)
+            ax.plot(x, y, marker="o", label=f"{n} discs" + (" (trained)" if n == N else ""))
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("test-time loop iterations")
+    ax.set_ylabel("horizon-1 error / copy-last floor")
+    ax.set_title("looped model: error against iterations, per world size")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "depth_study.png", dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main(tyro.cli(DepthStudyConfig))

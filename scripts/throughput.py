@@ -1,0 +1,186 @@
+"""Training throughput, measured as what matters: validation error reached per wall-clock minute.
+
+Every setting trains the same model on the same data for the same wall-clock budget, from the same
+seed; the learning curve (validation observation loss against training seconds) and the open-loop
+error at horizons 1 and 10 afterwards say which setting converges fastest. One-thread settings run
+two at a time (one per core), two-thread settings alone, so every run has the cores it asks for.
+
+    python scripts/throughput.py --out results/throughput                 # about 30 minutes on 2 cores
+    python scripts/throughput.py --out /tmp/tp --minutes 0.3 --episodes 20   # a smoke run
+
+Writes OUT/throughput.jsonl (one row per setting, with its curve), OUT/summary.md and
+OUT/learning_curves.png. Re-running re-uses finished rows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing as mp
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tyro
+
+from loopwm.utils import atomic_write_text
+
+
+@dataclass
+class ThroughputConfig:
+    """Compare batch sizes, threads and torch.compile by validation error per minute."""
+
+    out: str = "results/throughput"
+    """Result folder (runs and data go under it, ignored by git)."""
+    env_id: str = "loopwm/Balls-v0"
+    """World to train on."""
+    n_bodies: int = 5
+    """Bodies in the world."""
+    episodes: int = 300
+    """Episodes collected."""
+    minutes: float = 3.0
+    """Wall-clock training budget of every setting."""
+    base_lr: float = 2e-3
+    """Learning rate at batch 32; other batches scale it by sqrt(batch / 32) (Adam's usual rule)."""
+    batches: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512, 1024])
+    """Batch sizes swept at one thread."""
+    two_thread_batches: list[int] = field(default_factory=lambda: [32, 256, 1024])
+    """Batch sizes also run with two threads."""
+    compile_batches: list[int] = field(default_factory=lambda: [32, 256])
+    """Batch sizes also run with torch.compile'd blocks (one thread)."""
+    model_kind: str = "looped"
+    """Model trained ("looped" or "deep")."""
+
+
+def settings(cfg: ThroughputConfig) -> list[dict]:
+    rows = []
+    for b in cfg.batches:
+        rows.append({"name": f"b{b}-t1", "batch": b, "threads": 1, "compile": False})
+    for b in cfg.two_thread_batches:
+        rows.append({"name": f"b{b}-t2", "batch": b, "threads": 2, "compile": False})
+    for b in cfg.compile_batches:
+        rows.append({"name": f"b{b}-t1-compile", "batch": b, "threads": 1, "compile": True})
+    for r in rows:
+        r["lr"] = cfg.base_lr * math.sqrt(r["batch"] / 32)
+    return rows
+
+
+def _run(job: dict) -> dict:
+    import torch
+
+    from loopwm.checkpoint import load_model
+    from loopwm.data import TrajectoryDataset
+    from loopwm.eval.openloop import open_loop
+    from loopwm.models.world_model import ModelConfig
+    from loopwm.train.loop import TrainConfig, train, validate
+
+    torch.set_num_threads(job["threads"])
+    out = Path(job["run"])
+    # validate about every 20 s of training: a first probe gives the step time for this batch
+    tcfg = TrainConfig(data=job["data"], out=str(out), model=ModelConfig(kind=job["kind"]), minutes=job["minutes"],
+                       steps=10**9, batch_size=job["batch"], lr=job["lr"], threads=job["threads"],
+                       compile=job["compile"], eval_every=job["eval_every"], ckpt_every=10**9, progress=False,
+                       warmup=job["warmup"])
+    t0 = time.time()
+    train(tcfg)
+    wall = time.time() - t0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    curve = [(r["time"], r["val/obs"]) for r in records if "val/obs" in r]
+    steps = records[-1]["step"]
+    train_s = records[-1]["time"]
+    # the steady rate, over the second half of training (compilation and warm-up excluded)
+    half = [r for r in records if r["time"] >= train_s / 2]
+    steady = (half[-1]["step"] - half[0]["step"]) / max(half[-1]["time"] - half[0]["time"], 1e-9) if len(half) > 1 else 0.0
+    model, meta = load_model(out, "cpu")
+    ds = TrajectoryDataset.load(job["data"])
+    _, val_idx = ds.split(tcfg.val_fraction, seed=tcfg.seed)
+    final = validate(model, ds, ds.window_index(val_idx, tcfg.context + tcfg.horizon), tcfg, "cpu")["val/obs"]
+    curve.append((train_s, final))
+    res = open_loop(model, ds, np.asarray(meta["val_episodes"]), horizon=10, max_windows=512)
+    return {**{k: job[k] for k in ("name", "batch", "threads", "compile", "lr")}, "steps": steps,
+            "train_seconds": train_s, "wall_seconds": round(wall, 1), "steps_per_s": steps / train_s,
+            "samples_per_s": steps * job["batch"] / train_s, "steady_samples_per_s": steady * job["batch"],
+            "curve": curve, "val_obs_final": final,
+            "h1": float(res.errors[0]), "h10": float(res.errors[9])}
+
+
+def main(cfg: ThroughputConfig) -> None:
+    from loopwm.data import collect
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = collect(env_id=cfg.env_id, n_bodies=cfg.n_bodies, out=str(out / "data"), episodes=cfg.episodes)
+    path = out / "throughput.jsonl"
+    done = {}
+    if path.exists():
+        done = {r["name"]: r for r in (json.loads(x) for x in path.read_text().splitlines() if x.strip())}
+    jobs = []
+    for s in settings(cfg):
+        if s["name"] in done:
+            continue
+        # steps between validations: about 20 s of training at a rough 0.15 s per 32 samples per thread
+        est_step = 0.15 * max(1.0, s["batch"] / 32) ** 0.8 / (1.4 if s["threads"] == 2 and s["batch"] >= 128 else 1.0)
+        jobs.append({**s, "data": str(data), "run": str(out / "runs" / s["name"]), "minutes": cfg.minutes,
+                     "kind": cfg.model_kind, "eval_every": max(2, int(20 / est_step)),
+                     "warmup": 200 if s["batch"] <= 32 else max(20, int(200 * 32 / s["batch"]))})
+
+    def record(row):
+        done[row["name"]] = row
+        atomic_write_text(path, "".join(json.dumps(done[k]) + "\n" for k in done))
+        print(f"{row['name']:>16}: {row['steps']} steps, {row['samples_per_s']:.0f} samples/s, "
+              f"val {row['val_obs_final']}, h1 {row['h1']:.4f}, h10 {row['h10']:.4f}", flush=True)
+
+    one = [j for j in jobs if j["threads"] == 1]
+    two = [j for j in jobs if j["threads"] == 2]
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=2, mp_context=ctx) as pool:
+        for row in pool.map(_run, one):
+            record(row)
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        for row in pool.map(_run, two):
+            record(row)
+    write_summary(out, cfg)
+
+
+def write_summary(out: Path, cfg: ThroughputConfig) -> None:
+    rows = [json.loads(x) for x in (out / "throughput.jsonl").read_text().splitlines() if x.strip()]
+    rows.sort(key=lambda r: (r["compile"], r["threads"], r["batch"]))
+    lines = [f"# Training throughput ({cfg.env_id}, {cfg.n_bodies} bodies, {cfg.model_kind} model, "
+             f"{cfg.minutes:g} min per setting)", "",
+             "| setting | batch | lr | threads | compile | steps | samples/s (steady) | val loss at 1 min | final val loss | h1 | h10 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        at1 = [v for t, v in r["curve"] if t <= 60.0]
+        lines.append(f"| {r['name']} | {r['batch']} | {r['lr']:.2g} | {r['threads']} | {'yes' if r['compile'] else 'no'} | "
+                     f"{r['steps']} | {r['samples_per_s']:.0f} ({r['steady_samples_per_s']:.0f}) | "
+                     f"{at1[-1] if at1 else float('nan'):.4f} | "
+                     f"{r['val_obs_final']:.4f} | {r['h1']:.4f} | {r['h10']:.4f} |")
+    best = min(rows, key=lambda r: r["h10"])
+    lines += ["", f"Lowest horizon-10 error after {cfg.minutes:g} minutes: **{best['name']}** ({best['h10']:.4f})."]
+    atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        if r["curve"]:
+            t, v = zip(*r["curve"])
+            ax.plot(np.array(t) / 60, v, marker=".", label=r["name"], linestyle="--" if r["threads"] == 2 else "-")
+    ax.set_xlabel("training minutes")
+    ax.set_ylabel("validation observation loss")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("validation loss against wall-clock")
+    fig.tight_layout()
+    fig.savefig(out / "learning_curves.png", dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main(tyro.cli(ThroughputConfig))

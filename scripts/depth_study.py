@@ -35,7 +35,10 @@ class DepthStudyConfig:
     """Fixed-depth stacks against a looped block where one step needs many passes."""
 
     out: str = "results/depth"
-    """Result folder (runs and data go under it, ignored by git)."""
+    """Result folder (runs go under it, ignored by git)."""
+    data_root: str = ""
+    """Folder for the datasets (one per size, e.g. rail16); empty: OUT/data. Point several studies at
+    one folder to collect each world once."""
     env_id: str = "loopwm/Rail-v0"
     """World: the rail (touching runs, impulses through whole runs in one step)."""
     n_bodies: int = 16
@@ -58,7 +61,8 @@ class DepthStudyConfig:
     """Mean training loop count of the looped models."""
     models: list[str] = field(default_factory=lambda: ["looped", "deep-1", "deep-2", "deep-4", "deep-8", "looped-full",
                                                        "deep-1-full"])
-    """Models: looped, deep-K (K distinct blocks), each with local attention unless suffixed -full."""
+    """Models: looped, looped-bptt (gradient through every iteration), deep-K (K distinct blocks), each
+    with local attention unless suffixed -full."""
     test_depths: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 12, 16, 24, 32])
     """Test-time loop counts for the looped models."""
     seed: int = 0
@@ -77,6 +81,9 @@ def model_config(name: str, cfg: DepthStudyConfig):
     attention = dict(attention="full" if full else "local", attn_bias=True, attn_neighbours=2, neighbours=2)
     if base == "looped":
         return ModelConfig(kind="looped", mu_rec=cfg.mu_rec, depth_max=int(3 * cfg.mu_rec), **attention)
+    if base == "looped-bptt":  # gradients through every iteration, not only the last ceil(mu_rec / 2)
+        return ModelConfig(kind="looped", mu_rec=cfg.mu_rec, depth_max=int(3 * cfg.mu_rec), n_grad=int(3 * cfg.mu_rec),
+                           **attention)
     if base.startswith("deep-"):
         return ModelConfig(kind="deep", n_deep=int(base.split("-")[1]), **attention)
     raise SystemExit(f"unknown model {name!r}: use looped or deep-K, optionally with -full")
@@ -121,8 +128,9 @@ def main(cfg: DepthStudyConfig) -> None:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     sizes = sorted(set(cfg.test_sizes) | {cfg.n_bodies})
-    data = {n: collect(env_id=cfg.env_id, n_bodies=n, out=str(out / "data" / f"n{n}"), episodes=cfg.episodes, seed=100 + n)
-            for n in sizes}
+    root = Path(cfg.data_root) if cfg.data_root else out / "data"
+    short = cfg.env_id.split("/")[-1].split("-")[0].lower()  # loopwm/Rail-v0 -> rail
+    data = {n: collect(env_id=cfg.env_id, n_bodies=n, out=str(root / f"{short}{n}"), episodes=cfg.episodes) for n in sizes}
     world = {n: world_stats(TrajectoryDataset.load(data[n])) for n in sizes}
     atomic_write_text(out / "world.json", json.dumps({str(k): v for k, v in world.items()}, indent=1))
 
@@ -132,6 +140,7 @@ def main(cfg: DepthStudyConfig) -> None:
     jobs = [{"name": m, "model": model_config(m, cfg), "data": str(data[cfg.n_bodies]), "run": str(out / "runs" / m),
              "steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "context": cfg.context,
              "horizon": cfg.horizon, "seed": cfg.seed} for m in cfg.models if runs.get(m, {}).get("steps") != cfg.steps]
+    jobs.sort(key=lambda j: -(2 * cfg.mu_rec if j["model"].kind == "looped" else j["model"].n_deep))  # longest first
     with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn")) as pool:
         for row in pool.map(_train, jobs):
             runs[row["model"]] = row

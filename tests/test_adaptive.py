@@ -146,3 +146,14 @@ def test_sweep_strata_cover_every_count_once():
 
     assert sweep_stratum([0, 1, 2, 3, 4, 7, 8, 15, 16, 31, 32, 250]) == [
         "0", "1", "2-3", "2-3", "4-7", "4-7", "8-15", "8-15", "16-31", "16-31", "32+", "32+"]
+
+
+def test_a_kept_exit_rule_round_trips_and_a_broken_record_is_refused(tmp_path):
+    from loopwm.eval.evaluate import default_exit, keep_exit
+
+    assert default_exit(tmp_path) == {"exit_rule": "fixed", "threshold": 0.0, "depth": 0}
+    keep_exit(tmp_path, "gate", 0.7, 12)
+    assert default_exit(tmp_path / "checkpoints" / "step_00000010.json") == {"exit_rule": "gate", "threshold": 0.7, "depth": 12}
+    (tmp_path / "exit.json").write_text('{"exit_rule": "gate"}')
+    with pytest.raises(LoopWMError, match="not a valid exit-rule record"):
+        default_exit(tmp_path)

@@ -135,6 +135,17 @@ def test_rail_world_trains_and_evaluates_with_local_attention(tmp_path):
            *TINY_MODEL)
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["model"]["attention"] == "local" and config["threads"] == 1
-    result = json.loads(loopwm("eval", str(tmp_path / "run"), "--json", "--rollout-steps", "20", "--horizon", "10",
-                               "--max-windows", "8").stdout)
-    assert result["params"] > 0
+    small = ["--json", "--rollout-steps", "20", "--horizon", "10", "--max-windows", "8"]
+    result = json.loads(loopwm("eval", str(tmp_path / "run"), *small).stdout)
+    assert result["params"] > 0 and result["exit_rule"] == "fixed"
+    # an entity model scores a world with more bodies than it was trained on
+    loopwm("collect", "--env-id", "loopwm/Rail-v0", "--out", str(tmp_path / "data14"), "--episodes", "2",
+           "--n-bodies", "14", "--max-episode-steps", "40")
+    bigger = json.loads(loopwm("eval", str(tmp_path / "run"), *small, "--data", str(tmp_path / "data14"), "--depth", "6").stdout)
+    assert bigger["depth"] == 6 and bigger["iterations_per_step"] == 6.0
+    # an exit rule kept for the run becomes its default
+    kept = json.loads(loopwm("eval", str(tmp_path / "run"), *small, "--exit", "delta", "--threshold", "1e9", "--depth", "5",
+                             "--keep-exit").stdout)
+    again = json.loads(loopwm("eval", str(tmp_path / "run"), *small).stdout)
+    assert (again["exit_rule"], again["threshold"], again["depth"]) == ("delta", 1e9, 5)
+    assert again["iterations_per_step"] == kept["iterations_per_step"] == 1.0  # a threshold that always fires

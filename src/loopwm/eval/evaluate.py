@@ -15,7 +15,39 @@ from loopwm.data import TrajectoryDataset
 from loopwm.data.collect import CUSTOM_PREFIX
 from loopwm.models.flops import count_step_flops
 from loopwm.eval.openloop import HORIZONS, exit_rule_from, open_loop, real_vs_imagined, rollout_stats, steps_per_second
-from loopwm.utils import LoopWMError, pick_device
+from loopwm.utils import LoopWMError, atomic_write_json, pick_device
+
+EXIT_FILE = "exit.json"
+"""A run's default exit rule, threshold and maximum depth, written by `loopwm eval --keep-exit` (and
+the demo); evaluation uses it whenever --exit is left at "auto"."""
+
+
+def run_folder(run: str | Path) -> Path:
+    """The run directory of a run folder or of one of its checkpoint files."""
+    path = Path(run)
+    return path.parent.parent if path.suffix in (".json", ".safetensors") else path
+
+
+def default_exit(run: str | Path) -> dict:
+    """The exit rule recorded for a run ({"exit_rule", "threshold", "depth"}), or fixed depth."""
+    path = run_folder(run) / EXIT_FILE
+    if not path.exists():
+        return {"exit_rule": "fixed", "threshold": 0.0, "depth": 0}
+    import json
+
+    try:
+        saved = json.loads(path.read_text())
+        return {"exit_rule": str(saved["exit_rule"]), "threshold": float(saved["threshold"]), "depth": int(saved.get("depth", 0))}
+    except (ValueError, KeyError, TypeError) as err:
+        raise LoopWMError(f"{path} is not a valid exit-rule record ({err}); delete it or rewrite it with "
+                          "loopwm eval RUN --exit RULE --threshold T --keep-exit") from err
+
+
+def keep_exit(run: str | Path, rule: str, threshold: float, depth: int) -> Path:
+    """Record the run's default exit rule (atomically)."""
+    path = run_folder(run) / EXIT_FILE
+    atomic_write_json(path, {"exit_rule": rule, "threshold": float(threshold), "depth": int(depth)})
+    return path
 
 
 @dataclass
@@ -35,11 +67,16 @@ class EvalConfig:
     max_windows: int = 512
     """Evaluation windows drawn evenly from the held-out episodes."""
     depth: int = 0
-    """Loop iterations per step; 0 means the model's evaluation depth."""
-    exit: str = "fixed"
-    """Exit rule: fixed, delta, accel, or gate (a model trained with --model.exit-gate)."""
+    """Loop iterations per step (the most an exit rule may use); 0 means the run's recorded depth,
+    else the model's evaluation depth."""
+    exit: str = "auto"
+    """Exit rule: auto (the one recorded for the run with --keep-exit, else fixed), fixed, delta,
+    accel, or gate (a model trained with --model.exit-gate)."""
     threshold: float = 0.0
-    """Threshold of the exit rule."""
+    """Threshold of the exit rule (with --exit auto: the recorded one)."""
+    keep_exit: bool = False
+    """Record --exit, --threshold and --depth as this run's default (RUN/exit.json), used by later
+    evaluations that leave --exit at auto."""
     rollout_steps: int = 1000
     """Length of the long imagined rollout that checks boundedness."""
     seed: int = 12345
@@ -109,11 +146,19 @@ def _evaluate(cfg: EvalConfig, keep_rollout: bool = False) -> dict:
     if not data_path or not Path(data_path).exists():
         raise LoopWMError(f"dataset {data_path!r} of this run is not there; pass --data PATH")
     ds = TrajectoryDataset.load(data_path)
-    if list(ds.obs_shape) != list(model.spec.obs_shape):
+    other_count = (model.any_entity_count and len(ds.obs_shape) == 2 and len(model.spec.obs_shape) == 2
+                   and ds.obs_shape[1] == model.spec.obs_shape[1])  # an entity model scores any number of bodies
+    if list(ds.obs_shape) != list(model.spec.obs_shape) and not other_count:
         raise LoopWMError(f"dataset observations {tuple(ds.obs_shape)} do not match the model's {tuple(model.spec.obs_shape)}")
     episodes = np.asarray(meta["val_episodes"]) if not cfg.data else np.arange(ds.episodes)
-    depth = cfg.depth or None
-    rule = exit_rule_from(cfg.exit, cfg.threshold, model)
+    name, threshold, depth = cfg.exit, cfg.threshold, cfg.depth
+    if name == "auto":
+        recorded = default_exit(cfg.run)
+        name, threshold, depth = recorded["exit_rule"], recorded["threshold"], depth or recorded["depth"]
+    if cfg.keep_exit:
+        keep_exit(cfg.run, name, threshold, depth)
+    depth = depth or None
+    rule = exit_rule_from(name, threshold, model)
     res = open_loop(model, ds, episodes, cfg.context, cfg.horizon, cfg.max_windows, depth, rule, device=device)
     horizon = len(res.errors)  # shorter than asked when held-out episodes are short
     pick = [h for h in HORIZONS if h <= horizon] + ([horizon] if horizon < cfg.horizon and horizon not in HORIZONS else [])
@@ -127,8 +172,8 @@ def _evaluate(cfg: EvalConfig, keep_rollout: bool = False) -> dict:
         "floors": {name: {str(h): float(v[h - 1]) for h in pick} for name, v in res.floors.items()},
         "iterations_per_step": float(res.iterations.mean()),
         "max_a_bar": _finite_or_none(model.max_a_bar()),
-        "exit_rule": cfg.exit,
-        "threshold": cfg.threshold,
+        "exit_rule": name,
+        "threshold": threshold,
         "depth": depth or model.cfg.resolved_eval_depth(),
         "open_loop_curve": {"model": res.errors.tolist(), "floors": {k: v.tolist() for k, v in res.floors.items()}},
     }

@@ -119,7 +119,7 @@ def main(cfg: DepthStudyConfig) -> None:
 
     from loopwm.checkpoint import load_model
     from loopwm.data import TrajectoryDataset, collect
-    from loopwm.eval.adaptive import error_by_sweeps
+    from loopwm.eval.adaptive import error_by_sweeps, exit_sweep
     from loopwm.eval.openloop import open_loop
 
     if cfg.quick:
@@ -174,6 +174,21 @@ def main(cfg: DepthStudyConfig) -> None:
             _write(strata_path, strata)
             print(f"scored {name} on {n} discs", flush=True)
     _write(runs_path, list(runs.values()))
+
+    # ---- adaptive depth: training-free exit rules against fixed depths, on the trained size
+    exits_path = out / "exits.jsonl"
+    exits = _read(exits_path)
+    done = {r["model"] for r in exits}
+    for name in [m for m in cfg.models if m.startswith("looped") and m not in done]:
+        model, meta = load_model(out / "runs" / name, "cpu")
+        ds = TrajectoryDataset.load(data[cfg.n_bodies])
+        top = min(16, max(cfg.test_depths))  # error is flat beyond 16 in every run so far; rules stop earlier
+        fixed = sorted({d for d in range(1, top + 1) if d <= 8 or d in cfg.test_depths})
+        rules = {"delta": [0.003, 0.01, 0.03, 0.1], "accel": [0.003, 0.01, 0.03, 0.1]}
+        for row in exit_sweep(model, ds, np.asarray(meta["val_episodes"]), rules, fixed, top, context=cfg.context):
+            exits.append({"model": name, **row})
+        _write(exits_path, exits)
+        print(f"exit rules measured for {name}", flush=True)
     write_summary(out, cfg)
 
 
@@ -251,6 +266,25 @@ def write_summary(out: Path, cfg: DepthStudyConfig) -> None:
                 cell += f" (depth {best['depth']}: {best['h1']:.4f} / {best['h10']:.4f})"
             cells.append(cell)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    exits = _read(out / "exits.jsonl") if (out / "exits.jsonl").exists() else []
+    for name in dict.fromkeys(r["model"] for r in exits):
+        rows = [r for r in exits if r["model"] == name]
+        fixed = {r["max_depth"]: r for r in rows if r["rule"] == "fixed"}
+        top = fixed[max(fixed)]
+        lines += ["", f"## {name}: exit rules against fixed depth ({N} discs; horizon-10 error, mean iterations per step)", "",
+                  f"Fixed {max(fixed)} iterations: h10 {top['error_h10']:.4f}, h1 {top['error_h1']:.4f}.", "",
+                  "| rule | threshold | mean iterations | h1 | h10 | fixed round(M): h10 | within 2% of the fixed maximum | "
+                  "rank correlation with solver sweeps |", "|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            if r["rule"] == "fixed":
+                continue
+            m = max(1, round(r["mean_iterations"]))
+            near = fixed.get(m) or fixed[min(fixed, key=lambda d: abs(d - m))]
+            ok = r["error_h10"] <= 1.02 * top["error_h10"]
+            lines.append(f"| {r['rule']} | {r['threshold']:g} | {r['mean_iterations']:.2f} | {r['error_h1']:.4f} | "
+                         f"{r['error_h10']:.4f} | {near['error_h10']:.4f} (depth {near['max_depth']}) | "
+                         f"{'yes' if ok else 'no'} ({r['mean_iterations'] / max(fixed):.0%} of its iterations) | "
+                         f"{r['iterations_solver_spearman']:.2f} |")
     atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
     plot(out, cfg, results, strata)
 

@@ -1,7 +1,7 @@
 """Does iterative depth pay? Fixed stacks of 1-8 blocks against one looped block on the rail world,
 where one observed step passes an impulse through a whole run of touching discs.
 
-    python scripts/depth_study.py --out results/depth                 # about 75 minutes on 2 cores
+    python scripts/depth_study.py --out results/depth                 # about 2 hours on 2 cores
     python scripts/depth_study.py --out /tmp/depth --quick            # about 3 minutes
 
 Every model has the same width, encoder, heads, local attention (neighbours by surface gap,

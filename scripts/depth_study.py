@@ -121,6 +121,7 @@ def main(cfg: DepthStudyConfig) -> None:
     from loopwm.data import TrajectoryDataset, collect
     from loopwm.eval.adaptive import error_by_sweeps, exit_sweep
     from loopwm.eval.openloop import open_loop
+    from loopwm.utils import pick_device
 
     if cfg.quick:
         cfg = replace(cfg, episodes=20, steps=20, test_sizes=[8, 16], models=["looped", "deep-1"], test_depths=[1, 4, 8],
@@ -149,11 +150,12 @@ def main(cfg: DepthStudyConfig) -> None:
 
     # ---- scoring: every model on every size; looped models at every test depth
     torch.set_num_threads(2)
+    device = pick_device("auto")  # the one place that chooses: CUDA when present
     results_path, strata_path = out / "results.jsonl", out / "strata.jsonl"
     results, strata = _read(results_path), _read(strata_path)
     scored = {(r["model"], r["size"]) for r in results}
     for name in cfg.models:
-        model, meta = load_model(out / "runs" / name, "cpu")
+        model, meta = load_model(out / "runs" / name, device)
         runs[name]["params"] = model.param_count()
         depths = cfg.test_depths if model.cfg.kind == "looped" else [model.cfg.n_deep]
         for n in sizes:
@@ -162,13 +164,14 @@ def main(cfg: DepthStudyConfig) -> None:
             ds = TrajectoryDataset.load(data[n])
             episodes = np.asarray(meta["val_episodes"]) if n == cfg.n_bodies else np.arange(min(len(ds), 60))
             for depth in depths:
-                res = open_loop(model, ds, episodes, cfg.context, 10, 512, depth=depth if model.cfg.kind == "looped" else None)
+                res = open_loop(model, ds, episodes, cfg.context, 10, 512, depth=depth if model.cfg.kind == "looped" else None,
+                                device=device)
                 results.append({"model": name, "size": n, "depth": depth, "params": model.param_count(),
                                 "h1": float(res.errors[0]), "h10": float(res.errors[9]),
                                 **{f"{k}_h1": float(v[0]) for k, v in res.floors.items()},
                                 **{f"{k}_h10": float(v[9]) for k, v in res.floors.items()}})
             for row in error_by_sweeps(model, ds, episodes, depths if model.cfg.kind == "looped" else [None],
-                                       cfg.context, max_windows=3000):
+                                       cfg.context, max_windows=3000, device=device):
                 strata.append({"model": name, "size": n, **row, "depth": row["depth"] if row["depth"] else depths[0]})
             _write(results_path, results)
             _write(strata_path, strata)
@@ -180,12 +183,13 @@ def main(cfg: DepthStudyConfig) -> None:
     exits = _read(exits_path)
     done = {r["model"] for r in exits}
     for name in [m for m in cfg.models if m.startswith("looped") and m not in done]:
-        model, meta = load_model(out / "runs" / name, "cpu")
+        model, meta = load_model(out / "runs" / name, device)
         ds = TrajectoryDataset.load(data[cfg.n_bodies])
         top = min(16, max(cfg.test_depths))  # error is flat beyond 16 in every run so far; rules stop earlier
         fixed = sorted({d for d in range(1, top + 1) if d <= 8 or d in cfg.test_depths})
         rules = {"delta": [0.003, 0.01, 0.03, 0.1], "accel": [0.003, 0.01, 0.03, 0.1]}
-        for row in exit_sweep(model, ds, np.asarray(meta["val_episodes"]), rules, fixed, top, context=cfg.context):
+        for row in exit_sweep(model, ds, np.asarray(meta["val_episodes"]), rules, fixed, top, context=cfg.context,
+                               device=device):
             exits.append({"model": name, **row})
         _write(exits_path, exits)
         print(f"exit rules measured for {name}", flush=True)

@@ -75,6 +75,7 @@ def _run(job: dict) -> dict:
     from loopwm.eval.openloop import open_loop
     from loopwm.models.world_model import ModelConfig
     from loopwm.train.loop import TrainConfig, train, validate
+    from loopwm.utils import pick_device
 
     torch.set_num_threads(job["threads"])
     out = Path(job["run"])
@@ -93,12 +94,13 @@ def _run(job: dict) -> dict:
     # the steady rate, over the second half of training (compilation and warm-up excluded)
     half = [r for r in records if r["time"] >= train_s / 2]
     steady = (half[-1]["step"] - half[0]["step"]) / max(half[-1]["time"] - half[0]["time"], 1e-9) if len(half) > 1 else 0.0
-    model, meta = load_model(out, "cpu")
+    device = pick_device("auto")  # the device training picked
+    model, meta = load_model(out, device)
     ds = TrajectoryDataset.load(job["data"])
     _, val_idx = ds.split(tcfg.val_fraction, seed=tcfg.seed)
-    final = validate(model, ds, ds.window_index(val_idx, tcfg.context + tcfg.horizon), tcfg, "cpu")["val/obs"]
+    final = validate(model, ds, ds.window_index(val_idx, tcfg.context + tcfg.horizon), tcfg, device)["val/obs"]
     curve.append((train_s, final))
-    res = open_loop(model, ds, np.asarray(meta["val_episodes"]), horizon=10, max_windows=512)
+    res = open_loop(model, ds, np.asarray(meta["val_episodes"]), horizon=10, max_windows=512, device=device)
     return {**{k: job[k] for k in ("name", "batch", "threads", "compile", "lr")}, "steps": steps,
             "train_seconds": train_s, "wall_seconds": round(wall, 1), "steps_per_s": steps / train_s,
             "samples_per_s": steps * job["batch"] / train_s, "steady_samples_per_s": steady * job["batch"],

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from loopwm.models.exits import make_exit_rule
-from loopwm.models.locality import neighbour_graph
+from loopwm.models.locality import neighbour_graph, pair_geometry
 from loopwm.models.world_model import ModelConfig, WorldModel, WorldSpec
 from loopwm.utils import LoopWMError
 
@@ -93,7 +93,7 @@ def test_a_perturbation_travels_one_hop_per_iteration(attn_bias):
     j = int(obs[0, :, 0].argmin())  # the leftmost disc: the others lie up to ~N/2 hops away
     T = 8
     reached = influence(m, obs, j, T) > 0  # (T, N)
-    dist = hops(neighbour_graph(obs[..., :2], obs[..., 4], 2)[0], j)
+    dist = hops(neighbour_graph(pair_geometry(obs[..., :2], obs[..., 4]), 2)[0], j)
     assert max(dist) > 2 + T, "the row is too short to test the hop count"
     for t in range(T):
         # the prelude's pass plus t + 1 loop passes; the encoder's edge features follow each body's
@@ -111,7 +111,7 @@ def test_a_fixed_stack_reaches_only_as_far_as_its_blocks():
     obs = rail_obs(1, seed=1)
     j = int(obs[0, :, 0].argmin())
     reached = influence(m, obs, j, 1)[0] > 0  # (N,) after the 3 distinct blocks
-    dist = hops(neighbour_graph(obs[..., :2], obs[..., 4], 2)[0], j)
+    dist = hops(neighbour_graph(pair_geometry(obs[..., :2], obs[..., 4]), 2)[0], j)
     assert max(dist) > 2 + 3 + 1
     assert all(not reached[i] for i in range(N) if dist[i] > 1 + m.cfg.n_prelude + 3)
     assert all(reached[i] for i in range(N) if dist[i] <= m.cfg.n_prelude + 3)
@@ -151,7 +151,7 @@ def test_the_graph_follows_predicted_positions_in_imagination():
     m = model().eval()
     seen = []
     build = m.neighbourhood
-    m.neighbourhood = lambda obs: (seen.append(obs.clone()), build(obs))[1]
+    m.neighbourhood = lambda obs, *rest: (seen.append(obs.clone()), build(obs, *rest))[1]
     obs = rail_obs(2, seed=4)
     with torch.no_grad():
         _, roll = m.imagine(m.initial(obs), torch.zeros(2, 3, 2), depth=2)
@@ -163,9 +163,9 @@ def test_the_graph_follows_predicted_positions_in_imagination():
 
 def test_neighbour_graph_is_symmetric_with_self_loops_and_a_radius_rule():
     obs = rail_obs(2, seed=6)
-    adj = neighbour_graph(obs[..., :2], obs[..., 4], 1)
+    adj = neighbour_graph(pair_geometry(obs[..., :2], obs[..., 4]), 1)
     assert torch.equal(adj, adj.transpose(1, 2)) and bool(adj.diagonal(dim1=1, dim2=2).all())
-    wide = neighbour_graph(obs[..., :2], obs[..., 4], 1, radius=10.0)
+    wide = neighbour_graph(pair_geometry(obs[..., :2], obs[..., 4]), 1, radius=10.0)
     assert bool(wide.all())
 
 

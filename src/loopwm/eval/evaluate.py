@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -33,8 +34,6 @@ def default_exit(run: str | Path) -> dict:
     path = run_folder(run) / EXIT_FILE
     if not path.exists():
         return {"exit_rule": "fixed", "threshold": 0.0, "depth": 0}
-    import json
-
     try:
         saved = json.loads(path.read_text())
         return {"exit_rule": str(saved["exit_rule"]), "threshold": float(saved["threshold"]), "depth": int(saved.get("depth", 0))}

@@ -32,13 +32,7 @@ class SelfAttention(nn.Module):
         B, N, D = x.shape
         H = self.n_heads
         q, k, v = self.qkv(x).view(B, N, 3, H, D // H).permute(2, 0, 3, 1, 4)  # 3 x (B, H, N, D/H)
-        bias = None
-        if nbhd is not None:
-            bias = nbhd.mask  # (B, 1, N, N) bool or None
-            if self.geom_bias is not None and nbhd.geom is not None:
-                bias = self.geom_bias(nbhd.geom).permute(0, 3, 1, 2)  # (B, N, N, H) -> (B, H, N, N)
-                if nbhd.mask is not None:
-                    bias = bias.masked_fill(~nbhd.mask, float("-inf"))  # every row keeps its own token
+        bias = nbhd.attn_bias(self.geom_bias) if nbhd is not None else None  # (B, 1 or H, N, N) or None
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, H, N, D/H)
         y = y.transpose(1, 2).reshape(B, N, D)  # (B, N, D)
         return self.proj(y)

@@ -15,27 +15,44 @@ one hop and undo the locality).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
+import torch.nn as nn
 
 BIG = 1e6
 
 
-def surface_gaps(pos: torch.Tensor, rad: torch.Tensor) -> torch.Tensor:
-    """Gaps between body surfaces (B, N, N) from centres (B, N, P) and radii (B, N); the diagonal is BIG."""
+class PairGeometry(NamedTuple):
+    """Every pair of bodies of one step, computed once and shared by the entity encoder's edge
+    features, the neighbour graph and the attention bias."""
+
+    rel: torch.Tensor
+    """(B, N, N, P) centre of j minus centre of i."""
+    dist: torch.Tensor
+    """(B, N, N) centre distance, at least 1e-6."""
+    gap: torch.Tensor
+    """(B, N, N) surface gap; BIG on the diagonal, so nobody is their own neighbour."""
+
+
+def pair_geometry(pos: torch.Tensor, rad: torch.Tensor) -> PairGeometry:
+    """Pairwise geometry from centres (B, N, P) and radii (B, N)."""
     rel = pos[:, None, :, :] - pos[:, :, None, :]  # (B, N, N, P): j minus i
-    gap = rel.norm(dim=-1) - rad[:, :, None] - rad[:, None, :]  # (B, N, N)
-    return gap + torch.eye(pos.shape[1], device=pos.device, dtype=pos.dtype) * BIG
+    dist = rel.norm(dim=-1).clamp(min=1e-6)  # (B, N, N)
+    gap = dist - rad[:, :, None] - rad[:, None, :]  # (B, N, N)
+    gap = gap + torch.eye(pos.shape[1], device=pos.device, dtype=pos.dtype) * BIG
+    return PairGeometry(rel, dist, gap)
 
 
-def neighbour_graph(pos: torch.Tensor, rad: torch.Tensor, k: int, radius: float = 0.0) -> torch.Tensor:
+def neighbour_graph(pairs: PairGeometry, k: int, radius: float = 0.0) -> torch.Tensor:
     """Who interacts with whom: (B, N, N) bool, symmetric, True on the diagonal.
 
     i and j are linked when j is among i's k nearest bodies by surface gap (or i among j's), or
     when their gap is below `radius` (0: no radius rule).
     """
-    B, N, _ = pos.shape
-    gap = surface_gaps(pos, rad)  # (B, N, N)
-    adj = torch.zeros(B, N, N, dtype=torch.bool, device=pos.device)
+    gap = pairs.gap  # (B, N, N)
+    B, N, _ = gap.shape
+    adj = torch.zeros(B, N, N, dtype=torch.bool, device=gap.device)
     k = min(k, N - 1)
     if k > 0:
         idx = gap.topk(k, dim=-1, largest=False).indices  # (B, N, k)
@@ -43,7 +60,7 @@ def neighbour_graph(pos: torch.Tensor, rad: torch.Tensor, k: int, radius: float 
     if radius > 0:
         adj |= gap < radius
     adj = adj | adj.transpose(1, 2)  # a link works both ways
-    return adj | torch.eye(N, dtype=torch.bool, device=pos.device)
+    return adj | torch.eye(N, dtype=torch.bool, device=gap.device)
 
 
 def token_mask(adj: torch.Tensor, n_extra: int, entities_read_globals: bool = False) -> torch.Tensor:
@@ -58,21 +75,21 @@ def token_mask(adj: torch.Tensor, n_extra: int, entities_read_globals: bool = Fa
     return mask[:, None]  # (B, 1, L, L): broadcast over heads
 
 
-def relative_geometry(pos: torch.Tensor, rad: torch.Tensor, step_scale: torch.Tensor, n_extra: int) -> torch.Tensor:
+def relative_geometry(pairs: PairGeometry, step_scale: torch.Tensor, n_extra: int) -> torch.Tensor:
     """Per-pair features for a learned attention bias, (B, L, L, P + 1): the unit direction from
     query i to key j, and their surface gap in units of a typical step (clipped at 10). Zero for
     pairs that involve a global or action token, and for i = j. With them a head can prefer the
     neighbour on one side, or the touching one, which plain dot-product attention over absolute
     features finds hard."""
-    B, N, P = pos.shape
-    rel = pos[:, None, :, :] - pos[:, :, None, :]  # (B, N, N, P)
-    dist = rel.norm(dim=-1, keepdim=True)  # (B, N, N, 1)
-    unit = rel / dist.clamp(min=1e-9)  # (B, N, N, P); zero on the diagonal
-    gap = (dist - rad[:, :, None, None] - rad[:, None, :, None]).clamp(min=0.0, max=10.0 * step_scale) / step_scale
-    eye = torch.eye(N, dtype=torch.bool, device=pos.device)[None, :, :, None]
-    gap = gap.masked_fill(eye, 0.0)  # (B, N, N, 1)
-    geom = pos.new_zeros(B, N + n_extra, N + n_extra, P + 1)
-    geom[:, :N, :N] = torch.cat([unit, gap], dim=-1)
+    B, N, _, P = pairs.rel.shape
+    eye = torch.eye(N, dtype=torch.bool, device=pairs.rel.device)[None, :, :, None]
+    unit = pairs.rel / pairs.dist[..., None]  # (B, N, N, P)
+    gap = pairs.gap[..., None].clamp(min=0.0, max=10.0 * step_scale) / step_scale  # (B, N, N, 1)
+    # zero, and no gradient, on the diagonal: there rel = 0 over a clamped distance, whose huge
+    # derivative would only cancel out after rounding away the gradients of everything else
+    pair = torch.cat([unit, gap], dim=-1).masked_fill(eye, 0.0)  # (B, N, N, P+1)
+    geom = pairs.rel.new_zeros(B, N + n_extra, N + n_extra, P + 1)
+    geom[:, :N, :N] = pair
     return geom
 
 
@@ -82,6 +99,21 @@ class Neighbourhood:
 
     def __init__(self, mask: torch.Tensor | None, geom: torch.Tensor | None):
         self.mask, self.geom = mask, geom
+        self._bias: dict[tuple[int, bool], torch.Tensor] = {}
+
+    def attn_bias(self, geom_bias: nn.Module | None) -> torch.Tensor | None:
+        """What `scaled_dot_product_attention` takes as attn_mask for a block with this bias layer:
+        the mask alone, or the learned per-head bias (B, H, L, L) with masked pairs at -inf. Kept
+        per layer and grad mode, so the shared block computes it once per step, not per iteration."""
+        if geom_bias is None or self.geom is None:
+            return self.mask
+        key = (id(geom_bias), torch.is_grad_enabled())  # a bias built without grad must not serve one with
+        if key not in self._bias:
+            bias = geom_bias(self.geom).permute(0, 3, 1, 2)  # (B, L, L, H) -> (B, H, L, L)
+            if self.mask is not None:
+                bias = bias.masked_fill(~self.mask, float("-inf"))  # every row keeps its own token
+            self._bias[key] = bias
+        return self._bias[key]
 
     def take(self, rows: torch.Tensor) -> "Neighbourhood":
         """The context of a subset of the batch (rows still iterating)."""

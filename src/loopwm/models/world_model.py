@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from loopwm.models.blocks import MLP
 from loopwm.models.dynamics import Dynamics, State
 from loopwm.models.exits import ExitRule
-from loopwm.models.locality import Neighbourhood, neighbour_graph, relative_geometry, token_mask
+from loopwm.models.locality import Neighbourhood, PairGeometry, neighbour_graph, pair_geometry, relative_geometry, token_mask
 from loopwm.models.looped import DeepCore, LoopedCore
 from loopwm.models.pixels import ConvDecoder, PixelEncoder
 from loopwm.utils import LoopWMError
@@ -182,7 +182,8 @@ class EntityEncoder(nn.Module):
         self.n_neighbour_slots = cfg.neighbours if spec.kinematic else 0
         self.mlp = MLP(n_in, 2 * cfg.d, cfg.d)
 
-    def features(self, obs: torch.Tensor, norm: dict[str, torch.Tensor], action_feat: torch.Tensor) -> torch.Tensor:
+    def features(self, obs: torch.Tensor, norm: dict[str, torch.Tensor], action_feat: torch.Tensor,
+                 pairs: PairGeometry | None = None) -> torch.Tensor:
         spec = self.spec
         B, N, Fdim = obs.shape
         parts = [(obs - norm["mean"]) / norm["std_safe"]]  # (B, N, F)
@@ -197,11 +198,8 @@ class EntityEncoder(nn.Module):
             parts.append(((hi - pos) - rad[..., None]).clamp(max=10.0) / step_scale)
             slots = self.n_neighbour_slots
             if self.k > 0:
-                rel = pos[:, None, :, :] - pos[:, :, None, :]  # (B, N, N, P): j minus i
+                rel, dist, gap = pairs if pairs is not None else pair_geometry(pos, rad)  # (B, N, N, P), (B, N, N) x2
                 relv = vel[:, None, :, :] - vel[:, :, None, :]  # (B, N, N, P)
-                dist = rel.norm(dim=-1).clamp(min=1e-6)  # (B, N, N)
-                gap = dist - rad[:, :, None] - rad[:, None, :]  # (B, N, N)
-                gap = gap + torch.eye(N, device=obs.device) * BIG  # never pick yourself
                 gap_k, idx = gap.topk(self.k, dim=-1, largest=False)  # (B, N, K)
                 take = lambda t: torch.gather(t, 2, idx[..., None].expand(-1, -1, -1, t.shape[-1]))  # noqa: E731
                 rel_k, relv_k = take(rel), take(relv)  # (B, N, K, P)
@@ -225,8 +223,8 @@ class EntityEncoder(nn.Module):
         parts.append(action_feat[:, None, :].expand(B, N, -1))  # (B, N, A) the action, broadcast
         return torch.cat(parts, dim=-1)
 
-    def forward(self, obs, norm, action_feat):
-        return self.mlp(self.features(obs, norm, action_feat))  # (B, N, d)
+    def forward(self, obs, norm, action_feat, pairs=None):
+        return self.mlp(self.features(obs, norm, action_feat, pairs))  # (B, N, d)
 
 
 class WorldModel(Dynamics, nn.Module):
@@ -365,21 +363,30 @@ class WorldModel(Dynamics, nn.Module):
         h = obs.new_zeros(B, self.n_state_tokens(N), self.cfg.d)  # (B, N_h, d)
         return State(h=h, z=None, obs=obs, real=True)
 
-    def neighbourhood(self, obs: torch.Tensor) -> Neighbourhood | None:
+    def pairs(self, obs: torch.Tensor) -> PairGeometry | None:
+        """Pairwise geometry of the bodies of an observation (B, N, F), or None where nothing uses
+        it (no kinematics, or no edge features and full attention without bias)."""
+        spec, cfg = self.spec, self.cfg
+        edges = isinstance(self.encoder, EntityEncoder) and self.encoder.k > 0
+        if not spec.kinematic or not (edges or cfg.attention != "full" or cfg.attn_bias):
+            return None
+        rad = obs[..., spec.radius_idx] if spec.radius_idx is not None else torch.zeros_like(obs[..., 0])  # (B, N)
+        return pair_geometry(obs[..., spec.position_idx], rad)
+
+    def neighbourhood(self, obs: torch.Tensor, pairs: PairGeometry | None = None) -> Neighbourhood | None:
         """The attention context of one step from the observation it reads (B, N, F): a mask
         over the step's N + G + 1 tokens (local attention) and pair geometry (attention bias), or
-        None for plain full attention."""
-        cfg, spec = self.cfg, self.spec
+        None for plain full attention. `pairs`: that observation's `pairs()`, if already computed."""
+        cfg = self.cfg
         if cfg.attention == "full" and not cfg.attn_bias:
             return None
-        pos = obs[..., spec.position_idx]  # (B, N, P)
-        rad = obs[..., spec.radius_idx] if spec.radius_idx is not None else torch.zeros_like(obs[..., 0])  # (B, N)
+        pairs = pairs if pairs is not None else self.pairs(obs)
         n_extra = cfg.n_global + 1  # global tokens and the action token
         mask = None
         if cfg.attention != "full":
-            adj = neighbour_graph(pos, rad, cfg.attn_neighbours, cfg.attn_radius)  # (B, N, N)
+            adj = neighbour_graph(pairs, cfg.attn_neighbours, cfg.attn_radius)  # (B, N, N)
             mask = token_mask(adj, n_extra, entities_read_globals=cfg.attention == "local+globals")
-        geom = relative_geometry(pos, rad, self.step_scale, n_extra) if cfg.attn_bias else None
+        geom = relative_geometry(pairs, self.step_scale, n_extra) if cfg.attn_bias else None
         return Neighbourhood(mask, geom)
 
     def sample_depth(self, batch: int, device) -> torch.Tensor:
@@ -410,8 +417,12 @@ class WorldModel(Dynamics, nn.Module):
             depth = self.sample_depth(B, obs.device) if self.training else self.cfg.resolved_eval_depth()
         if isinstance(depth, int):
             depth = torch.full((B,), depth, dtype=torch.long, device=obs.device)
+        pairs = self.pairs(obs)  # once per step: the encoder's edge features and the attention context
         if state.real or self.cfg.feedback == "prediction":
-            e_obs = self.encoder(obs, self._norm(), act)  # (B, P, d)
+            if pairs is not None:
+                e_obs = self.encoder(obs, self._norm(), act, pairs)  # (B, P, d)
+            else:
+                e_obs = self.encoder(obs, self._norm(), act)  # (B, P, d)
         else:
             e_obs = self.no_obs.expand(B, P, -1)  # (B, P, d)
         h_prev = state.h  # (B, P + G, d)
@@ -424,7 +435,7 @@ class WorldModel(Dynamics, nn.Module):
             dim=1,
         )  # (B, P + G + 1, d)
         z0 = state.z if self.cfg.carry_state else None
-        nbhd = self.neighbourhood(obs)  # rebuilt every step from the positions this step reads
+        nbhd = self.neighbourhood(obs, pairs)  # rebuilt every step from the positions this step reads
         n_grad = self.cfg.resolved_n_grad() if self.training else None
         # per-iteration outputs, for the gate's training signal and for depth supervision
         per_iteration = [] if (self.training and (self.cfg.exit_gate or self.supervise_every_iteration)) else None

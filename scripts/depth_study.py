@@ -69,6 +69,12 @@ class DepthStudyConfig:
     """Training seed."""
     workers: int = 2
     """Training processes at once (one thread each)."""
+    exit_rules: list[str] = field(default_factory=lambda: ["delta", "accel", "token-delta"])
+    """Exit rules measured against fixed depth (token-delta: each disc stops on its own)."""
+    exit_sizes: list[int] = field(default_factory=lambda: [16, 32])
+    """World sizes the exit rules are measured on (the larger ones need more, and more varied, depth)."""
+    stages: list[str] = field(default_factory=lambda: ["train", "score", "exits", "summary"])
+    """Stages to run (each re-uses what earlier runs finished)."""
     quick: bool = False
     """A few-minute version for checking the script."""
 
@@ -138,10 +144,14 @@ def main(cfg: DepthStudyConfig) -> None:
     # ---- training (equal steps), two runs at a time
     runs_path = out / "runs.jsonl"
     runs = {r["model"]: r for r in _read(runs_path)}
+    if "train" not in cfg.stages:
+        cfg_models = [m for m in cfg.models if m in runs]
+        cfg = replace(cfg, models=cfg_models)
     jobs = [{"name": m, "model": model_config(m, cfg), "data": str(data[cfg.n_bodies]), "run": str(out / "runs" / m),
              "steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "context": cfg.context,
              "horizon": cfg.horizon, "seed": cfg.seed} for m in cfg.models if runs.get(m, {}).get("steps") != cfg.steps]
     jobs.sort(key=lambda j: -(2 * cfg.mu_rec if j["model"].kind == "looped" else j["model"].n_deep))  # longest first
+    jobs = jobs if "train" in cfg.stages else []
     with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn")) as pool:
         for row in pool.map(_train, jobs):
             runs[row["model"]] = row
@@ -154,7 +164,7 @@ def main(cfg: DepthStudyConfig) -> None:
     results_path, strata_path = out / "results.jsonl", out / "strata.jsonl"
     results, strata = _read(results_path), _read(strata_path)
     scored = {(r["model"], r["size"]) for r in results}
-    for name in cfg.models:
+    for name in cfg.models if "score" in cfg.stages else []:
         model, meta = load_model(out / "runs" / name, device)
         runs[name]["params"] = model.param_count()
         depths = cfg.test_depths if model.cfg.kind == "looped" else [model.cfg.n_deep]
@@ -178,22 +188,27 @@ def main(cfg: DepthStudyConfig) -> None:
             print(f"scored {name} on {n} discs", flush=True)
     _write(runs_path, list(runs.values()))
 
-    # ---- adaptive depth: training-free exit rules against fixed depths, on the trained size
+    # ---- adaptive depth: training-free exit rules against fixed depths, per world size
     exits_path = out / "exits.jsonl"
     exits = _read(exits_path)
-    done = {r["model"] for r in exits}
-    for name in [m for m in cfg.models if m.startswith("looped") and m not in done]:
+    done = {(r["model"], r.get("size", cfg.n_bodies), r["rule"]) for r in exits}
+    for name in [m for m in cfg.models if m.startswith("looped")] if "exits" in cfg.stages else []:
         model, meta = load_model(out / "runs" / name, device)
-        ds = TrajectoryDataset.load(data[cfg.n_bodies])
-        top = min(16, max(cfg.test_depths))  # error is flat beyond 16 in every run so far; rules stop earlier
-        fixed = sorted({d for d in range(1, top + 1) if d <= 8 or d in cfg.test_depths})
-        rules = {"delta": [0.003, 0.01, 0.03, 0.1], "accel": [0.003, 0.01, 0.03, 0.1]}
-        for row in exit_sweep(model, ds, np.asarray(meta["val_episodes"]), rules, fixed, top, context=cfg.context,
-                               device=device):
-            exits.append({"model": name, **row})
-        _write(exits_path, exits)
-        print(f"exit rules measured for {name}", flush=True)
-    write_summary(out, cfg)
+        for n in [n for n in cfg.exit_sizes if n in data]:
+            rules = {r: [0.003, 0.01, 0.03, 0.1] for r in cfg.exit_rules if (name, n, r) not in done}
+            if not rules:
+                continue
+            ds = TrajectoryDataset.load(data[n])
+            episodes = np.asarray(meta["val_episodes"]) if n == cfg.n_bodies else np.arange(min(len(ds), 60))
+            top = min(16, max(cfg.test_depths))  # error is flat beyond 16 in every run so far; rules stop earlier
+            fixed = sorted({d for d in range(1, top + 1) if d <= 8 or d in cfg.test_depths})
+            fixed = fixed if (name, n, "fixed") not in done else []
+            for row in exit_sweep(model, ds, episodes, rules, fixed, top, context=cfg.context, device=device):
+                exits.append({"model": name, "size": n, **row})
+            _write(exits_path, exits)
+            print(f"exit rules measured for {name} on {n} discs", flush=True)
+    if "summary" in cfg.stages:
+        write_summary(out, cfg)
 
 
 def _read(path: Path) -> list[dict]:
@@ -271,24 +286,33 @@ def write_summary(out: Path, cfg: DepthStudyConfig) -> None:
             cells.append(cell)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     exits = _read(out / "exits.jsonl") if (out / "exits.jsonl").exists() else []
-    for name in dict.fromkeys(r["model"] for r in exits):
-        rows = [r for r in exits if r["model"] == name]
+    for name, n in dict.fromkeys((r["model"], r.get("size", N)) for r in exits):
+        rows = [r for r in exits if r["model"] == name and r.get("size", N) == n]
         fixed = {r["max_depth"]: r for r in rows if r["rule"] == "fixed"}
+        if not fixed:
+            continue
         top = fixed[max(fixed)]
-        lines += ["", f"## {name}: exit rules against fixed depth ({N} discs; horizon-10 error, mean iterations per step)", "",
-                  f"Fixed {max(fixed)} iterations: h10 {top['error_h10']:.4f}, h1 {top['error_h1']:.4f}.", "",
-                  "| rule | threshold | mean iterations | h1 | h10 | fixed round(M): h10 | within 2% of the fixed maximum | "
-                  "rank correlation with solver sweeps |", "|---|---|---|---|---|---|---|---|"]
+        lines += ["", f"## {name}: exit rules against fixed depth ({n} discs; horizon-10 error, iterations per step)", "",
+                  f"Fixed {max(fixed)} iterations: h10 {top['error_h10']:.4f}, h1 {top['error_h1']:.4f}. Compute M is "
+                  "iterations per token (per-token rules: the mean over discs of the iterations that updated each; "
+                  "the others: iterations per scene).", "",
+                  "| rule | threshold | M | iterations per scene | h1 | h10 | fixed round(M): h10 | beats round(M) | "
+                  "within 2% of the fixed maximum | rank correlation with solver sweeps |", "|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             if r["rule"] == "fixed":
                 continue
-            m = max(1, round(r["mean_iterations"]))
+            M = r.get("mean_token_iterations", r["mean_iterations"])
+            m = max(1, round(M))
             near = fixed.get(m) or fixed[min(fixed, key=lambda d: abs(d - m))]
             ok = r["error_h10"] <= 1.02 * top["error_h10"]
-            lines.append(f"| {r['rule']} | {r['threshold']:g} | {r['mean_iterations']:.2f} | {r['error_h1']:.4f} | "
+            beats = r["error_h10"] < near["error_h10"]
+            rho = r["iterations_solver_spearman"]
+            rho_tok = r.get("token_iterations_solver_spearman")
+            rho_cell = f"{rho:.2f}" + (f" (per token {rho_tok:.2f})" if r["rule"].startswith("token") and rho_tok is not None else "")
+            lines.append(f"| {r['rule']} | {r['threshold']:g} | {M:.2f} | {r['mean_iterations']:.2f} | {r['error_h1']:.4f} | "
                          f"{r['error_h10']:.4f} | {near['error_h10']:.4f} (depth {near['max_depth']}) | "
-                         f"{'yes' if ok else 'no'} ({r['mean_iterations'] / max(fixed):.0%} of its iterations) | "
-                         f"{r['iterations_solver_spearman']:.2f} |")
+                         f"{'yes' if beats else 'no'} | {'yes' if ok else 'no'} ({M / max(fixed):.0%} of its iterations) | "
+                         f"{rho_cell} |")
     atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
     plot(out, cfg, results, strata)
 

@@ -157,3 +157,57 @@ def test_a_kept_exit_rule_round_trips_and_a_broken_record_is_refused(tmp_path):
     (tmp_path / "exit.json").write_text('{"exit_rule": "gate"}')
     with pytest.raises(LoopWMError, match="not a valid exit-rule record"):
         default_exit(tmp_path)
+
+
+def test_per_token_exit_that_never_fires_equals_fixed_depth_and_one_that_always_does_equals_one_pass():
+    model = small_model().eval()
+    obs, act = random_obs(3, 2), torch.rand(3, 4, 2)
+    state = model.initial(obs[:, 0])
+    _, fixed = model.imagine(state, act, depth=6)
+    _, never = model.imagine(state, act, depth=6, exit_rule=make_exit_rule("token-delta", 0.0))
+    _, one = model.imagine(state, act, depth=1)
+    _, always = model.imagine(state, act, depth=6, exit_rule=make_exit_rule("token-delta", 1e9))
+    torch.testing.assert_close(fixed.obs, never.obs)
+    assert bool((never.iterations == 6).all()) and bool((never.token_iterations == 6).all())
+    torch.testing.assert_close(one.obs, always.obs)
+    assert bool((always.iterations == 1).all()) and bool((always.token_iterations == 1).all())
+
+
+def test_a_settled_token_keeps_its_state_while_the_others_iterate():
+    from loopwm.models.exits import ExitRule
+    from loopwm.models.looped import LoopedCore
+
+    class SettleToken0(ExitRule):  # token 0 of every sample settles after its first iteration
+        per_token = True
+
+        def should_stop(self, t, z_prev, z_new, rows):
+            stop = torch.zeros(z_new.shape[:2], dtype=torch.bool)
+            stop[:, 0] = True
+            return stop
+
+    torch.manual_seed(0)
+    core = LoopedCore(d=16, n_heads=2).eval()
+    e, z0 = torch.randn(2, 5, 16), torch.randn(2, 5, 16)
+    traj: list = []
+    z, used, work = core.iterate(e, z0, torch.full((2,), 4), exit_rule=SettleToken0(), trajectory=traj)
+    assert used.tolist() == [4, 4]  # the other tokens never settle
+    assert work.tolist() == pytest.approx([(1 + 4 * 4) / 5] * 2)  # token iterations per token
+    for later in traj[2:]:
+        torch.testing.assert_close(later[:, 0], traj[1][:, 0])  # frozen after iteration 1
+    assert not torch.allclose(traj[2][:, 1], traj[1][:, 1])  # the rest still moves
+    z1, _, _ = core.iterate(e, z0, torch.full((2,), 1))
+    torch.testing.assert_close(z[:, 0], z1[:, 0])
+
+
+def test_batched_per_token_exits_equal_per_sample_ones():
+    model = small_model().eval()
+    obs, act = random_obs(4, 2, seed=5), torch.rand(4, 5, 2)
+    rule = make_exit_rule("token-delta", 0.05)
+    _, batched = model.imagine(model.initial(obs[:, 0]), act, depth=10, exit_rule=rule)
+    assert batched.token_iterations.unique().numel() > 1  # tokens settled at different times
+    assert bool((batched.token_iterations <= batched.iterations).all())
+    for i in range(4):
+        _, alone = model.imagine(model.initial(obs[i : i + 1, 0]), act[i : i + 1], depth=10, exit_rule=rule)
+        torch.testing.assert_close(batched.obs[i : i + 1], alone.obs, atol=1e-5, rtol=1e-5)
+        assert torch.equal(batched.iterations[i : i + 1], alone.iterations)
+        torch.testing.assert_close(batched.token_iterations[i : i + 1], alone.token_iterations)

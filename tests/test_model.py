@@ -77,7 +77,7 @@ def test_looped_core_equals_weight_tied_unrolled_stack():
     torch.manual_seed(0)
     core = LoopedCore(d=16, n_heads=2, n_recurrent=2).eval()
     e, z0 = torch.randn(3, 5, 16), torch.randn(3, 5, 16)
-    z, used = core.iterate(e, z0, torch.full((3,), 4))
+    z, used, _ = core.iterate(e, z0, torch.full((3,), 4))
     ref = z0
     for _ in range(4):  # by hand: inject, then the same two blocks each time
         x = core.inject.a_bar() * ref + torch.nn.functional.softplus(core.inject.dt_raw) * (e @ core.inject.B.T)
@@ -93,10 +93,10 @@ def test_per_sample_depths_equal_separate_runs():
     core = LoopedCore(d=16, n_heads=2).eval()
     e, z0 = torch.randn(3, 5, 16), torch.randn(3, 5, 16)
     depth = torch.tensor([2, 5, 3])
-    z, used = core.iterate(e, z0, depth)
+    z, used, _ = core.iterate(e, z0, depth)
     assert used.tolist() == [2, 5, 3]
     for i in range(3):
-        zi, _ = core.iterate(e[i : i + 1], z0[i : i + 1], depth[i : i + 1])
+        zi, _, _ = core.iterate(e[i : i + 1], z0[i : i + 1], depth[i : i + 1])
         torch.testing.assert_close(z[i : i + 1], zi)
 
 
@@ -105,7 +105,7 @@ def test_no_gradient_reaches_iterations_before_the_window():
     core = LoopedCore(d=16, n_heads=2).train()
     e = torch.randn(2, 5, 16, requires_grad=True)
     z0 = torch.randn(2, 5, 16, requires_grad=True)
-    z, _ = core.iterate(e, z0, torch.tensor([6, 2]), n_grad=2)
+    z, _, _ = core.iterate(e, z0, torch.tensor([6, 2]), n_grad=2)
     z.sum().backward()
     # sample 0 ran 6 iterations, only the last 2 with gradient: z0 gets none; sample 1 ran 2: z0 gets some
     assert float(z0.grad[0].abs().sum()) == 0.0
@@ -188,9 +188,9 @@ def test_halted_samples_are_frozen():
         def should_stop(self, t, z_prev, z_new, rows):
             return (rows == 0) & torch.tensor(t + 1 >= 2)
 
-    z, used = core.iterate(e, z0, torch.full((4,), 5), exit_rule=StopFirstAfterTwo())
+    z, used, _ = core.iterate(e, z0, torch.full((4,), 5), exit_rule=StopFirstAfterTwo())
     assert used.tolist() == [2, 5, 5, 5]
-    z2, _ = core.iterate(e[:1], z0[:1], torch.tensor([2]))
+    z2, _, _ = core.iterate(e[:1], z0[:1], torch.tensor([2]))
     torch.testing.assert_close(z[:1], z2)
 
 

@@ -135,3 +135,50 @@ def test_a_run_killed_with_sigkill_resumes(dataset, tmp_path):
     assert meta["step"] == killed_at + 5
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, killed_at + 6))
+
+
+def test_plateau_rule_on_hand_made_curves():
+    falling = [(s, 1.0 / s) for s in range(1, 11)]  # still improving in its last fifth
+    flat = [(s, 1.0) for s in range(1, 11)]
+    slow = [(s, 1.0 - 0.001 * s) for s in range(1, 11)]  # under 2% better in the last fifth
+    assert not loop.plateaued(falling, 0.02) and loop.plateaued(flat, 0.02) and loop.plateaued(slow, 0.02)
+    assert not loop.plateaued(slow, 0.001)  # ... but more than 0.1% better
+    assert not loop.plateaued(flat[:4], 0.02)  # too few points to judge
+
+
+def test_until_plateau_holds_the_peak_rate_then_cools_down_and_stops(dataset, tmp_path):
+    # a tolerance of 99% calls any curve a plateau as soon as it has five points (step 10 here)
+    cfg = tiny_cfg(dataset, tmp_path / "plateau", steps=1000, eval_every=2, ckpt_every=4, until_plateau=0.99, warmup=1)
+    _, meta = final_weights(train(cfg))
+    records = [json.loads(line) for line in (tmp_path / "plateau" / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in records]
+    assert meta["stop_reason"] == "plateau" and meta["cooldown_from"] == 10 and meta["step"] == 12
+    assert lrs[1:10] == [cfg.lr] * 9 and lrs[10] == pytest.approx(cfg.lr) and lrs[11] < cfg.lr
+    assert records[9]["train/cooldown_from"] == 10
+
+
+def test_until_plateau_without_a_plateau_cools_down_to_end_at_the_cap(dataset, tmp_path):
+    cfg = tiny_cfg(dataset, tmp_path / "cap", steps=12, eval_every=100, until_plateau=0.02, warmup=1)
+    _, meta = final_weights(train(cfg))
+    assert meta["stop_reason"] == "cap" and meta["cooldown_from"] == 10 and meta["step"] == 12
+
+
+def test_until_plateau_resumes_mid_cooldown_to_the_same_result(dataset, tmp_path, monkeypatch):
+    kw = dict(steps=1000, eval_every=2, ckpt_every=1, until_plateau=0.99, warmup=1)
+    straight, _ = final_weights(train(tiny_cfg(dataset, tmp_path / "straight", **kw)))
+    real_save = loop.save_checkpoint
+
+    def save_then_die(run_dir, step, *args, **kwargs):
+        path = real_save(run_dir, step, *args, **kwargs)
+        if step == 11:  # inside the cool-down (steps 10-12)
+            raise KeyboardInterrupt
+        return path
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_cfg(dataset, tmp_path / "resumed", **kw))
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    resumed, meta = final_weights(train(tiny_cfg(dataset, tmp_path / "resumed", **kw)))
+    assert meta["step"] == 12 and meta["stop_reason"] == "plateau"
+    for key in straight:
+        torch.testing.assert_close(straight[key], resumed[key], msg=key)

@@ -2,7 +2,8 @@
 
 Every model (the looped model, deep transformers of growing depth and width, the RSSM) is trained
 by the same loop on the same episodes, once per budget currency: an equal number of gradient steps,
-and an equal wall-clock time. Each model family gets the same small learning-rate sweep first. All
+an equal wall-clock time, or each until its validation error stops improving (`converged`: the
+last fifth of its training not 2% better than the rest, a cap on steps; see TrainConfig.until_plateau). Each model family gets the same small learning-rate sweep first. All
 are scored by the same open-loop code on the same held-out episodes; FLOPs and imagined steps per
 second are measured at the end, side by side in this one process with nothing else running.
 
@@ -12,7 +13,9 @@ while one other run shares the machine, the same condition for all.
 
 Output, under --out:
 
-    results.jsonl     one row per model, world, seed, budget and horizon
+    results.jsonl     one row per model, world, seed, budget and horizon (with the steps, samples and
+                      minutes each model trained, and why it stopped)
+    curves.jsonl      every run's validation curve (learning_curves.png draws them)
     depth.jsonl       the looped model's horizon-10 error at each test-time iteration count
     tuning.json       the learning rate kept per model family (per world with --tune-each-world),
                       with the scores behind it
@@ -59,6 +62,7 @@ def world_source(world: str, cfg: "BenchConfig") -> dict:
     return {"env_id": name, "n_bodies": None, "obs": "pixels" if pixels else "state", "pixel_size": cfg.pixel_size,
             "max_episode_steps": cfg.max_episode_steps}
 CONTEXT = 4  # observed steps before open-loop scoring, equal to training's context
+BUDGETS = ("steps", "wallclock", "converged")
 
 
 def model_suite(quick: bool) -> dict[str, tuple[ModelConfig, RSSMConfig]]:
@@ -111,7 +115,14 @@ class BenchConfig:
     minutes: float = 1.25
     """Training minutes per model in the equal-wall-clock currency."""
     budgets: tuple[str, ...] = ("steps", "wallclock")
-    """Currencies to match models in."""
+    """Currencies to match models in: steps, wallclock, converged."""
+    converge_tolerance: float = 0.02
+    """converged budget: a model has converged when its last fifth of training improved validation
+    error by less than this fraction."""
+    converge_cap: int = 20_000
+    """converged budget: most gradient steps per model (a model still improving there is reported so)."""
+    converge_eval_every: int = 250
+    """converged budget: validate every this many steps (the curve the rule reads)."""
     lrs: tuple[float, ...] = (1e-3, 2e-3, 4e-3)
     """Learning rates tried per model family (seed 0, equal steps); the best horizon-10 validation
     error decides. One value skips the sweep."""
@@ -146,10 +157,11 @@ def write_reports(out: Path) -> str:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     rows, depth_rows = read("results.jsonl"), read("depth.jsonl")
+    curves = read("curves.jsonl") if (out / "curves.jsonl").exists() else []  # older benchmarks have none
     table, found = markdown_table(rows), findings(rows)
     atomic_write_text(out / "table.md", table)
     atomic_write_text(out / "findings.md", found)
-    plot_all(rows, depth_rows, out)
+    plot_all(rows, depth_rows, out, curves)
     return table + "\n" + found
 
 
@@ -162,9 +174,13 @@ def resolve(cfg: BenchConfig) -> BenchConfig:
     unknown = [m for m in cfg.models if m not in model_suite(cfg.quick)]
     if unknown:
         raise LoopWMError(f"unknown model(s) {unknown}: choose from {', '.join(model_suite(cfg.quick))}")
-    bad = [b for b in cfg.budgets if b not in ("steps", "wallclock")]
+    bad = [b for b in cfg.budgets if b not in BUDGETS]
     if bad or not cfg.budgets:
-        raise LoopWMError(f"unknown budget(s) {bad or cfg.budgets}: use steps and/or wallclock")
+        raise LoopWMError(f"unknown budget(s) {bad or cfg.budgets}: use any of {', '.join(BUDGETS)}")
+    if "converged" in cfg.budgets and not (0 < cfg.converge_tolerance < 1 and cfg.converge_cap >= 1
+                                           and cfg.converge_eval_every >= 1):
+        raise LoopWMError("the converged budget needs 0 < --converge-tolerance < 1, --converge-cap >= 1 and "
+                          "--converge-eval-every >= 1")
     if not cfg.lrs or min(cfg.lrs) <= 0:
         raise LoopWMError(f"--lrs needs at least one positive learning rate, got {cfg.lrs}")
     if cfg.workers < 1 or cfg.seeds < 1 or cfg.steps < 1 or cfg.horizon < 10:
@@ -197,13 +213,18 @@ def _train_and_score(job: dict) -> dict:
     torch.set_num_threads(1)
     device = pick_device(job["device"])
     budget = job["budget"]
+    steps = {"steps": job["steps"], "wallclock": 10**9, "converged": job["converge_cap"]}[budget]
     tcfg = TrainConfig(data=job["data"], out=job["run_dir"], model=ModelConfig(**job["model"]),
-                       rssm=RSSMConfig(**job["rssm"]), lr=job["lr"],
-                       seed=job["seed"], steps=job["steps"] if budget == "steps" else 10**9,
-                       minutes=0.0 if budget == "steps" else job["minutes"],
-                       eval_every=10**9, ckpt_every=500, progress=False, device=job["device"])
+                       rssm=RSSMConfig(**job["rssm"]), lr=job["lr"], seed=job["seed"], steps=steps,
+                       minutes=job["minutes"] if budget == "wallclock" else 0.0,
+                       until_plateau=job["converge_tolerance"] if budget == "converged" else 0.0,
+                       eval_every=job["converge_eval_every"] if budget == "converged" else 10**9,
+                       ckpt_every=500, progress=False, device=job["device"])
     train(tcfg)
     model, meta = load_model(job["run_dir"], device)
+    records = [json.loads(x) for x in (Path(job["run_dir"]) / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    trained = {"val_curve": [[r["step"], r["val/obs"]] for r in records if "val/obs" in r],
+               "stop_reason": meta.get("stop_reason", budget), "train_samples": int(meta["step"]) * tcfg.batch_size}
     # scores are kept next to the run: a re-run of the bench (after adding a model, or after a kill)
     # re-scores nothing that has not changed
     key = {"step": int(meta["step"]), "horizon": job["horizon"], "test_depths": job["test_depths"], "context": CONTEXT}
@@ -211,7 +232,8 @@ def _train_and_score(job: dict) -> dict:
     if cache.exists():
         saved = json.loads(cache.read_text())
         if saved.get("key") == key:
-            return {**saved["result"], "depth_errors": {int(k): v for k, v in saved["result"]["depth_errors"].items()}}
+            return {**saved["result"], **trained,
+                    "depth_errors": {int(k): v for k, v in saved["result"]["depth_errors"].items()}}
     ds = TrajectoryDataset.load(job["data"])
     val = np.asarray(meta["val_episodes"])
     res = open_loop(model, ds, val, CONTEXT, job["horizon"], 256, device=device)
@@ -226,7 +248,7 @@ def _train_and_score(job: dict) -> dict:
               "train_steps": int(meta["step"]), "train_seconds": float(meta.get("train_seconds", 0.0)),
               "depth_errors": depth_errors}
     atomic_write_text(cache, json.dumps({"key": key, "result": result}) + "\n")
-    return result
+    return {**result, **trained}
 
 
 def _run_jobs(jobs: list[dict], cfg: BenchConfig, desc: str) -> list[dict]:
@@ -257,8 +279,9 @@ def _cost(mcfg: ModelConfig, budget: str, cfg: BenchConfig) -> float:
     """A rough training time estimate, only to start the longest runs first."""
     if budget == "wallclock":
         return cfg.minutes * 60
+    steps = cfg.converge_cap / 4 if budget == "converged" else cfg.steps
     blocks = {"looped": mcfg.mu_rec * 0.6, "deep": mcfg.n_deep, "rssm": 0.3}[mcfg.kind] * (mcfg.d / 64) ** 2
-    return cfg.steps * 0.03 * (2 + blocks)
+    return steps * 0.03 * (2 + blocks)
 
 
 def run_bench(cfg: BenchConfig) -> Path:
@@ -278,6 +301,8 @@ def run_bench(cfg: BenchConfig) -> Path:
                 "run_dir": str(_run_dir(out, world, name, lr, seed, budget)), "model": asdict(suite[name][0]),
                 "rssm": asdict(suite[name][1]),
                 "steps": cfg.steps, "minutes": cfg.minutes, "horizon": cfg.horizon, "device": cfg.device,
+                "converge_cap": cfg.converge_cap, "converge_tolerance": cfg.converge_tolerance,
+                "converge_eval_every": cfg.converge_eval_every,
                 "test_depths": list(cfg.test_depths) if name == "looped" and budget == cfg.budgets[0] else [],
                 "cost": _cost(suite[name][0], budget, cfg)}
 
@@ -320,19 +345,24 @@ def run_bench(cfg: BenchConfig) -> Path:
             if name == "looped":
                 timed[(world, "depth_flops")] = {d: count_step_flops(model, obs0, act0, d) for d in cfg.test_depths}
 
-    rows, depth_rows = [], []
+    rows, depth_rows, curves = [], [], []
     for j, r in zip(jobs, results):
         t = timed[(j["world"], j["name"])]
         for h in range(1, len(r["errors"]) + 1):  # fewer when a world's held-out episodes are short
             rows.append({"model": j["name"], "world": j["world"], "seed": j["seed"], "horizon": h, "budget": j["budget"],
                          "lr": j["lr"], "error": r["errors"][h - 1], "params": r["params"], **t,
                          "iterations": r["iterations"], "train_steps": r["train_steps"], "train_seconds": r["train_seconds"],
+                         "train_samples": r["train_samples"], "stop_reason": r["stop_reason"],
                          **{f"floor_{k}": v[h - 1] for k, v in r["floors"].items()}})
+        curves.append({"model": j["name"], "world": j["world"], "seed": j["seed"], "budget": j["budget"], "lr": j["lr"],
+                       "val_curve": r["val_curve"], "stop_reason": r["stop_reason"], "train_steps": r["train_steps"],
+                       "train_seconds": r["train_seconds"]})
         for depth, err in r["depth_errors"].items():
             depth_rows.append({"world": j["world"], "seed": j["seed"], "depth": int(depth), "error_h10": err,
                                "flops_per_step": timed[(j["world"], "depth_flops")][int(depth)]})
     atomic_write_text(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     atomic_write_text(out / "depth.jsonl", "".join(json.dumps(r) + "\n" for r in depth_rows))
+    atomic_write_text(out / "curves.jsonl", "".join(json.dumps(r) + "\n" for r in curves))
     atomic_write_text(out / "config.json", json.dumps({**asdict(cfg), "minutes_taken": round((time.time() - start) / 60, 1)}, indent=2) + "\n")
     print(write_reports(out))
     return out
@@ -356,7 +386,7 @@ def markdown_table(rows: list[dict]) -> str:
     keys = sorted({(r["world"], r["budget"], r["model"]) for r in rows}, key=lambda k: (k[0], k[1], _order(k[2])))
     hs = [h for h in (1, 10, 50) if any(r["horizon"] == h for r in rows)]
     head = "| world | budget | model | params | FLOPs/step | iters | " + " | ".join(f"h{h}" for h in hs) + \
-           " | steps/s b1 | steps/s b256 | train steps |"
+           " | steps/s b1 | steps/s b256 | train steps | train min | converged |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for world, budget, model in keys:
         sel = [r for r in rows if (r["world"], r["budget"], r["model"]) == (world, budget, model)]
@@ -365,14 +395,19 @@ def markdown_table(rows: list[dict]) -> str:
             mean, std = _mean_error(rows, world, budget, model, h)
             cells.append(f"{mean:.4f}" + (f" ± {std:.4f}" if len({r['seed'] for r in sel}) > 1 else ""))
         r0 = sel[0]
-        steps = np.mean([r["train_steps"] for r in sel if r["horizon"] == 1])
+        firsts = [r for r in sel if r["horizon"] == 1]
+        steps = np.mean([r["train_steps"] for r in firsts])
+        minutes = np.mean([r["train_seconds"] for r in firsts]) / 60
+        plateaus = sum(r.get("stop_reason") == "plateau" for r in firsts)
+        converged = f"{plateaus}/{len(firsts)} seeds" if budget == "converged" else "-"
         lines.append(f"| {world} | {budget} | {model} | {r0['params']:,} | {r0['flops_per_step']:,} | {r0['iterations']:.1f} | "
-                     + " | ".join(cells) + f" | {r0['steps_per_s_b1']:.0f} | {r0['steps_per_s_b256']:.0f} | {steps:.0f} |")
+                     + " | ".join(cells) + f" | {r0['steps_per_s_b1']:.0f} | {r0['steps_per_s_b256']:.0f} | {steps:.0f} | "
+                     f"{minutes:.1f} | {converged} |")
     for world in sorted({r["world"] for r in rows}):
         sel = [r for r in rows if r["world"] == world]
         for name in sorted(k[6:] for k in rows[0] if k.startswith("floor_")):
             cells = [f"{np.mean([r['floor_' + name] for r in sel if r['horizon'] == h]):.4f}" for h in hs]
-            lines.append(f"| {world} | - | floor: {name} | 0 | 0 | - | " + " | ".join(cells) + " | - | - | - |")
+            lines.append(f"| {world} | - | floor: {name} | 0 | 0 | - | " + " | ".join(cells) + " | - | - | - | - | - |")
     return "\n".join(lines) + "\n"
 
 
@@ -382,10 +417,18 @@ def findings(rows: list[dict]) -> str:
     if not any(r["model"] == "looped" for r in rows):
         return "\n".join(lines + ["(no looped model in this run: nothing to compare)", ""])
     worlds = sorted({r["world"] for r in rows})
-    budgets = [b for b in ("steps", "wallclock") if any(r["budget"] == b for r in rows)]
+    budgets = [b for b in BUDGETS if any(r["budget"] == b for r in rows)]
     horizons = [h for h in (1, 10, 50) if any(r["horizon"] == h for r in rows)]
+    titles = {"steps": "Equal gradient steps", "wallclock": "Equal wall-clock time",
+              "converged": "Each model trained until its validation error stopped improving"}
     for budget in budgets:
-        lines.append(f"## Equal {'gradient steps' if budget == 'steps' else 'wall-clock time'}")
+        lines.append(f"## {titles[budget]}")
+        if budget == "converged":
+            capped = sorted({f"{r['model']} ({r['world']}, seed {r['seed']})" for r in rows
+                             if r["budget"] == budget and r["horizon"] == 1 and r.get("stop_reason") != "plateau"})
+            lines.append("- Every run plateaued before the cap." if not capped else
+                         "- Still improving at the step cap (not converged; read their errors as upper bounds): "
+                         + ", ".join(capped) + ".")
         for world in worlds:
             params = {r["model"]: r["params"] for r in rows if r["world"] == world}  # sizes depend on the world
             looped, spread = _mean_error(rows, world, budget, "looped", 10)

@@ -1,7 +1,13 @@
 """`loopwm demo`: the whole method on the built-in world in under ten minutes on two CPU cores.
 
-collect episodes -> train a looped world model for a wall-clock budget -> evaluate on held-out
-episodes -> write plots, a side-by-side GIF and a summary. Re-running the same command resumes.
+collect episodes -> train a looped world model for a wall-clock budget -> record its exit rule ->
+evaluate on held-out episodes -> write plots, a side-by-side GIF and a summary. Re-running the same
+command resumes.
+
+The world is the rail (`loopwm/Rail-v0`): equal discs on one line in touching runs, where one
+observed step can pass an impulse through a whole run, so the work a step needs ranges from nothing
+(free flight) to tens of solver sweeps. The model stops iterating body by body (the token-delta exit
+rule), so its effort can follow that difficulty; the summary says how far it does.
 """
 
 from __future__ import annotations
@@ -12,14 +18,17 @@ from pathlib import Path
 
 from loopwm.data import CollectConfig, collect
 from loopwm.checkpoint import load_model
-from loopwm.eval.evaluate import EvalConfig, evaluate, format_table, write_figures
+from loopwm.eval.evaluate import EvalConfig, evaluate, format_table, keep_exit, write_figures
 from loopwm.models.world_model import ModelConfig
 from loopwm.train.loop import TrainConfig, train
 from loopwm.utils import atomic_write_json
 
 
 def demo_model() -> ModelConfig:
-    return ModelConfig(d=64, n_heads=4, mlp_ratio=4, mu_rec=2.0, n_grad=0, neighbours=3)
+    # full attention with the learned pair-geometry bias: the best of eight models in the depth study
+    # (results/depth); trained around 4 iterations, run up to 16 with an exit rule
+    return ModelConfig(d=64, n_heads=4, mlp_ratio=4, mu_rec=4.0, depth_max=12, n_grad=0, neighbours=2,
+                       attention="full", attn_bias=True)
 
 
 @dataclass
@@ -28,9 +37,9 @@ class DemoConfig:
 
     out: str = "runs/demo"
     """Run directory; the dataset goes to OUT/data."""
-    env_id: str = "loopwm/Balls-v0"
+    env_id: str = "loopwm/Rail-v0"
     """Built-in world (or any registered id with (N, F) observations)."""
-    n_bodies: int = 5
+    n_bodies: int = 16
     """Bodies in the world."""
     episodes: int = 300
     """Episodes to collect (200 steps each by default)."""
@@ -42,6 +51,19 @@ class DemoConfig:
     """Model architecture."""
     batch_size: int = 32
     """Training windows per step."""
+    lr: float = 3e-3
+    """Peak learning rate."""
+    context: int = 2
+    """Observed steps per training window."""
+    horizon: int = 4
+    """Imagined steps per training window."""
+    exit_rule: str = "token-delta"
+    """Exit rule recorded for the run and used by its evaluation (fixed, delta, accel, token-delta)."""
+    threshold: float = 0.03
+    """Threshold of the exit rule (token-delta 0.03: within 0.1% of 16 fixed iterations at a quarter of
+    their compute in the depth study)."""
+    exit_depth: int = 16
+    """Most iterations the exit rule may use per step."""
     gif_steps: int = 150
     """Frames in the side-by-side video."""
     seed: int = 0
@@ -66,10 +88,13 @@ def run_demo(cfg: DemoConfig) -> dict:
     data_dir = collect(CollectConfig(env_id=cfg.env_id, out=str(out / "data"), episodes=cfg.episodes, seed=cfg.seed,
                                      n_bodies=cfg.n_bodies, max_episode_steps=episode_steps, progress=cfg.progress))
     tcfg = TrainConfig(data=str(data_dir), out=str(out), model=cfg.model, steps=cfg.train_steps, minutes=cfg.train_minutes,
-                       batch_size=cfg.batch_size, seed=cfg.seed, device=cfg.device, progress=cfg.progress,
-                       eval_every=500 if not cfg.tiny else 2, ckpt_every=500 if not cfg.tiny else 2)
+                       batch_size=cfg.batch_size, lr=cfg.lr, context=cfg.context, horizon=cfg.horizon, seed=cfg.seed,
+                       device=cfg.device, progress=cfg.progress, eval_every=250 if not cfg.tiny else 2,
+                       ckpt_every=250 if not cfg.tiny else 2)
     train(tcfg)
-    ecfg = EvalConfig(run=str(out), device=cfg.device, seed=cfg.seed + 12345,
+    if cfg.model.kind == "looped":  # `loopwm eval RUN` uses the recorded rule from now on
+        keep_exit(out, cfg.exit_rule, cfg.threshold, cfg.exit_depth if not cfg.tiny else 4)
+    ecfg = EvalConfig(run=str(out), device=cfg.device, seed=cfg.seed + 12345, context=cfg.context,
                       rollout_steps=1000 if not cfg.tiny else 30, horizon=50 if not cfg.tiny else 10,
                       max_windows=512 if not cfg.tiny else 16)
     result = evaluate(ecfg, keep_rollout=True)
@@ -93,7 +118,16 @@ def summary(result: dict, files: dict, minutes: float) -> str:
     for h in pick:
         lines.append(f"  open-loop error at horizon {h:>2}: {err[h]:.4f}  (best floor {best[h]:.4f}, ratio {err[h] / max(best[h], 1e-12):.2f})")
     a_bar = "n/a" if result["max_a_bar"] is None else f"{result['max_a_bar']:.3f}"
-    lines.append(f"  parameters: {result['params']:,}   loop iterations per step: {result['iterations_per_step']:.2f}   max A_bar: {a_bar}")
+    lines.append(f"  parameters: {result['params']:,}   loop iterations per step: {result['iterations_per_step']:.2f} "
+                 f"(per body {result['token_iterations_per_step']:.2f}, exit rule {result['exit_rule']} "
+                 f"{result['threshold']:g}, at most {result['depth']})   max A_bar: {a_bar}")
+    if result.get("easy_iterations") is not None and result.get("hard_iterations") is not None:
+        rho = result.get("tracked_token_iterations_solver_spearman")
+        lines.append(f"  effort follows difficulty: {result['easy_iterations']:.2f} iterations per step in free flight "
+                     f"({result['easy_steps']} steps) against {result['hard_iterations']:.2f} on steps needing "
+                     f"{result['hard_sweeps']}+ solver sweeps ({result['hard_steps']}); per body "
+                     f"{result['easy_token_iterations']:.2f} against {result['hard_token_iterations']:.2f}; "
+                     f"rank correlation with the world's sweeps {'n/a' if rho is None else f'{rho:.2f}'}")
     if "rollout_std_ratio" in result:
         lines.append(f"  {result['rollout_steps']}-step imagined rollout: max |obs| {result['rollout_max_abs']:.3f}, "
                      f"std ratio {result['rollout_std_ratio']:.2f}, inside box {result.get('rollout_inside_box', 1.0):.3f}")

@@ -35,7 +35,9 @@ def one_step_errors(model, ds, episodes, context: int = 4, depth: int | None = N
     _, out = model.step(state, act[:, context - 1], depth, exit_rule)
     err = normalised_error(model, out["obs"][:, None], obs[:, context][:, None])[:, 0]  # (W,)
     info = {k: batch[f"info_{k}"][:, context - 1] for k in ("contacts", "solver_iterations") if f"info_{k}" in batch}
-    return {"error": err.cpu().numpy(), "iterations": out["iterations"].cpu().numpy(), **info}
+    work = out.get("token_iterations", out["iterations"]).float()
+    return {"error": err.cpu().numpy(), "iterations": out["iterations"].cpu().numpy(), "token_iterations": work.cpu().numpy(),
+            **info}
 
 
 def depth_by_difficulty(model, ds, episodes, depths, context: int = 4, device="cpu") -> list[dict]:
@@ -88,11 +90,13 @@ def error_by_sweeps(model, ds, episodes, depths, context: int = 4, max_windows: 
 def exit_sweep(model, ds, episodes, rules: dict[str, list[float]], depths, max_depth: int, context: int = 4,
                device="cpu") -> list[dict]:
     """Horizon-10 open-loop error against mean iterations for fixed depths and each rule's thresholds,
-    with the rank correlation of one-step iterations against the world's difficulty."""
+    with the rank correlation of one-step iterations against the world's difficulty. Per-token
+    rules also report iterations per token (`mean_token_iterations`), the compute they spend."""
     rows = []
     for depth in depths:
         res = open_loop(model, ds, episodes, context, 10, 512, depth=depth, device=device)
         rows.append({"rule": "fixed", "threshold": None, "max_depth": int(depth), "mean_iterations": float(res.iterations.mean()),
+                     "mean_token_iterations": float(res.token_iterations.mean()),
                      "error_h10": float(res.errors[9]), "error_h1": float(res.errors[0])})
     for name, thresholds in rules.items():
         for threshold in thresholds:
@@ -100,10 +104,13 @@ def exit_sweep(model, ds, episodes, rules: dict[str, list[float]], depths, max_d
             res = open_loop(model, ds, episodes, context, 10, 512, depth=max_depth, exit_rule=rule, device=device)
             one = one_step_errors(model, ds, episodes, context, depth=max_depth, exit_rule=rule, device=device)
             rows.append({"rule": name, "threshold": float(threshold), "max_depth": int(max_depth),
-                         "mean_iterations": float(res.iterations.mean()), "error_h10": float(res.errors[9]),
+                         "mean_iterations": float(res.iterations.mean()),
+                         "mean_token_iterations": float(res.token_iterations.mean()), "error_h10": float(res.errors[9]),
                          "error_h1": float(res.errors[0]),
                          "iterations_event_spearman": spearman(one["iterations"], one.get("contacts", [])),
-                         "iterations_solver_spearman": spearman(one["iterations"], one.get("solver_iterations", []))})
+                         "iterations_solver_spearman": spearman(one["iterations"], one.get("solver_iterations", [])),
+                         "token_iterations_solver_spearman": spearman(one["token_iterations"],
+                                                                      one.get("solver_iterations", []))})
     return rows
 
 

@@ -1,4 +1,4 @@
-"""The benchmark's four figures, drawn from its result rows only."""
+"""The benchmark's figures, drawn from its result rows (and run curves) only."""
 
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ def _mean_curve(rows, world, budget, model, key="error"):
     return np.array(hs), np.array([np.mean([r[key] for r in sel if r["horizon"] == h]) for h in hs])
 
 
-def plot_all(rows: list[dict], depth_rows: list[dict], out: Path) -> list[Path]:
+def plot_all(rows: list[dict], depth_rows: list[dict], out: Path, curves: list[dict] | None = None) -> list[Path]:
     plt = _plt()
     paths = []
     worlds = sorted({r["world"] for r in rows})
     models = sorted({r["model"] for r in rows}, key=lambda m: (m != "looped", m))
 
-    budgets = [b for b in ("steps", "wallclock") if any(r["budget"] == b for r in rows)]
+    budgets = [b for b in ("steps", "wallclock", "converged") if any(r["budget"] == b for r in rows)]
 
     # 1. open-loop error versus horizon, per regime (columns) and budget currency (rows)
     fig, axes = plt.subplots(len(budgets), len(worlds), figsize=(5.5 * len(worlds), 4 * len(budgets)), dpi=110, squeeze=False)
@@ -89,4 +89,21 @@ def plot_all(rows: list[dict], depth_rows: list[dict], out: Path) -> list[Path]:
         ax.set_xticks(x, models, rotation=30, fontsize=8), ax.grid(alpha=0.3, axis="y")
     fig.suptitle(f"Compute per step ({world})"), fig.tight_layout(), fig.savefig(out / "compute.png"), plt.close(fig)
     paths.append(out / "compute.png")
+
+    # 5. learning curves: validation loss against gradient steps, per world (the converged budget
+    # when there is one: it shows whether each model had stopped improving)
+    curves = [c for c in curves or [] if c["val_curve"]]
+    if curves:
+        budget = "converged" if any(c["budget"] == "converged" for c in curves) else curves[0]["budget"]
+        fig, axes = plt.subplots(1, len(worlds), figsize=(5.5 * len(worlds), 4), dpi=110, squeeze=False)
+        for ax, world in zip(axes[0], worlds):
+            for i, m in enumerate(models):
+                for c in [c for c in curves if (c["world"], c["model"], c["budget"]) == (world, m, budget)]:
+                    steps, vals = zip(*c["val_curve"])
+                    ax.plot(steps, vals, color="C3" if m == "looped" else f"C{i % 10}", lw=2 if m == "looped" else 1,
+                            label=m if c["seed"] == 0 else None, ls="-" if c["stop_reason"] == "plateau" else "--")
+            ax.set_yscale("log"), ax.set_xlabel("gradient steps"), ax.set_ylabel("validation observation loss")
+            ax.set_title(f"{world}, {budget} (dashed: stopped by the cap)"), ax.grid(alpha=0.3), ax.legend(fontsize=7)
+        fig.tight_layout(), fig.savefig(out / "learning_curves.png"), plt.close(fig)
+        paths.append(out / "learning_curves.png")
     return paths

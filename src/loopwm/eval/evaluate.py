@@ -70,7 +70,7 @@ class EvalConfig:
     else the model's evaluation depth."""
     exit: str = "auto"
     """Exit rule: auto (the one recorded for the run with --keep-exit, else fixed), fixed, delta,
-    accel, or gate (a model trained with --model.exit-gate)."""
+    accel, token-delta (each body stops on its own), or gate (a model trained with --model.exit-gate)."""
     threshold: float = 0.0
     """Threshold of the exit rule (with --exit auto: the recorded one)."""
     keep_exit: bool = False
@@ -170,6 +170,7 @@ def _evaluate(cfg: EvalConfig, keep_rollout: bool = False) -> dict:
         "open_loop_error": {str(h): float(res.errors[h - 1]) for h in pick},
         "floors": {name: {str(h): float(v[h - 1]) for h in pick} for name, v in res.floors.items()},
         "iterations_per_step": float(res.iterations.mean()),
+        "token_iterations_per_step": float(res.token_iterations.mean()),
         "max_a_bar": _finite_or_none(model.max_a_bar()),
         "exit_rule": name,
         "threshold": threshold,

@@ -28,6 +28,7 @@ class OpenLoopResult:
     floors: dict[str, np.ndarray]  # name -> (H,)
     iterations: np.ndarray  # (W, H) loop iterations used per window and imagined step
     windows: int
+    token_iterations: np.ndarray | None = None  # (W, H) iterations per token (differs for per-token exits)
 
 
 def floor_predictions(model, obs: torch.Tensor, context: int, horizon: int) -> dict[str, torch.Tensor]:
@@ -65,7 +66,7 @@ def open_loop(model, ds, episodes, context: int = 4, horizon: int = 50, max_wind
     windows = windows[np.unique(np.linspace(0, len(windows) - 1, min(max_windows, len(windows))).astype(int))]
     sums = torch.zeros(horizon)
     floor_sums = {}
-    iters = []
+    iters, work = [], []
     for i in range(0, len(windows), batch_size):
         batch = ds.batch(windows[i : i + batch_size])
         obs = model._as_entities(torch.as_tensor(batch["obs"], device=device).float())  # (B, L+1, N, F)
@@ -78,12 +79,14 @@ def open_loop(model, ds, episodes, context: int = 4, horizon: int = 50, max_wind
         for name, pred in floor_predictions(model, obs, context, horizon).items():
             floor_sums[name] = floor_sums.get(name, 0) + normalised_error(model, pred, true).sum(0).cpu()
         iters.append(roll.iterations.cpu().numpy())
+        work.append((roll.token_iterations if roll.token_iterations is not None else roll.iterations).float().cpu().numpy())
     n = len(windows)
     return OpenLoopResult(
         errors=(sums / n).numpy(),
         floors={k: (v / n).numpy() for k, v in floor_sums.items()},
         iterations=np.concatenate(iters, 0),
         windows=n,
+        token_iterations=np.concatenate(work, 0),
     )
 
 
@@ -127,12 +130,22 @@ def real_vs_imagined(model, env_id: str, env_kwargs: dict, steps: int = 1000, co
     state = model.initial(obs_t[:, 0])
     state, _ = model.observe(state, act_t[:, :context], obs_t[:, 1 : context + 1], depth=depth, exit_rule=exit_rule)
     _, roll = model.imagine(state, act_t[:, context:], depth=depth, exit_rule=exit_rule)
+    # the same trajectory tracked one step ahead (the model reads every real observation): its effort
+    # then answers the real world's difficulty step by step, which a long imagined rollout soon stops doing
+    _, tracked = model.observe(model.initial(obs_t[:, 0]), act_t, obs_t[:, 1:], depth=depth, exit_rule=exit_rule)
+    work = roll.token_iterations if roll.token_iterations is not None else roll.iterations
+    tracked_work = tracked.token_iterations if tracked.token_iterations is not None else tracked.iterations
     return {
         "true": obs_t[0, context + 1 :].cpu().numpy(),
         "pred": roll.obs[0].cpu().numpy(),
         "iterations": roll.iterations[0].cpu().numpy(),
+        "token_iterations": work[0].float().cpu().numpy(),
         "contacts": np.asarray(contacts[context:]),
         "solver_iterations": np.asarray(solver[context:]),
+        "tracked_iterations": tracked.iterations[0].cpu().numpy(),
+        "tracked_token_iterations": tracked_work[0].float().cpu().numpy(),
+        "tracked_contacts": np.asarray(contacts),
+        "tracked_solver_iterations": np.asarray(solver),
     }
 
 
@@ -180,6 +193,28 @@ def rollout_stats(model, rollout: dict[str, np.ndarray]) -> dict[str, float]:
         n = len(rollout["iterations"])
         stats["iterations_event_spearman"] = spearman(rollout["iterations"], rollout["contacts"][:n])
         stats["iterations_solver_spearman"] = spearman(rollout["iterations"], rollout["solver_iterations"][:n])
+        if "tracked_iterations" in rollout:
+            stats.update(effort_by_difficulty(rollout))
+    return stats
+
+
+HARD_SWEEPS = 8
+"""Steps whose contacts needed at least this many solver sweeps count as hard in the summaries."""
+
+
+def effort_by_difficulty(rollout: dict[str, np.ndarray], hard: int = HARD_SWEEPS) -> dict[str, float]:
+    """The model's iterations per step while tracking the real world, on easy steps (no contact to
+    resolve: zero solver sweeps) and hard ones (`hard` or more sweeps), with their rank correlation."""
+    solver = np.asarray(rollout["tracked_solver_iterations"])
+    n = min(len(solver), len(rollout["tracked_iterations"]))
+    solver = solver[:n]
+    scene, token = rollout["tracked_iterations"][:n], rollout["tracked_token_iterations"][:n]
+    stats = {"tracked_steps": int(n), "tracked_iterations_solver_spearman": spearman(scene, solver),
+             "tracked_token_iterations_solver_spearman": spearman(token, solver), "hard_sweeps": int(hard)}
+    for name, mask in (("easy", solver == 0), ("hard", solver >= hard)):
+        stats[f"{name}_steps"] = int(mask.sum())
+        stats[f"{name}_iterations"] = float(scene[mask].mean()) if mask.any() else None
+        stats[f"{name}_token_iterations"] = float(token[mask].mean()) if mask.any() else None
     return stats
 
 

@@ -41,20 +41,30 @@ def plot_error_vs_horizon(result: dict, path: str | Path, title: str = "") -> Pa
 
 
 def plot_iterations(rollout: dict[str, np.ndarray], path: str | Path, title: str = "") -> Path:
-    """Loop iterations the model used per imagined step, with the world's own difficulty below."""
+    """Loop iterations the model used per step, with the world's own difficulty below. Where the
+    rollout holds a tracked pass (the model reads each real observation and predicts the next), that
+    is what is drawn: its effort answers the real world's difficulty step by step."""
     plt = _plt()
-    shown = min(len(rollout["iterations"]), 300)  # a window short enough to see single events
-    iters = rollout["iterations"][:shown]
+    tracked = "tracked_iterations" in rollout
+    pre = "tracked_" if tracked else ""
+    scene = rollout[f"{pre}iterations"]
+    token = rollout.get(f"{pre}token_iterations")
+    shown = min(len(scene), 300)  # a window short enough to see single events
+    iters = scene[:shown]
     t = np.arange(1, shown + 1)
     fig, axes = plt.subplots(2, 1, figsize=(7, 4.5), dpi=120, sharex=True)
-    axes[0].step(t, iters, where="mid", color="C3", lw=1)
+    axes[0].step(t, iters, where="mid", color="C3", lw=1, label="per scene")
+    if token is not None and not np.allclose(token[:shown], iters):  # a per-token exit rule
+        axes[0].step(t, token[:shown], where="mid", color="C2", lw=1, label="per body (mean)")
+        axes[0].legend(fontsize=8, loc="upper right")
     axes[0].set_ylabel("model loop\niterations")
     axes[0].set_ylim(0, max(iters.max(), 1) + 1)
-    axes[0].set_title(title or f"Loop iterations per imagined step (first {shown}; mean {iters.mean():.2f})")
-    axes[1].step(t, rollout["solver_iterations"][:shown], where="mid", color="C0", lw=1, label="world solver iterations")
-    axes[1].step(t, rollout["contacts"][:shown], where="mid", color="C1", lw=1, alpha=0.7, label="world contacts")
+    what = "tracking the real world" if tracked else "imagined"
+    axes[0].set_title(title or f"Loop iterations per step, {what} (first {shown}; mean {iters.mean():.2f})")
+    axes[1].step(t, rollout[f"{pre}solver_iterations"][:shown], where="mid", color="C0", lw=1, label="world solver iterations")
+    axes[1].step(t, rollout[f"{pre}contacts"][:shown], where="mid", color="C1", lw=1, alpha=0.7, label="world contacts")
     axes[1].set_ylabel("ground-truth\ndifficulty")
-    axes[1].set_xlabel("imagined step")
+    axes[1].set_xlabel("step")
     axes[1].legend(fontsize=8, loc="upper right")
     for ax in axes:
         ax.grid(True, alpha=0.3)

@@ -34,6 +34,7 @@ class Rollout:
     reward: torch.Tensor  # (B, T)
     cont_logit: torch.Tensor  # (B, T) continuation logits
     iterations: torch.Tensor  # (B, T) loop iterations used (1 for models without a loop)
+    token_iterations: torch.Tensor | None = None  # (B, T) iterations per token; differs only for per-token exits
 
 
 def normalised_error(model, pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
@@ -135,4 +136,5 @@ def stack_outputs(outs: list[dict[str, torch.Tensor]]) -> Rollout:
         reward=torch.stack([o["reward"] for o in outs], dim=1),  # (B, T)
         cont_logit=torch.stack([o["cont_logit"] for o in outs], dim=1),  # (B, T)
         iterations=torch.stack([o["iterations"] for o in outs], dim=1),  # (B, T)
+        token_iterations=torch.stack([o.get("token_iterations", o["iterations"]).float() for o in outs], dim=1),  # (B, T)
     )

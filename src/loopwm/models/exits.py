@@ -4,6 +4,12 @@ An exit rule is consulted after every iteration of the loop with the rows still 
 a boolean mask over those rows: True means "this sample stops now". Stopped samples are frozen by
 the loop (their state no longer changes) and no compute is spent on them. Rules are small and
 stateless between steps except for what `start` resets; choose one by name with `make_exit_rule`.
+
+A per-token rule (`per_token = True`) answers for every token of every running row instead, an
+(R, N) mask: a token that stops keeps its state for the rest of the step (the others still attend
+to it, so its keys and values are computed once more at most) and the sample stops when all its
+tokens have. In a scene where one run of discs is struck while the rest fly free, the free bodies
+settle after an iteration or two and only the struck run keeps iterating.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ class ExitRule:
     """Never stops early: the loop runs its full depth (same as fixed-depth evaluation)."""
 
     name = "fixed"
+    per_token = False
 
     def __init__(self, threshold: float = 0.0, min_iterations: int = 1):
         self.threshold = float(threshold)
@@ -88,7 +95,19 @@ class GateExit(ExitRule):
         return (self.gate(z_prev, z_new) > self.threshold) & (t + 1 >= self.min_iterations)
 
 
-EXIT_RULES = {"fixed": ExitRule, "delta": DeltaExit, "accel": AccelExit, "gate": GateExit}
+class TokenDeltaExit(ExitRule):
+    """Per token: a token stops when its own relative change ||z_t,i - z_{t-1},i|| / ||z_t,i|| falls
+    below the threshold (the delta rule, asked of each body instead of the whole scene)."""
+
+    name = "token-delta"
+    per_token = True
+
+    def should_stop(self, t, z_prev, z_new, rows):
+        rel = (z_new - z_prev).norm(dim=-1) / (z_new.norm(dim=-1) + 1e-8)  # (R, N)
+        return (rel < self.threshold) & (t + 1 >= self.min_iterations)
+
+
+EXIT_RULES = {"fixed": ExitRule, "delta": DeltaExit, "accel": AccelExit, "gate": GateExit, "token-delta": TokenDeltaExit}
 
 
 def make_exit_rule(name: str, threshold: float = 0.0, min_iterations: int = 1, model=None) -> ExitRule:

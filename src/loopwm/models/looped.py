@@ -136,11 +136,17 @@ class LoopedCore(nn.Module):
                 state), for per-iteration losses and the exit gate's training.
             nbhd: the step's attention context over the N_h state tokens (None: full attention).
         Returns:
-            z: (B, N_h, d) final state; used: (B,) long, iterations actually run.
+            z: (B, N_h, d) final state; used: (B,) long, iterations actually run; work: (B,) float,
+            iterations per token (the mean over tokens of the iterations that updated each one).
+            Equal to `used` unless the exit rule settles tokens one by one (`per_token`): a settled
+            token keeps its state (others still read it) and costs nothing more.
         """
-        B = z.shape[0]
+        B, N = z.shape[:2]
         used = torch.zeros(B, dtype=torch.long, device=z.device)
         running = torch.ones(B, dtype=torch.bool, device=z.device)
+        per_token = exit_rule is not None and exit_rule.per_token
+        settled = torch.zeros(B, N, dtype=torch.bool, device=z.device)  # tokens that stopped (per-token rules)
+        work = torch.zeros(B, device=z.device)  # token-iterations / N
         grad_from = depth - (n_grad if n_grad is not None else int(depth.max()))  # (B,)
         want_grad = torch.is_grad_enabled()
         if exit_rule is not None:
@@ -161,14 +167,22 @@ class LoopedCore(nn.Module):
                 z_new = self.recur(z_in, e_in, nbhd_in)  # (R, N_h, d)
                 if z_new.requires_grad and not bool(in_window.all()):
                     z_new = torch.where(in_window[:, None, None], z_new, z_new.detach())
-            if exit_rule is not None:
+            if per_token:
+                keep = settled if everyone else settled[rows]  # (R, N_h)
+                z_new = torch.where(keep[..., None], z_in, z_new)  # settled tokens keep their state
+                work = work.index_add(0, rows, (~keep).float().mean(-1))
+                keep = keep | exit_rule.should_stop(t, z_in, z_new, rows)  # (R, N_h)
+                settled = settled.index_put((rows,), keep)
+                stop = keep.all(-1)  # (R,) a sample stops when all its tokens have
+                running = running.index_put((rows,), ~stop)
+            elif exit_rule is not None:
                 stop = exit_rule.should_stop(t, z_in, z_new, rows)  # (R,)
                 running = running.index_put((rows,), ~stop) if not everyone else ~stop
             z = z_new if everyone else z.index_copy(0, rows, z_new)
             used = used + run.long()
             if trajectory is not None:
                 trajectory.append(z)
-        return z, used
+        return z, used, (work if per_token else used.float())
 
     def forward(
         self,
@@ -189,14 +203,14 @@ class LoopedCore(nn.Module):
             nbhd: attention context over all N_in tokens (None: full attention).
         Returns:
             h: (B, n_state, d) coda output; z: (B, n_state, d) final recurrent state;
-            used: (B,) iterations run.
+            used: (B,) iterations run; work: (B,) iterations per token (see `iterate`).
         """
         e = self.prelude_norm(self.prelude(x, nbhd)[:, :n_state])  # (B, N_h, d)
         state_nbhd = nbhd.crop(n_state) if nbhd is not None else None  # the action token drops out
         if z0 is None:
             z0 = self.initial_state(e.shape, e.device, e.dtype)
-        z, used = self.iterate(e, z0, depth, n_grad, exit_rule, trajectory, state_nbhd)
-        return self.readout(z, state_nbhd), z, used
+        z, used, work = self.iterate(e, z0, depth, n_grad, exit_rule, trajectory, state_nbhd)
+        return self.readout(z, state_nbhd), z, used, work
 
     def readout(self, z: torch.Tensor, nbhd: Neighbourhood | None = None) -> torch.Tensor:
         """Coda: the recurrent state (B, N_h, d) -> h (B, N_h, d) for the heads and the next step."""
@@ -218,7 +232,7 @@ class DeepCore(LoopedCore):
 
     def iterate(self, e, z, depth, n_grad=None, exit_rule=None, trajectory=None, nbhd=None):
         used = torch.full((e.shape[0],), len(self.core.blocks), dtype=torch.long, device=e.device)
-        return self.core(e, nbhd), used  # (B, N_h, d)
+        return self.core(e, nbhd), used, used.float()  # (B, N_h, d)
 
     def max_a_bar(self) -> float:
         return float("nan")  # no retention matrix in a fixed-depth stack

@@ -407,7 +407,7 @@ class WorldModel(Dynamics, nn.Module):
 
         depth: None samples it (training) or uses the evaluation depth; an int or a (B,) tensor fixes it.
         Returns the new state (whose obs is the prediction) and a dict with obs (B, N, F),
-        reward (B,), cont_logit (B,), iterations (B,).
+        reward (B,), cont_logit (B,), iterations (B,), token_iterations (B,).
         """
         obs = state.obs
         B, N, _ = obs.shape
@@ -439,7 +439,7 @@ class WorldModel(Dynamics, nn.Module):
         n_grad = self.cfg.resolved_n_grad() if self.training else None
         # per-iteration outputs, for the gate's training signal and for depth supervision
         per_iteration = [] if (self.training and (self.cfg.exit_gate or self.supervise_every_iteration)) else None
-        h, z, used = self.core(x, self.n_state_tokens(N), z0, depth, n_grad, exit_rule, per_iteration, nbhd)  # (B, N_h, d) x2
+        h, z, used, work = self.core(x, self.n_state_tokens(N), z0, depth, n_grad, exit_rule, per_iteration, nbhd)  # (B, N_h, d) x2
         pred = self._decode(obs, self.obs_head(h[:, :P]))  # (B, N, F)
         pooled = h.mean(dim=1)  # (B, d)
         out = {
@@ -447,6 +447,7 @@ class WorldModel(Dynamics, nn.Module):
             "reward": self.reward_head(pooled).squeeze(-1),
             "cont_logit": self.cont_head(pooled).squeeze(-1),
             "iterations": used,
+            "token_iterations": work,
         }
         if per_iteration:  # decode the state after every iteration, and ask the gate at each one
             zs = torch.stack(per_iteration)  # (T+1, B, N_h, d): the starting state, then one per iteration

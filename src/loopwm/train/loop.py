@@ -47,6 +47,17 @@ class TrainConfig:
     """Gradient steps (an upper bound when `minutes` is set)."""
     minutes: float = 0.0
     """Wall-clock budget for training in minutes; 0 means no budget (train for `steps`)."""
+    until_plateau: float = 0.0
+    """Train until validation stops improving, `steps` being the cap: once the best validation
+    observation loss of the last `plateau_window` of training is not this fraction better than the
+    best before it (0.02: 2%), the learning rate, held at its peak until then, cools down over
+    another `plateau_window` of the steps so far, and training stops (warmup-stable-decay). The
+    cool-down starts at the latest at 1/1.2 of the cap, so a run that never plateaus still ends
+    cooled at the cap and says so (`stop_reason` in its checkpoint). 0: the cosine schedule over
+    `steps` / `minutes`."""
+    plateau_window: float = 0.2
+    """Fraction of training (the last fifth by default) compared with what came before it, and the
+    length of the cool-down as a fraction of the steps before it."""
     batch_size: int = 32
     """Windows per gradient step."""
     lr: float = 2e-3
@@ -182,9 +193,28 @@ def compile_blocks(model: torch.nn.Module) -> int:
 
 
 def lr_at(cfg: TrainConfig, step: int, fraction: float) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak over `fraction` in [0, 1] (with
+    --until-plateau: the peak until the cool-down, whose progress `fraction` then is)."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, fraction))))
+
+
+def plateaued(curve: list[tuple[int, float]], tolerance: float, window: float = 0.2, min_points: int = 5) -> bool:
+    """Whether a validation curve [(step, loss), ...] has stopped improving: the best loss of its last
+    `window` (by steps) is not `tolerance` (a fraction) better than the best before it."""
+    if len(curve) < min_points:
+        return False
+    last = curve[-1][0]
+    recent = [v for s, v in curve if s > (1 - window) * last]
+    before = [v for s, v in curve if s <= (1 - window) * last]
+    if not recent or not before:
+        return False
+    return min(recent) > (1 - tolerance) * min(before)
+
+
+def cooldown_length(cfg: TrainConfig, start: int) -> int:
+    return max(1, int(round(cfg.plateau_window * start)))
 
 
 def to_tensors(batch: dict[str, np.ndarray], device) -> dict[str, torch.Tensor]:
@@ -361,14 +391,24 @@ def _train(cfg: TrainConfig, run_dir: Path, ddp: Distributed) -> Path:
         torch.set_rng_state(tensors["rng/torch"])
         rng.bit_generator.state = meta["numpy_rng"]
         step, elapsed_before = meta["step"], meta.get("train_seconds", 0.0)
+        cooldown_from, stop_reason = meta.get("cooldown_from"), meta.get("stop_reason", "steps")
+    else:
+        # with --until-plateau: the step at which the learning rate began to cool, and why
+        cooldown_from, stop_reason = None, "steps"
+    curve: list[tuple[int, float]] = []
 
     def meta_now() -> dict:
-        return {**model.checkpoint_meta(), "numpy_rng": rng.bit_generator.state, "train_seconds": elapsed_before + (time.time() - t0),
+        plateau = {"cooldown_from": cooldown_from, "stop_reason": stop_reason} if cfg.until_plateau > 0 else {}
+        return {**model.checkpoint_meta(), **plateau, "numpy_rng": rng.bit_generator.state,
+                "train_seconds": elapsed_before + (time.time() - t0),
                 "data": str(cfg.data), "env_id": ds.env_id, "env_kwargs": ds.env_kwargs, "val_episodes": [int(i) for i in val_idx]}
 
     metrics_path = run_dir / "metrics.jsonl"
     if ddp.main:
         _truncate_metrics(metrics_path, step)  # drop records written after the checkpoint we resume from
+        if metrics_path.exists():  # the validation curve so far, for --until-plateau
+            records = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()]
+            curve = [(r["step"], r["val/obs"]) for r in records if "val/obs" in r]
     if cfg.compile:
         compile_blocks(model)
     runner = ddp.wrap(_LossModule(model, cfg))
@@ -387,8 +427,16 @@ def _train(cfg: TrainConfig, run_dir: Path, ddp: Distributed) -> Path:
         while step < cfg.steps:
             spent = elapsed_before + time.time() - t0
             if ddp.agree(budget_s > 0 and spent >= budget_s):  # rank 0's clock decides for all
+                stop_reason = "minutes"
                 break
-            fraction = max(step / cfg.steps, spent / budget_s if budget_s > 0 else 0.0)
+            if cfg.until_plateau > 0:
+                if cooldown_from is None and step >= cfg.steps / (1 + cfg.plateau_window):
+                    cooldown_from, stop_reason = step, "cap"  # never plateaued: cool down so as to end at the cap
+                if cooldown_from is not None and step >= cooldown_from + cooldown_length(cfg, cooldown_from):
+                    break
+                fraction = 0.0 if cooldown_from is None else (step - cooldown_from) / cooldown_length(cfg, cooldown_from)
+            else:
+                fraction = max(step / cfg.steps, spent / budget_s if budget_s > 0 else 0.0)
             lr = lr_at(cfg, step, fraction)
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -415,10 +463,16 @@ def _train(cfg: TrainConfig, run_dir: Path, ddp: Distributed) -> Path:
                 ds.release()  # pages of mapped shards past batches read: resident memory stays bounded
             if step % cfg.eval_every == 0 and len(val_windows) > 0 and ddp.main:
                 record.update(validate(model, ds, val_windows, cfg, device))
+                curve.append((step, record["val/obs"]))
                 a_bar = model.max_a_bar()
                 if a_bar == a_bar:  # models without a retention matrix report NaN: leave it out
                     record["loop/max_a_bar"] = a_bar
                 model.train()
+            if cfg.until_plateau > 0 and cooldown_from is None and step % cfg.eval_every == 0 and len(val_windows) > 0:
+                # rank 0 validated; every rank starts the cool-down at the same step
+                if ddp.agree(ddp.main and plateaued(curve, cfg.until_plateau, cfg.plateau_window)):
+                    cooldown_from, stop_reason = step, "plateau"
+                    record["train/cooldown_from"] = step
             log.write(json.dumps(record) + "\n")
             if board is not None:
                 for key, value in record.items():

@@ -5,6 +5,7 @@
     loopwm train    train (or resume) a looped world model on a dataset
     loopwm eval     evaluate a run on held-out episodes (--json for machines)
     loopwm bench    train and score the looped model against baselines on the same data
+    loopwm plan     act in the real environment by planning with a world model (or the true simulator)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     from loopwm.demo import DemoConfig, run_demo
     from loopwm.doctor import DoctorConfig, doctor
     from loopwm.eval.evaluate import EvalConfig, evaluate, format_table
+    from loopwm.plan.control import PlanConfig, format_result, run_plan
     from loopwm.train.loop import TrainConfig, train
 
     commands = {
@@ -32,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         "train": TrainConfig,
         "eval": EvalConfig,
         "bench": BenchConfig,
+        "plan": PlanConfig,
         "doctor": DoctorConfig,
     }
     cfg = tyro.extras.subcommand_cli_from_dict(commands, args=argv, prog="loopwm",
@@ -49,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"results written to {run_bench(cfg)}")
         elif isinstance(cfg, DoctorConfig):
             return doctor(cfg)
+        elif isinstance(cfg, PlanConfig):
+            result = run_plan(cfg)
+            print(json.dumps(result) if cfg.json else format_result(result))
         elif isinstance(cfg, EvalConfig):
             result = evaluate(cfg)
             if cfg.json:

@@ -1,0 +1,101 @@
+"""A trained world model as a Gymnasium environment, so any RL library can train a policy in it.
+
+    env = ImaginedEnv("runs/pendulum")           # reset() starts from real start states
+    obs, info = env.reset(seed=0)
+    obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+
+`step` is one imagined step of the model through `Dynamics.step`, the path evaluation and
+planning take: the next observation is the model's prediction (clipped into the observation space),
+the reward its reward head, and `terminated` is true when the continuation head gives the episode
+less than `terminate_below` chance of going on. Episodes start from the first observations of the
+run's dataset episodes and are cut at `max_episode_steps`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from loopwm.utils import LoopWMError
+
+
+class ImaginedEnv(gym.Env):
+    """Gymnasium environment whose dynamics are a trained loopwm world model."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+
+    def __init__(self, run: str | Path, data: str | Path | None = None, max_episode_steps: int = 200,
+                 depth: int | None = None, exit: str = "auto", threshold: float = 0.0, terminate_below: float = 0.5,
+                 device: str = "cpu", render_mode: str | None = None):
+        from loopwm.checkpoint import load_model
+        from loopwm.data import TrajectoryDataset
+        from loopwm.data.shards import space_from_description
+        from loopwm.eval.evaluate import default_exit
+        from loopwm.eval.openloop import exit_rule_from
+
+        if render_mode not in (None, "rgb_array"):
+            raise LoopWMError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        self.model, self.meta = load_model(run, device)
+        self.device = torch.device(device)
+        data = Path(data or self.meta.get("data") or "")
+        if not (data / "manifest.json").exists():
+            raise LoopWMError(f"the run's dataset {str(data)!r} is not there to draw start states from: "
+                              "pass data= (the folder `loopwm collect` wrote)")
+        ds = TrajectoryDataset.load(data)
+        self.observation_space = space_from_description(ds.observation_space)
+        self.action_space = space_from_description(ds.action_space)
+        if tuple(self.observation_space.shape) != tuple(self.model.spec.obs_shape):
+            raise LoopWMError(f"dataset observations {self.observation_space.shape} do not match the model's "
+                              f"{tuple(self.model.spec.obs_shape)}: pass the dataset the run was trained on")
+        self.starts = np.stack([np.asarray(ds.episode(i)["obs"][0]) for i in range(len(ds))]).astype(np.float32)
+        if exit == "auto":
+            recorded = default_exit(run)
+            exit, threshold, depth = recorded["exit_rule"], recorded["threshold"], depth or recorded["depth"] or None
+        self.depth, self.exit_rule = depth, exit_rule_from(exit, threshold, self.model)
+        self.max_episode_steps, self.terminate_below = int(max_episode_steps), float(terminate_below)
+        self.render_mode, self.env_id = render_mode, self.meta.get("env_id")
+        self._low = np.broadcast_to(self.observation_space.low, self.observation_space.shape).astype(np.float32)
+        self._high = np.broadcast_to(self.observation_space.high, self.observation_space.shape).astype(np.float32)
+        self.state, self.obs, self.t = None, None, 0
+
+    def _to_model(self, obs: np.ndarray) -> torch.Tensor:
+        return self.model._as_entities(torch.as_tensor(obs, device=self.device).float()[None])  # (1, N, F)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.obs = self.starts[int(self.np_random.integers(len(self.starts)))].copy()
+        with torch.no_grad():
+            self.state = self.model.initial(self._to_model(self.obs))
+        self.t = 0
+        return self.obs.copy(), {}
+
+    def step(self, action):
+        if self.state is None:
+            raise LoopWMError("call reset() before step()")
+        if not self.action_space.contains(np.asarray(action, dtype=self.action_space.dtype)
+                                          if self.action_space.shape else action):
+            raise LoopWMError(f"action {action!r} is outside the action space {self.action_space}")
+        act = torch.as_tensor(np.asarray(action), device=self.device)[None]  # (1, *A)
+        with torch.no_grad():
+            self.state, out = self.model.step(self.state, act, self.depth, self.exit_rule)
+        pred = out["obs"][0].cpu().numpy().reshape(self.observation_space.shape)
+        self.obs = np.clip(pred, self._low, self._high).astype(np.float32)
+        self.t += 1
+        cont = float(torch.sigmoid(out["cont_logit"][0]))
+        terminated = cont < self.terminate_below
+        truncated = self.t >= self.max_episode_steps and not terminated
+        info = {"iterations": int(out["iterations"][0]), "continue_probability": cont}
+        return self.obs.copy(), float(out["reward"][0]), bool(terminated), bool(truncated), info
+
+    def render(self):
+        if self.render_mode != "rgb_array" or self.obs is None:
+            return None
+        from loopwm.eval.evaluate import frame_renderer
+
+        draw = frame_renderer(self.model, self.env_id)
+        if draw is None:
+            return np.zeros((64, 64, 3), dtype=np.uint8)  # a world whose states cannot be drawn
+        return draw(self.model._as_entities(torch.as_tensor(self.obs).float()).numpy())

@@ -1,0 +1,135 @@
+"""What a planner imagines with: a trained world model, or copies of the true simulator.
+
+Both expose the same three calls, so the control loop does not care which it holds:
+
+    world.reset(obs)                  a new episode starts from a real observation
+    world.observe(action, next_obs)   the real step just taken (the model filters its state)
+    world.score(seqs)                 (K, H, *action) candidate sequences -> (K,) discounted returns
+
+`LearnedWorld` goes through the model's `imagine`, the same path as evaluation: the K candidates
+start from copies of the state filtered from every real observation so far, and a step's reward
+counts with the probability that the episode is still running (the continuation head).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import numpy as np
+import torch
+
+from loopwm.models.dynamics import State
+
+
+def expand_state(state: State, k: int) -> State:
+    """K copies of a batch-1 state, one per candidate (tensors are expanded, not copied)."""
+    def grow(x):
+        return x.expand(k, *x.shape[1:]) if isinstance(x, torch.Tensor) and x.shape[:1] == (1,) else x
+    return dataclasses.replace(state, **{f.name: grow(getattr(state, f.name)) for f in dataclasses.fields(state)})
+
+
+def discounted_return(reward: torch.Tensor, cont_logit: torch.Tensor | None, discount: float) -> torch.Tensor:
+    """sum_t discount^t * P(still running at t) * r_t for (K, H) rewards; the episode is running at
+    step 0 and continues past step t with probability sigmoid(cont_logit_t)."""
+    K, H = reward.shape
+    weight = discount ** torch.arange(H, device=reward.device, dtype=reward.dtype)  # (H,)
+    if cont_logit is not None:
+        alive = torch.cumprod(torch.sigmoid(cont_logit), dim=1)  # (K, H): running after step t
+        alive = torch.cat([torch.ones_like(alive[:, :1]), alive[:, :-1]], dim=1)  # running at step t
+        weight = weight * alive
+    return (weight * reward).sum(1)  # (K,)
+
+
+class LearnedWorld:
+    """Plan inside a trained world model (any `Dynamics`)."""
+
+    def __init__(self, model, depth: int | None = None, exit_rule=None, discount: float = 0.99, device="cpu"):
+        self.model, self.depth, self.exit_rule, self.discount = model.eval(), depth, exit_rule, float(discount)
+        self.device = torch.device(device)
+        self.imagined_steps, self.iterations, self.seconds = 0, 0.0, 0.0
+
+    def _obs(self, obs) -> torch.Tensor:
+        return self.model._as_entities(torch.as_tensor(np.asarray(obs), device=self.device).float()[None])  # (1, N, F)
+
+    def _act(self, action) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(action), device=self.device)[None, None]  # (1, 1, *A)
+
+    @torch.no_grad()
+    def reset(self, obs) -> None:
+        self.state = self.model.initial(self._obs(obs))
+
+    @torch.no_grad()
+    def observe(self, action, next_obs) -> None:
+        self.state, _ = self.model.observe(self.state, self._act(action), self._obs(next_obs)[:, None],
+                                           depth=self.depth, exit_rule=self.exit_rule)
+
+    @torch.no_grad()
+    def score(self, seqs: torch.Tensor) -> torch.Tensor:
+        import time
+
+        t0 = time.perf_counter()
+        K, H = seqs.shape[:2]
+        _, roll = self.model.imagine(expand_state(self.state, K), seqs.to(self.device), depth=self.depth,
+                                     exit_rule=self.exit_rule)
+        returns = discounted_return(roll.reward, roll.cont_logit, self.discount)
+        self.seconds += time.perf_counter() - t0
+        self.imagined_steps += K * H
+        self.iterations += float(roll.iterations.float().sum())
+        return returns
+
+
+class OracleWorld:
+    """Plan with copies of the true simulator: the ceiling any learned model is measured against.
+
+    Each candidate runs in a copy of the real environment taken at decision time (a deep copy of
+    the unwrapped environment; MuJoCo environments are restored from qpos/qvel into one scratch
+    copy instead, since their simulator handles do not deep-copy)."""
+
+    def __init__(self, env, discount: float = 0.99, scratch_factory=None):
+        self.env, self.discount = env, float(discount)
+        self.scratch_factory = scratch_factory
+        self.imagined_steps, self.iterations, self.seconds = 0, 0.0, 0.0
+        self._scratch = None
+
+    def reset(self, obs) -> None:
+        pass
+
+    def observe(self, action, next_obs) -> None:
+        pass
+
+    def _copies(self, k: int):
+        real = self.env.unwrapped
+        data = getattr(real, "data", None)
+        if data is not None and hasattr(real, "set_state") and hasattr(data, "qpos"):  # MuJoCo
+            if self._scratch is None:
+                self._scratch = self.scratch_factory().unwrapped if self.scratch_factory else copy.deepcopy(real)
+                self._scratch.reset(seed=0)
+            qpos, qvel = data.qpos.copy(), data.qvel.copy()
+            for _ in range(k):
+                self._scratch.set_state(qpos, qvel)
+                yield self._scratch
+            return
+        for _ in range(k):
+            yield copy.deepcopy(real)
+
+    def score(self, seqs: torch.Tensor) -> torch.Tensor:
+        import time
+
+        t0 = time.perf_counter()
+        seqs_np = seqs.cpu().numpy()
+        K, H = seqs_np.shape[:2]
+        returns = np.zeros(K)
+        for i, sim in enumerate(self._copies(K)):
+            weight = 1.0
+            for t in range(H):
+                action = seqs_np[i, t]
+                action = int(action) if seqs_np.dtype.kind in "iu" else action.astype(np.float32)
+                _, reward, terminated, _, _ = sim.step(action)
+                returns[i] += weight * float(reward)
+                self.imagined_steps += 1
+                if terminated:
+                    break
+                weight *= self.discount
+        self.seconds += time.perf_counter() - t0
+        return torch.as_tensor(returns, dtype=torch.float32)

@@ -1,0 +1,141 @@
+"""Planning in imagination: the planners, the worlds they plan in, closed-loop control, and the
+learned model as a Gymnasium environment."""
+
+from __future__ import annotations
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from loopwm.plan import LearnedWorld, OracleWorld, discounted_return, make_planner
+from loopwm.plan.control import PlanConfig, run_plan
+from loopwm.utils import LoopWMError
+from tests.test_cli import loopwm, trained  # noqa: F401 - the fixture is used below
+from tests.test_model import random_obs, small_model
+
+
+@pytest.mark.parametrize("name", ["mppi", "cem"])
+def test_continuous_planner_finds_the_best_sequence_of_a_known_objective(name):
+    space = gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+    target = torch.tensor([0.6, -0.3])
+
+    def score(seqs):  # (K, H, 2): best when every step equals the target
+        return -((seqs - target) ** 2).sum((1, 2))
+
+    planner = make_planner(name, space, horizon=4, candidates=128, iterations=6, seed=1)
+    action = planner.act(score)
+    assert action.shape == (2,) and action.dtype == np.float32
+    assert np.abs(action - target.numpy()).max() < 0.1
+    rand = torch.rand(128, 4, 2, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert planner.last_return > float(score(rand).max())  # better than the best of as many random draws
+
+
+@pytest.mark.parametrize("name", ["mppi", "cem"])
+def test_discrete_planner_picks_the_rewarding_action(name):
+    space = gym.spaces.Discrete(4, start=1)
+
+    def score(seqs):  # (K, H) actions in {1..4}; reward for every 3
+        assert int(seqs.min()) >= 1 and int(seqs.max()) <= 4
+        return (seqs == 3).float().sum(1)
+
+    planner = make_planner(name, space, horizon=5, candidates=64, iterations=4, seed=0)
+    assert planner.act(score) == 3
+
+
+def test_planner_is_seeded_and_warm_started():
+    space = gym.spaces.Box(-2.0, 2.0, shape=(1,), dtype=np.float32)
+
+    def score(seqs):
+        return -(seqs[:, :, 0] - torch.linspace(-1, 1, seqs.shape[1])).abs().sum(1)
+
+    a = make_planner("mppi", space, horizon=6, candidates=64, seed=3)
+    b = make_planner("mppi", space, horizon=6, candidates=64, seed=3)
+    assert a.act(score) == b.act(score)
+    before = a.mean.clone()
+    a.shift()
+    torch.testing.assert_close(a.mean[:-1], before[1:])  # the plan moves one step on
+    with pytest.raises(LoopWMError, match="unknown planner"):
+        make_planner("nope", space)
+    with pytest.raises(LoopWMError, match="Box and Discrete"):
+        make_planner("mppi", gym.spaces.MultiBinary(3))
+
+
+def test_discounted_return_on_a_hand_made_example():
+    reward = torch.tensor([[1.0, 1.0, 1.0]])
+    never_ends = torch.full((1, 3), 50.0)
+    ends_after_first = torch.tensor([[-50.0, 50.0, 50.0]])
+    assert float(discounted_return(reward, never_ends, 0.5)) == pytest.approx(1 + 0.5 + 0.25)
+    assert float(discounted_return(reward, ends_after_first, 0.5)) == pytest.approx(1.0)
+    assert float(discounted_return(reward, None, 1.0)) == pytest.approx(3.0)
+
+
+def test_learned_world_scores_a_batch_as_it_scores_each_candidate():
+    model = small_model().eval()
+    world = LearnedWorld(model, depth=3)
+    obs = random_obs(1, 2)[0]  # (T, N, F)
+    world.reset(obs[0].numpy())
+    world.observe(np.array([0.1, -0.2], dtype=np.float32), obs[1].numpy())
+    seqs = torch.rand(5, 4, 2) * 2 - 1
+    batched = world.score(seqs)
+    assert batched.shape == (5,)
+    for i in range(5):
+        torch.testing.assert_close(world.score(seqs[i : i + 1]), batched[i : i + 1], atol=1e-5, rtol=1e-5)
+    assert world.imagined_steps == 2 * 5 * 4 and world.iterations == pytest.approx(3 * world.imagined_steps)
+
+
+def test_planning_with_the_true_simulator_beats_random_actions():
+    cfg = dict(env_id="Pendulum-v1", episodes=2, max_episode_steps=30, horizon=8, candidates=48, iterations=2, seed=0)
+    oracle = run_plan(PlanConfig(model="oracle", **cfg))
+    rand = run_plan(PlanConfig(model="random", **cfg))
+    assert oracle["return_mean"] > rand["return_mean"] + 20
+    assert oracle["model_steps_per_second"] > 0 and oracle["iterations_per_step"] is None
+    again = run_plan(PlanConfig(model="oracle", **cfg))
+    assert again["returns"] == oracle["returns"]  # seeded: the same decisions twice
+
+
+def test_oracle_world_leaves_the_real_environment_untouched():
+    env = gym.make("Pendulum-v1")
+    env.reset(seed=0)
+    before = env.unwrapped.state.copy()
+    OracleWorld(env).score(torch.rand(4, 5, 1) * 4 - 2)
+    assert np.array_equal(env.unwrapped.state, before)
+
+
+def test_plan_command_with_a_trained_run(trained, tmp_path):  # noqa: F811 - pytest fixture
+    out = tmp_path / "plan"
+    proc = loopwm("plan", "--model", str(trained / "run"), "--episodes", "1", "--max-episode-steps", "6",
+                  "--horizon", "3", "--candidates", "8", "--iterations", "1", "--out", str(out), "--json",
+                  "--device", "cpu", "--depth", "2")
+    result = json.loads(proc.stdout)
+    for key in ("return_mean", "return_std", "episodes", "decisions_per_second", "model_steps_per_second",
+                "iterations_per_step"):
+        assert isinstance(result[key], (int, float)), key
+    assert result["episodes"] == 1 and result["decisions"] == 6 and result["iterations_per_step"] == pytest.approx(2.0)
+    assert (out / "episode.gif").exists() and json.loads((out / "plan.json").read_text())["config"]["horizon"] == 3
+    proc = loopwm("plan", "--model", "oracle", check=False)
+    assert proc.returncode == 2 and "--env-id" in proc.stderr
+
+
+def test_imagined_env_passes_the_gymnasium_checker_and_is_deterministic(trained):  # noqa: F811
+    from gymnasium.utils.env_checker import check_env
+
+    import loopwm
+
+    env = loopwm.ImaginedEnv(trained / "run", max_episode_steps=5, depth=2)
+    check_env(env, skip_render_check=True)
+    runs = []
+    for _ in range(2):
+        obs, _ = env.reset(seed=7)
+        trace = [obs]
+        for t in range(5):
+            obs, reward, terminated, truncated, info = env.step(np.array([0.5, -0.5], dtype=np.float32))
+            trace.append(obs)
+            assert env.observation_space.contains(obs) and info["iterations"] == 2
+        assert truncated or terminated
+        runs.append(np.stack(trace))
+    np.testing.assert_array_equal(runs[0], runs[1])
+    with pytest.raises(LoopWMError, match="outside the action space"):
+        env.step(np.array([5.0, 0.0], dtype=np.float32))

@@ -139,6 +139,10 @@ class ModelConfig:
     """Give the looped model the paper's learned exit gate (for `--exit gate`). While training,
     every loop iteration is then decoded, and the gate learns from those per-iteration errors
     when further iterations stop paying (see TrainConfig.gate_*)."""
+    consistency_head: bool = False
+    """A small projection g(h) of each latent state onto the encoder's embedding of the observation
+    it stands for: deferred decoding's latent-consistency loss and its "monitoring" read-out
+    (`loopwm train --objective dd` turns it on)."""
     attention: str = "full"
     """Who entity tokens attend to, in every block: "full" (every token), "local" (only their
     neighbours and themselves, a graph rebuilt each step from the current positions, observed or
@@ -282,6 +286,7 @@ class WorldModel(Dynamics, nn.Module):
             nn.init.zeros_(self.obs_head.fc2.bias)
         self.reward_head = MLP(d, d, 1)
         self.cont_head = MLP(d, d, 1)
+        self.consistency = nn.Linear(d, d) if cfg.consistency_head else None  # g(h) -> embedding space
         self._register_norm_buffers(spec)
         self.supervise_every_iteration = False  # set by training when it weights every iteration's error
 
@@ -363,6 +368,12 @@ class WorldModel(Dynamics, nn.Module):
         h = obs.new_zeros(B, self.n_state_tokens(N), self.cfg.d)  # (B, N_h, d)
         return State(h=h, z=None, obs=obs, real=True)
 
+    def embed(self, obs: torch.Tensor, act: torch.Tensor, pairs: PairGeometry | None = None) -> torch.Tensor:
+        """The encoder's tokens (B, P, d) for observations (B, N, F) and action features (B, A)."""
+        if pairs is not None:
+            return self.encoder(obs, self._norm(), act, pairs)
+        return self.encoder(obs, self._norm(), act)
+
     def pairs(self, obs: torch.Tensor) -> PairGeometry | None:
         """Pairwise geometry of the bodies of an observation (B, N, F), or None where nothing uses
         it (no kinematics, or no edge features and full attention without bias)."""
@@ -402,10 +413,13 @@ class WorldModel(Dynamics, nn.Module):
         action: torch.Tensor,
         depth: int | torch.Tensor | None = None,
         exit_rule: ExitRule | None = None,
+        latent: bool = False,
     ) -> tuple[State, dict[str, torch.Tensor]]:
         """Predict the next observation from state.obs and `action` (B, *action_shape).
 
         depth: None samples it (training) or uses the evaluation depth; an int or a (B,) tensor fixes it.
+        latent: from an imagined state, read the learned no-observation token instead of encoding
+        the predicted observation, whatever `feedback` says (deferred decoding's latent roll-out).
         Returns the new state (whose obs is the prediction) and a dict with obs (B, N, F),
         reward (B,), cont_logit (B,), iterations (B,), token_iterations (B,).
         """
@@ -418,11 +432,8 @@ class WorldModel(Dynamics, nn.Module):
         if isinstance(depth, int):
             depth = torch.full((B,), depth, dtype=torch.long, device=obs.device)
         pairs = self.pairs(obs)  # once per step: the encoder's edge features and the attention context
-        if state.real or self.cfg.feedback == "prediction":
-            if pairs is not None:
-                e_obs = self.encoder(obs, self._norm(), act, pairs)  # (B, P, d)
-            else:
-                e_obs = self.encoder(obs, self._norm(), act)  # (B, P, d)
+        if state.real or (self.cfg.feedback == "prediction" and not latent):
+            e_obs = self.embed(obs, act, pairs)  # (B, P, d)
         else:
             e_obs = self.no_obs.expand(B, P, -1)  # (B, P, d)
         h_prev = state.h  # (B, P + G, d)

@@ -27,6 +27,7 @@ from loopwm.data import TrajectoryDataset, WindowIndex, decode_bounds
 from loopwm.models import RSSMConfig, build_model
 from loopwm.models.dynamics import normalised_error
 from loopwm.models.world_model import ModelConfig, WorldModel, WorldSpec
+from loopwm.train.deferred import deferred_loss
 from loopwm.train.distributed import Distributed
 from loopwm.utils import LoopWMError, atomic_write_json, atomic_write_text, seed_everything
 
@@ -74,6 +75,19 @@ class TrainConfig:
     horizon 1 in our runs (it never saw a carried state built from that many observations)."""
     horizon: int = 8
     """Open-loop imagined steps after the context, with the model's predictions fed back."""
+    objective: str = "sequence"
+    """"sequence": every imagined step decoded and scored; "dd": deferred decoding (roll K actions
+    in latent space, decode only the last; see loopwm.train.deferred), validated the same way at K_max."""
+    dd_k_max: int = 0
+    """dd: the longest deferral K_max (0: --horizon)."""
+    dd_interval: int = 500
+    """dd: K grows by one every this many steps, K = min(K_max, 1 + step // interval)."""
+    dd_consistency: float = 0.1
+    """dd: weight alpha of the latent-consistency loss."""
+    dd_budget: float = 0.01
+    """dd: weight beta of the hinge on the latent's travel over the roll-out."""
+    dd_c_max: float = 2.0
+    """dd: travel allowed per step, C_max (in units of the latent's norm per token and width)."""
     obs_noise: float = 0.0
     """Std of Gaussian noise added to observed inputs, in units of each feature's std."""
     feedback_grad: bool = True
@@ -339,14 +353,21 @@ def train(cfg: TrainConfig) -> Path:
 
 
 class _LossModule(torch.nn.Module):
-    """The sequence loss as a module's forward, so DistributedDataParallel can wrap it."""
+    """The training objective as a module's forward, so DistributedDataParallel can wrap it."""
 
     def __init__(self, model: torch.nn.Module, cfg: TrainConfig):
         super().__init__()
         self.model, self.cfg = model, cfg
+        self.step = 0  # the deferral curriculum reads it
 
     def forward(self, batch: dict[str, torch.Tensor]):
-        return sequence_loss(self.model, batch, self.cfg)
+        return objective_loss(self.model, batch, self.cfg, self.step)
+
+
+def objective_loss(model, batch: dict[str, torch.Tensor], cfg: TrainConfig, step: int):
+    if cfg.objective == "dd":
+        return deferred_loss(model, batch, cfg, step)
+    return sequence_loss(model, batch, cfg)
 
 
 def _train(cfg: TrainConfig, run_dir: Path, ddp: Distributed) -> Path:
@@ -372,7 +393,12 @@ def _train(cfg: TrainConfig, run_dir: Path, ddp: Distributed) -> Path:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     spec = world_spec_from_data(ds, train_idx)
-    model = build_model(spec, cfg.model, cfg.rssm).to(device)
+    if cfg.objective not in ("sequence", "dd"):
+        raise LoopWMError(f"unknown --objective {cfg.objective!r}: use sequence or dd (deferred decoding)")
+    if cfg.objective == "dd" and cfg.model.kind == "rssm":
+        raise LoopWMError("--objective dd trains the looped or deep world model; the RSSM keeps its own objective")
+    model_cfg = replace(cfg.model, consistency_head=True) if cfg.objective == "dd" else cfg.model
+    model = build_model(spec, model_cfg, cfg.rssm).to(device)
     if cfg.depth_supervision > 0:
         if cfg.model.kind != "looped":
             raise LoopWMError("--depth-supervision weights every loop iteration: use it with --model.kind looped")
@@ -411,7 +437,8 @@ def _train(cfg: TrainConfig, run_dir: Path, ddp: Distributed) -> Path:
             curve = [(r["step"], r["val/obs"]) for r in records if "val/obs" in r]
     if cfg.compile:
         compile_blocks(model)
-    runner = ddp.wrap(_LossModule(model, cfg))
+    objective = _LossModule(model, cfg)
+    runner = ddp.wrap(objective)
     budget_s = cfg.minutes * 60.0
     t0 = time.time()
     board = _tensorboard_writer(run_dir) if cfg.tensorboard and ddp.main else None
@@ -442,6 +469,7 @@ def _train(cfg: TrainConfig, run_dir: Path, ddp: Distributed) -> Path:
                 group["lr"] = lr
             pick = train_windows.take(rng.integers(0, len(train_windows), cfg.batch_size))  # the global batch
             batch = to_tensors(ds.batch(ddp.shard(pick)), device)  # this process's slice of it
+            objective.step = step
             loss, info = runner(batch)
             if not ddp.all_finite(loss):
                 raise LoopWMError(f"loss became {loss.item()} at step {step}: lower --lr or check the data for outliers")
@@ -501,5 +529,5 @@ def validate(model: WorldModel, ds: TrajectoryDataset, windows: WindowIndex | np
     pick = windows.take(spread) if isinstance(windows, WindowIndex) else windows[spread]
     batch = to_tensors(ds.batch(pick), device)
     quiet = replace(cfg, obs_noise=0.0)
-    _, info = sequence_loss(model, batch, quiet)
+    _, info = objective_loss(model, batch, quiet, step=2**62)  # dd: at the full deferral K_max
     return {f"val/{k}": v for k, v in info.items()}

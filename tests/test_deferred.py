@@ -89,3 +89,22 @@ def test_dd_needs_the_consistency_head_and_trains(tmp_path):
     with pytest.raises(LoopWMError, match="RSSM"):
         train(TrainConfig(data=str(data), out=str(tmp_path / "r2"), model=ModelConfig(kind="rssm"), objective="dd",
                           steps=1, progress=False, device="cpu"))
+
+
+def test_latent_imagination_reads_no_prediction_and_plans_the_same_way():
+    from loopwm.plan import LearnedWorld
+
+    model = small_model(consistency_head=True).eval()
+    obs, act = random_obs(2, 1)[:, 0], torch.rand(2, 4, 2) * 2 - 1
+    _, latent = model.imagine(model.initial(obs), act, depth=2, latent=True)
+    _, fed = model.imagine(model.initial(obs), act, depth=2)
+    torch.testing.assert_close(latent.obs[:, 0], fed.obs[:, 0])  # the first step reads the real observation
+    assert not torch.allclose(latent.obs[:, 1:], fed.obs[:, 1:])  # later ones do not re-encode predictions
+    world = LearnedWorld(model, depth=2, deferred=True)
+    world.reset(obs[0].numpy())
+    seqs = act[:1].expand(3, -1, -1)
+    scores = world.score(seqs)
+    _, alone = model.imagine(model.initial(obs[:1]), act[:1], depth=2, latent=True)
+    from loopwm.plan import discounted_return
+
+    torch.testing.assert_close(scores, discounted_return(alone.reward, alone.cont_logit, 0.99).expand(3))

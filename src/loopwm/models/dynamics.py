@@ -50,7 +50,8 @@ class Dynamics:
     def initial(self, obs: torch.Tensor) -> State:  # pragma: no cover - implemented by models
         raise NotImplementedError
 
-    def step(self, state: State, action: torch.Tensor, depth: Any = None, exit_rule: Any = None) -> tuple[State, dict]:
+    def step(self, state: State, action: torch.Tensor, depth: Any = None, exit_rule: Any = None, latent: bool = False
+             ) -> tuple[State, dict]:
         raise NotImplementedError  # pragma: no cover
 
     # ----- input checks at the public entry points (a clear message, not an error deep in torch) -----
@@ -118,14 +119,19 @@ class Dynamics:
             state = State(h=state.h, z=state.z, obs=next_obs[:, t], real=True)
         return state, stack_outputs(outs)
 
-    def imagine(self, state: State, actions: torch.Tensor, depth=None, exit_rule=None) -> tuple[State, Rollout]:
-        """Open loop: roll H steps forward under `actions` (B, H, ...) without observations."""
+    def imagine(self, state: State, actions: torch.Tensor, depth=None, exit_rule=None, latent: bool = False
+                ) -> tuple[State, Rollout]:
+        """Open loop: roll H steps forward under `actions` (B, H, ...) without observations.
+
+        latent: deferred decoding's roll-out: the model never re-encodes its own predictions (it
+        reads the learned no-observation token); the predictions are still returned, but only the
+        last one is what a model trained with --objective dd was taught to decode."""
         self.check_actions(actions, 2)
         if actions.shape[0] != state.obs.shape[0]:
             raise LoopWMError(f"actions have batch {actions.shape[0]} but the state has batch {state.obs.shape[0]}")
         outs = []
         for t in range(actions.shape[1]):
-            state, out = self.step(state, actions[:, t], depth, exit_rule)
+            state, out = self.step(state, actions[:, t], depth, exit_rule, latent=latent)
             outs.append(out)
         return state, stack_outputs(outs)
 

@@ -236,10 +236,12 @@ class RSSM(Dynamics, nn.Module):
         h = obs.new_zeros(obs.shape[0], self.cfg.deter)  # (B, deter)
         return State(h=h, z=None, obs=obs, real=True)
 
-    def step(self, state: State, action: torch.Tensor, depth=None, exit_rule=None) -> tuple[State, dict[str, torch.Tensor]]:
+    def step(self, state: State, action: torch.Tensor, depth=None, exit_rule=None, latent: bool = False
+             ) -> tuple[State, dict[str, torch.Tensor]]:
         """Predict the next observation from the state and `action` (B, *action_shape).
 
-        depth and exit_rule are accepted for the common interface and ignored (one GRU update).
+        depth and exit_rule are accepted for the common interface and ignored (one GRU update);
+        so is latent (the RSSM always imagines in latent space, from its prior).
         Returns the new state (h_{t+1}, prior z_{t+1}, the prediction, real=False) and a dict with
         obs (B, N, F), reward (B,), cont_logit (B,), iterations (B,) and aux_loss (scalar).
         """

@@ -47,6 +47,9 @@ class PlanConfig:
     """CEM: fraction of candidates refitted to."""
     discount: float = 0.99
     """Discount of imagined rewards."""
+    decoding: str = "per-step"
+    """How candidates are imagined: "per-step" (each predicted observation encoded again) or
+    "deferred" (rolled in latent space, as a model trained with --objective dd expects)."""
     depth: int = 0
     """Loop iterations per imagined step (0: the run's recorded exit rule and depth, else its
     evaluation depth)."""
@@ -91,6 +94,8 @@ def run_plan(cfg: PlanConfig) -> dict:
 
     if cfg.episodes < 1 or cfg.max_episode_steps < 1:
         raise LoopWMError("--episodes and --max-episode-steps must be at least 1")
+    if cfg.decoding not in ("per-step", "deferred"):
+        raise LoopWMError(f"unknown --decoding {cfg.decoding!r}: use per-step or deferred")
     device = pick_device(cfg.device)
     meta, model, rule, depth = None, None, None, None
     if cfg.model not in ("oracle", "random"):
@@ -117,7 +122,7 @@ def run_plan(cfg: PlanConfig) -> dict:
         if cfg.model == "oracle":
             world = OracleWorld(env, cfg.discount, scratch_factory=lambda: _open(cfg, meta, False)[0])
         elif model is not None and world is None:
-            world = LearnedWorld(model, depth, rule, cfg.discount, device)
+            world = LearnedWorld(model, depth, rule, cfg.discount, device, deferred=cfg.decoding == "deferred")
         planner = None
         if world is not None:
             extra = {"temperature": cfg.temperature} if cfg.planner == "mppi" else {"elites": cfg.elites}
@@ -150,6 +155,7 @@ def run_plan(cfg: PlanConfig) -> dict:
         "iterations_per_step": (world.iterations / imagined) if model is not None and imagined else None,
         "horizon": cfg.horizon, "candidates": cfg.candidates, "planner_iterations": cfg.iterations,
         "exit_rule": getattr(rule, "name", None) if model is not None else None, "depth": depth,
+        "decoding": cfg.decoding if model is not None else None,
         "threads": torch.get_num_threads(), "device": str(device),
     }
     if cfg.out:

@@ -44,8 +44,10 @@ def discounted_return(reward: torch.Tensor, cont_logit: torch.Tensor | None, dis
 class LearnedWorld:
     """Plan inside a trained world model (any `Dynamics`)."""
 
-    def __init__(self, model, depth: int | None = None, exit_rule=None, discount: float = 0.99, device="cpu"):
+    def __init__(self, model, depth: int | None = None, exit_rule=None, discount: float = 0.99, device="cpu",
+                 deferred: bool = False):
         self.model, self.depth, self.exit_rule, self.discount = model.eval(), depth, exit_rule, float(discount)
+        self.deferred = bool(deferred)  # candidates rolled in latent space, never re-encoding a prediction
         self.device = torch.device(device)
         self.imagined_steps, self.iterations, self.seconds = 0, 0.0, 0.0
 
@@ -71,7 +73,7 @@ class LearnedWorld:
         t0 = time.perf_counter()
         K, H = seqs.shape[:2]
         _, roll = self.model.imagine(expand_state(self.state, K), seqs.to(self.device), depth=self.depth,
-                                     exit_rule=self.exit_rule)
+                                     exit_rule=self.exit_rule, latent=self.deferred)
         returns = discounted_return(roll.reward, roll.cont_logit, self.discount)
         self.seconds += time.perf_counter() - t0
         self.imagined_steps += K * H

@@ -6,6 +6,8 @@
     loopwm eval     evaluate a run on held-out episodes (--json for machines)
     loopwm bench    train and score the looped model against baselines on the same data
     loopwm plan     act in the real environment by planning with a world model (or the true simulator)
+    loopwm import   turn a Minari dataset into a loopwm dataset (loopwm import minari PATH_OR_ID --out DIR)
+    loopwm export   write a loopwm dataset as a Minari dataset (loopwm export minari DATA --dataset-id ID)
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     # heavy imports inside main so `loopwm --help` stays quick and import errors surface as messages
     from loopwm.bench import BenchConfig, run_bench
     from loopwm.data import CollectConfig, collect
+    from loopwm.data.minari_io import ExportConfig, ImportConfig, run_export, run_import
     from loopwm.demo import DemoConfig, run_demo
     from loopwm.doctor import DoctorConfig, doctor
     from loopwm.eval.evaluate import EvalConfig, evaluate, format_table
@@ -35,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         "eval": EvalConfig,
         "bench": BenchConfig,
         "plan": PlanConfig,
+        "import": ImportConfig,
+        "export": ExportConfig,
         "doctor": DoctorConfig,
     }
     cfg = tyro.extras.subcommand_cli_from_dict(commands, args=argv, prog="loopwm",
@@ -52,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"results written to {run_bench(cfg)}")
         elif isinstance(cfg, DoctorConfig):
             return doctor(cfg)
+        elif isinstance(cfg, ImportConfig):
+            print(f"dataset written to {run_import(cfg)}")
+        elif isinstance(cfg, ExportConfig):
+            exported = run_export(cfg)
+            print(f"Minari dataset {exported.spec.dataset_id} written to {exported.spec.data_path}")
         elif isinstance(cfg, PlanConfig):
             result = run_plan(cfg)
             print(json.dumps(result) if cfg.json else format_result(result))

@@ -86,6 +86,14 @@ def test_dd_needs_the_consistency_head_and_trains(tmp_path):
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["train/dd_k"] for r in records] == [1.0, 1.0, 2.0, 2.0, 3.0, 3.0]
     assert records[2]["val/dd_k"] == 3.0  # validated at the full deferral
+    from loopwm.eval.evaluate import EvalConfig, evaluate
+
+    per_step = evaluate(EvalConfig(run=str(tmp_path / "run"), horizon=5, max_windows=4, rollout_steps=5, context=2))
+    deferred = evaluate(EvalConfig(run=str(tmp_path / "run"), horizon=5, max_windows=4, rollout_steps=5, context=2,
+                                   decoding="deferred"))
+    assert deferred["decoding"] == "deferred"
+    assert deferred["open_loop_error"]["1"] == pytest.approx(per_step["open_loop_error"]["1"])  # K = 1 is the same
+    assert deferred["open_loop_error"]["5"] != pytest.approx(per_step["open_loop_error"]["5"])
     with pytest.raises(LoopWMError, match="RSSM"):
         train(TrainConfig(data=str(data), out=str(tmp_path / "r2"), model=ModelConfig(kind="rssm"), objective="dd",
                           steps=1, progress=False, device="cpu"))

@@ -73,6 +73,9 @@ class EvalConfig:
     accel, token-delta (each body stops on its own), or gate (a model trained with --model.exit-gate)."""
     threshold: float = 0.0
     """Threshold of the exit rule (with --exit auto: the recorded one)."""
+    decoding: str = "per-step"
+    """Open-loop scoring: "per-step" (each prediction encoded again, as trained by default) or
+    "deferred" (imagined in latent space and decoded at each horizon, as --objective dd trains)."""
     keep_exit: bool = False
     """Record --exit, --threshold and --depth as this run's default (RUN/exit.json), used by later
     evaluations that leave --exit at auto."""
@@ -158,7 +161,10 @@ def _evaluate(cfg: EvalConfig, keep_rollout: bool = False) -> dict:
         keep_exit(cfg.run, name, threshold, depth)
     depth = depth or None
     rule = exit_rule_from(name, threshold, model)
-    res = open_loop(model, ds, episodes, cfg.context, cfg.horizon, cfg.max_windows, depth, rule, device=device)
+    if cfg.decoding not in ("per-step", "deferred"):
+        raise LoopWMError(f"unknown --decoding {cfg.decoding!r}: use per-step or deferred")
+    res = open_loop(model, ds, episodes, cfg.context, cfg.horizon, cfg.max_windows, depth, rule, device=device,
+                    latent=cfg.decoding == "deferred")
     horizon = len(res.errors)  # shorter than asked when held-out episodes are short
     pick = [h for h in HORIZONS if h <= horizon] + ([horizon] if horizon < cfg.horizon and horizon not in HORIZONS else [])
     out = {
@@ -174,6 +180,7 @@ def _evaluate(cfg: EvalConfig, keep_rollout: bool = False) -> dict:
         "max_a_bar": _finite_or_none(model.max_a_bar()),
         "exit_rule": name,
         "threshold": threshold,
+        "decoding": cfg.decoding,
         "depth": depth or model.cfg.resolved_eval_depth(),
         "open_loop_curve": {"model": res.errors.tolist(), "floors": {k: v.tolist() for k, v in res.floors.items()}},
     }

@@ -50,8 +50,12 @@ def floor_predictions(model, obs: torch.Tensor, context: int, horizon: int) -> d
 
 @torch.no_grad()
 def open_loop(model, ds, episodes, context: int = 4, horizon: int = 50, max_windows: int = 512,
-              depth: int | None = None, exit_rule=None, batch_size: int = 256, device="cpu") -> OpenLoopResult:
+              depth: int | None = None, exit_rule=None, batch_size: int = 256, device="cpu",
+              latent: bool = False) -> OpenLoopResult:
     """Score `model` and the floors on windows of held-out `episodes` of dataset `ds`.
+
+    latent: imagine in latent space (deferred decoding: predictions are never encoded again), so
+    the error at horizon K is that of decoding once after K latent steps.
 
     Where no held-out episode is long enough for context + horizon steps (short, terminating
     episodes such as CartPole under a random policy), the horizon is cut to the longest that fits:
@@ -73,7 +77,8 @@ def open_loop(model, ds, episodes, context: int = 4, horizon: int = 50, max_wind
         act = torch.as_tensor(batch["action"], device=device)  # (B, L, ...)
         state = model.initial(obs[:, 0])
         state, _ = model.observe(state, act[:, :context], obs[:, 1 : context + 1], depth=depth, exit_rule=exit_rule)
-        _, roll = model.imagine(state, act[:, context : context + horizon], depth=depth, exit_rule=exit_rule)
+        _, roll = model.imagine(state, act[:, context : context + horizon], depth=depth, exit_rule=exit_rule,
+                                latent=latent)
         true = obs[:, context + 1 : context + horizon + 1]  # (B, H, N, F)
         sums += normalised_error(model, roll.obs, true).sum(0).cpu()
         for name, pred in floor_predictions(model, obs, context, horizon).items():

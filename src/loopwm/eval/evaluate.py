@@ -105,6 +105,14 @@ def frame_renderer(model, env_id: str | None, size: int = 128):
             return np.kron(frame, np.ones((scale, scale, 1), dtype=np.uint8))  # nearest-neighbour upscale
 
         return draw
+    if env_id and env_id.startswith("loopwm/Rail"):
+        from loopwm.envs import render_obs
+
+        # the rail is a line of small discs at half height: draw it three times larger and keep
+        # only the band around the line, so every disc of a touching run stays visible
+        wide = 3 * size
+        band = slice(wide // 2 - wide // 16, wide // 2 + wide // 16)
+        return lambda o: render_obs(o, size=wide)[band]
     if env_id and env_id.startswith("loopwm/"):
         from loopwm.envs import render_obs
 

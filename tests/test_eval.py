@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from loopwm.eval.openloop import floor_predictions, normalised_error, rollout_stats
@@ -60,3 +61,33 @@ def test_rollout_stats_flag_collapse_and_escape():
     stats = rollout_stats(model, {"true": true, "pred": escaped})
     assert stats["rollout_inside_box"] == 0.0 and stats["rollout_max_abs"] > 5
     assert rollout_stats(model, {"true": true, "pred": true})["rollout_std_ratio"] == 1.0
+
+
+def test_effort_by_difficulty_splits_free_flight_from_hard_steps():
+    import numpy as np
+
+    from loopwm.eval.openloop import effort_by_difficulty
+
+    rollout = {"tracked_solver_iterations": np.array([0, 0, 3, 9, 12, 0]),
+               "tracked_iterations": np.array([2, 2, 4, 6, 8, 3]),
+               "tracked_token_iterations": np.array([1.0, 1.5, 2.0, 3.0, 4.0, 1.0])}
+    stats = effort_by_difficulty(rollout, hard=8)
+    assert stats["easy_steps"] == 3 and stats["hard_steps"] == 2
+    assert stats["easy_iterations"] == pytest.approx(7 / 3) and stats["hard_iterations"] == pytest.approx(7.0)
+    assert stats["easy_token_iterations"] == pytest.approx(3.5 / 3) and stats["hard_token_iterations"] == pytest.approx(3.5)
+    assert stats["tracked_iterations_solver_spearman"] > 0.9
+
+
+def test_rail_frames_are_a_wide_band_around_the_line():
+    import numpy as np
+
+    from loopwm.eval.evaluate import frame_renderer
+    from tests.test_model import small_model
+
+    model = small_model()
+    obs = np.zeros((4, 7), dtype=np.float32)
+    obs[:, 0], obs[:, 1], obs[:, 4] = np.linspace(0.1, 0.9, 4), 0.5, 0.01
+    frame = frame_renderer(model, "loopwm/Rail-v0", size=128)(obs)
+    assert frame.shape == (48, 384, 3)
+    assert (frame.max(-1) > 100).any()  # the discs are in the band
+    assert frame_renderer(model, "loopwm/Balls-v0", size=64)(obs).shape == (64, 64, 3)

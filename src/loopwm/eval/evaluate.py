@@ -15,7 +15,8 @@ from loopwm.checkpoint import load_model
 from loopwm.data import TrajectoryDataset
 from loopwm.data.collect import CUSTOM_PREFIX
 from loopwm.models.flops import count_step_flops
-from loopwm.eval.openloop import HORIZONS, exit_rule_from, open_loop, real_vs_imagined, rollout_stats, steps_per_second
+from loopwm.eval.openloop import (HORIZONS, exit_rule_from, latent_decoding, open_loop, real_vs_imagined, rollout_stats,
+                                  steps_per_second)
 from loopwm.utils import LoopWMError, atomic_write_json, pick_device
 
 EXIT_FILE = "exit.json"
@@ -40,6 +41,15 @@ def default_exit(run: str | Path) -> dict:
     except (ValueError, KeyError, TypeError) as err:
         raise LoopWMError(f"{path} is not a valid exit-rule record ({err}); delete it or rewrite it with "
                           "loopwm eval RUN --exit RULE --threshold T --keep-exit") from err
+
+
+def resolve_exit(run: str | Path, name: str, threshold: float, depth: int) -> tuple[str, float, int]:
+    """An exit setting as asked, with "auto" replaced by the run's recorded rule and threshold (and
+    its recorded depth where `depth` is 0)."""
+    if name != "auto":
+        return name, threshold, depth
+    recorded = default_exit(run)
+    return recorded["exit_rule"], recorded["threshold"], depth or recorded["depth"]
 
 
 def keep_exit(run: str | Path, rule: str, threshold: float, depth: int) -> Path:
@@ -161,18 +171,13 @@ def _evaluate(cfg: EvalConfig, keep_rollout: bool = False) -> dict:
     if list(ds.obs_shape) != list(model.spec.obs_shape) and not other_count:
         raise LoopWMError(f"dataset observations {tuple(ds.obs_shape)} do not match the model's {tuple(model.spec.obs_shape)}")
     episodes = np.asarray(meta["val_episodes"]) if not cfg.data else np.arange(ds.episodes)
-    name, threshold, depth = cfg.exit, cfg.threshold, cfg.depth
-    if name == "auto":
-        recorded = default_exit(cfg.run)
-        name, threshold, depth = recorded["exit_rule"], recorded["threshold"], depth or recorded["depth"]
+    name, threshold, depth = resolve_exit(cfg.run, cfg.exit, cfg.threshold, cfg.depth)
     if cfg.keep_exit:
         keep_exit(cfg.run, name, threshold, depth)
     depth = depth or None
     rule = exit_rule_from(name, threshold, model)
-    if cfg.decoding not in ("per-step", "deferred"):
-        raise LoopWMError(f"unknown --decoding {cfg.decoding!r}: use per-step or deferred")
     res = open_loop(model, ds, episodes, cfg.context, cfg.horizon, cfg.max_windows, depth, rule, device=device,
-                    latent=cfg.decoding == "deferred")
+                    latent=latent_decoding(cfg.decoding))
     horizon = len(res.errors)  # shorter than asked when held-out episodes are short
     pick = [h for h in HORIZONS if h <= horizon] + ([horizon] if horizon < cfg.horizon and horizon not in HORIZONS else [])
     out = {

@@ -28,7 +28,7 @@ class OpenLoopResult:
     floors: dict[str, np.ndarray]  # name -> (H,)
     iterations: np.ndarray  # (W, H) loop iterations used per window and imagined step
     windows: int
-    token_iterations: np.ndarray | None = None  # (W, H) iterations per token (differs for per-token exits)
+    token_iterations: np.ndarray  # (W, H) iterations per token (differs for per-token exits)
 
 
 def floor_predictions(model, obs: torch.Tensor, context: int, horizon: int) -> dict[str, torch.Tensor]:
@@ -84,7 +84,7 @@ def open_loop(model, ds, episodes, context: int = 4, horizon: int = 50, max_wind
         for name, pred in floor_predictions(model, obs, context, horizon).items():
             floor_sums[name] = floor_sums.get(name, 0) + normalised_error(model, pred, true).sum(0).cpu()
         iters.append(roll.iterations.cpu().numpy())
-        work.append((roll.token_iterations if roll.token_iterations is not None else roll.iterations).float().cpu().numpy())
+        work.append(roll.token_iterations.cpu().numpy())
     n = len(windows)
     return OpenLoopResult(
         errors=(sums / n).numpy(),
@@ -138,17 +138,15 @@ def real_vs_imagined(model, env_id: str, env_kwargs: dict, steps: int = 1000, co
     # the same trajectory tracked one step ahead (the model reads every real observation): its effort
     # then answers the real world's difficulty step by step, which a long imagined rollout soon stops doing
     _, tracked = model.observe(model.initial(obs_t[:, 0]), act_t, obs_t[:, 1:], depth=depth, exit_rule=exit_rule)
-    work = roll.token_iterations if roll.token_iterations is not None else roll.iterations
-    tracked_work = tracked.token_iterations if tracked.token_iterations is not None else tracked.iterations
     return {
         "true": obs_t[0, context + 1 :].cpu().numpy(),
         "pred": roll.obs[0].cpu().numpy(),
         "iterations": roll.iterations[0].cpu().numpy(),
-        "token_iterations": work[0].float().cpu().numpy(),
+        "token_iterations": roll.token_iterations[0].cpu().numpy(),
         "contacts": np.asarray(contacts[context:]),
         "solver_iterations": np.asarray(solver[context:]),
         "tracked_iterations": tracked.iterations[0].cpu().numpy(),
-        "tracked_token_iterations": tracked_work[0].float().cpu().numpy(),
+        "tracked_token_iterations": tracked.token_iterations[0].cpu().numpy(),
         "tracked_contacts": np.asarray(contacts),
         "tracked_solver_iterations": np.asarray(solver),
     }
@@ -234,6 +232,13 @@ def steps_per_second(model, obs0: torch.Tensor, action: torch.Tensor, n: int = 2
     for _ in range(n):
         state, _ = model.step(state, action[None], depth, exit_rule)
     return n / (time.perf_counter() - start)
+
+
+def latent_decoding(decoding: str) -> bool:
+    """Whether a --decoding setting imagines in latent space: "deferred" yes, "per-step" no."""
+    if decoding not in ("per-step", "deferred"):
+        raise LoopWMError(f"unknown --decoding {decoding!r}: use per-step or deferred")
+    return decoding == "deferred"
 
 
 def exit_rule_from(name: str, threshold: float, model=None):

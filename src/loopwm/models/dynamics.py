@@ -34,7 +34,7 @@ class Rollout:
     reward: torch.Tensor  # (B, T)
     cont_logit: torch.Tensor  # (B, T) continuation logits
     iterations: torch.Tensor  # (B, T) loop iterations used (1 for models without a loop)
-    token_iterations: torch.Tensor | None = None  # (B, T) iterations per token; differs only for per-token exits
+    token_iterations: torch.Tensor  # (B, T) iterations per token; differs only for per-token exits
 
 
 def normalised_error(model, pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:

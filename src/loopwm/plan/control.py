@@ -88,28 +88,24 @@ def _open(cfg: PlanConfig, meta: dict | None, render: bool):
 def run_plan(cfg: PlanConfig) -> dict:
     import torch
 
+    from loopwm.eval.openloop import exit_rule_from, latent_decoding
     from loopwm.plan.planners import make_planner
     from loopwm.plan.worlds import LearnedWorld, OracleWorld
     from loopwm.utils import pick_device
 
     if cfg.episodes < 1 or cfg.max_episode_steps < 1:
         raise LoopWMError("--episodes and --max-episode-steps must be at least 1")
-    if cfg.decoding not in ("per-step", "deferred"):
-        raise LoopWMError(f"unknown --decoding {cfg.decoding!r}: use per-step or deferred")
+    deferred = latent_decoding(cfg.decoding)
     device = pick_device(cfg.device)
     meta, model, rule, depth = None, None, None, None
     if cfg.model not in ("oracle", "random"):
         from loopwm.checkpoint import load_model
-        from loopwm.eval.evaluate import default_exit
-        from loopwm.eval.openloop import exit_rule_from
+        from loopwm.eval.evaluate import resolve_exit
 
         model, meta = load_model(cfg.model, device)
         if meta.get("obs", "state") == "pixels" or getattr(model.spec, "pixels", False):
             raise LoopWMError("planning from frames is not supported yet: plan with a run trained on state vectors")
-        name, threshold, depth = cfg.exit, cfg.threshold, cfg.depth
-        if name == "auto":
-            recorded = default_exit(cfg.model)
-            name, threshold, depth = recorded["exit_rule"], recorded["threshold"], depth or recorded["depth"]
+        name, threshold, depth = resolve_exit(cfg.model, cfg.exit, cfg.threshold, cfg.depth)
         depth = depth or None
         rule = exit_rule_from(name, threshold, model)
     returns, frames = [], []
@@ -120,14 +116,15 @@ def run_plan(cfg: PlanConfig) -> dict:
         obs, _ = env.reset(seed=cfg.seed + episode)
         env.action_space.seed(cfg.seed + episode)
         if cfg.model == "oracle":
-            world = OracleWorld(env, cfg.discount, scratch_factory=lambda: _open(cfg, meta, False)[0])
+            world = world or OracleWorld(env, cfg.discount, scratch_factory=lambda: _open(cfg, meta, False)[0])
+            world.env = env  # every episode acts in a freshly made environment
         elif model is not None and world is None:
-            world = LearnedWorld(model, depth, rule, cfg.discount, device, deferred=cfg.decoding == "deferred")
+            world = LearnedWorld(model, depth, rule, cfg.discount, deferred=deferred)
         planner = None
         if world is not None:
             extra = {"temperature": cfg.temperature} if cfg.planner == "mppi" else {"elites": cfg.elites}
             planner = make_planner(cfg.planner, env.action_space, horizon=cfg.horizon, candidates=cfg.candidates,
-                                   iterations=cfg.iterations, seed=cfg.seed + episode, device=device, **extra)
+                                   iterations=cfg.iterations, seed=cfg.seed + episode, **extra)
             world.reset(obs)
         total, done = 0.0, False
         while not done:

@@ -29,17 +29,18 @@ class ImaginedEnv(gym.Env):
 
     def __init__(self, run: str | Path, data: str | Path | None = None, max_episode_steps: int = 200,
                  depth: int | None = None, exit: str = "auto", threshold: float = 0.0, terminate_below: float = 0.5,
-                 device: str = "cpu", render_mode: str | None = None):
+                 device: str = "auto", render_mode: str | None = None):
         from loopwm.checkpoint import load_model
         from loopwm.data import TrajectoryDataset
         from loopwm.data.shards import space_from_description
-        from loopwm.eval.evaluate import default_exit
+        from loopwm.eval.evaluate import frame_renderer, resolve_exit
         from loopwm.eval.openloop import exit_rule_from
+        from loopwm.utils import pick_device
 
         if render_mode not in (None, "rgb_array"):
             raise LoopWMError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
-        self.model, self.meta = load_model(run, device)
-        self.device = torch.device(device)
+        self.device = pick_device(device)
+        self.model, self.meta = load_model(run, self.device)
         data = Path(data or self.meta.get("data") or "")
         if not (data / "manifest.json").exists():
             raise LoopWMError(f"the run's dataset {str(data)!r} is not there to draw start states from: "
@@ -51,12 +52,11 @@ class ImaginedEnv(gym.Env):
             raise LoopWMError(f"dataset observations {self.observation_space.shape} do not match the model's "
                               f"{tuple(self.model.spec.obs_shape)}: pass the dataset the run was trained on")
         self.starts = np.stack([np.asarray(ds.episode(i)["obs"][0]) for i in range(len(ds))]).astype(np.float32)
-        if exit == "auto":
-            recorded = default_exit(run)
-            exit, threshold, depth = recorded["exit_rule"], recorded["threshold"], depth or recorded["depth"] or None
-        self.depth, self.exit_rule = depth, exit_rule_from(exit, threshold, self.model)
+        exit, threshold, depth = resolve_exit(run, exit, threshold, depth or 0)
+        self.depth, self.exit_rule = depth or None, exit_rule_from(exit, threshold, self.model)
         self.max_episode_steps, self.terminate_below = int(max_episode_steps), float(terminate_below)
-        self.render_mode, self.env_id = render_mode, self.meta.get("env_id")
+        self.render_mode = render_mode
+        self._draw = frame_renderer(self.model, self.meta.get("env_id")) if render_mode == "rgb_array" else None
         self._low = np.broadcast_to(self.observation_space.low, self.observation_space.shape).astype(np.float32)
         self._high = np.broadcast_to(self.observation_space.high, self.observation_space.shape).astype(np.float32)
         self.state, self.obs, self.t = None, None, 0
@@ -93,9 +93,6 @@ class ImaginedEnv(gym.Env):
     def render(self):
         if self.render_mode != "rgb_array" or self.obs is None:
             return None
-        from loopwm.eval.evaluate import frame_renderer
-
-        draw = frame_renderer(self.model, self.env_id)
-        if draw is None:
+        if self._draw is None:
             return np.zeros((64, 64, 3), dtype=np.uint8)  # a world whose states cannot be drawn
-        return draw(self.model._as_entities(torch.as_tensor(self.obs).float()).numpy())
+        return self._draw(self.model._as_entities(torch.as_tensor(self.obs).float()).numpy())

@@ -29,13 +29,14 @@ class Planner:
     name = "planner"
 
     def __init__(self, action_space, horizon: int = 15, candidates: int = 256, iterations: int = 3, seed: int = 0,
-                 init_std: float = 0.5, min_std: float = 0.05, device="cpu"):
+                 init_std: float = 0.5, min_std: float = 0.05):
         if horizon < 1 or candidates < 2 or iterations < 1:
             raise LoopWMError(f"planning needs horizon >= 1, candidates >= 2 and iterations >= 1 "
                               f"(got {horizon}, {candidates}, {iterations})")
         self.horizon, self.candidates, self.iterations = int(horizon), int(candidates), int(iterations)
-        self.device = torch.device(device)
-        self.gen = torch.Generator(device="cpu").manual_seed(int(seed))
+        # candidates are drawn on the CPU (the same plans on any machine); the score function moves
+        # them to its own device
+        self.gen = torch.Generator().manual_seed(int(seed))
         kind = type(action_space).__name__
         if kind == "Discrete":
             self.discrete, self.n, self.start = True, int(action_space.n), int(getattr(action_space, "start", 0))
@@ -89,21 +90,19 @@ class Planner:
 
     def act(self, score: Score):
         """Plan and return the first action (a numpy value the environment accepts)."""
-        best_seq, best_ret = None, -float("inf")
+        best = -float("inf")
         for _ in range(self.iterations):
             seqs = self.sample()
-            returns = score(seqs.to(self.device)).detach().float().cpu()  # (K,)
+            returns = score(seqs).detach().float().cpu()  # (K,)
             returns = torch.nan_to_num(returns, nan=-1e9, neginf=-1e9, posinf=1e9)
-            i = int(returns.argmax())
-            if float(returns[i]) > best_ret:
-                best_seq, best_ret = seqs[i].clone(), float(returns[i])
+            best = max(best, float(returns.max()))
             self.update(seqs, returns)
-        first = self._first_action(best_seq)
-        self.last_return = best_ret
+        first = self._first_action()
+        self.last_return = best  # the best candidate's return, for diagnostics
         self.shift()
         return first
 
-    def _first_action(self, best_seq: torch.Tensor):
+    def _first_action(self):
         # the distribution's own first step (mean / mode): the best single draw is noisier
         if self.discrete:
             return int(self.probs[0].argmax()) + self.start

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import time
 
 import numpy as np
 import torch
@@ -44,11 +45,10 @@ def discounted_return(reward: torch.Tensor, cont_logit: torch.Tensor | None, dis
 class LearnedWorld:
     """Plan inside a trained world model (any `Dynamics`)."""
 
-    def __init__(self, model, depth: int | None = None, exit_rule=None, discount: float = 0.99, device="cpu",
-                 deferred: bool = False):
+    def __init__(self, model, depth: int | None = None, exit_rule=None, discount: float = 0.99, deferred: bool = False):
         self.model, self.depth, self.exit_rule, self.discount = model.eval(), depth, exit_rule, float(discount)
         self.deferred = bool(deferred)  # candidates rolled in latent space, never re-encoding a prediction
-        self.device = torch.device(device)
+        self.device = next(model.parameters()).device  # wherever the model was loaded
         self.imagined_steps, self.iterations, self.seconds = 0, 0.0, 0.0
 
     def _obs(self, obs) -> torch.Tensor:
@@ -68,8 +68,6 @@ class LearnedWorld:
 
     @torch.no_grad()
     def score(self, seqs: torch.Tensor) -> torch.Tensor:
-        import time
-
         t0 = time.perf_counter()
         K, H = seqs.shape[:2]
         _, roll = self.model.imagine(expand_state(self.state, K), seqs.to(self.device), depth=self.depth,
@@ -116,8 +114,6 @@ class OracleWorld:
             yield copy.deepcopy(real)
 
     def score(self, seqs: torch.Tensor) -> torch.Tensor:
-        import time
-
         t0 = time.perf_counter()
         seqs_np = seqs.cpu().numpy()
         K, H = seqs_np.shape[:2]

@@ -69,6 +69,4 @@ def deferred_loss(model, batch: dict[str, torch.Tensor], cfg, step: int):
     budget = budget_penalty(latent_travel(hs), K, cfg.dd_c_max)  # h_0 (before the roll-out) to h_K
     loss = terminal + cfg.dd_consistency * consist_loss + cfg.dd_budget * budget
     return loss, {"loss": loss.item(), "obs": obs_loss.item(), "reward": reward_loss.item(), "cont": cont_loss.item(),
-                  "aux": 0.0, "every_iteration": 0.0, "gate": 0.0, "obs_first": obs_loss.item(),
-                  "obs_last": obs_loss.item(), "dd_k": float(K), "dd_consist": consist_loss.item(),
-                  "dd_budget": budget.item()}
+                  "dd_k": float(K), "dd_consist": consist_loss.item(), "dd_budget": budget.item()}

@@ -432,7 +432,7 @@ def _train(cfg: TrainConfig, run_dir: Path, ddp: Distributed) -> Path:
     metrics_path = run_dir / "metrics.jsonl"
     if ddp.main:
         _truncate_metrics(metrics_path, step)  # drop records written after the checkpoint we resume from
-        if metrics_path.exists():  # the validation curve so far, for --until-plateau
+        if cfg.until_plateau > 0 and metrics_path.exists():  # the validation curve so far, which the rule reads
             records = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()]
             curve = [(r["step"], r["val/obs"]) for r in records if "val/obs" in r]
     if cfg.compile:

@@ -59,6 +59,7 @@ def test_demo_tiny_writes_every_artifact(tmp_path):
         assert (out / name).exists(), name
     assert list((out / "checkpoints").glob("*.safetensors")) and list((out / "checkpoints").glob("*.json"))
     assert "open-loop error at horizon  1" in proc.stdout and "parameters" in proc.stdout
+    assert f"loopwm play {out}" in proc.stdout  # it ends with the command that plays its run
 
 
 def test_errors_are_messages_not_tracebacks(tmp_path):

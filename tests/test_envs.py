@@ -276,3 +276,14 @@ def test_render_shape_dtype_and_colours():
     assert chain.render().shape == (96, 96, 3)
     with pytest.raises(LoopWMError):
         render_obs(np.zeros((3, 2)))
+
+
+def test_a_band_of_rows_draws_the_same_pixels_as_cropping_the_whole_picture():
+    for env_id in ("loopwm/Rail-v0", "loopwm/Chain-v0", "loopwm/Balls-v0"):
+        env = make_env(env_id)
+        obs, _ = env.reset(seed=4)
+        full = render_obs(obs, size=192)
+        for band in ((84, 108), (0, 40), (150, 192)):
+            assert np.array_equal(render_obs(obs, size=192, rows=band), full[band[0]:band[1]]), (env_id, band)
+    with pytest.raises(LoopWMError, match="band"):
+        render_obs(obs, size=64, rows=(30, 10))

@@ -6,6 +6,7 @@
     loopwm eval     evaluate a run on held-out episodes (--json for machines)
     loopwm bench    train and score the looped model against baselines on the same data
     loopwm plan     act in the real environment by planning with a world model (or the true simulator)
+    loopwm play     drive the real world and the model's imagined one side by side in the browser
     loopwm import   turn a Minari dataset into a loopwm dataset (loopwm import minari PATH_OR_ID --out DIR)
     loopwm export   write a loopwm dataset as a Minari dataset (loopwm export minari DATA --dataset-id ID)
 """
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     from loopwm.doctor import DoctorConfig, doctor
     from loopwm.eval.evaluate import EvalConfig, evaluate, format_table
     from loopwm.plan.control import PlanConfig, format_result, run_plan
+    from loopwm.play.server import PlayConfig, run_play
     from loopwm.train.loop import TrainConfig, train
 
     commands = {
@@ -38,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         "eval": EvalConfig,
         "bench": BenchConfig,
         "plan": PlanConfig,
+        "play": PlayConfig,
         "import": ImportConfig,
         "export": ExportConfig,
         "doctor": DoctorConfig,
@@ -65,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         elif isinstance(cfg, PlanConfig):
             result = run_plan(cfg)
             print(json.dumps(result) if cfg.json else format_result(result))
+        elif isinstance(cfg, PlayConfig):
+            run_play(cfg)
         elif isinstance(cfg, EvalConfig):
             result = evaluate(cfg)
             if cfg.json:

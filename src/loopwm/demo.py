@@ -107,6 +107,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     print()
     print(format_table(result))
     print(summary(result, files, minutes))
+    print(f"\nplay it in the browser, beside the real world:  loopwm play {out}")
     return result
 
 

@@ -108,26 +108,31 @@ def _pixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     return _GRID_CACHE[size]
 
 
-def render_obs(obs: np.ndarray, size: int = 64, box: float = 1.0) -> np.ndarray:
+def render_obs(obs: np.ndarray, size: int = 64, box: float = 1.0, rows: tuple[int, int] | None = None) -> np.ndarray:
     """Draw one observation (N, 7) as an RGB image (size, size, 3) uint8, y pointing up.
 
     Uses only the observation, so predicted observations render the same way; values a model might
     produce (NaN, negative radii, fuzzy 0/1 flags) are tolerated. Discs are anti-aliased; consecutive
-    chain particles are joined by a line.
+    chain particles are joined by a line. `rows` = (top, bottom) draws only that band of image rows
+    (the same pixels as cropping the full picture, at a fraction of the cost).
     """
     obs = np.nan_to_num(np.asarray(obs, dtype=np.float32), nan=-1.0, posinf=-1.0, neginf=-1.0)
     if obs.ndim != 2 or obs.shape[1] < len(OBS_FEATURES):
         raise LoopWMError(f"render_obs needs an (N, {len(OBS_FEATURES)}) observation, got shape {obs.shape}")
     if size < 8:
         raise LoopWMError(f"render size {size} is too small: use 8 or more pixels")
+    top, bottom = rows if rows is not None else (0, size)
+    if not 0 <= top < bottom <= size:
+        raise LoopWMError(f"rows {rows} must be a band (top, bottom) with 0 <= top < bottom <= {size}")
+    height = bottom - top
     scale = size / box
     px = obs[:, 0] * scale
-    py = (box - obs[:, 1]) * scale  # image rows grow downward
+    py = (box - obs[:, 1]) * scale - top  # image rows grow downward; row 0 is the band's top
     rad = np.clip(obs[:, 4], 0.0, box) * scale
     controlled = obs[:, 5] > 0.5
     chain = obs[:, 6] > 0.5
 
-    img = np.empty((size, size, 3), dtype=np.float32)
+    img = np.empty((height, size, 3), dtype=np.float32)
     img[:] = BACKGROUND
 
     # Chain links first, so particles are drawn over them: sample points along each segment.
@@ -136,14 +141,14 @@ def render_obs(obs: np.ndarray, size: int = 64, box: float = 1.0) -> np.ndarray:
         t = np.linspace(0.0, 1.0, 2 * size)[None, :]
         lx = (px[links, None] + t * (px[links + 1] - px[links])[:, None]).astype(int).ravel()
         ly = (py[links, None] + t * (py[links + 1] - py[links])[:, None]).astype(int).ravel()
-        ok = (lx >= 0) & (lx < size) & (ly >= 0) & (ly < size)
+        ok = (lx >= 0) & (lx < size) & (ly >= 0) & (ly < height)
         img[ly[ok], lx[ok]] = LINK_COLOUR
 
     gx, gy = _pixel_grid(size)
     for k in range(obs.shape[0]):
         r = max(float(rad[k]), 0.75)  # keep tiny bodies visible at low resolution
         x0, x1 = int(max(px[k] - r - 1, 0)), int(min(px[k] + r + 2, size))
-        y0, y1 = int(max(py[k] - r - 1, 0)), int(min(py[k] + r + 2, size))
+        y0, y1 = int(max(py[k] - r - 1, 0)), int(min(py[k] + r + 2, height))
         if x0 >= x1 or y0 >= y1:
             continue  # entirely outside the picture
         dist = np.sqrt((gx[:, x0:x1] - px[k]) ** 2 + (gy[y0:y1] - py[k]) ** 2)

@@ -121,8 +121,8 @@ def frame_renderer(model, env_id: str | None, size: int = 128):
         # the rail is a line of small discs at half height: draw it three times larger and keep
         # only the band around the line, so every disc of a touching run stays visible
         wide = 3 * size
-        band = slice(wide // 2 - wide // 16, wide // 2 + wide // 16)
-        return lambda o: render_obs(o, size=wide)[band]
+        band = (wide // 2 - wide // 16, wide // 2 + wide // 16)
+        return lambda o: render_obs(o, size=wide, rows=band)
     if env_id and env_id.startswith("loopwm/"):
         from loopwm.envs import render_obs
 

@@ -149,6 +149,44 @@ def test_hello_describes_the_controls(player):
     json.dumps(hello)  # plain JSON values only
 
 
+def test_a_gymnasium_world_plays_with_its_own_renderer_and_discrete_keys(tmp_path):
+    from loopwm.data import CollectConfig, collect
+    from loopwm.models.world_model import ModelConfig
+    from loopwm.train.loop import TrainConfig, train
+
+    collect(CollectConfig(env_id="CartPole-v1", out=str(tmp_path / "data"), episodes=4, max_episode_steps=40))
+    run = train(TrainConfig(data=str(tmp_path / "data"), out=str(tmp_path / "run"), steps=2, batch_size=4,
+                            model=ModelConfig(d=16, n_heads=2, mu_rec=2), progress=False, device="cpu"))
+    cartpole = Player.open(run, "cpu")
+    hello = cartpole.hello()
+    assert hello["action"] == {"kind": "discrete", "n": 2, "start": 0} and hello["drawn"]
+    session = PlaySession(cartpole, seed=0)
+    session.handle(ActionMessage(type="action", action=1))
+    frame = session.step()
+    assert frame["action"] == 1 and frame["real"].startswith("data:image/png") and frame["imagined"].startswith("data:")
+    with pytest.raises(ProtocolError, match="whole number"):
+        session.handle(ActionMessage(type="action", action=2))
+    differ = False
+    for _ in range(60):  # pushing right, CartPole ends: both worlds start the next episode together
+        frame = session.step()
+        differ = differ or frame["imagined"] != frame["real"]  # the prediction drawn, not the truth again
+        if "episode_end" in frame:
+            break
+    assert differ
+    assert "episode_end" in frame and session.t == 0 and frame["seed"] == 0 and session.seed == 1
+
+
+def test_a_world_that_cannot_be_drawn_sends_its_observations_instead(player):
+    import copy
+
+    blind = copy.copy(player)
+    blind.draw = None  # as for a vector world whose observation does not fix a picture (MuJoCo, say)
+    frame = PlaySession(blind, seed=2).step()
+    assert frame["imagined"] is None and not blind.hello()["drawn"]
+    assert len(frame["real_values"]) == len(frame["imagined_values"]) == 4 * 7  # 4 bodies, 7 features
+    assert frame["real_values"] != frame["imagined_values"]
+
+
 # ----- the server -----
 def test_only_loopback_binds_without_the_explicit_flag():
     for host in ("127.0.0.1", "::1", "localhost"):
@@ -183,8 +221,9 @@ def test_server_serves_the_page_and_nothing_else(player):
 
 
 def test_malformed_and_oversized_messages_get_an_error_and_the_session_goes_on(player):
-    with _client(player).websocket_connect("/ws") as ws:
-        assert ws.receive_json()["type"] == "hello"
+    client = _client(player)
+    with client.websocket_connect("/ws") as ws, client.websocket_connect("/ws") as other:
+        assert ws.receive_json()["type"] == "hello" and other.receive_json()["type"] == "hello"
         ws.send_text(json.dumps({"type": "settings", "running": False}))
         _next(ws, "settings")
         for bad in ("{oops", "x" * 5000, json.dumps({"type": "teleport"}), json.dumps({"type": "settings", "rate": 1e9})):
@@ -195,6 +234,29 @@ def test_malformed_and_oversized_messages_get_an_error_and_the_session_goes_on(p
         ws.send_text(json.dumps({"type": "step"}))
         frame = _next(ws, "frame")
         assert frame["t"] >= 1 and frame["imagined"]
+        assert _next(other, "frame")["imagined"]  # the other page never noticed
+
+
+def test_step_requests_are_held_to_the_rate_cap(player, monkeypatch):
+    from loopwm.play import server
+
+    clock = [100.0]
+    monkeypatch.setattr(server.time, "monotonic", lambda: clock[0])
+    bucket = server.RateLimit(rate=10.0, burst=2.0)
+    assert [bucket.take() for _ in range(3)] == [True, True, False]  # the burst, then nothing
+    clock[0] += 0.11  # a little over one more step's worth of time
+    assert [bucket.take(), bucket.take()] == [True, False]
+    monkeypatch.undo()
+    with _client(player).websocket_connect("/ws") as ws:
+        ws.receive_json()
+        ws.send_text(json.dumps({"type": "settings", "running": False}))
+        _next(ws, "settings")
+        for _ in range(100):
+            ws.send_text(json.dumps({"type": "step"}))
+        replies = [ws.receive_json() for _ in range(100)]
+        refused = [r for r in replies if r["type"] == "error"]
+        assert refused and "at most 60 steps a second" in refused[0]["error"]
+        assert any(r["type"] == "frame" for r in replies)
 
 
 def test_connections_past_the_cap_are_refused_politely(player):

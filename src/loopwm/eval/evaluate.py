@@ -104,7 +104,7 @@ class EvalConfig:
 
 def frame_renderer(model, env_id: str | None, size: int = 128):
     """A function from one observation in entity form to an RGB frame, or None when the world's
-    states cannot be drawn (vector observations of an environment other than the built-in world)."""
+    states cannot be drawn (vector observations that do not fix what the world's renderer shows)."""
     spec = model.spec
     if spec.pixels:
         H, W, C = spec.obs_shape
@@ -127,6 +127,18 @@ def frame_renderer(model, env_id: str | None, size: int = 128):
         from loopwm.envs import render_obs
 
         return lambda o: render_obs(o, size=size)
+    if env_id:
+        from PIL import Image
+
+        from loopwm.envs.painters import state_painter
+
+        paint = state_painter(env_id)
+        if paint is not None:  # the world's own renderer, fed the observation (classic control)
+            def draw(o):
+                frame = Image.fromarray(paint(o))
+                return np.asarray(frame.resize((2 * size, max(1, round(frame.height * 2 * size / frame.width)))))
+
+            return draw
     return None
 
 

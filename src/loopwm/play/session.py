@@ -238,7 +238,7 @@ class PlaySession:
         return _png(self.player.draw(obs.detach().cpu().numpy()))
 
     def _entities(self, obs) -> torch.Tensor:
-        return self.model._as_entities(torch.as_tensor(np.asarray(obs), device=self.device).float()[None])  # (1, N, F)
+        return self.model._as_entities(torch.as_tensor(np.array(obs, dtype=np.float32), device=self.device)[None])  # (1, N, F)
 
     # ----- actions -----
     def _policy_action(self):

@@ -211,3 +211,19 @@ def test_batched_per_token_exits_equal_per_sample_ones():
         torch.testing.assert_close(batched.obs[i : i + 1], alone.obs, atol=1e-5, rtol=1e-5)
         assert torch.equal(batched.iterations[i : i + 1], alone.iterations)
         torch.testing.assert_close(batched.token_iterations[i : i + 1], alone.token_iterations)
+
+
+def test_fixed_depth_path_equals_the_general_loop_in_evaluation_and_per_sample_depths_still_work():
+    model = small_model().eval()
+    obs, act = random_obs(3, 2), torch.rand(3, 5, 2)
+    state = model.initial(obs[:, 0])
+    with torch.no_grad():
+        _, fast = model.imagine(state, act, depth=5)  # no rule: the fixed-depth path
+        _, general = model.imagine(state, act, depth=5, exit_rule=make_exit_rule("delta", 0.0))  # never fires
+        _, mixed = model.imagine(state, act, depth=torch.tensor([2, 5, 3]))  # per-sample depths: the general loop
+    torch.testing.assert_close(fast.obs, general.obs)
+    assert fast.iterations.tolist() == general.iterations.tolist() == [[5] * 5] * 3
+    assert mixed.iterations[:, 0].tolist() == [2, 5, 3]
+    with torch.no_grad():
+        _, alone = model.imagine(model.initial(obs[1:2, 0]), act[1:2], depth=5)
+    torch.testing.assert_close(mixed.obs[1], alone.obs[0])  # the depth-5 sample as if it ran alone

@@ -7,6 +7,7 @@
     loopwm bench    train and score the looped model against baselines on the same data
     loopwm plan     act in the real environment by planning with a world model (or the true simulator)
     loopwm play     drive the real world and the model's imagined one side by side in the browser
+    loopwm text     text worlds: loopwm text collect records ScienceWorld trajectories
     loopwm import   turn a Minari dataset into a loopwm dataset (loopwm import minari PATH_OR_ID --out DIR)
     loopwm export   write a loopwm dataset as a Minari dataset (loopwm export minari DATA --dataset-id ID)
 """
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     from loopwm.eval.evaluate import EvalConfig, evaluate, format_table
     from loopwm.plan.control import PlanConfig, format_result, run_plan
     from loopwm.play.server import PlayConfig, run_play
+    from loopwm.text.collect import TextCollectConfig, collect_text
     from loopwm.train.loop import TrainConfig, train
 
     commands = {
@@ -41,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         "bench": BenchConfig,
         "plan": PlanConfig,
         "play": PlayConfig,
+        "text": TextCollectConfig,
         "import": ImportConfig,
         "export": ExportConfig,
         "doctor": DoctorConfig,
@@ -68,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         elif isinstance(cfg, PlanConfig):
             result = run_plan(cfg)
             print(json.dumps(result) if cfg.json else format_result(result))
+        elif isinstance(cfg, TextCollectConfig):
+            print(f"text dataset written to {collect_text(cfg)}")
         elif isinstance(cfg, PlayConfig):
             run_play(cfg)
         elif isinstance(cfg, EvalConfig):

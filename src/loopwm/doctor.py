@@ -83,6 +83,9 @@ EXTRAS = {  # module -> (what it gives, how to get it)
     "ale_py": ("Atari games (ALE/Pong-v5, ...)", 'pip install "loopwm[atari]"'),
     "cv2": ("Atari preprocessing (resizing)", 'pip install "loopwm[atari]"'),
     "tensorboard": ("loopwm train --tensorboard", 'pip install "loopwm[tensorboard]"'),
+    "minari": ("Minari datasets in and out (loopwm import / export)", 'pip install "loopwm[minari]"'),
+    "fastapi": ("loopwm play (the web server)", 'pip install "loopwm[play]"'),
+    "scienceworld": ("text worlds (loopwm text collect; needs java)", 'pip install "loopwm[text]"'),
     "hypothesis": ("property-based tests", 'pip install -e ".[dev]"'),
 }
 
@@ -103,7 +106,7 @@ def check_java() -> Check:
     java = shutil.which("java")
     if java is None:
         return Check("java", "missing", "no java on PATH: text worlds such as ScienceWorld need it",
-                     "install a JDK, e.g. apt-get install -y default-jre-headless")
+                     "install a Java runtime, e.g. apt-get install -y openjdk-17-jre-headless")
     try:
         proc = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=20)
         line = (proc.stderr or proc.stdout).splitlines()[0] if (proc.stderr or proc.stdout) else "java"

@@ -1,0 +1,102 @@
+"""Text worlds: ScienceWorld collection from the real simulator (the `text` extra and a Java runtime)."""
+
+import importlib.util
+import json
+import shutil
+import sys
+
+import pytest
+
+from loopwm.text.collect import TextCollectConfig, check_ready, collect_text, trajectory_path
+from loopwm.text.tasks import SPLITS, TASK_TYPES, TYPES
+from loopwm.utils import LoopWMError
+
+needs_simulator = pytest.mark.skipif(
+    importlib.util.find_spec("scienceworld") is None or shutil.which("java") is None,
+    reason="ScienceWorld needs the text extra (pip install 'loopwm[text]') and a Java runtime")
+
+SMALL = dict(command="collect", tasks=["use-thermometer"], train_variations=2, dev_variations=0, test_variations=1,
+             branches=1, branch_steps=3, workers=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sciworld") / "data"
+    collect_text(TextCollectConfig(out=str(out), **SMALL))
+    return out
+
+
+def trajectories(out):
+    return {p: json.loads(p.read_text()) for p in sorted((out / "trajectories").glob("*/*/*.json"))}
+
+
+def test_a_missing_extra_or_java_is_named_in_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "scienceworld", None)  # as if not installed
+    with pytest.raises(LoopWMError, match=r'pip install "loopwm\[text\]"'):
+        check_ready()
+    monkeypatch.setitem(sys.modules, "scienceworld", type(sys)("scienceworld"))
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(LoopWMError, match="openjdk-17-jre-headless"):
+        check_ready()
+
+
+@needs_simulator
+def test_the_paper_types_cover_every_simulator_task():
+    from scienceworld import ScienceWorldEnv
+
+    env = ScienceWorldEnv("", envStepLimit=10)
+    try:
+        assert sorted(env.get_task_names()) == sorted(TASK_TYPES)
+    finally:
+        env.close()
+    assert len(TYPES) == 14 and "Thermometer" in TYPES and TASK_TYPES["measure-melting-point-known-substance"] == "Melt"
+
+
+@needs_simulator
+def test_collection_records_gold_paths_and_branches_from_the_simulators_own_splits(collected):
+    found = trajectories(collected)
+    known = json.loads((collected / "variations.json").read_text())["use-thermometer"]
+    assert set(known) == set(SPLITS) and not set(known["train"]) & set(known["test"])
+    kinds = sorted((t["split"], t["kind"]) for t in found.values())
+    assert kinds == [("test", "gold"), ("train", "branch0"), ("train", "branch0"), ("train", "gold"), ("train", "gold")]
+    for t in found.values():
+        assert t["variation"] in known[t["split"]]  # every variation comes from its own split's list
+        assert t["type"] == "Thermometer" and t["task_description"].strip() and t["observation"].strip()
+        assert all(step["action"] and isinstance(step["observation"], str) for step in t["steps"])
+    train_vs = {t["variation"] for t in found.values() if t["split"] == "train"}
+    test_vs = {t["variation"] for t in found.values() if t["split"] == "test"}
+    assert train_vs and test_vs and not train_vs & test_vs  # no test variation is ever in training data
+    for t in found.values():
+        if t["kind"] == "gold":
+            assert t["steps"][-1]["done"] and t["steps"][-1]["score"] == 100  # the gold path solves the task
+        else:
+            gold = next(g for g in found.values() if g["kind"] == "gold" and g["variation"] == t["variation"])
+            assert 0 <= t["branch_from"] < len(gold["steps"])
+            prefix = [s["action"] for s in t["steps"][: t["branch_from"]]]
+            assert prefix == [s["action"] for s in gold["steps"][: t["branch_from"]]]  # it followed the gold path
+            assert len(t["steps"]) == t["branch_from"] + 3 or t["steps"][-1]["done"]
+    manifest = json.loads((collected / "manifest.json").read_text())
+    assert manifest["counts"]["train"]["trajectories"] == 4 and manifest["counts"]["dev"]["trajectories"] == 0
+    assert manifest["counts"]["test"]["transitions"] == sum(len(t["steps"]) for t in found.values() if t["split"] == "test")
+
+
+@needs_simulator
+def test_a_killed_collection_resumes_with_only_the_missing_trajectories(collected):
+    before = trajectories(collected)
+    gone = trajectory_path(collected, "train", "use-thermometer", sorted(t["variation"] for t in before.values()
+                                                                          if t["split"] == "train")[0], "branch0")
+    gone.unlink()
+    stamps = {p: p.stat().st_mtime_ns for p in before if p != gone}
+    collect_text(TextCollectConfig(out=str(collected), **SMALL))
+    after = trajectories(collected)
+    assert set(after) == set(before) and {p: p.stat().st_mtime_ns for p in stamps} == stamps  # the others untouched
+    strip = lambda t: {k: v for k, v in t.items() if k != "seconds"}  # noqa: E731
+    assert strip(after[gone]) == strip(before[gone])  # seeded: the same branch again, recorded afresh
+
+
+@needs_simulator
+def test_collection_refuses_other_settings_and_unknown_tasks(collected, tmp_path):
+    with pytest.raises(LoopWMError, match="other settings"):
+        collect_text(TextCollectConfig(out=str(collected), **{**SMALL, "train_variations": 3}))
+    with pytest.raises(LoopWMError, match="unknown ScienceWorld task"):
+        collect_text(TextCollectConfig(out=str(tmp_path / "x"), **{**SMALL, "tasks": ["bake-a-cake"]}))

@@ -277,6 +277,20 @@ def test_connections_past_the_cap_are_refused_politely(player):
         assert again.receive_json()["type"] == "hello"
 
 
+def test_a_world_that_cannot_be_made_is_reported_to_its_page(player, monkeypatch):
+    from starlette.websockets import WebSocketDisconnect
+
+    def broken():
+        raise RuntimeError("no display for this renderer")
+
+    monkeypatch.setattr(player, "make_env", broken)
+    with _client(player).websocket_connect("/ws") as ws:
+        message = ws.receive_json()
+        assert message["type"] == "error" and "no display for this renderer" in message["error"]
+        with pytest.raises(WebSocketDisconnect):
+            ws.receive_json()
+
+
 def test_play_command_refuses_a_public_address_without_the_flag(trained):  # noqa: F811 - pytest fixture
     proc = loopwm("play", str(trained / "run"), "--host", "0.0.0.0", check=False)
     assert proc.returncode == 2 and "--allow-remote" in proc.stderr

@@ -125,7 +125,12 @@ def create_app(player, max_connections: int = 4):
             return
         connections.open += 1
         try:
-            session = await asyncio.to_thread(PlaySession, player, 0)
+            try:
+                session = await asyncio.to_thread(PlaySession, player, 0)
+            except Exception as err:  # noqa: BLE001 - the world cannot be made: say why to this page only
+                await ws.send_json({"type": "error", "error": f"cannot start a session: {type(err).__name__}: {err}"})
+                await ws.close(code=1011)
+                return
             await ws.send_json(player.hello())
             await ws.send_json(await asyncio.to_thread(session.reset, 0))
             await _serve(ws, session, WebSocketDisconnect)

@@ -145,7 +145,7 @@ class PlaySession:
                 return self._settings(message)
             if isinstance(message, ResetMessage):
                 self._reset(self.seed + 1 if message.seed is None else message.seed)
-                return self._frame(None, {"contacts": 0, "solver_iterations": 0}, 0.0, None)
+                return self._frame(None, self.last_info, 0.0, None)
             if isinstance(message, ResyncMessage):
                 self._resync()
                 return self._frame(None, self.last_info, 0.0, None)

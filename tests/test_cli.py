@@ -169,3 +169,37 @@ def test_rail_world_trains_and_evaluates_with_local_attention(tmp_path):
     again = json.loads(loopwm("eval", str(tmp_path / "run"), *small).stdout)
     assert (again["exit_rule"], again["threshold"], again["depth"]) == ("delta", 1e9, 5)
     assert again["iterations_per_step"] == kept["iterations_per_step"] == 1.0  # a threshold that always fires
+
+
+def test_sigterm_stops_a_parallel_collection_without_leaving_workers_and_it_resumes(tmp_path):
+    import signal
+    import time
+    from pathlib import Path
+
+    out = tmp_path / "data"
+    proc = subprocess.Popen([sys.executable, "-m", "loopwm.cli", "collect", "--env-id", "loopwm/Balls-v0", "--out",
+                             str(out), "--episodes", "2000", "--shard-episodes", "20", "--workers", "2", "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    def shards() -> int:
+        try:
+            return len(json.loads((out / "manifest.json").read_text())["shards"])
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    deadline = time.time() + 120
+    while shards() == 0 and time.time() < deadline:  # stop it mid-way, after its first shard
+        time.sleep(0.2)
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    workers = [int(p) for p in children.read_text().split()] if children.exists() else []
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "re-run the same command to resume" in err
+    for _ in range(50):  # every worker has gone with its parent
+        alive = [w for w in workers if Path(f"/proc/{w}").exists() and "spawn" in Path(f"/proc/{w}/cmdline").read_text()]
+        if not alive:
+            break
+        time.sleep(0.2)
+    assert workers and not alive, f"workers {alive} of {workers} outlived the collection"
+    from loopwm.data import TrajectoryDataset
+
+    assert TrajectoryDataset.load(out).episodes >= 20  # what was written is a valid dataset to resume

@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     cfg = tyro.extras.subcommand_cli_from_dict(commands, args=argv, prog="loopwm",
                                                description="Looped World Models: train, evaluate and use learned simulators.")
+    _stop_on_sigterm()
     try:
         if isinstance(cfg, DemoConfig):
             run_demo(cfg)
@@ -88,6 +89,20 @@ def main(argv: list[str] | None = None) -> int:
         print("loopwm: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
     return 0
+
+
+def _stop_on_sigterm() -> None:
+    """Treat SIGTERM (kill, a job scheduler) like Ctrl-C, so cleanup runs: worker pools shut down
+    instead of outliving the command, and the user is told to re-run to resume."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread (main() called from a worker thread): leave signals alone
+        pass
 
 
 if __name__ == "__main__":

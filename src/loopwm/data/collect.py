@@ -371,10 +371,13 @@ def _episodes(env, policy, cfg: "CollectConfig", start: int, kwargs: dict, own_e
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                             initargs=(cfg.env_id, kwargs, cfg.obs, cfg.pixel_size, cfg.policy)) as pool:
+    pool = ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                               initargs=(cfg.env_id, kwargs, cfg.obs, cfg.pixel_size, cfg.policy))
+    try:
         jobs = [(cfg.seed, i, cfg.max_steps, info_dtypes()) for i in range(e, cfg.episodes)]
         yield from zip(range(e, cfg.episodes), pool.map(_worker_episode, jobs, chunksize=4))
+    finally:  # stopped early (an interrupt, an error): drop the queued episodes, keep no worker alive
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def open_env(env_id: str, env_kwargs: dict[str, Any], obs: str = "state", pixel_size: int | None = 64):

@@ -177,8 +177,9 @@ def collect_text(cfg: TextCollectConfig) -> Path:
     from tqdm import tqdm
 
     t0 = time.time()
-    with ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                             initargs=(cfg.step_limit,)) as pool:
+    pool = ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                               initargs=(cfg.step_limit,))
+    try:
         known_path = out / "variations.json"
         known = json.loads(known_path.read_text()) if known_path.exists() else {}
         missing = [t for t in tasks if t not in known]
@@ -209,6 +210,8 @@ def collect_text(cfg: TextCollectConfig) -> Path:
                 bar.update(1)
                 bar.set_postfix(steps=len(trajectory["steps"]))
         bar.close()
+    finally:  # stopped early (Ctrl-C, SIGTERM, an error): drop the queued jobs, keep no simulator alive
+        pool.shutdown(wait=True, cancel_futures=True)
     counts = {split: {"trajectories": 0, "transitions": 0} for split in SPLITS}
     for path in (out / "trajectories").glob("*/*/*.json"):
         trajectory = json.loads(path.read_text())

@@ -8,7 +8,6 @@ random (the floor). Prints one JSON object (with --json) or a short summary.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path

@@ -95,14 +95,7 @@ def parse_message(text: str | bytes | None) -> BaseModel:
         raise ProtocolError("a message must be a JSON object with a 'type' field")
     if raw.get("type") not in TYPES:
         raise ProtocolError(f"unknown message type {str(raw.get('type'))[:32]!r}: known types are {', '.join(TYPES)}")
-    if raw["type"] == "action" and isinstance(raw.get("action"), list):
-        # strict mode refuses ints in a float list; a key press naturally sends [1, 0]
-        raw["action"] = [float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in raw["action"]]
-    if raw["type"] == "settings":
-        for key in ("threshold", "rate"):
-            if isinstance(raw.get(key), int) and not isinstance(raw.get(key), bool):
-                raw[key] = float(raw[key])
-    try:
+    try:  # strict: no strings for numbers, no booleans for numbers (ints pass as floats)
         message = _ADAPTER.validate_python(raw)
     except ValidationError as err:
         first = err.errors()[0]

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from loopwm.data.shards import read_manifest
 from loopwm.play.protocol import POLICIES, ActionMessage, ResetMessage, ResyncMessage, SettingsMessage, StepMessage
 from loopwm.utils import LoopWMError
 
@@ -67,7 +68,7 @@ class Player:
                 raise LoopWMError(f"this {meta.get('kind')} model runs only on the body count it was trained on; "
                                   "leave --n-bodies at 0")
             self.env_kwargs["n_bodies"] = int(n_bodies)
-        manifest = _manifest(meta)
+        manifest = (read_manifest(meta["data"]) if meta.get("data") else None) or {}
         self.obs_mode, self.pixel_size = manifest.get("obs", "state"), manifest.get("pixel_size")
         self.max_episode_steps = int(max_episode_steps)
         self.draw = frame_renderer(model, self.env_id, size=frame_size)
@@ -299,16 +300,6 @@ class PlaySession:
         from loopwm.eval.openloop import exit_rule_from
 
         self.rule = exit_rule_from(self.settings.exit, self.settings.threshold, self.model) if self.player.looped else None
-
-
-def _manifest(meta: dict) -> dict:
-    import json
-
-    path = Path(meta.get("data") or "") / "manifest.json"
-    try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError):
-        return {}
 
 
 def _has_gate(model) -> bool:

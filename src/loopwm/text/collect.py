@@ -24,7 +24,6 @@ steps [{action, observation, score, done}] (score 0-100 as the simulator gives i
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -160,7 +159,7 @@ def collect_text(cfg: TextCollectConfig) -> Path:
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("command", "out", "workers", "progress")}
     manifest_path = out / "manifest.json"
     if manifest_path.exists():
-        old = json.loads(manifest_path.read_text())
+        old = read_json(manifest_path, "text dataset manifest")
         if old.get("format") != FORMAT:
             raise LoopWMError(f"{out} holds something other than a text dataset; collect into an empty folder")
         if old.get("settings") != settings:
@@ -181,7 +180,7 @@ def collect_text(cfg: TextCollectConfig) -> Path:
                                initargs=(cfg.step_limit,))
     try:
         known_path = out / "variations.json"
-        known = json.loads(known_path.read_text()) if known_path.exists() else {}
+        known = read_json(known_path, "variation list") if known_path.exists() else {}
         missing = [t for t in tasks if t not in known]
         for task, splits in zip(missing, pool.map(_variations, missing)):
             known[task] = splits
@@ -214,7 +213,7 @@ def collect_text(cfg: TextCollectConfig) -> Path:
         pool.shutdown(wait=True, cancel_futures=True)
     counts = {split: {"trajectories": 0, "transitions": 0} for split in SPLITS}
     for path in (out / "trajectories").glob("*/*/*.json"):
-        trajectory = json.loads(path.read_text())
+        trajectory = read_json(path, "trajectory")
         counts[trajectory["split"]]["trajectories"] += 1
         counts[trajectory["split"]]["transitions"] += len(trajectory["steps"])
     atomic_write_json(manifest_path, {**header, "counts": counts, "seconds_this_run": round(time.time() - t0, 1)})

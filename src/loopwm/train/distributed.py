@@ -36,7 +36,7 @@ class Distributed:
         rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
         device = pick_device(requested_device, local_rank=local)
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            dist.init_process_group(dist.get_default_backend_for_device(device))  # nccl on GPUs, gloo on CPUs
         return cls(rank, world, device)
 
     @property

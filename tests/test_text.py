@@ -63,6 +63,7 @@ def test_collection_records_gold_paths_and_branches_from_the_simulators_own_spli
         assert t["variation"] in known[t["split"]]  # every variation comes from its own split's list
         assert t["type"] == "Thermometer" and t["task_description"].strip() and t["observation"].strip()
         assert all(step["action"] and isinstance(step["observation"], str) for step in t["steps"])
+        assert "thermometer" in t["entities"] and t["entities"] == sorted(set(t["entities"]))  # what the simulator listed
     train_vs = {t["variation"] for t in found.values() if t["split"] == "train"}
     test_vs = {t["variation"] for t in found.values() if t["split"] == "test"}
     assert train_vs and test_vs and not train_vs & test_vs  # no test variation is ever in training data

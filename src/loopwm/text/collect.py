@@ -18,8 +18,10 @@ Layout::
     OUT/trajectories/SPLIT/TASK/vNNNN-gold.json, vNNNN-branchK.json
 
 A trajectory: task, type, split, variation, kind ("gold" | "branch"), branch_from (gold steps
-before the branch, or null), task_description, observation (the first, from "look around"), and
-steps [{action, observation, score, done}] (score 0-100 as the simulator gives it).
+before the branch, or null), task_description, observation (the first, from "look around"),
+steps [{action, observation, score, done}] (score 0-100 as the simulator gives it), and entities:
+every object name the simulator listed as present (`get_possible_objects`) at the start or after
+any step, which the text benchmark's entity F1 is computed over.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from loopwm.text.tasks import SPLITS, TASK_TYPES
 from loopwm.utils import LoopWMError, atomic_write_json, read_json
 
 FORMAT = "loopwm-text-trajectories"
+FORMAT_VERSION = 2  # 2: trajectories list the entities present
 
 
 @dataclass
@@ -100,8 +103,9 @@ def _variations(task: str) -> dict[str, list[int]]:
             "test": list(_ENV.get_variations_test())}
 
 
-def _step(action: str) -> dict:
+def _step(action: str, entities: set[str]) -> dict:
     observation = _ENV.server.step(action)  # the raw step: the high-level one also lists valid actions
+    entities.update(_ENV.get_possible_objects())  # about 7 ms: what is in view now
     return {"action": action, "observation": observation, "score": int(round(100 * _ENV.server.getScore())),
             "done": bool(_ENV.server.getCompleted())}
 
@@ -112,25 +116,26 @@ def _play(job: dict) -> dict:
     _ENV.load(job["task"], job["variation"], "", generateGoldPath=True)
     gold = list(_ENV.get_gold_action_sequence())
     first = _ENV.server.step("look around")  # the first observation, as the simulator's reset gives it
+    entities = set(_ENV.get_possible_objects())
     steps, branch_from = [], None
     if job["kind"] == "gold":
         for action in gold:
-            steps.append(_step(action))
+            steps.append(_step(action, entities))
             if steps[-1]["done"]:
                 break
     else:
         rng = np.random.default_rng(job["seed"])
         branch_from = int(rng.integers(0, max(job["gold_steps"], 1)))  # before the gold path completes the task
         for action in gold[:branch_from]:
-            steps.append(_step(action))
+            steps.append(_step(action, entities))
         for _ in range(job["branch_steps"]):
             if steps and steps[-1]["done"]:
                 break
             valid = sorted(_ENV.get_valid_action_object_combinations())  # sorted: the draw must not depend on list order
-            steps.append(_step(valid[int(rng.integers(len(valid)))] if valid else "look around"))
+            steps.append(_step(valid[int(rng.integers(len(valid)))] if valid else "look around", entities))
     return {**{k: job[k] for k in ("task", "split", "variation", "kind")}, "type": TASK_TYPES[job["task"]],
             "branch_from": branch_from, "task_description": _ENV.taskdescription(), "observation": first,
-            "steps": steps, "gold_length": len(gold), "seconds": time.perf_counter() - start}
+            "steps": steps, "entities": sorted(entities), "gold_length": len(gold), "seconds": time.perf_counter() - start}
 
 
 # ----- in the parent -----
@@ -162,12 +167,15 @@ def collect_text(cfg: TextCollectConfig) -> Path:
         old = read_json(manifest_path, "text dataset manifest")
         if old.get("format") != FORMAT:
             raise LoopWMError(f"{out} holds something other than a text dataset; collect into an empty folder")
+        if old.get("format_version", 1) != FORMAT_VERSION:
+            raise LoopWMError(f"{out} was collected by another loopwm version (format {old.get('format_version', 1)}, "
+                              f"this one writes {FORMAT_VERSION}: entity lists were added); collect into a new folder")
         if old.get("settings") != settings:
             raise LoopWMError(f"{out} was collected with other settings ({old.get('settings')}); resume with the "
                               "same command or collect into a new folder")
     from loopwm import __version__
 
-    header = {"format": FORMAT, "created_by": f"loopwm {__version__}", "simulator": "scienceworld",
+    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "created_by": f"loopwm {__version__}", "simulator": "scienceworld",
               "settings": settings, "tasks": tasks, "task_types": {t: TASK_TYPES[t] for t in tasks}}
     atomic_write_json(manifest_path, {**header, "counts": None})  # a resumed run must ask for the same data
     import multiprocessing as mp

@@ -15,7 +15,7 @@ needs_simulator = pytest.mark.skipif(
     importlib.util.find_spec("scienceworld") is None or shutil.which("java") is None,
     reason="ScienceWorld needs the text extra (pip install 'loopwm[text]') and a Java runtime")
 
-SMALL = dict(command="collect", tasks=["use-thermometer"], train_variations=2, dev_variations=0, test_variations=1,
+SMALL = dict(tasks=["use-thermometer"], train_variations=2, dev_variations=0, test_variations=1,
              branches=1, branch_steps=3, workers=1, progress=False)
 
 

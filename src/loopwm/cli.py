@@ -7,7 +7,7 @@
     loopwm bench    train and score the looped model against baselines on the same data
     loopwm plan     act in the real environment by planning with a world model (or the true simulator)
     loopwm play     drive the real world and the model's imagined one side by side in the browser
-    loopwm text     text worlds: loopwm text collect records ScienceWorld trajectories
+    loopwm text     text worlds: text collect (ScienceWorld trajectories), text train, text eval
     loopwm import   turn a Minari dataset into a loopwm dataset (loopwm import minari PATH_OR_ID --out DIR)
     loopwm export   write a loopwm dataset as a Minari dataset (loopwm export minari DATA --dataset-id ID)
 """
@@ -32,7 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     from loopwm.eval.evaluate import EvalConfig, evaluate, format_table
     from loopwm.plan.control import PlanConfig, format_result, run_plan
     from loopwm.play.server import PlayConfig, run_play
+    from loopwm.text import TextCommand
     from loopwm.text.collect import TextCollectConfig, collect_text
+    from loopwm.text.evaluate import TextEvalConfig, evaluate_text, format_text_table
+    from loopwm.text.train import TextTrainConfig, train_text
     from loopwm.train.loop import TrainConfig, train
 
     commands = {
@@ -43,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         "bench": BenchConfig,
         "plan": PlanConfig,
         "play": PlayConfig,
-        "text": TextCollectConfig,
+        "text": TextCommand,
         "import": ImportConfig,
         "export": ExportConfig,
         "doctor": DoctorConfig,
@@ -74,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(result) if cfg.json else format_result(result))
         elif isinstance(cfg, TextCollectConfig):
             print(f"text dataset written to {collect_text(cfg)}")
+        elif isinstance(cfg, TextTrainConfig):
+            print(f"text run written to {train_text(cfg)}")
+        elif isinstance(cfg, TextEvalConfig):
+            result = evaluate_text(cfg)
+            print(json.dumps(result) if cfg.json else format_text_table(result))
         elif isinstance(cfg, PlayConfig):
             run_play(cfg)
         elif isinstance(cfg, EvalConfig):

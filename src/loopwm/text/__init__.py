@@ -1,5 +1,25 @@
 """Text worlds: the paper's ScienceWorld benchmark, offline (`loopwm text ...`; the `text` extra).
 
 tasks: the 30 simulator tasks and the paper's 14 task types; collect: transitions recorded from the
-real simulator (gold paths and exploratory branches), in worker processes, resumable.
+real simulator (gold paths and exploratory branches), in worker processes, resumable; corpus:
+samples (context, K actions, the observation after the last) and the byte-level BPE tokenizer;
+metrics: EM, token F1, BLEU-4, entity F1; model: the looped core over text; train and evaluate:
+`loopwm text train` and `loopwm text eval`.
 """
+
+from __future__ import annotations
+
+from typing import Annotated, Union
+
+import tyro
+
+from loopwm.text.collect import TextCollectConfig
+from loopwm.text.evaluate import TextEvalConfig
+from loopwm.text.train import TextTrainConfig
+
+TextCommand = Union[
+    Annotated[TextCollectConfig, tyro.conf.subcommand("collect")],
+    Annotated[TextTrainConfig, tyro.conf.subcommand("train")],
+    Annotated[TextEvalConfig, tyro.conf.subcommand("eval")],
+]
+"""`loopwm text collect | train | eval`."""

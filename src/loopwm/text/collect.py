@@ -31,10 +31,8 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal
 
 import numpy as np
-import tyro
 
 from loopwm.text.tasks import SPLITS, TASK_TYPES
 from loopwm.utils import LoopWMError, atomic_write_json, read_json
@@ -47,8 +45,6 @@ FORMAT_VERSION = 2  # 2: trajectories list the entities present
 class TextCollectConfig:
     """Record ScienceWorld trajectories (gold paths and exploratory branches) for text world models."""
 
-    command: Annotated[Literal["collect"], tyro.conf.Positional]
-    """What to do: collect."""
     out: str = "data/sciworld"
     """Dataset folder (re-running the same command resumes it)."""
     tasks: list[str] = field(default_factory=list)
@@ -139,6 +135,17 @@ def _play(job: dict) -> dict:
 
 
 # ----- in the parent -----
+def read_text_manifest(folder: Path) -> dict:
+    """A text dataset's manifest, checked to be one of ours in this loopwm's format."""
+    manifest = read_json(folder / "manifest.json", "text dataset manifest")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise LoopWMError(f"{folder} holds something other than a text dataset; collect into an empty folder")
+    if manifest.get("format_version", 1) != FORMAT_VERSION:
+        raise LoopWMError(f"{folder} was collected by another loopwm version (format {manifest.get('format_version', 1)}, "
+                          f"this one uses {FORMAT_VERSION}: entity lists were added); collect it again into a new folder")
+    return manifest
+
+
 def trajectory_path(out: Path, split: str, task: str, variation: int, kind: str) -> Path:
     return out / "trajectories" / split / task / f"v{variation:04d}-{kind}.json"
 
@@ -164,12 +171,7 @@ def collect_text(cfg: TextCollectConfig) -> Path:
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("command", "out", "workers", "progress")}
     manifest_path = out / "manifest.json"
     if manifest_path.exists():
-        old = read_json(manifest_path, "text dataset manifest")
-        if old.get("format") != FORMAT:
-            raise LoopWMError(f"{out} holds something other than a text dataset; collect into an empty folder")
-        if old.get("format_version", 1) != FORMAT_VERSION:
-            raise LoopWMError(f"{out} was collected by another loopwm version (format {old.get('format_version', 1)}, "
-                              f"this one writes {FORMAT_VERSION}: entity lists were added); collect into a new folder")
+        old = read_text_manifest(out)
         if old.get("settings") != settings:
             raise LoopWMError(f"{out} was collected with other settings ({old.get('settings')}); resume with the "
                               "same command or collect into a new folder")

@@ -1,0 +1,219 @@
+"""Collected trajectories -> world-modelling samples, and the tokenizer learned from them.
+
+A sample is the paper's protocol: a context (the task description and the trajectory so far, the
+most recent part kept when it is too long), then K consecutive actions (K = 1 to 5), and as
+target the observation the simulator returned after the K-th action. Intermediate observations are
+never shown: with deferred decoding only the last one is decoded.
+
+The tokenizer is byte-level BPE (the `tokenizers` library), learned from the training split only,
+so it encodes any text (no unknown tokens) and decodes back to the same string. It is saved as JSON
+beside a run's checkpoints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from loopwm.utils import LoopWMError, read_json
+
+PAD, BOS, EOS, SEP = "<pad>", "<bos>", "<eos>", "<sep>"
+SPECIALS = (PAD, BOS, EOS, SEP)
+AMBIGUOUS = "ambiguous request"
+
+
+@dataclass
+class Trajectory:
+    task: str
+    type: str
+    split: str
+    variation: int
+    kind: str
+    task_description: str
+    observations: list[str]  # o_0 (look around at the start), o_1, ..., o_T
+    actions: list[str]  # a_1, ..., a_T
+    entities: list[str]
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+
+def load_trajectories(data: str | Path, split: str | None = None) -> list[Trajectory]:
+    """Every trajectory of a `loopwm text collect` folder (one split, or all), in a fixed order."""
+    from loopwm.text.collect import read_text_manifest
+
+    data = Path(data)
+    if not (data / "manifest.json").exists():
+        raise LoopWMError(f"{data} is not a text dataset (no manifest.json); make one with: loopwm text collect --out {data}")
+    read_text_manifest(data)
+    out = []
+    for path in sorted((data / "trajectories").glob("*/*/*.json")):
+        t = read_json(path, "trajectory")
+        if split is not None and t.get("split") != split:
+            continue
+        try:
+            out.append(Trajectory(task=t["task"], type=t["type"], split=t["split"], variation=int(t["variation"]),
+                                  kind=t["kind"], task_description=t["task_description"],
+                                  observations=[t["observation"]] + [s["observation"] for s in t["steps"]],
+                                  actions=[s["action"] for s in t["steps"]], entities=list(t["entities"])))
+        except (KeyError, TypeError, ValueError) as err:
+            raise LoopWMError(f"{path} is not a complete trajectory ({type(err).__name__}: {err}); delete it and "
+                              "re-run the collection to record it again") from err
+    return out
+
+
+def history_text(traj: Trajectory, t: int) -> str:
+    """The trajectory up to and including o_t, as the model reads it."""
+    parts = [traj.observations[0]]
+    for i in range(t):
+        parts.append(f"> {traj.actions[i]}\n{traj.observations[i + 1]}")
+    return "\n".join(parts)
+
+
+def is_look_around(action: str) -> bool:
+    return action.strip().lower() == "look around"
+
+
+def is_ambiguity(observation: str) -> bool:
+    return observation.strip().lower().startswith(AMBIGUOUS)
+
+
+# ----- tokenizer -----
+def train_tokenizer(texts, vocab_size: int):
+    """Byte-level BPE learned from `texts`; specials get ids 0-3 (PAD is 0)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS), show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+def load_tokenizer(path: str | Path):
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as err:  # noqa: BLE001 - the library raises its own exception type
+        raise LoopWMError(f"{path} is not a tokenizer file ({err}); the run is damaged or incomplete") from err
+
+
+def need_tokenizers() -> None:
+    try:
+        import tokenizers  # noqa: F401
+    except ImportError as err:
+        raise LoopWMError('text models need the text extra: pip install "loopwm[text]"') from err
+
+
+class Encoder:
+    """Text <-> token ids with the run's tokenizer, caching what it has seen (contexts repeat)."""
+
+    def __init__(self, tok):
+        self.tok = tok
+        self.pad, self.bos, self.eos, self.sep = (tok.token_to_id(s) for s in SPECIALS)
+        if self.pad != 0:
+            raise LoopWMError("the tokenizer's <pad> token must have id 0; the tokenizer file is not ours")
+        self._cache: dict[str, list[int]] = {}
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tok.get_vocab_size()
+
+    def ids(self, text: str) -> list[int]:
+        got = self._cache.get(text)
+        if got is None:
+            got = self._cache[text] = self.tok.encode(text).ids
+        return got
+
+    def text(self, ids) -> str:
+        ids = [int(i) for i in ids]
+        if self.eos in ids:
+            ids = ids[: ids.index(self.eos)]
+        return self.tok.decode([i for i in ids if i not in (self.pad, self.bos, self.sep)])
+
+
+# ----- samples -----
+@dataclass
+class Sample:
+    traj: int  # index into the trajectory list
+    t: int  # context ends with o_t
+    k: int  # actions a_{t+1} .. a_{t+k}; target o_{t+k}
+
+
+def all_starts(trajs: list[Trajectory], k_max: int) -> list[tuple[int, int]]:
+    """Every (trajectory, t) from which k_max actions follow."""
+    return [(i, t) for i, traj in enumerate(trajs) for t in range(len(traj) - k_max + 1)]
+
+
+def eval_starts(trajs: list[Trajectory], k_max: int, max_starts: int, seed: int) -> list[tuple[int, int]]:
+    """A fixed, seeded sample of start points (the same for every K, so Step 1..5 compare like with like)."""
+    starts = all_starts(trajs, k_max)
+    if 0 < max_starts < len(starts):
+        pick = np.random.default_rng(seed).choice(len(starts), size=max_starts, replace=False)
+        starts = [starts[i] for i in sorted(pick)]
+    return starts
+
+
+class Batcher:
+    """Token tensors for a list of samples that share K: contexts left-truncated to `max_context`
+    (the task description always kept in front), actions cut at `max_action`, targets at
+    `max_target` (with BOS in front and EOS after, where it fits)."""
+
+    def __init__(self, enc: Encoder, trajs: list[Trajectory], max_context: int, max_action: int, max_target: int):
+        self.enc, self.trajs = enc, trajs
+        self.max_context, self.max_action, self.max_target = max_context, max_action, max_target
+
+    def context_ids(self, traj: Trajectory, t: int) -> list[int]:
+        task = self.enc.ids(traj.task_description.strip())[: self.max_context // 4] + [self.enc.sep]
+        # o_0 once, then each transition: pieces are cached, so long trajectories cost little
+        pieces = [self.enc.ids(traj.observations[0])]
+        for i in range(t):
+            pieces.append(self.enc.ids(f"\n> {traj.actions[i]}\n"))
+            pieces.append(self.enc.ids(traj.observations[i + 1]))
+        room = self.max_context - len(task)
+        tail: list[int] = []
+        for piece in reversed(pieces):  # newest first, until the budget is spent
+            if len(tail) + len(piece) > room:
+                tail = piece[len(piece) - (room - len(tail)):] + tail if room > len(tail) else tail
+                break
+            tail = piece + tail
+        return task + tail
+
+    def target_ids(self, text: str) -> list[int]:
+        return ([self.enc.bos] + self.enc.ids(text) + [self.enc.eos])[: self.max_target + 1]
+
+    def batch(self, samples: list[Sample]) -> dict[str, np.ndarray]:
+        k = samples[0].k
+        if any(s.k != k for s in samples):
+            raise ValueError("a batch holds samples with one number of actions")
+        ctx = [self.context_ids(self.trajs[s.traj], s.t) for s in samples]
+        acts = [[self.enc.ids(self.trajs[s.traj].actions[s.t + j])[: self.max_action] or [self.enc.sep]
+                 for j in range(k)] for s in samples]
+        tgt = [self.target_ids(self.trajs[s.traj].observations[s.t + k]) for s in samples]
+        B = len(samples)
+        L = max(len(c) for c in ctx)
+        A = max(len(a) for row in acts for a in row)
+        T = max(len(x) for x in tgt)
+        context = np.zeros((B, L), np.int64)
+        actions = np.zeros((B, k, A), np.int64)
+        target = np.zeros((B, T), np.int64)
+        for b in range(B):
+            context[b, : len(ctx[b])] = ctx[b]
+            for j, a in enumerate(acts[b]):
+                actions[b, j, : len(a)] = a
+            target[b, : len(tgt[b])] = tgt[b]
+        return {"context": context, "actions": actions, "target": target}
+
+
+def tokenizer_corpus(trajs: list[Trajectory]):
+    """The texts a tokenizer learns from (training trajectories only)."""
+    for traj in trajs:
+        yield traj.task_description
+        yield from traj.observations
+        yield from traj.actions
+

@@ -1,0 +1,187 @@
+"""`loopwm text eval RUN`: the paper's protocol on held-out variations, beside two baselines.
+
+    loopwm text eval runs/sciworld                 # tables: per task type, and Step 1..5
+    loopwm text eval runs/sciworld --json          # one JSON object (also written to RUN/text_eval.json)
+
+From a fixed, seeded sample of start points in the test split (the simulator's own test
+variations, never trained on), the model reads the context, takes K = 1..5 actions in latent space
+and decodes the observation after the K-th; the scores at the largest K are the headline (the
+paper's "five consecutive actions"), the others its Step 1..5 table. Two baselines are scored by
+the same code on the same samples: `copy` repeats the last observation of the context, `lookup`
+answers with the observation that most often followed the last action's string in the training
+split (copying when the action was never seen). Rows for `look around` steps and for the
+simulator's ambiguity prompts are reported on their own as well as inside the totals: there the
+answer depends on the state of the world, not on a template.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import tyro
+
+from loopwm.models.exits import make_exit_rule
+from loopwm.text.corpus import Batcher, Sample, eval_starts, is_ambiguity, is_look_around, load_trajectories
+from loopwm.text.metrics import entity_pattern, score_group
+from loopwm.text.tasks import TYPES
+from loopwm.text.train import load_text_run
+from loopwm.utils import LoopWMError, atomic_write_json, pick_device
+
+METRICS = ("em", "f1", "bleu4", "entity")
+
+
+@dataclass
+class TextEvalConfig:
+    """Score a text world model on the test variations (EM, token F1, BLEU-4, entity F1)."""
+
+    run: Annotated[str, tyro.conf.Positional]
+    """Run folder (or checkpoint JSON) from loopwm text train."""
+    data: str = ""
+    """Text dataset (empty: the one the run trained on)."""
+    split: str = "test"
+    """Split to score: test (held-out variations) or dev."""
+    max_starts: int = 400
+    """Start points sampled (seeded); each is scored after every number of actions (0: all)."""
+    actions: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    """Numbers of actions fed before decoding (the largest is the headline)."""
+    depth: int = 0
+    """Loop iterations per action (0: the model's own evaluation depth; the cap with an exit rule)."""
+    exit: str = "fixed"
+    """Exit rule: fixed, delta, accel or token-delta."""
+    threshold: float = 0.05
+    """The exit rule's threshold."""
+    batch_size: int = 64
+    """Samples decoded at once."""
+    seed: int = 0
+    """Seed of the start-point sample."""
+    json: bool = False
+    """Print one JSON object instead of tables."""
+    out: str = ""
+    """Where to write the JSON (empty: RUN/text_eval.json)."""
+    device: str = "auto"
+    """Device: auto, cpu, cuda, cuda:N or mps."""
+
+
+def lookup_table(trajs) -> dict[str, str]:
+    """Action string -> the observation that most often followed it in these trajectories."""
+    seen: dict[str, Counter] = defaultdict(Counter)
+    for traj in trajs:
+        for action, obs in zip(traj.actions, traj.observations[1:]):
+            seen[action][obs] += 1
+    return {a: c.most_common(1)[0][0] for a, c in seen.items()}
+
+
+def score(samples: list[Sample], predictions: list[str], trajs, patterns) -> dict:
+    """Overall, per task type, and the two state-tracking rows."""
+    refs = [trajs[s.traj].observations[s.t + s.k] for s in samples]
+    groups: dict[str, list[int]] = defaultdict(list)
+    for j, s in enumerate(samples):
+        groups[trajs[s.traj].type].append(j)
+    rows = {"look around": [j for j, s in enumerate(samples) if is_look_around(trajs[s.traj].actions[s.t + s.k - 1])],
+            "ambiguity": [j for j, r in enumerate(refs) if is_ambiguity(r)]}
+
+    def of(idx):
+        return score_group([predictions[j] for j in idx], [refs[j] for j in idx], [patterns[samples[j].traj] for j in idx])
+
+    return {"overall": of(range(len(samples))), "per_task": {t: of(groups[t]) for t in TYPES if groups.get(t)},
+            "rows": {name: of(idx) for name, idx in rows.items()}}
+
+
+@torch.no_grad()
+def predict(model, enc, batcher: Batcher, samples: list[Sample], depth: int, exit_rule, batch_size: int, device):
+    """Decoded observations and the mean loop iterations per action."""
+    out, iters = [], []
+    for lo in range(0, len(samples), batch_size):
+        chunk = samples[lo:lo + batch_size]
+        batch = {k: torch.as_tensor(v, device=device) for k, v in batcher.batch(chunk).items()}
+        _, memory, mem_valid, used = model.imagine(batch["context"], batch["actions"], depth=depth, exit_rule=exit_rule)
+        ids = model.generate(memory, mem_valid, enc.bos, enc.eos, model.cfg.max_target)
+        out += [enc.text(row) for row in ids.tolist()]
+        iters.append(used.float())
+    return out, float(torch.cat(iters).mean()) if iters else float("nan")
+
+
+def evaluate_text(cfg: TextEvalConfig) -> dict:
+    if cfg.split not in ("test", "dev"):
+        raise LoopWMError(f"--split {cfg.split!r}: score on test (held-out variations) or dev")
+    if not cfg.actions or min(cfg.actions) < 1:
+        raise LoopWMError("--actions needs numbers of at least 1, e.g. --actions 1 2 3 4 5")
+    device = pick_device(cfg.device)
+    model, enc, _, train_cfg = load_text_run(cfg.run, device)
+    data = cfg.data or train_cfg["data"]
+    trajs = load_trajectories(data, cfg.split)
+    k_max = max(cfg.actions)
+    starts = eval_starts(trajs, k_max, cfg.max_starts, cfg.seed)
+    if not starts:
+        raise LoopWMError(f"no {cfg.split} trajectory of {data} has {k_max} actions; lower --actions")
+    table = lookup_table(load_trajectories(data, "train"))
+    m = model.cfg
+    batcher = Batcher(enc, trajs, m.max_context, m.max_action, m.max_target)
+    patterns = [entity_pattern(t.entities) for t in trajs]
+    depth = cfg.depth or m.resolved_eval_depth()
+    exit_rule = None if cfg.exit == "fixed" else make_exit_rule(cfg.exit, cfg.threshold, model=model)
+    if m.kind == "deep" and exit_rule is not None:
+        raise LoopWMError("a deep model runs its blocks once each; exit rules apply to looped models")
+    t0 = time.time()
+    by_actions = {}
+    for k in sorted(set(cfg.actions)):
+        samples = [Sample(i, t, k) for i, t in starts]
+        preds, iters = predict(model, enc, batcher, samples, depth, exit_rule, cfg.batch_size, device)
+        copy = [trajs[s.traj].observations[s.t] for s in samples]
+        lookup = [table.get(trajs[s.traj].actions[s.t + k - 1], trajs[s.traj].observations[s.t]) for s in samples]
+        by_actions[k] = {"model": score(samples, preds, trajs, patterns), "copy": score(samples, copy, trajs, patterns),
+                         "lookup": score(samples, lookup, trajs, patterns), "iterations_per_step": iters,
+                         "examples": [{"task": trajs[s.traj].task, "action": trajs[s.traj].actions[s.t + k - 1],
+                                       "reference": trajs[s.traj].observations[s.t + k], "prediction": p}
+                                      for s, p in list(zip(samples, preds))[:5]]}
+    head = by_actions[k_max]
+    result = {
+        "run": str(cfg.run), "data": str(data), "split": cfg.split, "kind": m.kind, "actions": k_max,
+        "n_samples": len(starts), "params": model.num_params(), "depth": depth if m.kind == "looped" else m.n_deep,
+        "exit_rule": cfg.exit, "threshold": cfg.threshold if exit_rule is not None else None,
+        "iterations_per_step": head["iterations_per_step"],
+        "overall": head["model"]["overall"], "per_task": head["model"]["per_task"], "rows": head["model"]["rows"],
+        "baselines": {"copy": head["copy"], "lookup": head["lookup"]},
+        "by_actions": {str(k): {"overall": v["model"]["overall"], "copy": v["copy"]["overall"],
+                                "lookup": v["lookup"]["overall"], "rows": v["model"]["rows"],
+                                "iterations_per_step": v["iterations_per_step"]} for k, v in by_actions.items()},
+        "examples": head["examples"], "seconds": round(time.time() - t0, 1),
+    }
+    out = Path(cfg.out) if cfg.out else Path(cfg.run if Path(cfg.run).is_dir() else Path(cfg.run).parent.parent) / "text_eval.json"
+    atomic_write_json(out, result)
+    return result
+
+
+def _fmt(x: float) -> str:
+    return "  -  " if math.isnan(x) else f"{x:5.1f}"
+
+
+def format_text_table(r: dict) -> str:
+    """The paper's layout: one row per task type, EM / F1 / BLEU-4 / entity for the model, EM of the baselines."""
+    lines = [f"{r['kind']} text world model, {r['params']:,} parameters, {r['iterations_per_step']:.2f} loop iterations "
+             f"per action; {r['n_samples']} {r['split']} samples, {r['actions']} actions before decoding (percent)",
+             f"{'type':<14}{'n':>5} {'EM':>6}{'F1':>6}{'BLEU4':>6}{'Ent':>6} | {'copy EM':>8}{'lookup EM':>10}"]
+
+    def row(name, s, c, lk):
+        lines.append(f"{name:<14}{s['n']:>5} " + "".join(f"{_fmt(s[m]):>6}" for m in METRICS)
+                     + f" | {_fmt(c['em']):>8}{_fmt(lk['em']):>10}")
+
+    base = r["baselines"]
+    for t, s in r["per_task"].items():
+        row(t, s, base["copy"]["per_task"][t], base["lookup"]["per_task"][t])
+    row("overall", r["overall"], base["copy"]["overall"], base["lookup"]["overall"])
+    for name, s in r["rows"].items():
+        row(name, s, base["copy"]["rows"][name], base["lookup"]["rows"][name])
+    lines.append("")
+    lines.append(f"{'actions':<8}{'EM':>6}{'F1':>6}{'BLEU4':>6}{'Ent':>6}{'iters':>7} | {'copy EM':>8}{'lookup EM':>10}")
+    for k, v in r["by_actions"].items():
+        o = v["overall"]
+        lines.append(f"{'step ' + k:<8}" + "".join(f"{_fmt(o[m]):>6}" for m in METRICS)
+                     + f"{v['iterations_per_step']:>7.2f} | {_fmt(v['copy']['em']):>8}{_fmt(v['lookup']['em']):>10}")
+    return "\n".join(lines)

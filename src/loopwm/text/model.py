@@ -1,0 +1,277 @@
+"""A looped world model over text: context -> latent state tokens -> one loop per action -> decoder.
+
+    x_ctx = Enc(E[context] + P)                       (B, L, d)   the context, encoded once
+    h_0   = ReadOut(Q, x_ctx)                         (B, S, d)   S learned queries read it
+    for each action a_k (k = 1..K):                               one outer step per action
+        h_k, z_k = LoopedCore([h_{k-1}; E[a_k] + P + t_act], z_{k-1})   the shared block, T times
+    o_K   = Dec(<bos> ..., memory = [h_K; x_ctx])     (B, T, V)   written after the last action only
+
+The looped core is the same `LoopedCore` as the physics models (prelude, contractive injection,
+the one shared block, coda; exit rules, truncated gradients, per-sample depth); `kind="deep"`
+swaps it for `DeepCore`, a stack of distinct blocks, with everything else equal. The decoder reads
+the state tokens and the encoded context: the context holds text to copy (a room description seen
+earlier), the state what the actions changed. Intermediate observations are never decoded (deferred
+decoding). One token embedding serves context, actions, decoder input and output (tied weights).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from loopwm.models.blocks import MLP, Stack
+from loopwm.models.exits import ExitRule
+from loopwm.models.locality import Neighbourhood
+from loopwm.models.looped import DeepCore, LoopedCore
+
+
+@dataclass
+class TextModelConfig:
+    """The text world model's shape and loop settings."""
+
+    kind: str = "looped"
+    """"looped" (one shared block, iterated) or "deep" (n_deep distinct blocks, once each)."""
+    d: int = 128
+    """Token width."""
+    n_heads: int = 4
+    """Attention heads."""
+    mlp_ratio: int = 4
+    """MLP hidden width as a multiple of d."""
+    n_state: int = 16
+    """Latent state tokens carried from action to action."""
+    n_context_layers: int = 2
+    """Blocks of the context encoder."""
+    n_decoder_layers: int = 2
+    """Blocks of the observation decoder."""
+    mu_rec: float = 4.0
+    """Mean training loop count per action, T ~ max(1, Poisson(mu_rec))."""
+    depth_max: int = 12
+    """Cap on the sampled loop count during training."""
+    eval_depth: int = 0
+    """Loop count per action at evaluation; 0 means round(mu_rec)."""
+    n_grad: int = 0
+    """Iterations per action that receive gradients; 0 means ceil(mu_rec / 2) as in the paper."""
+    n_deep: int = 4
+    """Distinct blocks of the deep baseline (kind "deep"); its default matches the loop's mean count."""
+    init_decay: float = 0.45
+    """Initial value of every entry of A_bar."""
+    decoder_reads_context: bool = True
+    """The decoder attends to the encoded context as well as to the state tokens (False: to the
+    state tokens only, a strict latent bottleneck)."""
+    max_context: int = 320
+    """Context tokens kept (the most recent; the task description always)."""
+    max_action: int = 16
+    """Tokens per action."""
+    max_target: int = 192
+    """Tokens of the decoded observation (longer ones are cut, and cannot match exactly)."""
+
+    def resolved_eval_depth(self) -> int:
+        return self.eval_depth or max(1, round(self.mu_rec))
+
+    def resolved_n_grad(self) -> int:
+        return self.n_grad or max(1, math.ceil(self.mu_rec / 2))
+
+
+def key_mask(valid: torch.Tensor, n_queries: int | None = None) -> torch.Tensor:
+    """Attention mask (B, 1, Q, K) from key validity (B, K): every query reads every valid key."""
+    B, K = valid.shape
+    return valid[:, None, None, :].expand(B, 1, n_queries or K, K)
+
+
+class CrossAttention(nn.Module):
+    """Queries from one stream read keys and values of another (the memory)."""
+
+    def __init__(self, d: int, n_heads: int):
+        super().__init__()
+        self.n_heads = n_heads
+        self.q = nn.Linear(d, d)
+        self.kv = nn.Linear(d, 2 * d)
+        self.proj = nn.Linear(d, d)
+
+    def memory(self, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, M, D = m.shape
+        k, v = self.kv(m).view(B, M, 2, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)  # 2 x (B, H, M, D/H)
+        return k, v
+
+    def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None) -> torch.Tensor:
+        B, N, D = x.shape
+        q = self.q(x).view(B, N, self.n_heads, D // self.n_heads).transpose(1, 2)  # (B, H, N, D/H)
+        y = F.scaled_dot_product_attention(q, *kv, attn_mask=mask)  # (B, H, N, D/H)
+        return self.proj(y.transpose(1, 2).reshape(B, N, D))  # (B, N, D)
+
+
+class CausalSelfAttention(nn.Module):
+    """Masked self-attention over the decoded prefix, with a key/value cache for generation."""
+
+    def __init__(self, d: int, n_heads: int):
+        super().__init__()
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        B, N, D = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, N, D/H)
+        if cache is not None and "k" in cache:  # generation: one new position reads every earlier one
+            k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)  # (B, H, N_past + N, D/H)
+        if cache is not None:
+            cache["k"], cache["v"] = k, v
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=N > 1)  # (B, H, N, D/H)
+        return self.proj(y.transpose(1, 2).reshape(B, N, D))  # (B, N, D)
+
+
+class ReadBlock(nn.Module):
+    """Learned queries read a memory: q + CrossAttn(LN(q), LN(m)), then q + MLP(LN(q))."""
+
+    def __init__(self, d: int, n_heads: int, mlp_ratio: int):
+        super().__init__()
+        self.ln_q, self.ln_m, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = CrossAttention(d, n_heads)
+        self.mlp = MLP(d, mlp_ratio * d, d)
+
+    def forward(self, q: torch.Tensor, m: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        q = q + self.attn(self.ln_q(q), self.attn.memory(self.ln_m(m)), mask)
+        return q + self.mlp(self.ln2(q))
+
+
+class DecoderBlock(nn.Module):
+    """Pre-norm: causal self-attention, cross-attention to the memory, MLP."""
+
+    def __init__(self, d: int, n_heads: int, mlp_ratio: int):
+        super().__init__()
+        self.ln1, self.ln2, self.ln_m, self.ln3 = (nn.LayerNorm(d) for _ in range(4))
+        self.self_attn = CausalSelfAttention(d, n_heads)
+        self.cross = CrossAttention(d, n_heads)
+        self.mlp = MLP(d, mlp_ratio * d, d)
+
+    def memory(self, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cross.memory(self.ln_m(m))
+
+    def forward(self, x, kv, mask, cache: dict | None = None) -> torch.Tensor:
+        x = x + self.self_attn(self.ln1(x), cache)
+        x = x + self.cross(self.ln2(x), kv, mask)
+        return x + self.mlp(self.ln3(x))
+
+
+class TextWorldModel(nn.Module):
+    def __init__(self, vocab_size: int, cfg: TextModelConfig):
+        super().__init__()
+        if cfg.kind not in ("looped", "deep"):
+            raise ValueError(f"unknown text model kind {cfg.kind!r}: looped or deep")
+        self.cfg, self.vocab_size = cfg, vocab_size
+        d = cfg.d
+        self.embed = nn.Embedding(vocab_size, d)
+        self.pos = nn.Embedding(max(cfg.max_context, cfg.max_action, cfg.max_target + 1), d)
+        self.action_type = nn.Parameter(torch.zeros(d))  # marks action tokens in the loop's input
+        self.context_encoder = Stack(cfg.n_context_layers, d, cfg.n_heads, cfg.mlp_ratio)
+        self.context_norm = nn.LayerNorm(d)
+        self.state_queries = nn.Parameter(torch.randn(cfg.n_state, d) * 0.02)
+        self.read = ReadBlock(d, cfg.n_heads, cfg.mlp_ratio)
+        if cfg.kind == "looped":
+            self.core = LoopedCore(d, cfg.n_heads, mlp_ratio=cfg.mlp_ratio, init_decay=cfg.init_decay)
+        else:
+            self.core = DeepCore(d, cfg.n_heads, cfg.n_deep, mlp_ratio=cfg.mlp_ratio)
+        self.decoder = nn.ModuleList(DecoderBlock(d, cfg.n_heads, cfg.mlp_ratio) for _ in range(cfg.n_decoder_layers))
+        self.decoder_norm = nn.LayerNorm(d)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        nn.init.normal_(self.pos.weight, std=0.02)
+
+    # ----- context -> state -----
+    def encode(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Context ids (B, L), 0-padded -> state tokens h (B, S, d), memory (B, L, d), its validity (B, L)."""
+        B, L = context.shape
+        valid = context != 0  # (B, L)
+        x = self.embed(context) + self.pos.weight[:L]  # (B, L, d)
+        x = self.context_norm(self.context_encoder(x, Neighbourhood(key_mask(valid), None)))  # (B, L, d)
+        q = self.state_queries.expand(B, -1, -1)  # (B, S, d)
+        h = self.read(q, x, key_mask(valid, q.shape[1]))  # (B, S, d)
+        return h, x, valid
+
+    # ----- one action: the loop -----
+    def sample_depth(self, batch: int, device) -> torch.Tensor:
+        """Training loop count, one per training step: (B,) long."""
+        rate = torch.full((1,), float(self.cfg.mu_rec), device=device)
+        return torch.poisson(rate).long().clamp(1, self.cfg.depth_max).expand(batch)  # (B,)
+
+    def step(self, h: torch.Tensor, z: torch.Tensor | None, action: torch.Tensor, depth: torch.Tensor,
+             exit_rule: ExitRule | None = None, n_grad: int | None = None):
+        """State (B, S, d), carried loop state or None, action ids (B, A) -> h, z, used (B,), work (B,)."""
+        B, S, _ = h.shape
+        A = action.shape[1]
+        a = self.embed(action) + self.pos.weight[:A] + self.action_type  # (B, A, d)
+        x = torch.cat([h, a], dim=1)  # (B, S + A, d)
+        valid = torch.cat([torch.ones(B, S, dtype=torch.bool, device=h.device), action != 0], dim=1)  # (B, S + A)
+        nbhd = Neighbourhood(key_mask(valid), None)
+        return self.core(x, S, z, depth, n_grad, exit_rule, nbhd=nbhd)
+
+    def imagine(self, context: torch.Tensor, actions: torch.Tensor, depth: int | torch.Tensor | None = None,
+                exit_rule: ExitRule | None = None, n_grad: int | None = None):
+        """Context (B, L) and K actions (B, K, A) -> final state h (B, S, d), the decoder's memory and
+        mask, and the iterations run per action (B, K). No observation is decoded on the way."""
+        h, x, valid = self.encode(context)
+        B, K = actions.shape[:2]
+        z, used = None, []
+        for k in range(K):
+            if depth is None:
+                d_k = self.sample_depth(B, h.device) if self.training else None
+            else:
+                d_k = depth
+            if d_k is None:
+                d_k = self.cfg.resolved_eval_depth()
+            if not torch.is_tensor(d_k):
+                d_k = torch.full((B,), int(d_k), dtype=torch.long, device=h.device)
+            h, z, n_used, _ = self.step(h, z, actions[:, k], d_k, exit_rule, n_grad)
+            used.append(n_used)
+        memory, mem_valid = self.decoder_memory(h, x, valid)
+        return h, memory, mem_valid, torch.stack(used, dim=1)  # (B, K)
+
+    # ----- state -> observation text -----
+    def decoder_memory(self, h, x, valid):
+        if not self.cfg.decoder_reads_context:
+            return h, torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)
+        ones = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)
+        return torch.cat([h, x], dim=1), torch.cat([ones, valid], dim=1)  # (B, S + L, d), (B, S + L)
+
+    def decode(self, memory, mem_valid, tokens: torch.Tensor, caches: list | None = None, offset: int = 0,
+               kvs: list | None = None) -> torch.Tensor:
+        """Teacher-forced (or cached, one position at a time) logits (B, T, V) for input ids (B, T)."""
+        T = tokens.shape[1]
+        y = self.embed(tokens) + self.pos.weight[offset:offset + T]  # (B, T, d)
+        mask = key_mask(mem_valid, T)  # (B, 1, T, M)
+        kvs = kvs or [block.memory(memory) for block in self.decoder]
+        for i, block in enumerate(self.decoder):
+            y = block(y, kvs[i], mask, None if caches is None else caches[i])
+        return self.decoder_norm(y) @ self.embed.weight.T  # (B, T, V), tied to the token embedding
+
+    def loss(self, context, actions, target, n_grad: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy of the observation after the last action (pad positions ignored), and the
+        iterations used per action (B, K)."""
+        _, memory, mem_valid, used = self.imagine(context, actions, n_grad=n_grad)
+        logits = self.decode(memory, mem_valid, target[:, :-1])  # (B, T-1, V)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target[:, 1:].reshape(-1), ignore_index=0)
+        return loss, used
+
+    @torch.no_grad()
+    def generate(self, memory, mem_valid, bos: int, eos: int, max_len: int) -> torch.Tensor:
+        """Greedy decoding, every row until its <eos> or max_len tokens: (B, <= max_len) ids."""
+        B = memory.shape[0]
+        caches = [{} for _ in self.decoder]
+        kvs = [block.memory(memory) for block in self.decoder]
+        token = torch.full((B, 1), bos, dtype=torch.long, device=memory.device)
+        out, done = [], torch.zeros(B, dtype=torch.bool, device=memory.device)
+        for t in range(max_len):
+            logits = self.decode(memory, mem_valid, token, caches, offset=t, kvs=kvs)  # (B, 1, V)
+            token = logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
+            token = token.masked_fill(done[:, None], 0)
+            out.append(token)
+            done = done | (token[:, 0] == eos)
+            if bool(done.all()):
+                break
+        return torch.cat(out, dim=1)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,228 @@
+"""`loopwm text train`: a looped (or deep) world model over ScienceWorld text, resumable.
+
+    loopwm text train --data data/sciworld --out runs/sciworld --minutes 30
+    loopwm text train --data data/sciworld --out runs/sciworld-deep --model.kind deep
+
+Each step draws a number of actions K (1 to `max_actions`) and a batch of training samples with K
+actions after their context, runs the loop once per action, and decodes only the observation after
+the last one (deferred decoding). The tokenizer is learned from the training split when a run
+starts. Writes RUN/config.json (the resolved config), RUN/tokenizer.json, RUN/metrics.jsonl and
+safetensors checkpoints; re-running the same command resumes from the newest intact checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from loopwm.checkpoint import latest_checkpoint, load_weights, model_state, read_checkpoint, resolve_checkpoint, \
+    restore_optimizer, save_checkpoint
+from loopwm.text.corpus import Batcher, Encoder, Sample, all_starts, eval_starts, load_tokenizer, load_trajectories, \
+    need_tokenizers, tokenizer_corpus, train_tokenizer
+from loopwm.text.model import TextModelConfig, TextWorldModel
+from loopwm.utils import LoopWMError, atomic_save, atomic_write_json, pick_device, read_json, seed_everything
+
+KINDS = ("text-looped", "text-deep")
+
+
+@dataclass
+class TextTrainConfig:
+    """Train a world model of a text world on trajectories from `loopwm text collect`."""
+
+    data: str = "data/sciworld"
+    """Text dataset folder (from loopwm text collect)."""
+    out: str = "runs/sciworld"
+    """Run folder (re-running the same command resumes it)."""
+    model: TextModelConfig = field(default_factory=TextModelConfig)
+    vocab_size: int = 2048
+    """Byte-level BPE vocabulary learned from the training split."""
+    steps: int = 4000
+    """Gradient steps (a cap when --minutes is set)."""
+    minutes: float = 0.0
+    """Wall-clock training budget in minutes (0: none; the steps decide)."""
+    batch_size: int = 32
+    """Samples per step."""
+    lr: float = 1e-3
+    """Peak learning rate (linear warm-up, cosine decay to 10%)."""
+    warmup: int = 100
+    """Warm-up steps."""
+    weight_decay: float = 0.05
+    """AdamW weight decay on weight matrices."""
+    grad_clip: float = 1.0
+    """Gradient norm clip."""
+    max_actions: int = 5
+    """Most actions fed before decoding; each step draws K uniformly from 1 to this."""
+    eval_every: int = 250
+    """Steps between validation losses on the dev split (and checkpoints)."""
+    dev_samples: int = 200
+    """Dev samples of the validation loss (fixed, seeded)."""
+    seed: int = 0
+    """Seed of the initialisation, sampling and loop counts."""
+    threads: int = 0
+    """Torch CPU threads (0: torch's default)."""
+    device: str = "auto"
+    """Device: auto, cpu, cuda, cuda:N or mps."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+RESUMABLE = {"steps", "minutes", "progress", "threads", "device", "eval_every"}
+
+
+def checkpoint_meta(model: TextWorldModel) -> dict:
+    return {"kind": f"text-{model.cfg.kind}", "model": asdict(model.cfg), "spec": {"vocab_size": model.vocab_size}}
+
+
+def build_text_model(meta: dict) -> TextWorldModel:
+    if meta.get("kind") not in KINDS:
+        raise LoopWMError(f"this checkpoint holds a {meta.get('kind')!r} model, not a text world model; "
+                          "physics models are scored with loopwm eval")
+    try:
+        return TextWorldModel(int(meta["spec"]["vocab_size"]), TextModelConfig(**meta["model"]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise LoopWMError(f"checkpoint metadata describes a text model this loopwm cannot build ({err})") from err
+
+
+def load_text_run(run: str | Path, device="cpu") -> tuple[TextWorldModel, Encoder, dict, dict]:
+    """A trained text model (eval mode), its tokenizer, checkpoint metadata and training config."""
+    need_tokenizers()
+    path = resolve_checkpoint(run)
+    run_dir = path.parent.parent
+    tensors, meta = read_checkpoint(path)
+    model = build_text_model(meta)
+    try:
+        load_weights(model, model_state(tensors))
+    except RuntimeError as err:
+        raise LoopWMError(f"checkpoint weights do not fit the model they claim to be ({str(err)[:200]})") from err
+    enc = Encoder(load_tokenizer(run_dir / "tokenizer.json"))
+    return model.to(device).eval(), enc, meta, read_json(run_dir / "config.json", "run config")
+
+
+def _check_config(cfg: TextTrainConfig, run_dir: Path) -> None:
+    path = run_dir / "config.json"
+    if not path.exists():
+        return
+    saved = read_json(path, "run config")
+    now = json.loads(json.dumps(asdict(cfg)))
+    diff = [k for k in now if k not in RESUMABLE and saved.get(k) != now[k]]
+    if diff:
+        raise LoopWMError(f"{run_dir} holds a text run with other settings ({', '.join(diff)} differ); "
+                          "use a new --out, or delete the folder to start over")
+
+
+@torch.no_grad()
+def dev_loss(model: TextWorldModel, batcher: Batcher, starts: list[tuple[int, int]], k_max: int, device,
+             batch_size: int = 32) -> float:
+    """Mean teacher-forced cross-entropy over fixed dev samples, K cycling through 1..k_max."""
+    was = model.training
+    model.eval()
+    total, n = 0.0, 0
+    for k in range(1, k_max + 1):
+        samples = [Sample(i, t, k) for j, (i, t) in enumerate(starts) if j % k_max == k - 1]
+        for lo in range(0, len(samples), batch_size):
+            batch = {key: torch.as_tensor(v, device=device) for key, v in batcher.batch(samples[lo:lo + batch_size]).items()}
+            loss, _ = model.loss(batch["context"], batch["actions"], batch["target"])
+            total, n = total + float(loss) * len(samples[lo:lo + batch_size]), n + len(samples[lo:lo + batch_size])
+    model.train(was)
+    return total / max(n, 1)
+
+
+def train_text(cfg: TextTrainConfig) -> Path:
+    need_tokenizers()
+    if not 1 <= cfg.max_actions <= 16:
+        raise LoopWMError("--max-actions must be between 1 and 16")
+    if cfg.batch_size < 1 or cfg.steps < 1 or cfg.vocab_size < 300:
+        raise LoopWMError("--batch-size and --steps must be at least 1 and --vocab-size at least 300 "
+                          "(a byte-level tokenizer needs 256 byte tokens and the specials)")
+    run_dir = Path(cfg.out)
+    train_trajs = load_trajectories(cfg.data, "train")
+    dev_trajs = load_trajectories(cfg.data, "dev")
+    if not train_trajs:
+        raise LoopWMError(f"{cfg.data} has no training trajectories; collect some with loopwm text collect")
+    _check_config(cfg, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / "config.json", asdict(cfg))
+    tok_path = run_dir / "tokenizer.json"
+    if not tok_path.exists():
+        tok = train_tokenizer(tokenizer_corpus(train_trajs), cfg.vocab_size)
+        atomic_save(tok_path, lambda tmp: tok.save(str(tmp)))
+    enc = Encoder(load_tokenizer(tok_path))
+    m = cfg.model
+    batcher = Batcher(enc, train_trajs, m.max_context, m.max_action, m.max_target)
+    dev_batcher = Batcher(enc, dev_trajs or train_trajs, m.max_context, m.max_action, m.max_target)
+    starts = {k: all_starts(train_trajs, k) for k in range(1, cfg.max_actions + 1)}
+    if not starts[cfg.max_actions]:
+        raise LoopWMError(f"no training trajectory has {cfg.max_actions} actions; lower --max-actions")
+    dev_fixed = eval_starts(dev_trajs or train_trajs, cfg.max_actions, cfg.dev_samples, seed=cfg.seed)
+
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    seed_everything(cfg.seed)
+    model = TextWorldModel(enc.vocab_size, m).to(device)
+    from loopwm.train.loop import _truncate_metrics, lr_at, param_groups  # the physics models' schedule and decay rule
+
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.99))
+    rng = np.random.default_rng(cfg.seed)
+    step, seconds_before = 0, 0.0
+    found = latest_checkpoint(run_dir)
+    if found is not None:
+        tensors, meta = read_checkpoint(found)
+        load_weights(model, model_state(tensors))
+        restore_optimizer(opt, tensors, meta)
+        torch.set_rng_state(tensors["rng/torch"])
+        rng.bit_generator.state = meta["numpy_rng"]
+        step, seconds_before = meta["step"], meta.get("train_seconds", 0.0)
+    metrics_path = run_dir / "metrics.jsonl"
+    _truncate_metrics(metrics_path, step)
+    from tqdm import tqdm
+
+    budget = cfg.minutes * 60
+    t0 = time.time()
+    bar = tqdm(total=cfg.steps, initial=step, desc="train text", unit="step", disable=not cfg.progress, dynamic_ncols=True)
+
+    def save() -> None:
+        meta = {**checkpoint_meta(model), "numpy_rng": rng.bit_generator.state,
+                "train_seconds": seconds_before + time.time() - t0, "data": cfg.data}
+        save_checkpoint(run_dir, step, model, meta, opt)
+
+    model.train()
+    n_grad = m.resolved_n_grad()
+    with open(metrics_path, "a", encoding="utf-8") as log:
+        while step < cfg.steps:
+            spent = seconds_before + time.time() - t0
+            if budget > 0 and spent >= budget:
+                break
+            frac = max(step / cfg.steps, spent / budget if budget > 0 else 0.0)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(cfg, step, frac)
+            k = int(rng.integers(1, cfg.max_actions + 1))
+            pool = starts[k]
+            samples = [Sample(*pool[i], k) for i in rng.integers(0, len(pool), cfg.batch_size)]
+            batch = {key: torch.as_tensor(v, device=device) for key, v in batcher.batch(samples).items()}
+            loss, used = model.loss(batch["context"], batch["actions"], batch["target"], n_grad=n_grad)
+            if not torch.isfinite(loss):
+                raise LoopWMError(f"the loss became {float(loss)} at step {step}; lower --lr (now {cfg.lr})")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            step += 1
+            bar.update(1)
+            record = {"step": step, "loss": float(loss.detach()), "k": k, "iterations": float(used.float().mean()),
+                      "lr": opt.param_groups[0]["lr"], "seconds": round(seconds_before + time.time() - t0, 2)}
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                record["dev_loss"] = dev_loss(model, dev_batcher, dev_fixed, cfg.max_actions, device)
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", dev=f"{record['dev_loss']:.3f}")
+                save()
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+    bar.close()
+    if latest_checkpoint(run_dir) is None or json.loads(latest_checkpoint(run_dir).read_text())["step"] != step:
+        save()
+    return run_dir

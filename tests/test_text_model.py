@@ -1,0 +1,241 @@
+"""Text world models: metrics on hand-computed examples, the tokenizer, samples, the model's
+equivalences, and `loopwm text train` / `text eval` on a tiny corpus (no simulator needed)."""
+
+import importlib.util
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from loopwm.cli import main
+from loopwm.text.metrics import corpus_bleu, entity_counts, entity_pattern, exact_match, micro_f1, score_group, token_f1
+
+needs_tokenizers = pytest.mark.skipif(importlib.util.find_spec("tokenizers") is None,
+                                      reason="text models need the text extra (pip install 'loopwm[text]')")
+
+
+# ----- metrics -----
+def test_exact_match_ignores_case_and_layout_only():
+    assert exact_match("You move to the  kitchen.\n", "you move to the kitchen.") == 1.0
+    assert exact_match("You move to the kitchen", "You move to the kitchen.") == 0.0
+
+
+def test_token_f1_counts_shared_words():
+    # pred: the door is open (4); ref: the door is now open . (6); 4 shared -> P 1, R 2/3 -> F1 0.8
+    assert token_f1("the door is open", "The door is now open.") == pytest.approx(0.8)
+    assert token_f1("", "") == 1.0 and token_f1("abc", "xyz") == 0.0
+    assert token_f1("a a b", "a b b") == pytest.approx(2 / 3)  # multiplicity: 2 shared of 3 each
+
+
+def test_bleu4_with_its_brevity_penalty():
+    assert corpus_bleu(["the cat sat on the mat"], ["the cat sat on the mat"]) == pytest.approx(1.0)
+    # n-gram precisions 4/5, 3/4, 2/3, 1/2; candidate 5 words against 6: penalty exp(1 - 6/5)
+    expected = math.exp(1 - 6 / 5) * (4 / 5 * 3 / 4 * 2 / 3 * 1 / 2) ** 0.25
+    assert corpus_bleu(["a b c d e"], ["a b c d f g"]) == pytest.approx(expected)
+    assert corpus_bleu(["a b c"], ["a b c"]) == 0.0  # no 4-gram at all
+    # corpus level: counts add up over pairs before the precisions are taken
+    both = corpus_bleu(["a b c d e", "a b c d"], ["a b c d f g", "a b c d"])
+    expected = math.exp(1 - 10 / 9) * (8 / 9 * 6 / 7 * 4 / 5 * 2 / 3) ** 0.25
+    assert both == pytest.approx(expected)
+    longer = corpus_bleu(["a b c d e f g"], ["a b c d e f"])  # longer than the reference: no penalty
+    assert longer == pytest.approx((6 / 7 * 5 / 6 * 4 / 5 * 3 / 4) ** 0.25)
+
+
+def test_entity_f1_finds_whole_names_longest_first():
+    pattern = entity_pattern(["door to kitchen", "kitchen", "thermometer", "pot"])
+    assert entity_counts("You open the door to kitchen.", "The thermometer is in the kitchen.", pattern) == (0, 1, 2)
+    assert entity_counts("kitchen and thermometer", "The thermometer is in the kitchen.", pattern) == (2, 2, 2)
+    assert entity_counts("a teapot", "a pot", pattern) == (0, 0, 1)  # "pot" inside "teapot" is not the pot
+    assert micro_f1([(0, 1, 2), (2, 2, 2)]) == pytest.approx(4 / 7)
+    assert math.isnan(micro_f1([(0, 0, 0)]))  # no entity on either side: undefined, not perfect
+    s = score_group(["kitchen and thermometer", "wrong"], ["The thermometer is in the kitchen.", "right"], [pattern] * 2)
+    assert s["n"] == 2 and s["em"] == 0.0 and s["entity"] == pytest.approx(100.0)
+
+
+# ----- a tiny text world in the collection format -----
+ROOMS = ("kitchen", "hallway", "garden")
+
+
+def toy_trajectory(rng, split, variation, task, length=10):
+    """A small deterministic world: three rooms joined by doors that must be opened first."""
+    here, open_doors = "hallway", set()
+    desc = lambda: (f"This room is called the {here}. In it, you see: a table. Doors: "  # noqa: E731
+                    + ", ".join(f"door to {r} ({'open' if r in open_doors else 'closed'})" for r in ROOMS if r != here))
+    first, steps = desc(), []
+    for _ in range(length):
+        other = str(rng.choice([r for r in ROOMS if r != here]))
+        kind = rng.integers(3)
+        if kind == 0:
+            action, obs = "look around", None
+        elif kind == 1:
+            action = f"open door to {other}"
+            obs = "The door is already open." if other in open_doors else "The door is now open."
+            open_doors.add(other)
+        else:
+            action = f"go to {other}"
+            if other in open_doors:
+                here, obs = other, f"You move to the {other}."
+            else:
+                obs = f"The door to the {other} is closed."
+        steps.append({"action": action, "observation": obs if obs is not None else desc(), "score": 0, "done": False})
+    return {"task": task, "type": "Find" if task == "find-plant" else "Boil", "split": split, "variation": variation,
+            "kind": "gold", "branch_from": None, "task_description": f"Your task is to {task.replace('-', ' ')}.",
+            "observation": first, "steps": steps, "entities": ["door to " + r for r in ROOMS] + list(ROOMS) + ["table"]}
+
+
+def make_toy_corpus(out, n_train=24, n_dev=3, n_test=4, seed=0):
+    from loopwm.text.collect import FORMAT, FORMAT_VERSION
+
+    rng = np.random.default_rng(seed)
+    v = 0
+    for split, n in (("train", n_train), ("dev", n_dev), ("test", n_test)):
+        for i in range(n):
+            task = ("find-plant", "boil")[i % 2]
+            t = toy_trajectory(rng, split, v, task)
+            path = out / "trajectories" / split / task / f"v{v:04d}-gold.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(t))
+            v += 1
+    (out / "manifest.json").write_text(json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return make_toy_corpus(tmp_path_factory.mktemp("toy") / "data")
+
+
+@pytest.fixture(scope="module")
+def toy_encoder(toy):
+    from loopwm.text.corpus import Encoder, load_trajectories, tokenizer_corpus, train_tokenizer
+
+    trajs = load_trajectories(toy, "train")
+    return Encoder(train_tokenizer(tokenizer_corpus(trajs), 400)), trajs
+
+
+# ----- tokenizer and samples -----
+@needs_tokenizers
+def test_tokenizer_round_trips_any_text(toy_encoder):
+    enc, _ = toy_encoder
+    for text in ["This room is called the kitchen.\n\ta table", "naïve café ☕ 42°C", "  spaces\tand\ttabs  ", ""]:
+        ids = enc.ids(text)
+        assert enc.text(ids) == text
+    assert enc.pad == 0 and len({enc.pad, enc.bos, enc.eos, enc.sep}) == 4
+    assert enc.text(enc.ids("ab") + [enc.eos] + enc.ids("cd")) == "ab"  # decoding stops at <eos>
+
+
+@needs_tokenizers
+def test_splits_never_mix_and_samples_keep_the_newest_context(toy, toy_encoder):
+    from loopwm.text.corpus import Batcher, Sample, load_trajectories
+
+    enc, train = toy_encoder
+    test = load_trajectories(toy, "test")
+    assert {t.split for t in train} == {"train"} and {t.split for t in test} == {"test"}
+    assert not {t.variation for t in train} & {t.variation for t in test}
+    b = Batcher(enc, train, max_context=40, max_action=6, max_target=12)
+    batch = b.batch([Sample(0, 6, 3), Sample(1, 0, 3)])
+    assert batch["context"].shape[0] == 2 and batch["context"].shape[1] <= 40 and batch["actions"].shape[:2] == (2, 3)
+    ctx = [i for i in batch["context"][0] if i]
+    task = enc.ids(train[0].task_description)
+    assert ctx[: len(task)] == task and ctx[len(task)] == enc.sep  # the task description is always kept in front
+    newest = enc.ids(train[0].observations[6])
+    assert ctx[-len(newest):] == newest  # ... and the context ends with o_t
+    tgt = [i for i in batch["target"][0] if i]
+    assert tgt[0] == enc.bos and enc.text(tgt[1:]) == enc.text(enc.ids(train[0].observations[9]))[: len(enc.text(tgt[1:]))]
+
+
+# ----- the model -----
+def tiny_model(kind="looped", vocab=400, **kw):
+    from loopwm.text.model import TextModelConfig, TextWorldModel
+
+    cfg = TextModelConfig(kind=kind, d=32, n_heads=2, n_state=4, n_context_layers=1, n_decoder_layers=1, mu_rec=3,
+                          n_deep=3, max_context=48, max_action=6, max_target=16, **kw)
+    torch.manual_seed(0)
+    return TextWorldModel(vocab, cfg).eval()
+
+
+def random_batch(B=3, L=20, K=2, A=5, T=9, vocab=400, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    context = torch.randint(4, vocab, (B, L), generator=g)
+    actions = torch.randint(4, vocab, (B, K, A), generator=g)
+    target = torch.randint(4, vocab, (B, T), generator=g)
+    context[1, 12:] = 0  # ragged rows: padding
+    actions[2, :, 3:] = 0
+    return context, actions, target
+
+
+@pytest.mark.parametrize("kind", ["looped", "deep"])
+def test_shapes_and_padding_never_leaks_into_other_samples(kind):
+    model = tiny_model(kind)
+    context, actions, target = random_batch()
+    h, memory, mem_valid, used = model.imagine(context, actions, depth=3)
+    assert h.shape == (3, 4, 32) and used.shape == (3, 2) and memory.shape[:2] == mem_valid.shape
+    logits = model.decode(memory, mem_valid, target)
+    assert logits.shape == (3, 9, 400)
+    for b in range(3):  # batched equals per-sample, each row cut to its own length
+        L = int((context[b] != 0).sum())
+        A = int((actions[b, 0] != 0).sum())
+        _, m1, v1, _ = model.imagine(context[b:b + 1, :L], actions[b:b + 1, :, :A], depth=3)
+        torch.testing.assert_close(model.decode(m1, v1, target[b:b + 1]), logits[b:b + 1], atol=2e-5, rtol=1e-4)
+
+
+def test_an_exit_rule_that_never_fires_equals_fixed_depth_and_depth_matters():
+    from loopwm.models.exits import make_exit_rule
+
+    model = tiny_model()
+    context, actions, target = random_batch()
+    fixed = model.imagine(context, actions, depth=5)[0]
+    never = model.imagine(context, actions, depth=5, exit_rule=make_exit_rule("delta", 0.0))
+    torch.testing.assert_close(never[0], fixed)
+    assert bool((never[3] == 5).all())
+    assert not torch.allclose(model.imagine(context, actions, depth=1)[0], fixed)
+
+
+def test_cached_generation_equals_teacher_forced_argmax():
+    model = tiny_model()
+    context, actions, _ = random_batch()
+    _, memory, mem_valid, _ = model.imagine(context, actions, depth=2)
+    out = model.generate(memory, mem_valid, bos=1, eos=2, max_len=8)  # (B, <= 8)
+    inp = torch.cat([torch.ones(3, 1, dtype=torch.long), out[:, :-1]], dim=1)
+    steps = model.decode(memory, mem_valid, inp).argmax(-1)
+    finished = torch.cumsum((out == 2).long(), 1) - (out == 2).long() > 0  # positions after a row's <eos>
+    assert torch.equal(steps[~finished], out[~finished])
+
+
+# ----- the commands -----
+@needs_tokenizers
+def test_text_train_resumes_and_eval_reports_the_papers_fields(toy, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["text", "train", "--data", str(toy), "--out", str(run), "--vocab-size", "400", "--model.d", "32",
+            "--model.n-heads", "2", "--model.n-state", "4", "--model.n-context-layers", "1", "--model.n-decoder-layers",
+            "1", "--model.max-context", "64", "--model.max-target", "32", "--batch-size", "8", "--eval-every", "10",
+            "--dev-samples", "8", "--threads", "1", "--no-progress", "--lr", "3e-3", "--warmup", "5"]
+    assert main(args + ["--steps", "10"]) == 0
+    assert main(args + ["--steps", "60"]) == 0  # resumes from step 10: more steps are resumable
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 61))
+    dev = [r["dev_loss"] for r in records if "dev_loss" in r]
+    assert dev[-1] < 0.6 * math.log(400)  # far below guessing among the 400 tokens: it learns the templates
+    assert main(args + ["--steps", "60", "--lr", "1e-3"]) == 2  # another setting: refused, with the reason
+    assert "lr differ" in capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["text", "eval", str(run), "--json", "--max-starts", "6", "--actions", "1", "3", "--batch-size", "4"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    for key in ("overall", "per_task", "n_samples", "iterations_per_step", "params", "baselines", "by_actions"):
+        assert key in result
+    assert set(result["per_task"]) <= {"Find", "Boil"} and result["n_samples"] == 6
+    assert set(result["overall"]) >= {"em", "f1", "bleu4", "entity"} and 0 <= result["overall"]["f1"] <= 100
+    assert set(result["by_actions"]) == {"1", "3"} and result["iterations_per_step"] == 4.0  # round(mu_rec)
+    assert (run / "text_eval.json").exists()
+    assert main(["text", "eval", str(run), "--max-starts", "4", "--actions", "2", "--exit", "delta", "--depth", "6"]) == 0
+    assert "overall" in capsys.readouterr().out
+
+
+@needs_tokenizers
+def test_text_commands_name_bad_input(tmp_path, capsys):
+    assert main(["text", "train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")]) == 2
+    assert "not a text dataset" in capsys.readouterr().err
+    assert main(["text", "eval", str(tmp_path / "nothing")]) == 2
+    assert "no such run" in capsys.readouterr().err

@@ -35,15 +35,15 @@ class TextModelConfig:
 
     kind: str = "looped"
     """"looped" (one shared block, iterated) or "deep" (n_deep distinct blocks, once each)."""
-    d: int = 128
-    """Token width."""
+    d: int = 96
+    """Token width (sized for training on 2 CPU cores; raise it where compute allows)."""
     n_heads: int = 4
     """Attention heads."""
     mlp_ratio: int = 4
     """MLP hidden width as a multiple of d."""
     n_state: int = 16
     """Latent state tokens carried from action to action."""
-    n_context_layers: int = 2
+    n_context_layers: int = 1
     """Blocks of the context encoder."""
     n_decoder_layers: int = 2
     """Blocks of the observation decoder."""
@@ -62,11 +62,11 @@ class TextModelConfig:
     decoder_reads_context: bool = True
     """The decoder attends to the encoded context as well as to the state tokens (False: to the
     state tokens only, a strict latent bottleneck)."""
-    max_context: int = 320
+    max_context: int = 192
     """Context tokens kept (the most recent; the task description always)."""
     max_action: int = 16
     """Tokens per action."""
-    max_target: int = 192
+    max_target: int = 128
     """Tokens of the decoded observation (longer ones are cut, and cannot match exactly)."""
 
     def resolved_eval_depth(self) -> int:

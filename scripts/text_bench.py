@@ -1,0 +1,163 @@
+"""The ScienceWorld text benchmark: a looped text world model against a compute-matched deep one.
+
+Both models share the tokenizer settings, the encoder, the decoder and the data; the looped one
+runs its one shared block `mu_rec` times per action, the deep one `n_deep = mu_rec` distinct blocks
+once. Each trains for the same wall-clock minutes (one thread each, side by side), then both are
+scored on the simulator's test variations with 1 to 5 actions before decoding, beside the copy and
+lookup baselines, and the looped one again at other test-time loop counts.
+
+    loopwm text collect --out data/sciworld                       # about 30-60 minutes on 2 cores
+    python scripts/text_bench.py --data data/sciworld --out results/text --minutes 40
+
+Writes OUT/results.json (every evaluation), OUT/summary.md (the paper's table layout, the Step 1..5
+table, EM against loop iterations) and two plots; runs go to OUT/runs (ignored by git). Re-running
+re-uses finished runs (a killed run resumes) and redoes the scoring.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tyro
+
+from loopwm.utils import atomic_write_json, atomic_write_text
+
+
+@dataclass
+class TextBenchConfig:
+    """Looped against deep text world models on ScienceWorld, with the copy and lookup baselines."""
+
+    data: str = "data/sciworld"
+    """Text dataset from loopwm text collect."""
+    out: str = "results/text"
+    """Result folder (runs go under it, ignored by git)."""
+    minutes: float = 40.0
+    """Training minutes per model (wall clock, one thread each, side by side)."""
+    models: list[str] = field(default_factory=lambda: ["looped", "deep"])
+    """Models to train and score."""
+    mu_rec: float = 4.0
+    """Mean loop count of the looped model; the deep one gets this many distinct blocks."""
+    max_starts: int = 400
+    """Test start points (each scored with 1 to 5 actions)."""
+    depths: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    """Test-time loop counts of the looped model (at 5 actions)."""
+    quick: bool = False
+    """A few-minute version for checking the script."""
+
+
+def _train(job: dict) -> str:
+    from loopwm.text.model import TextModelConfig
+    from loopwm.text.train import TextTrainConfig, train_text
+
+    model = TextModelConfig(kind=job["kind"], mu_rec=job["mu_rec"], n_deep=max(1, round(job["mu_rec"])))
+    if job["quick"]:
+        model.d, model.n_state = 32, 4
+    train_text(TextTrainConfig(data=job["data"], out=job["run"], model=model, minutes=job["minutes"], steps=10**7,
+                               threads=1, progress=False, eval_every=50 if job["quick"] else 250))
+    return job["run"]
+
+
+def main(cfg: TextBenchConfig) -> None:
+    from loopwm.text.evaluate import TextEvalConfig, evaluate_text, format_text_table
+
+    out = Path(cfg.out)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    minutes = 1.0 if cfg.quick else cfg.minutes
+    jobs = [{"kind": m, "mu_rec": cfg.mu_rec, "data": cfg.data, "run": str(out / "runs" / m), "minutes": minutes,
+             "quick": cfg.quick} for m in cfg.models]
+    with ProcessPoolExecutor(min(2, len(jobs)), mp_context=mp.get_context("spawn")) as pool:
+        list(pool.map(_train, jobs))
+    import torch
+
+    torch.set_num_threads(2)
+    starts = 20 if cfg.quick else cfg.max_starts
+    results = {}
+    for job in jobs:
+        r = evaluate_text(TextEvalConfig(run=job["run"], max_starts=starts, out=str(out / f"eval-{job['kind']}.json")))
+        r["train"] = _train_summary(Path(job["run"]))
+        results[job["kind"]] = r
+        print(format_text_table(r))
+    sweep = {}
+    if "looped" in results:
+        for depth in cfg.depths:
+            r = evaluate_text(TextEvalConfig(run=str(out / "runs" / "looped"), max_starts=starts, actions=[5], depth=depth,
+                                             out=str(out / f"eval-looped-depth{depth}.json")))
+            sweep[depth] = {"overall": r["overall"], "rows": r["rows"], "iterations_per_step": r["iterations_per_step"]}
+    atomic_write_json(out / "results.json", {"models": results, "depth_sweep": {str(k): v for k, v in sweep.items()},
+                                             "settings": {"minutes": minutes, "mu_rec": cfg.mu_rec, "data": cfg.data}})
+    atomic_write_text(out / "summary.md", summary(results, sweep, minutes))
+    plots(results, sweep, out)
+    print(f"results written to {out}")
+
+
+def _train_summary(run: Path) -> dict:
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    dev = [(r["step"], r["dev_loss"]) for r in records if "dev_loss" in r]
+    return {"steps": records[-1]["step"], "seconds": records[-1]["seconds"], "dev_loss": dev,
+            "still_improving": len(dev) >= 2 and dev[-1][1] < 0.98 * min(v for _, v in dev[:-1])}
+
+
+def summary(results: dict, sweep: dict, minutes: float) -> str:
+    from loopwm.text.evaluate import format_text_table
+
+    lines = ["# ScienceWorld text benchmark", "",
+             f"Each model trained {minutes:g} wall-clock minutes on one thread (side by side on 2 cores).", ""]
+    for kind, r in results.items():
+        t = r["train"]
+        last = t["dev_loss"][-1][1] if t["dev_loss"] else float("nan")
+        lines += [f"## {kind}", "", f"{t['steps']} steps in {t['seconds'] / 60:.1f} min; last dev loss {last:.3f}; "
+                  f"{'still improving' if t['still_improving'] else 'no longer improving by 2% at its last check'}", "",
+                  "```", format_text_table(r), "```", ""]
+    if sweep:
+        lines += ["## Looped model: test-time loop iterations per action (5 actions)", "",
+                  "| iterations | EM | F1 | BLEU-4 | entity | look around EM | ambiguity EM |", "|---|---|---|---|---|---|---|"]
+        for depth, s in sweep.items():
+            o, rows = s["overall"], s["rows"]
+            lines.append(f"| {depth} | {o['em']:.1f} | {o['f1']:.1f} | {o['bleu4']:.1f} | {o['entity']:.1f} | "
+                         f"{rows['look around']['em']:.1f} | {rows['ambiguity']['em']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plots(results: dict, sweep: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
+    for ax, metric, name in zip(axes, ("em", "f1", "bleu4", "entity"), ("EM", "token F1", "BLEU-4", "entity F1")):
+        for kind, r in results.items():
+            ks = sorted(r["by_actions"], key=int)
+            ax.plot([int(k) for k in ks], [r["by_actions"][k]["overall"][metric] for k in ks], "o-", label=kind)
+        first = next(iter(results.values()))
+        ks = sorted(first["by_actions"], key=int)
+        for base, style in (("copy", ":"), ("lookup", "--")):
+            ax.plot([int(k) for k in ks], [first["by_actions"][k][base][metric] for k in ks], style, color="grey", label=base)
+        ax.set_xlabel("actions before decoding")
+        ax.set_title(name)
+        ax.set_ylim(0, 100)
+    axes[0].set_ylabel("percent")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "metrics_vs_actions.png", dpi=110)
+    plt.close(fig)
+    if sweep:
+        fig, ax = plt.subplots(figsize=(4.5, 3.4))
+        depths = sorted(sweep, key=int)
+        ax.plot(depths, [sweep[d]["overall"]["em"] for d in depths], "o-", label="overall")
+        ax.plot(depths, [sweep[d]["rows"]["look around"]["em"] for d in depths], "s--", label="look around")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("loop iterations per action (test time)")
+        ax.set_ylabel("EM, percent (5 actions)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "em_vs_iterations.png", dpi=110)
+        plt.close(fig)
+
+
+if __name__ == "__main__":
+    main(tyro.cli(TextBenchConfig))

@@ -11,6 +11,9 @@ from loopwm.text.collect import TextCollectConfig, check_ready, collect_text, tr
 from loopwm.text.tasks import SPLITS, TASK_TYPES, TYPES
 from loopwm.utils import LoopWMError
 
+needs_express = pytest.mark.skipif(
+    importlib.util.find_spec("textworld_express") is None or shutil.which("java") is None,
+    reason="TextWorldExpress needs the text extra (pip install 'loopwm[text]') and a Java runtime")
 needs_simulator = pytest.mark.skipif(
     importlib.util.find_spec("scienceworld") is None or shutil.which("java") is None,
     reason="ScienceWorld needs the text extra (pip install 'loopwm[text]') and a Java runtime")
@@ -99,5 +102,31 @@ def test_a_killed_collection_resumes_with_only_the_missing_trajectories(collecte
 def test_collection_refuses_other_settings_and_unknown_tasks(collected, tmp_path):
     with pytest.raises(LoopWMError, match="other settings"):
         collect_text(TextCollectConfig(out=str(collected), **{**SMALL, "train_variations": 3}))
-    with pytest.raises(LoopWMError, match="unknown ScienceWorld task"):
+    with pytest.raises(LoopWMError, match="unknown scienceworld task"):
         collect_text(TextCollectConfig(out=str(tmp_path / "x"), **{**SMALL, "tasks": ["bake-a-cake"]}))
+
+
+def test_an_unknown_simulator_is_named():
+    with pytest.raises(LoopWMError, match="unknown text simulator 'zork'"):
+        check_ready("zork")
+
+
+@needs_express
+def test_the_alfworld_stand_in_records_household_games_from_their_own_seed_splits(tmp_path):
+    out = tmp_path / "twx"
+    collect_text(TextCollectConfig(out=str(out), simulator="textworld-express", tasks=["cookingworld", "coin"],
+                                   train_variations=2, dev_variations=0, test_variations=1, branch_steps=3, workers=1,
+                                   progress=False))
+    found = trajectories(out)
+    known = json.loads((out / "variations.json").read_text())
+    assert len(found) == 2 * (2 + 2 + 1)  # per game: 2 train gold + 2 branches + 1 test gold
+    for t in found.values():
+        assert t["variation"] in known[t["task"]][t["split"]] and t["type"] in ("CookingWorld", "CoinCollector")
+        assert t["observation"].strip() and t["entities"] and all(s["observation"] for s in t["steps"])
+        if t["kind"] == "gold":
+            assert t["steps"][-1]["done"] and t["steps"][-1]["score"] == 100
+    assert not {t["variation"] for t in found.values() if t["split"] == "train"} & \
+        {t["variation"] for t in found.values() if t["split"] == "test"}
+    cooking = next(t for t in found.values() if t["task"] == "cookingworld")
+    assert "cookbook" in cooking["entities"]
+    assert json.loads((out / "manifest.json").read_text())["simulator"] == "textworld-express"

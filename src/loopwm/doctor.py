@@ -86,6 +86,9 @@ EXTRAS = {  # module -> (what it gives, how to get it)
     "minari": ("Minari datasets in and out (loopwm import / export)", 'pip install "loopwm[minari]"'),
     "fastapi": ("loopwm play (the web server)", 'pip install "loopwm[play]"'),
     "scienceworld": ("text worlds (loopwm text collect; needs java)", 'pip install "loopwm[text]"'),
+    "textworld_express": ("the ALFWorld stand-in (text collect --simulator textworld-express; needs java)",
+                          'pip install "loopwm[text]"'),
+    "tokenizers": ("text world models (loopwm text train / eval)", 'pip install "loopwm[text]"'),
     "hypothesis": ("property-based tests", 'pip install -e ".[dev]"'),
 }
 

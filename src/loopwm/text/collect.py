@@ -1,7 +1,8 @@
-"""`loopwm text collect`: transitions of the real ScienceWorld simulator, for text world models.
+"""`loopwm text collect`: transitions of a real text simulator (ScienceWorld), for text world models.
 
     loopwm text collect --out data/sciworld                      # every task, the default sample
     loopwm text collect --out /tmp/sw --tasks boil --train-variations 2 --dev-variations 0 --test-variations 1
+    loopwm text collect --simulator textworld-express --out data/twx   # the ALFWorld stand-in (simulators.py)
 
 For each task and each of the simulator's own variation splits (train, dev, test; so no test
 variation is ever seen in training), a sample of variations is played: the gold action sequence
@@ -26,15 +27,15 @@ any step, which the text benchmark's entity F1 is computed over.
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from loopwm.text.tasks import SPLITS, TASK_TYPES
+from loopwm.text import simulators
+from loopwm.text.simulators import SIMULATORS, check_ready
+from loopwm.text.tasks import SPLITS, TWX_DEFAULT
 from loopwm.utils import LoopWMError, atomic_write_json, read_json
 
 FORMAT = "loopwm-text-trajectories"
@@ -47,8 +48,10 @@ class TextCollectConfig:
 
     out: str = "data/sciworld"
     """Dataset folder (re-running the same command resumes it)."""
+    simulator: str = "scienceworld"
+    """scienceworld (the paper's benchmark) or textworld-express (household games, standing in for ALFWorld)."""
     tasks: list[str] = field(default_factory=list)
-    """ScienceWorld task names (empty: all 30)."""
+    """Task names (empty: all 30 ScienceWorld tasks; for textworld-express cookingworld, twc and coin)."""
     train_variations: int = 12
     """Variations per task from the train split (-1: every one, 0: none)."""
     dev_variations: int = 2
@@ -67,71 +70,6 @@ class TextCollectConfig:
     """Seed of which variations are sampled, where branches leave the gold path and what they do."""
     progress: bool = True
     """Show a progress bar."""
-
-
-def check_ready() -> None:
-    """A one-line error when the text extra or Java is missing."""
-    try:
-        import scienceworld  # noqa: F401
-    except ImportError as err:
-        raise LoopWMError('text worlds need the text extra: pip install "loopwm[text]" (and a Java runtime, e.g. '
-                          "the Debian package openjdk-17-jre-headless)") from err
-    if shutil.which("java") is None:
-        raise LoopWMError("ScienceWorld runs on Java, and no `java` is on PATH: install a Java runtime "
-                          "(Debian: apt-get install openjdk-17-jre-headless)")
-
-
-# ----- in the workers: one simulator per process -----
-_ENV = None
-
-
-def _worker_init(step_limit: int) -> None:
-    global _ENV
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from scienceworld import ScienceWorldEnv
-
-    _ENV = ScienceWorldEnv("", envStepLimit=step_limit)
-
-
-def _variations(task: str) -> dict[str, list[int]]:
-    _ENV.load(task, 0, "", generateGoldPath=False)
-    return {"train": list(_ENV.get_variations_train()), "dev": list(_ENV.get_variations_dev()),
-            "test": list(_ENV.get_variations_test())}
-
-
-def _step(action: str, entities: set[str]) -> dict:
-    observation = _ENV.server.step(action)  # the raw step: the high-level one also lists valid actions
-    entities.update(_ENV.get_possible_objects())  # about 7 ms: what is in view now
-    return {"action": action, "observation": observation, "score": int(round(100 * _ENV.server.getScore())),
-            "done": bool(_ENV.server.getCompleted())}
-
-
-def _play(job: dict) -> dict:
-    """One trajectory from a fresh load of (task, variation)."""
-    start = time.perf_counter()
-    _ENV.load(job["task"], job["variation"], "", generateGoldPath=True)
-    gold = list(_ENV.get_gold_action_sequence())
-    first = _ENV.server.step("look around")  # the first observation, as the simulator's reset gives it
-    entities = set(_ENV.get_possible_objects())
-    steps, branch_from = [], None
-    if job["kind"] == "gold":
-        for action in gold:
-            steps.append(_step(action, entities))
-            if steps[-1]["done"]:
-                break
-    else:
-        rng = np.random.default_rng(job["seed"])
-        branch_from = int(rng.integers(0, max(job["gold_steps"], 1)))  # before the gold path completes the task
-        for action in gold[:branch_from]:
-            steps.append(_step(action, entities))
-        for _ in range(job["branch_steps"]):
-            if steps and steps[-1]["done"]:
-                break
-            valid = sorted(_ENV.get_valid_action_object_combinations())  # sorted: the draw must not depend on list order
-            steps.append(_step(valid[int(rng.integers(len(valid)))] if valid else "look around", entities))
-    return {**{k: job[k] for k in ("task", "split", "variation", "kind")}, "type": TASK_TYPES[job["task"]],
-            "branch_from": branch_from, "task_description": _ENV.taskdescription(), "observation": first,
-            "steps": steps, "entities": sorted(entities), "gold_length": len(gold), "seconds": time.perf_counter() - start}
 
 
 # ----- in the parent -----
@@ -159,11 +97,12 @@ def _sample(variations: list[int], n: int, rng: np.random.Generator) -> list[int
 
 
 def collect_text(cfg: TextCollectConfig) -> Path:
-    check_ready()
-    tasks = cfg.tasks or list(TASK_TYPES)
-    unknown = [t for t in tasks if t not in TASK_TYPES]
+    check_ready(cfg.simulator)
+    task_types = SIMULATORS[cfg.simulator][1]
+    tasks = cfg.tasks or (list(TWX_DEFAULT) if cfg.simulator == "textworld-express" else list(task_types))
+    unknown = [t for t in tasks if t not in task_types]
     if unknown:
-        raise LoopWMError(f"unknown ScienceWorld task(s) {', '.join(unknown)}: known tasks are {', '.join(TASK_TYPES)}")
+        raise LoopWMError(f"unknown {cfg.simulator} task(s) {', '.join(unknown)}: known tasks are {', '.join(task_types)}")
     if cfg.workers < 1 or cfg.branch_steps < 1 or cfg.step_limit < 1:
         raise LoopWMError("--workers, --branch-steps and --step-limit must be at least 1")
     out = Path(cfg.out)
@@ -172,13 +111,14 @@ def collect_text(cfg: TextCollectConfig) -> Path:
     manifest_path = out / "manifest.json"
     if manifest_path.exists():
         old = read_text_manifest(out)
-        if old.get("settings") != settings:
+        defaults = {k: v for k, v in asdict(TextCollectConfig()).items() if k in settings}
+        if {**defaults, **(old.get("settings") or {})} != settings:  # a setting added since counts at its default
             raise LoopWMError(f"{out} was collected with other settings ({old.get('settings')}); resume with the "
                               "same command or collect into a new folder")
     from loopwm import __version__
 
-    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "created_by": f"loopwm {__version__}", "simulator": "scienceworld",
-              "settings": settings, "tasks": tasks, "task_types": {t: TASK_TYPES[t] for t in tasks}}
+    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "created_by": f"loopwm {__version__}",
+              "simulator": cfg.simulator, "settings": settings, "tasks": tasks, "task_types": {t: task_types[t] for t in tasks}}
     atomic_write_json(manifest_path, {**header, "counts": None})  # a resumed run must ask for the same data
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
@@ -186,13 +126,13 @@ def collect_text(cfg: TextCollectConfig) -> Path:
     from tqdm import tqdm
 
     t0 = time.time()
-    pool = ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                               initargs=(cfg.step_limit,))
+    pool = ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn"), initializer=simulators.worker_init,
+                               initargs=(cfg.simulator, cfg.step_limit))
     try:
         known_path = out / "variations.json"
         known = read_json(known_path, "variation list") if known_path.exists() else {}
         missing = [t for t in tasks if t not in known]
-        for task, splits in zip(missing, pool.map(_variations, missing)):
+        for task, splits in zip(missing, pool.map(simulators.variations, missing)):
             known[task] = splits
         if missing:
             atomic_write_json(known_path, known)
@@ -214,7 +154,7 @@ def collect_text(cfg: TextCollectConfig) -> Path:
             todo = [j for j in jobs if j["kind"].startswith(phase) and not where(j).exists()]
             if phase == "branch":
                 todo = [{**j, "gold_steps": len(read_json(where({**j, "kind": "gold"}))["steps"])} for j in todo]
-            for trajectory in pool.map(_play, todo):
+            for trajectory in pool.map(simulators.play, todo):
                 atomic_write_json(where(trajectory), trajectory)
                 bar.update(1)
                 bar.set_postfix(steps=len(trajectory["steps"]))

@@ -29,7 +29,6 @@ import tyro
 from loopwm.models.exits import make_exit_rule
 from loopwm.text.corpus import Batcher, Sample, eval_starts, is_ambiguity, is_look_around, load_trajectories
 from loopwm.text.metrics import entity_pattern, score_group
-from loopwm.text.tasks import TYPES
 from loopwm.text.train import load_text_run
 from loopwm.utils import LoopWMError, atomic_write_json, pick_device
 
@@ -89,7 +88,7 @@ def score(samples: list[Sample], predictions: list[str], trajs, patterns) -> dic
     def of(idx):
         return score_group([predictions[j] for j in idx], [refs[j] for j in idx], [patterns[samples[j].traj] for j in idx])
 
-    return {"overall": of(range(len(samples))), "per_task": {t: of(groups[t]) for t in TYPES if groups.get(t)},
+    return {"overall": of(range(len(samples))), "per_task": {t: of(groups[t]) for t in sorted(groups)},
             "rows": {name: of(idx) for name, idx in rows.items()}}
 
 

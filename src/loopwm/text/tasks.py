@@ -49,3 +49,19 @@ TYPES = tuple(sorted(set(TASK_TYPES.values())))
 
 SPLITS = ("train", "dev", "test")
 """The simulator's own variation splits: no test variation is ever used for training."""
+
+
+TWX_TYPES: dict[str, str] = {
+    "cookingworld": "CookingWorld",
+    "twc": "TextWorldCommonsense",
+    "coin": "CoinCollector",
+    "mapreader": "MapReader",
+    "arithmetic": "Arithmetic",
+    "sorting": "Sorting",
+    "simonsays": "SimonSays",
+    "peckingorder": "PeckingOrder",
+}
+"""TextWorldExpress game name -> its type (the game itself)."""
+
+TWX_DEFAULT = ("cookingworld", "twc", "coin")
+"""The household games, closest to ALFWorld: the stand-in's default."""

@@ -47,6 +47,8 @@ class TextBenchConfig:
     """Test-time loop counts of the looped model (at 5 actions)."""
     quick: bool = False
     """A few-minute version for checking the script."""
+    report_only: bool = False
+    """Redraw summary.md and the plots from the evaluations already written (no training or scoring)."""
 
 
 def _train(job: dict) -> str:
@@ -69,6 +71,16 @@ def main(cfg: TextBenchConfig) -> None:
     minutes = 1.0 if cfg.quick else cfg.minutes
     jobs = [{"kind": m, "mu_rec": cfg.mu_rec, "data": cfg.data, "run": str(out / "runs" / m), "minutes": minutes,
              "quick": cfg.quick} for m in cfg.models]
+    if cfg.report_only:
+        saved = json.loads((out / "results.json").read_text())
+        results = {k: saved["models"][k] for k in sorted(saved["models"], key=lambda k: (cfg.models.index(k) if k in cfg.models else len(cfg.models), k))}
+        for kind, r in results.items():
+            r["train"] = _train_summary(out / "runs" / kind)
+        sweep = saved["depth_sweep"]
+        atomic_write_json(out / "results.json", {**saved, "models": results})
+        atomic_write_text(out / "summary.md", summary(results, sweep, saved["settings"]["minutes"]))
+        plots(results, sweep, out)
+        return
     with ProcessPoolExecutor(min(2, len(jobs)), mp_context=mp.get_context("spawn")) as pool:
         list(pool.map(_train, jobs))
     import torch
@@ -95,10 +107,12 @@ def main(cfg: TextBenchConfig) -> None:
 
 
 def _train_summary(run: Path) -> dict:
+    from loopwm.train.loop import plateaued  # the rule --until-plateau trains by
+
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
     dev = [(r["step"], r["dev_loss"]) for r in records if "dev_loss" in r]
     return {"steps": records[-1]["step"], "seconds": records[-1]["seconds"], "dev_loss": dev,
-            "still_improving": len(dev) >= 2 and dev[-1][1] < 0.98 * min(v for _, v in dev[:-1])}
+            "still_improving": not plateaued(dev, 0.02)}
 
 
 def summary(results: dict, sweep: dict, minutes: float) -> str:
@@ -110,7 +124,7 @@ def summary(results: dict, sweep: dict, minutes: float) -> str:
         t = r["train"]
         last = t["dev_loss"][-1][1] if t["dev_loss"] else float("nan")
         lines += [f"## {kind}", "", f"{t['steps']} steps in {t['seconds'] / 60:.1f} min; last dev loss {last:.3f}; "
-                  f"{'still improving' if t['still_improving'] else 'no longer improving by 2% at its last check'}", "",
+                  f"{'still improving (its last fifth of training lowered the dev loss by more than 2%)' if t['still_improving'] else 'plateaued (the last fifth of training lowered the dev loss by less than 2%)'}", "",
                   "```", format_text_table(r), "```", ""]
     if sweep:
         lines += ["## Looped model: test-time loop iterations per action (5 actions)", "",
@@ -148,8 +162,10 @@ def plots(results: dict, sweep: dict, out: Path) -> None:
     if sweep:
         fig, ax = plt.subplots(figsize=(4.5, 3.4))
         depths = sorted(sweep, key=int)
-        ax.plot(depths, [sweep[d]["overall"]["em"] for d in depths], "o-", label="overall")
-        ax.plot(depths, [sweep[d]["rows"]["look around"]["em"] for d in depths], "s--", label="look around")
+        xs = [int(d) for d in depths]
+        ax.plot(xs, [sweep[d]["overall"]["em"] for d in depths], "o-", label="overall")
+        ax.plot(xs, [sweep[d]["rows"]["look around"]["em"] for d in depths], "s--", label="look around")
+        ax.set_xticks(xs, [str(x) for x in xs])
         ax.set_xscale("log", base=2)
         ax.set_xlabel("loop iterations per action (test time)")
         ax.set_ylabel("EM, percent (5 actions)")

@@ -124,6 +124,7 @@ def test_tokenizer_round_trips_any_text(toy_encoder):
         assert enc.text(ids) == text
     assert enc.pad == 0 and len({enc.pad, enc.bos, enc.eos, enc.sep}) == 4
     assert enc.text(enc.ids("ab") + [enc.eos] + enc.ids("cd")) == "ab"  # decoding stops at <eos>
+    assert [enc.text([i]) for i in enc.ids("1250")] == ["1", "2", "5", "0"]  # numbers go digit by digit
 
 
 @needs_tokenizers

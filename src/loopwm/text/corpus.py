@@ -81,12 +81,16 @@ def is_ambiguity(observation: str) -> bool:
 
 
 # ----- tokenizer -----
-def train_tokenizer(texts, vocab_size: int):
-    """Byte-level BPE learned from `texts`; specials get ids 0-3 (PAD is 0)."""
+def train_tokenizer(texts, vocab_size: int, split_digits: bool = True):
+    """Byte-level BPE learned from `texts`; specials get ids 0-3 (PAD is 0). With `split_digits`,
+    every digit is a token of its own, so a number is read and written digit by digit (a brick
+    "approximately 15% down the plane" becomes 1, 5, %), not as whichever digit groups BPE merged."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+                         if split_digits else byte_level)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS), show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())

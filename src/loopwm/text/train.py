@@ -41,6 +41,9 @@ class TextTrainConfig:
     model: TextModelConfig = field(default_factory=TextModelConfig)
     vocab_size: int = 2048
     """Byte-level BPE vocabulary learned from the training split."""
+    split_digits: bool = True
+    """One token per digit (numbers read and written digit by digit); False: digits merge like any
+    other characters."""
     steps: int = 4000
     """Gradient steps (a cap when --minutes is set)."""
     minutes: float = 0.0
@@ -108,8 +111,9 @@ def _check_config(cfg: TextTrainConfig, run_dir: Path) -> None:
     if not path.exists():
         return
     saved = read_json(path, "run config")
-    now = json.loads(json.dumps(asdict(cfg)))
-    diff = [k for k in now if k not in RESUMABLE and saved.get(k) != now[k]]
+    now, default = json.loads(json.dumps(asdict(cfg))), json.loads(json.dumps(asdict(TextTrainConfig())))
+    # a setting added since the run began counts at its default (its tokenizer.json is what it uses)
+    diff = [k for k in now if k not in RESUMABLE and saved.get(k, default[k]) != now[k]]
     if diff:
         raise LoopWMError(f"{run_dir} holds a text run with other settings ({', '.join(diff)} differ); "
                           "use a new --out, or delete the folder to start over")
@@ -149,7 +153,7 @@ def train_text(cfg: TextTrainConfig) -> Path:
     atomic_write_json(run_dir / "config.json", asdict(cfg))
     tok_path = run_dir / "tokenizer.json"
     if not tok_path.exists():
-        tok = train_tokenizer(tokenizer_corpus(train_trajs), cfg.vocab_size)
+        tok = train_tokenizer(tokenizer_corpus(train_trajs), cfg.vocab_size, cfg.split_digits)
         atomic_save(tok_path, lambda tmp: tok.save(str(tmp)))
     enc = Encoder(load_tokenizer(tok_path))
     m = cfg.model

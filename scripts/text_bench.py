@@ -37,6 +37,10 @@ class TextBenchConfig:
     """Result folder (runs go under it, ignored by git)."""
     minutes: float = 40.0
     """Training minutes per model (wall clock, one thread each, side by side)."""
+    steps: int = 0
+    """Gradient steps per model instead of minutes (0: the minutes decide)."""
+    split_digits: bool = True
+    """One token per digit (False: BPE merges digits, as in the first committed run)."""
     models: list[str] = field(default_factory=lambda: ["looped", "deep"])
     """Models to train and score."""
     mu_rec: float = 4.0
@@ -58,8 +62,9 @@ def _train(job: dict) -> str:
     model = TextModelConfig(kind=job["kind"], mu_rec=job["mu_rec"], n_deep=max(1, round(job["mu_rec"])))
     if job["quick"]:
         model.d, model.n_state = 32, 4
-    train_text(TextTrainConfig(data=job["data"], out=job["run"], model=model, minutes=job["minutes"], steps=10**7,
-                               threads=1, progress=False, eval_every=50 if job["quick"] else 250))
+    train_text(TextTrainConfig(data=job["data"], out=job["run"], model=model, threads=1, progress=False,
+                               minutes=0.0 if job["steps"] else job["minutes"], steps=job["steps"] or 10**7,
+                               split_digits=job["split_digits"], eval_every=50 if job["quick"] else 250))
     return job["run"]
 
 
@@ -70,7 +75,7 @@ def main(cfg: TextBenchConfig) -> None:
     (out / "runs").mkdir(parents=True, exist_ok=True)
     minutes = 1.0 if cfg.quick else cfg.minutes
     jobs = [{"kind": m, "mu_rec": cfg.mu_rec, "data": cfg.data, "run": str(out / "runs" / m), "minutes": minutes,
-             "quick": cfg.quick} for m in cfg.models]
+             "steps": cfg.steps, "split_digits": cfg.split_digits, "quick": cfg.quick} for m in cfg.models]
     if cfg.report_only:
         saved = json.loads((out / "results.json").read_text())
         results = {k: saved["models"][k] for k in sorted(saved["models"], key=lambda k: (cfg.models.index(k) if k in cfg.models else len(cfg.models), k))}
@@ -100,7 +105,8 @@ def main(cfg: TextBenchConfig) -> None:
                                              out=str(out / f"eval-looped-depth{depth}.json")))
             sweep[depth] = {"overall": r["overall"], "rows": r["rows"], "iterations_per_step": r["iterations_per_step"]}
     atomic_write_json(out / "results.json", {"models": results, "depth_sweep": {str(k): v for k, v in sweep.items()},
-                                             "settings": {"minutes": minutes, "mu_rec": cfg.mu_rec, "data": cfg.data}})
+                                             "settings": {"minutes": minutes, "steps": cfg.steps, "split_digits": cfg.split_digits,
+                                                          "mu_rec": cfg.mu_rec, "data": cfg.data}})
     atomic_write_text(out / "summary.md", summary(results, sweep, minutes))
     plots(results, sweep, out)
     print(f"results written to {out}")
@@ -119,7 +125,8 @@ def summary(results: dict, sweep: dict, minutes: float) -> str:
     from loopwm.text.evaluate import format_text_table
 
     lines = ["# ScienceWorld text benchmark", "",
-             f"Each model trained {minutes:g} wall-clock minutes on one thread (side by side on 2 cores).", ""]
+             f"Each model trained {minutes:g} wall-clock minutes on one thread (side by side on 2 cores), or the "
+             "steps given below.", ""]
     for kind, r in results.items():
         t = r["train"]
         last = t["dev_loss"][-1][1] if t["dev_loss"] else float("nan")

@@ -194,6 +194,21 @@ def test_an_exit_rule_that_never_fires_equals_fixed_depth_and_depth_matters():
     assert not torch.allclose(model.imagine(context, actions, depth=1)[0], fixed)
 
 
+def test_the_decoder_can_read_the_actions_and_old_checkpoints_still_load():
+    from loopwm.text.train import build_text_model
+
+    reads, blind = tiny_model(), tiny_model(decoder_reads_actions=False)
+    context, actions, target = random_batch()
+    m1 = reads.imagine(context, actions, depth=2)[1]
+    m0 = blind.imagine(context, actions, depth=2)[1]
+    assert m1.shape[1] == m0.shape[1] + 2 * 5  # K actions of A tokens each joined the memory
+    old = {"kind": "text-looped", "spec": {"vocab_size": 400},
+           "model": {k: v for k, v in vars(blind.cfg).items() if k != "decoder_reads_actions"}}
+    rebuilt = build_text_model(old)  # written before the setting existed: the model it described
+    assert not rebuilt.cfg.decoder_reads_actions
+    rebuilt.load_state_dict(blind.state_dict())
+
+
 def test_cached_generation_equals_teacher_forced_argmax():
     model = tiny_model()
     context, actions, _ = random_batch()

@@ -4,13 +4,14 @@
     h_0   = ReadOut(Q, x_ctx)                         (B, S, d)   S learned queries read it
     for each action a_k (k = 1..K):                               one outer step per action
         h_k, z_k = LoopedCore([h_{k-1}; E[a_k] + P + t_act], z_{k-1})   the shared block, T times
-    o_K   = Dec(<bos> ..., memory = [h_K; x_ctx])     (B, T, V)   written after the last action only
+    o_K   = Dec(<bos> ..., memory = [h_K; x_ctx; a_1..K])   (B, T, V)   written after the last action only
 
 The looped core is the same `LoopedCore` as the physics models (prelude, contractive injection,
 the one shared block, coda; exit rules, truncated gradients, per-sample depth); `kind="deep"`
 swaps it for `DeepCore`, a stack of distinct blocks, with everything else equal. The decoder reads
-the state tokens and the encoded context: the context holds text to copy (a room description seen
-earlier), the state what the actions changed. Intermediate observations are never decoded (deferred
+the state tokens, the encoded context and the actions' tokens: the context holds text to copy (a
+room description seen earlier), the actions the names a reply repeats ("examine liquid lead" ->
+"a substance called liquid lead"), the state what the actions changed. Intermediate observations are never decoded (deferred
 decoding). One token embedding serves context, actions, decoder input and output (tied weights).
 """
 
@@ -62,6 +63,9 @@ class TextModelConfig:
     decoder_reads_context: bool = True
     """The decoder attends to the encoded context as well as to the state tokens (False: to the
     state tokens only, a strict latent bottleneck)."""
+    decoder_reads_actions: bool = True
+    """The decoder also attends to the K actions' tokens (each marked by its place from the last),
+    so it can copy the names they mention."""
     max_context: int = 192
     """Context tokens kept (the most recent; the task description always)."""
     max_action: int = 16
@@ -167,6 +171,8 @@ class TextWorldModel(nn.Module):
         self.embed = nn.Embedding(vocab_size, d)
         self.pos = nn.Embedding(max(cfg.max_context, cfg.max_action, cfg.max_target + 1), d)
         self.action_type = nn.Parameter(torch.zeros(d))  # marks action tokens in the loop's input
+        if cfg.decoder_reads_actions:  # in the decoder's memory: which action, counted from the last
+            self.action_index = nn.Embedding(16, d)
         self.context_encoder = Stack(cfg.n_context_layers, d, cfg.n_heads, cfg.mlp_ratio)
         self.context_norm = nn.LayerNorm(d)
         self.state_queries = nn.Parameter(torch.randn(cfg.n_state, d) * 0.02)
@@ -226,15 +232,23 @@ class TextWorldModel(nn.Module):
                 d_k = torch.full((B,), int(d_k), dtype=torch.long, device=h.device)
             h, z, n_used, _ = self.step(h, z, actions[:, k], d_k, exit_rule, n_grad)
             used.append(n_used)
-        memory, mem_valid = self.decoder_memory(h, x, valid)
+        memory, mem_valid = self.decoder_memory(h, x, valid, actions)
         return h, memory, mem_valid, torch.stack(used, dim=1)  # (B, K)
 
     # ----- state -> observation text -----
-    def decoder_memory(self, h, x, valid):
-        if not self.cfg.decoder_reads_context:
-            return h, torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)
-        ones = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)
-        return torch.cat([h, x], dim=1), torch.cat([ones, valid], dim=1)  # (B, S + L, d), (B, S + L)
+    def decoder_memory(self, h, x, valid, actions):
+        """What the decoder reads: the state tokens, then (by config) the context and the actions."""
+        parts, masks = [h], [torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)]
+        if self.cfg.decoder_reads_context:
+            parts.append(x)  # (B, L, d)
+            masks.append(valid)
+        if self.cfg.decoder_reads_actions:
+            B, K, A = actions.shape
+            back = torch.arange(K - 1, -1, -1, device=h.device).clamp(max=15)  # (K,) 0 for the last action
+            a = self.embed(actions) + self.pos.weight[:A] + self.action_index(back)[:, None]  # (B, K, A, d)
+            parts.append(a.reshape(B, K * A, -1))  # (B, K*A, d)
+            masks.append((actions != 0).reshape(B, K * A))
+        return torch.cat(parts, dim=1), torch.cat(masks, dim=1)  # (B, M, d), (B, M)
 
     def decode(self, memory, mem_valid, tokens: torch.Tensor, caches: list | None = None, offset: int = 0,
                kvs: list | None = None) -> torch.Tensor:

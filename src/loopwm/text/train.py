@@ -86,7 +86,9 @@ def build_text_model(meta: dict) -> TextWorldModel:
         raise LoopWMError(f"this checkpoint holds a {meta.get('kind')!r} model, not a text world model; "
                           "physics models are scored with loopwm eval")
     try:
-        return TextWorldModel(int(meta["spec"]["vocab_size"]), TextModelConfig(**meta["model"]))
+        # a setting added since a checkpoint was written takes the value that reproduces the old model
+        model = {"decoder_reads_actions": False, **meta["model"]}
+        return TextWorldModel(int(meta["spec"]["vocab_size"]), TextModelConfig(**model))
     except (KeyError, TypeError, ValueError) as err:
         raise LoopWMError(f"checkpoint metadata describes a text model this loopwm cannot build ({err})") from err
 

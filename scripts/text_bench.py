@@ -17,6 +17,7 @@ re-uses finished runs (a killed run resumes) and redoes the scoring.
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -124,7 +125,12 @@ def _train_summary(run: Path) -> dict:
 def summary(results: dict, sweep: dict, minutes: float) -> str:
     from loopwm.text.evaluate import format_text_table
 
-    lines = ["# ScienceWorld text benchmark", "",
+    data = next(iter(results.values()))["data"]
+    try:
+        simulator = json.loads((Path(data) / "manifest.json").read_text())["simulator"]
+    except (OSError, KeyError, ValueError):
+        simulator = "text"
+    lines = [f"# Text world benchmark: {simulator} ({data})", "",
              f"Each model trained {minutes:g} wall-clock minutes on one thread (side by side on 2 cores), or the "
              "steps given below.", ""]
     for kind, r in results.items():
@@ -138,8 +144,9 @@ def summary(results: dict, sweep: dict, minutes: float) -> str:
                   "| iterations | EM | F1 | BLEU-4 | entity | look around EM | ambiguity EM |", "|---|---|---|---|---|---|---|"]
         for depth, s in sweep.items():
             o, rows = s["overall"], s["rows"]
-            lines.append(f"| {depth} | {o['em']:.1f} | {o['f1']:.1f} | {o['bleu4']:.1f} | {o['entity']:.1f} | "
-                         f"{rows['look around']['em']:.1f} | {rows['ambiguity']['em']:.1f} |")
+            cell = lambda x: "-" if math.isnan(x) else f"{x:.1f}"  # noqa: E731 - a group with no samples
+            lines.append(f"| {depth} | {cell(o['em'])} | {cell(o['f1'])} | {cell(o['bleu4'])} | {cell(o['entity'])} | "
+                         f"{cell(rows['look around']['em'])} | {cell(rows['ambiguity']['em'])} |")
     return "\n".join(lines) + "\n"
 
 

@@ -163,12 +163,13 @@ def _fmt(x: float) -> str:
 
 def format_text_table(r: dict) -> str:
     """The paper's layout: one row per task type, EM / F1 / BLEU-4 / entity for the model, EM of the baselines."""
+    w = max([14] + [len(t) + 1 for t in r["per_task"]])  # the name column fits the dataset's types
     lines = [f"{r['kind']} text world model, {r['params']:,} parameters, {r['iterations_per_step']:.2f} loop iterations "
              f"per action; {r['n_samples']} {r['split']} samples, {r['actions']} actions before decoding (percent)",
-             f"{'type':<14}{'n':>5} {'EM':>6}{'F1':>6}{'BLEU4':>6}{'Ent':>6} | {'copy EM':>8}{'lookup EM':>10}"]
+             f"{'type':<{w}}{'n':>5} {'EM':>6}{'F1':>6}{'BLEU4':>6}{'Ent':>6} | {'copy EM':>8}{'lookup EM':>10}"]
 
     def row(name, s, c, lk):
-        lines.append(f"{name:<14}{s['n']:>5} " + "".join(f"{_fmt(s[m]):>6}" for m in METRICS)
+        lines.append(f"{name:<{w}}{s['n']:>5} " + "".join(f"{_fmt(s[m]):>6}" for m in METRICS)
                      + f" | {_fmt(c['em']):>8}{_fmt(lk['em']):>10}")
 
     base = r["baselines"]

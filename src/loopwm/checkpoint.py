@@ -144,6 +144,21 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch
     optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
 
 
+def resume(run_dir: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, rng) -> dict[str, Any] | None:
+    """Restore a run from its newest intact checkpoint: weights, optimiser moments, the torch and
+    NumPy (`rng`, a Generator) random states. Returns the checkpoint's metadata, or None for a
+    fresh run."""
+    found = latest_checkpoint(run_dir)
+    if found is None:
+        return None
+    tensors, meta = read_checkpoint(found)
+    load_weights(model, model_state(tensors))
+    restore_optimizer(optimizer, tensors, meta)
+    torch.set_rng_state(tensors["rng/torch"])
+    rng.bit_generator.state = meta["numpy_rng"]
+    return meta
+
+
 def model_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
 
@@ -178,10 +193,11 @@ def build_model(meta: dict[str, Any]) -> torch.nn.Module:
                           f"{str(err)[:200]}); it is damaged, foreign, or from an incompatible loopwm version") from err
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Load a trained model (eval mode) from a run directory or checkpoint file."""
+def load_model(path: str | Path, device: str | torch.device = "cpu", build=None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Load a trained model (eval mode) from a run directory or checkpoint file; `build` makes the
+    model from the checkpoint metadata (default: the physics models' `build_model`)."""
     tensors, meta = read_checkpoint(resolve_checkpoint(path))
-    model = build_model(meta)
+    model = (build or build_model)(meta)
     try:
         load_weights(model, model_state(tensors))
     except RuntimeError as err:

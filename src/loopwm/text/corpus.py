@@ -49,10 +49,8 @@ def load_trajectories(data: str | Path, split: str | None = None) -> list[Trajec
         raise LoopWMError(f"{data} is not a text dataset (no manifest.json); make one with: loopwm text collect --out {data}")
     read_text_manifest(data)
     out = []
-    for path in sorted((data / "trajectories").glob("*/*/*.json")):
+    for path in sorted((data / "trajectories").glob(f"{split or '*'}/*/*.json")):  # SPLIT/TASK/vNNNN-KIND.json
         t = read_json(path, "trajectory")
-        if split is not None and t.get("split") != split:
-            continue
         try:
             out.append(Trajectory(task=t["task"], type=t["type"], split=t["split"], variation=int(t["variation"]),
                                   kind=t["kind"], task_description=t["task_description"],
@@ -62,14 +60,6 @@ def load_trajectories(data: str | Path, split: str | None = None) -> list[Trajec
             raise LoopWMError(f"{path} is not a complete trajectory ({type(err).__name__}: {err}); delete it and "
                               "re-run the collection to record it again") from err
     return out
-
-
-def history_text(traj: Trajectory, t: int) -> str:
-    """The trajectory up to and including o_t, as the model reads it."""
-    parts = [traj.observations[0]]
-    for i in range(t):
-        parts.append(f"> {traj.actions[i]}\n{traj.observations[i + 1]}")
-    return "\n".join(parts)
 
 
 def is_look_around(action: str) -> bool:

@@ -64,7 +64,7 @@ class TextEvalConfig:
     out: str = ""
     """Where to write the JSON (empty: RUN/text_eval.json)."""
     device: str = "auto"
-    """Device: auto, cpu, cuda, cuda:N or mps."""
+    """"auto", "cpu" or "cuda[:N]" (chosen by pick_device)."""
 
 
 def lookup_table(trajs) -> dict[str, str]:

@@ -222,11 +222,11 @@ class TextWorldModel(nn.Module):
         B, K = actions.shape[:2]
         z, used = None, []
         for k in range(K):
-            if depth is None:
-                d_k = self.sample_depth(B, h.device) if self.training else None
-            else:
+            if depth is not None:
                 d_k = depth
-            if d_k is None:
+            elif self.training:
+                d_k = self.sample_depth(B, h.device)  # a fresh loop count per action
+            else:
                 d_k = self.cfg.resolved_eval_depth()
             if not torch.is_tensor(d_k):
                 d_k = torch.full((B,), int(d_k), dtype=torch.long, device=h.device)

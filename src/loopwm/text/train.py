@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from loopwm.checkpoint import latest_checkpoint, load_weights, model_state, read_checkpoint, resolve_checkpoint, \
-    restore_optimizer, save_checkpoint
+from loopwm.checkpoint import load_model, resolve_checkpoint, resume, save_checkpoint
 from loopwm.text.corpus import Batcher, Encoder, Sample, all_starts, eval_starts, load_tokenizer, load_trajectories, \
     need_tokenizers, tokenizer_corpus, train_tokenizer
 from loopwm.text.model import TextModelConfig, TextWorldModel
+from loopwm.train.loop import _truncate_metrics, lr_at, param_groups  # the physics models' schedule and decay rule
 from loopwm.utils import LoopWMError, atomic_save, atomic_write_json, pick_device, read_json, seed_everything
 
 KINDS = ("text-looped", "text-deep")
@@ -69,7 +69,7 @@ class TextTrainConfig:
     threads: int = 0
     """Torch CPU threads (0: torch's default)."""
     device: str = "auto"
-    """Device: auto, cpu, cuda, cuda:N or mps."""
+    """"auto", "cpu" or "cuda[:N]" (chosen by pick_device)."""
     progress: bool = True
     """Show a progress bar."""
 
@@ -96,16 +96,11 @@ def build_text_model(meta: dict) -> TextWorldModel:
 def load_text_run(run: str | Path, device="cpu") -> tuple[TextWorldModel, Encoder, dict, dict]:
     """A trained text model (eval mode), its tokenizer, checkpoint metadata and training config."""
     need_tokenizers()
-    path = resolve_checkpoint(run)
+    path = resolve_checkpoint(run)  # once: for a run folder this checks every checkpoint's hash
+    model, meta = load_model(path, device, build=build_text_model)
     run_dir = path.parent.parent
-    tensors, meta = read_checkpoint(path)
-    model = build_text_model(meta)
-    try:
-        load_weights(model, model_state(tensors))
-    except RuntimeError as err:
-        raise LoopWMError(f"checkpoint weights do not fit the model they claim to be ({str(err)[:200]})") from err
     enc = Encoder(load_tokenizer(run_dir / "tokenizer.json"))
-    return model.to(device).eval(), enc, meta, read_json(run_dir / "config.json", "run config")
+    return model, enc, meta, read_json(run_dir / "config.json", "run config")
 
 
 def _check_config(cfg: TextTrainConfig, run_dir: Path) -> None:
@@ -131,9 +126,10 @@ def dev_loss(model: TextWorldModel, batcher: Batcher, starts: list[tuple[int, in
     for k in range(1, k_max + 1):
         samples = [Sample(i, t, k) for j, (i, t) in enumerate(starts) if j % k_max == k - 1]
         for lo in range(0, len(samples), batch_size):
-            batch = {key: torch.as_tensor(v, device=device) for key, v in batcher.batch(samples[lo:lo + batch_size]).items()}
+            chunk = samples[lo:lo + batch_size]
+            batch = {key: torch.as_tensor(v, device=device) for key, v in batcher.batch(chunk).items()}
             loss, _ = model.loss(batch["context"], batch["actions"], batch["target"])
-            total, n = total + float(loss) * len(samples[lo:lo + batch_size]), n + len(samples[lo:lo + batch_size])
+            total, n = total + float(loss) * len(chunk), n + len(chunk)
     model.train(was)
     return total / max(n, 1)
 
@@ -171,19 +167,11 @@ def train_text(cfg: TextTrainConfig) -> Path:
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
     model = TextWorldModel(enc.vocab_size, m).to(device)
-    from loopwm.train.loop import _truncate_metrics, lr_at, param_groups  # the physics models' schedule and decay rule
-
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.99))
     rng = np.random.default_rng(cfg.seed)
-    step, seconds_before = 0, 0.0
-    found = latest_checkpoint(run_dir)
-    if found is not None:
-        tensors, meta = read_checkpoint(found)
-        load_weights(model, model_state(tensors))
-        restore_optimizer(opt, tensors, meta)
-        torch.set_rng_state(tensors["rng/torch"])
-        rng.bit_generator.state = meta["numpy_rng"]
-        step, seconds_before = meta["step"], meta.get("train_seconds", 0.0)
+    meta = resume(run_dir, model, opt, rng)
+    step, seconds_before = (meta["step"], meta.get("train_seconds", 0.0)) if meta else (0, 0.0)
+    saved_step = step if meta else None
     metrics_path = run_dir / "metrics.jsonl"
     _truncate_metrics(metrics_path, step)
     from tqdm import tqdm
@@ -193,9 +181,11 @@ def train_text(cfg: TextTrainConfig) -> Path:
     bar = tqdm(total=cfg.steps, initial=step, desc="train text", unit="step", disable=not cfg.progress, dynamic_ncols=True)
 
     def save() -> None:
+        nonlocal saved_step
         meta = {**checkpoint_meta(model), "numpy_rng": rng.bit_generator.state,
                 "train_seconds": seconds_before + time.time() - t0, "data": cfg.data}
         save_checkpoint(run_dir, step, model, meta, opt)
+        saved_step = step
 
     model.train()
     n_grad = m.resolved_n_grad()
@@ -229,6 +219,6 @@ def train_text(cfg: TextTrainConfig) -> Path:
             log.write(json.dumps(record) + "\n")
             log.flush()
     bar.close()
-    if latest_checkpoint(run_dir) is None or json.loads(latest_checkpoint(run_dir).read_text())["step"] != step:
+    if saved_step != step:  # stopped by the clock between checkpoints
         save()
     return run_dir

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from loopwm.checkpoint import latest_checkpoint, load_weights, model_state, read_checkpoint, restore_optimizer, save_checkpoint
+from loopwm.checkpoint import resume, save_checkpoint
 from loopwm.data import TrajectoryDataset, WindowIndex, decode_bounds
 from loopwm.models import RSSMConfig, build_model
 from loopwm.models.dynamics import normalised_error
@@ -409,13 +409,8 @@ def _train(cfg: TrainConfig, run_dir: Path, ddp: Distributed) -> Path:
     if ddp.main:
         for stale in (run_dir / "checkpoints").glob(".*.tmp"):
             stale.unlink()  # a temp file left by a killed write; the checkpoint it was for never counted
-    found = latest_checkpoint(run_dir)
-    if found is not None:
-        tensors, meta = read_checkpoint(found)
-        load_weights(model, model_state(tensors))
-        restore_optimizer(opt, tensors, meta)
-        torch.set_rng_state(tensors["rng/torch"])
-        rng.bit_generator.state = meta["numpy_rng"]
+    meta = resume(run_dir, model, opt, rng)
+    if meta is not None:
         step, elapsed_before = meta["step"], meta.get("train_seconds", 0.0)
         cooldown_from, stop_reason = meta.get("cooldown_from"), meta.get("stop_reason", "steps")
     else:

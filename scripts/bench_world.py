@@ -19,10 +19,10 @@ import time
 
 import numpy as np
 
-from loopwm.envs import ENV_IDS, World, WorldConfig, make_env
+from loopwm.envs import ENV_IDS, TASK_PRESETS, World, WorldConfig, make_env
 from loopwm.utils import atomic_write_json
 
-REGIME_IDS = {regime: env_id for env_id, regime in ENV_IDS.items()}
+REGIME_IDS = {regime: env_id for env_id, regime in ENV_IDS.items() if env_id not in TASK_PRESETS}
 EPISODE = 200
 
 

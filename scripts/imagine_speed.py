@@ -8,7 +8,8 @@ speed does not depend on the weights), on one torch thread, rolling `horizon` im
 call, in rounds that visit the models in turn so that a busy machine slows them alike. The looped
 model is timed at its evaluation depth on the fixed-depth path and on the general loop (the same
 steps with an exit rule that never fires), so the fast path's saving is measured, not assumed.
-Writes OUT/imagine_speed.json.
+With --compile, every transformer model is also timed with torch.compile'd blocks (a separate copy;
+compile time is reported, not counted in the rate). Writes OUT/imagine_speed.json.
 """
 
 from __future__ import annotations
@@ -40,10 +41,13 @@ class ImagineSpeedConfig:
     """Rounds over all models; each round times every model once."""
     seconds: float = 0.5
     """Time per model and batch within a round."""
+    compile: bool = False
+    """Also time a torch.compile'd copy of every looped and deep model."""
 
 
-def _models(root: Path) -> dict[str, tuple[torch.nn.Module, object]]:
+def _models(root: Path, compile: bool) -> dict[str, tuple[torch.nn.Module, object]]:
     from loopwm.checkpoint import build_model, load_model
+    from loopwm.models.blocks import compile_blocks
     from loopwm.models.exits import make_exit_rule
 
     models = {}
@@ -54,6 +58,10 @@ def _models(root: Path) -> dict[str, tuple[torch.nn.Module, object]]:
             models[f"{run.name} (general loop)"] = (model, make_exit_rule("delta", 0.0))
         else:
             models[run.name] = (model, None)
+        if compile and meta["kind"] in ("looped", "deep"):
+            compiled, _ = load_model(run, "cpu")
+            compile_blocks(compiled)
+            models[f"{run.name} (compiled blocks)"] = (compiled, None)
         if meta["kind"] == "rssm":
             gru = build_model({**meta, "model": {**meta["model"], "stoch": 0}}).eval()
             models["gru (untrained)"] = (gru, None)
@@ -62,9 +70,10 @@ def _models(root: Path) -> dict[str, tuple[torch.nn.Module, object]]:
 
 def main(cfg: ImagineSpeedConfig) -> dict:
     torch.set_num_threads(1)
-    models = _models(Path(cfg.runs))
+    models = _models(Path(cfg.runs), cfg.compile)
     steps = {(name, b): 0 for name in models for b in cfg.batches}
     spent = {(name, b): 0.0 for name in models for b in cfg.batches}
+    warmup: dict[tuple[str, int], float] = {}
     with torch.no_grad():
         for _ in range(cfg.rounds):
             for name, (model, rule) in models.items():
@@ -76,7 +85,9 @@ def main(cfg: ImagineSpeedConfig) -> dict:
                     else:
                         act = torch.zeros(b, cfg.horizon, spec.action_dim)
                     state = model.initial(obs)
-                    model.imagine(state, act, exit_rule=rule)  # warm-up
+                    t0 = time.perf_counter()
+                    model.imagine(state, act, exit_rule=rule)  # warm-up (compiles on the first visit)
+                    warmup.setdefault((name, b), time.perf_counter() - t0)
                     start = time.perf_counter()
                     while time.perf_counter() - start < cfg.seconds:
                         model.imagine(state, act, exit_rule=rule)
@@ -84,6 +95,7 @@ def main(cfg: ImagineSpeedConfig) -> dict:
                     spent[name, b] += time.perf_counter() - start
     rows = [{"model": name, "batch": b, "imagined_steps_per_second": steps[name, b] / spent[name, b],
              "ms_per_batched_step": 1000 * spent[name, b] / (steps[name, b] / b),
+             "first_call_seconds": round(warmup[name, b], 3),
              "params": int(sum(p.numel() for p in models[name][0].parameters()))}
             for name in models for b in cfg.batches]
     for row in rows:

@@ -4,13 +4,22 @@ For each task: collect episodes, train every model family on them (equal wall-cl
 thread each, two at a time), then run closed-loop MPPI in the real environment with each model,
 with a copy of the true simulator (the ceiling) and with random actions (the floor), all with the
 same planner settings and seeds. Reports returns, the return normalised between random (0) and
-the true-simulator planner (1), decisions per second and imagined steps per second.
+the true-simulator planner (1), decisions per second and imagined steps per second, and how far
+each model's validation loss was still falling when its training budget ran out.
 
-    python scripts/plan_bench.py --out results/plan                     # about 40 minutes on 2 cores
-    python scripts/plan_bench.py --out /tmp/plan --quick                # about 2 minutes
+Besides one row per model family, the looped model is also planned with (its `variants`):
+    looped@D        fixed depth D (the loop's largest depth in these rows)
+    looped@D+delta:T  the same largest depth with the delta exit rule at threshold T: the compute an
+                    adaptive exit saves
+    looped-dd       a looped model trained with deferred decoding (--objective dd), candidates
+                    scored per step (re-encoding every predicted observation) ...
+    looped-dd+dd    ... and in latent space (deferred decoding, the cheap path DD trains for)
 
-Writes OUT/results.jsonl (one row per task and planner world) and OUT/summary.md. Re-running
-re-uses finished runs and rows.
+    python scripts/plan_bench.py --out results/plan                     # about 70 minutes on 2 cores
+    python scripts/plan_bench.py --out /tmp/plan --quick                # about 3 minutes
+
+Writes OUT/results.jsonl (one row per task and planner world), OUT/training.json and OUT/summary.md.
+Re-running re-uses finished runs and rows.
 """
 
 from __future__ import annotations
@@ -18,12 +27,12 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import tyro
 
-from loopwm.utils import atomic_write_text
+from loopwm.utils import atomic_write_json, atomic_write_text
 
 
 @dataclass
@@ -32,25 +41,32 @@ class PlanBenchConfig:
 
     out: str = "results/plan"
     """Result folder (data and runs go under it, ignored by git)."""
-    tasks: list[str] = field(default_factory=lambda: ["Pendulum-v1"])
+    tasks: list[str] = field(default_factory=lambda: ["Pendulum-v1", "loopwm/Push-v0", "Reacher-v5"])
     """Environments to act in (Gymnasium ids or built-in loopwm ids)."""
     episodes: int = 200
-    """Episodes collected per task for training."""
-    minutes: float = 8.0
+    """Episodes collected per task for training (the collector's mixed behaviour policy)."""
+    minutes: float = 6.0
     """Training minutes per model."""
-    models: list[str] = field(default_factory=lambda: ["looped", "deep-2", "rssm"])
-    """Model families: looped, deep-K (K distinct blocks; deep-2 matches the looped model's 2
-    iterations), rssm, gru."""
-    plan_episodes: int = 5
+    models: list[str] = field(default_factory=lambda: ["looped", "deep-2", "rssm", "looped-dd"])
+    """Model families: looped, looped-dd (deferred-decoding objective), deep-K (K distinct blocks;
+    deep-2 matches the looped model's 2 iterations), rssm, gru."""
+    variants: list[str] = field(default_factory=lambda: ["looped@6", "looped@6+delta:0.05", "looped@6+delta:0.2",
+                                                         "looped-dd+dd"])
+    """Extra planner worlds: RUN@DEPTH (fixed depth), RUN@DEPTH+RULE:THRESHOLD (an exit rule, at
+    most DEPTH iterations; for delta the threshold is the relative latent change per iteration),
+    RUN+dd (deferred decoding)."""
+    plan_episodes: int = 3
     """Closed-loop episodes per planner world."""
     max_episode_steps: int = 200
-    """Steps per closed-loop episode."""
+    """Steps per episode, in the collected data and in closed-loop control."""
     horizon: int = 15
     """Planner horizon."""
-    candidates: int = 128
+    candidates: int = 64
     """Candidate sequences per planner iteration."""
     iterations: int = 2
     """Planner iterations per decision."""
+    workers: int = 2
+    """Processes (one thread each) that train models and run planners side by side."""
     quick: bool = False
     """A few-minute version for checking the script."""
 
@@ -59,7 +75,7 @@ def model_config(name: str):
     from loopwm.models.rssm import RSSMConfig
     from loopwm.models.world_model import ModelConfig
 
-    if name == "looped":
+    if name in ("looped", "looped-dd"):
         return ModelConfig(kind="looped", mu_rec=2.0), RSSMConfig()
     if name.startswith("deep-"):
         return ModelConfig(kind="deep", n_deep=int(name.split("-")[1])), RSSMConfig()
@@ -67,63 +83,121 @@ def model_config(name: str):
         return ModelConfig(kind="rssm"), RSSMConfig()
     if name == "gru":
         return ModelConfig(kind="rssm"), RSSMConfig(stoch=0)
-    raise SystemExit(f"unknown model {name!r}: looped, deep-K, rssm or gru")
+    raise SystemExit(f"unknown model {name!r}: looped, looped-dd, deep-K, rssm or gru")
 
 
-def _train(job: dict) -> str:
+def parse_world(world: str) -> tuple[str, dict]:
+    """A planner world's name -> (the model it plans with, PlanConfig settings)."""
+    if world in ("random", "oracle"):
+        return world, {}
+    name, settings = world, {}
+    if name.endswith("+dd"):
+        name, settings["decoding"] = name[: -len("+dd")], "deferred"
+    if "@" in name:
+        name, spec = name.split("@", 1)
+        depth, _, rule = spec.partition("+")
+        rule, _, threshold = rule.partition(":")
+        settings["depth"] = int(depth)
+        settings["exit"] = rule or "fixed"
+        if threshold:
+            settings["threshold"] = float(threshold)
+    return name, settings
+
+
+def _train(job: dict) -> dict:
     import torch
 
     from loopwm.train.loop import TrainConfig, train
 
     torch.set_num_threads(1)
     model, rssm = model_config(job["name"])
+    dd = {"objective": "dd", "dd_interval": 100, "horizon": job["horizon"]} if job["name"] == "looped-dd" else {}
     train(TrainConfig(data=job["data"], out=job["run"], model=model, rssm=rssm, minutes=job["minutes"], steps=10**9,
-                      threads=1, progress=False, eval_every=10**9, ckpt_every=500))
-    return job["run"]
+                      threads=1, progress=False, eval_every=100, ckpt_every=500, **dd))
+    return job
+
+
+def _plan(job: dict) -> dict:
+    import torch
+
+    from loopwm.plan.control import PlanConfig, run_plan
+
+    torch.set_num_threads(1)
+    res = run_plan(PlanConfig(**job["plan"]))
+    return {"task": job["task"], "world": job["world"], **{k: v for k, v in res.items() if k != "env_kwargs"}}
+
+
+def training_summary(run: Path) -> dict:
+    """Steps, minutes and the validation curve's last fifth, from the run's own files."""
+    from loopwm.train.loop import plateaued
+
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    curve = [(r["step"], r["val/obs"]) for r in records if "val/obs" in r]
+    last = records[-1] if records else {}
+    return {"steps": int(last.get("step", 0)), "minutes": round(float(last.get("time", 0.0)) / 60, 2),
+            "val_obs": curve[-1][1] if curve else None, "best_val_obs": min(v for _, v in curve) if curve else None,
+            "still_improving": not plateaued(curve, 0.02) if curve else None}
 
 
 def main(cfg: PlanBenchConfig) -> None:
-    import numpy as np
-
     from loopwm.data import collect
-    from loopwm.plan.control import PlanConfig, run_plan
 
     if cfg.quick:
         cfg = replace(cfg, episodes=20, minutes=0.3, plan_episodes=1, max_episode_steps=30, horizon=6, candidates=16,
-                      iterations=1, models=cfg.models[:2])
+                      iterations=1, tasks=cfg.tasks[:2], models=["looped", "looped-dd"],
+                      variants=["looped@3+delta:0.1", "looped-dd+dd"])
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     rows_path = out / "results.jsonl"
     rows = [json.loads(x) for x in rows_path.read_text().splitlines() if x.strip()] if rows_path.exists() else []
     done = {(r["task"], r["world"]) for r in rows}
+    ctx = mp.get_context("spawn")
+    runs = {}
     for task in cfg.tasks:
         short = task.split("/")[-1].split("-")[0].lower()
         data = collect(env_id=task, out=str(out / "data" / short), episodes=cfg.episodes, progress=False,
                        max_episode_steps=cfg.max_episode_steps)
-        jobs = [{"name": m, "data": str(data), "run": str(out / "runs" / short / m), "minutes": cfg.minutes}
-                for m in cfg.models if (task, m) not in done]
-        with ProcessPoolExecutor(max_workers=2, mp_context=mp.get_context("spawn")) as pool:
-            list(pool.map(_train, jobs))
-        plan = dict(env_id=task, episodes=cfg.plan_episodes, max_episode_steps=cfg.max_episode_steps, horizon=cfg.horizon,
+        runs[task] = {m: out / "runs" / short / m for m in cfg.models}
+        jobs = [{"name": m, "data": str(data), "run": str(run), "minutes": cfg.minutes, "horizon": cfg.horizon}
+                for m, run in runs[task].items()]  # a finished run resumes and stops at once
+        with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=ctx) as pool:
+            for job in pool.map(_train, jobs):
+                print(f"{task} {job['name']}: trained", flush=True)
+    training = {task: {m: training_summary(run) for m, run in r.items()} for task, r in runs.items()}
+    atomic_write_json(out / "training.json", training)
+
+    jobs = []
+    for task in cfg.tasks:
+        plan = dict(episodes=cfg.plan_episodes, max_episode_steps=cfg.max_episode_steps, horizon=cfg.horizon,
                     candidates=cfg.candidates, iterations=cfg.iterations, seed=1000)
-        for world in ["random", "oracle", *cfg.models]:
+        for world in ["random", "oracle", *cfg.models, *cfg.variants]:
             if (task, world) in done:
                 continue
-            model = world if world in ("random", "oracle") else str(out / "runs" / short / world)
-            res = run_plan(PlanConfig(model=model, **{**plan, "env_id": task if world in ("random", "oracle") else ""}))
-            rows.append({"task": task, "world": world, **{k: v for k, v in res.items() if k != "env_kwargs"}})
+            model, settings = parse_world(world)
+            if model not in ("random", "oracle"):
+                if model not in runs[task]:
+                    raise SystemExit(f"variant {world!r} plans with {model!r}, which is not in --models")
+                model = str(runs[task][model])
+            jobs.append({"task": task, "world": world, "plan": {
+                **plan, **settings, "model": model, "env_id": task if model in ("random", "oracle") else ""}})
+    with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=ctx) as pool:
+        for row in pool.map(_plan, jobs):
+            rows.append(row)
             atomic_write_text(rows_path, "".join(json.dumps(r) + "\n" for r in rows))
-            print(f"{task} {world}: return {res['return_mean']:.1f} ± {res['return_std']:.1f}, "
-                  f"{res['decisions_per_second']:.1f} decisions/s", flush=True)
-    write_summary(out, rows, cfg)
+            print(f"{row['task']} {row['world']}: return {row['return_mean']:.1f} ± {row['return_std']:.1f}, "
+                  f"{row['decisions_per_second']:.1f} decisions/s", flush=True)
+    write_summary(out, rows, training, cfg)
 
 
-def write_summary(out: Path, rows: list[dict], cfg: PlanBenchConfig) -> None:
+def write_summary(out: Path, rows: list[dict], training: dict, cfg: PlanBenchConfig) -> None:
     lines = [f"# Planning in imagination: MPPI, horizon {cfg.horizon}, {cfg.candidates} candidates x {cfg.iterations} "
              f"iterations per decision, {cfg.plan_episodes} episodes of {cfg.max_episode_steps} steps; models trained "
-             f"{cfg.minutes:g} minutes each on {cfg.episodes} random-policy episodes", "",
-             "| task | planning with | return | normalised (random 0, true simulator 1) | decisions/s | imagined steps/s | "
-             "loop iterations per step |", "|---|---|---|---|---|---|---|"]
+             f"{cfg.minutes:g} minutes each (one thread) on {cfg.episodes} episodes of the mixed behaviour policy", "",
+             "Produced by `python scripts/plan_bench.py --out " + str(out) + "`. Normalised return: random 0, "
+             "MPPI on the true simulator 1. Decisions per second: one thread per planner, two planners side by side "
+             "on 2 cores.", "",
+             "| task | planning with | return | normalised | decisions/s | imagined steps/s | loop iterations per step |",
+             "|---|---|---|---|---|---|---|"]
     for task in dict.fromkeys(r["task"] for r in rows):
         sel = {r["world"]: r for r in rows if r["task"] == task}
         lo, hi = sel.get("random", {}).get("return_mean"), sel.get("oracle", {}).get("return_mean")
@@ -133,6 +207,13 @@ def write_summary(out: Path, rows: list[dict], cfg: PlanBenchConfig) -> None:
             lines.append(f"| {task} | {world} | {r['return_mean']:.1f} ± {r['return_std']:.1f} | "
                          f"{'' if norm is None else f'{norm:.2f}'} | {r['decisions_per_second']:.1f} | "
                          f"{'' if not mps else f'{mps:,.0f}'} | {'' if not ips else f'{ips:.2f}'} |")
+    lines += ["", "## Training", "", "| task | model | steps | minutes | validation loss (last / best) | "
+              "still improving (last fifth > 2% better) |", "|---|---|---|---|---|---|"]
+    for task, models in training.items():
+        for m, t in models.items():
+            val = "" if t["val_obs"] is None else f"{t['val_obs']:.4f} / {t['best_val_obs']:.4f}"
+            lines.append(f"| {task} | {m} | {t['steps']:,} | {t['minutes']:.1f} | {val} | "
+                         f"{'' if t['still_improving'] is None else ('yes' if t['still_improving'] else 'no')} |")
     atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 

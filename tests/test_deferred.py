@@ -116,3 +116,13 @@ def test_latent_imagination_reads_no_prediction_and_plans_the_same_way():
     from loopwm.plan import discounted_return
 
     torch.testing.assert_close(scores, discounted_return(alone.reward, alone.cont_logit, 0.99).expand(3))
+
+
+def test_a_latent_step_is_counted_without_the_encoder():
+    from loopwm.models.flops import count_step_flops
+
+    model = small_model(consistency_head=True).eval()
+    obs, act = random_obs(1, 1)[0, 0], torch.zeros(2)
+    per_step, latent = count_step_flops(model, obs, act, depth=2), count_step_flops(model, obs, act, depth=2, latent=True)
+    assert 0 < latent < per_step  # deferred decoding skips encoding the prediction, nothing else
+    assert count_step_flops(model, obs, act, depth=3, latent=True) > latent  # iterations still count

@@ -287,3 +287,42 @@ def test_a_band_of_rows_draws_the_same_pixels_as_cropping_the_whole_picture():
             assert np.array_equal(render_obs(obs, size=192, rows=band), full[band[0]:band[1]]), (env_id, band)
     with pytest.raises(LoopWMError, match="band"):
         render_obs(obs, size=64, rows=(30, 10))
+
+
+# ---------------------------------------------------------------- the pushing task
+
+
+def test_push_task_rewards_the_pushed_balls_distance_and_balls_roll_to_a_stop():
+    env = make_env("loopwm/Push-v0", render_mode="rgb_array")
+    obs, _ = env.reset(seed=5)
+    cfg = env.unwrapped.world_config
+    assert (cfg.n_bodies, cfg.goal_body) == (3, 1) and np.abs(obs[:, 2:4]).max() == 0.0  # all at rest
+    obs, reward, *_ = env.step(np.zeros(2, np.float32))
+    world = env.unwrapped.world
+    gap = np.hypot(*(world.pos[1] - world.pos[0])) - world.radius[0] - world.radius[1]
+    expected = -np.hypot(*(world.pos[1] - np.asarray(cfg.goal))) - cfg.reach_weight * max(gap, 0.0)
+    assert reward == pytest.approx(expected, abs=1e-12)
+    # damping: a pushed disc loses the configured fraction of its speed every step, then rests
+    for _ in range(10):
+        env.step(np.array([1.0, 0.0], np.float32))
+    speed = np.hypot(*world.vel[0])
+    _, _, _, _, info = env.step(np.zeros(2, np.float32))
+    if info["contacts"] == 0:  # free flight: exactly the damping
+        assert np.hypot(*world.vel[0]) == pytest.approx(speed * (1 - cfg.disc_damping), rel=1e-9)
+    for _ in range(400):
+        env.step(np.zeros(2, np.float32))
+    assert np.abs(world.vel).max() < 1e-3
+    # the goal is drawn: red pixels appear that no body colour makes
+    frame = env.render()
+    assert (np.abs(frame.astype(int) - (235, 80, 90)).sum(-1) < 30).any()
+    assert not (np.abs(make_env("loopwm/Balls-v0", render_mode="rgb_array").unwrapped.render().astype(int)
+                       - (235, 80, 90)).sum(-1) < 30).any()
+
+
+def test_goal_options_are_checked():
+    with pytest.raises(LoopWMError, match="goal_body"):
+        WorldConfig(n_bodies=3, goal_body=3)
+    with pytest.raises(LoopWMError, match="disc_damping"):
+        WorldConfig(disc_damping=1.0)
+    with pytest.raises(LoopWMError, match="reach_weight"):
+        WorldConfig(reach_weight=-1.0)

@@ -24,6 +24,7 @@ from loopwm.utils import LoopWMError
 __all__ = [
     "DEFAULT_EPISODE_STEPS",
     "ENV_IDS",
+    "TASK_PRESETS",
     "OBS_FEATURES",
     "REGIMES",
     "LoopWorldEnv",
@@ -43,15 +44,24 @@ ENV_IDS: dict[str, str] = {
     "loopwm/Chain-v0": "chain",
     "loopwm/Rail-v0": "rail",
     "loopwm/Mixed-v0": "mixed",
+    "loopwm/Push-v0": "balls",
 }
 """Registered Gymnasium ids and the regime each one presets."""
+
+TASK_PRESETS: dict[str, dict[str, Any]] = {
+    # Push the blue ball (body 1) to the centre with the orange disc; a third ball is in the way.
+    # Balls start at rest and roll to a stop (damping), so a ball stays where it was pushed.
+    "loopwm/Push-v0": {"n_bodies": 3, "goal_body": 1, "goal": (0.5, 0.5), "reach_weight": 0.2,
+                       "init_speed": 0.0, "disc_damping": 0.05},
+}
+"""World settings, beyond the regime, of the ids that are tasks rather than plain regimes."""
 
 for _env_id, _regime in ENV_IDS.items():
     if _env_id not in gym.registry:  # importing twice (or reloading) must not re-register
         gym.register(
             id=_env_id,
             entry_point="loopwm.envs.world_env:LoopWorldEnv",
-            kwargs={"regime": _regime},
+            kwargs={"regime": _regime, **TASK_PRESETS.get(_env_id, {})},
             max_episode_steps=DEFAULT_EPISODE_STEPS,
         )
 

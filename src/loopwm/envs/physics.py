@@ -120,7 +120,19 @@ class WorldConfig:
     """Discs 0..n_controlled-1 receive the action as a force (chain: particle 0 is always the driver)."""
 
     goal: tuple[float, float] = (0.5, 0.5)
-    """Reward is minus the distance from body 0 to this point."""
+    """Reward is minus the distance from body ``goal_body`` to this point."""
+
+    goal_body: int = 0
+    """The body whose distance to ``goal`` is the reward: 0 (the agent's own disc) moves the agent to
+    the goal; another body makes it a pushing task (the agent must bring that ball there by contact)."""
+
+    reach_weight: float = 0.0
+    """Adds minus this times the surface gap between body 0 and ``goal_body`` to the reward (a
+    shaping term for pushing tasks: the agent first has to reach the ball)."""
+
+    disc_damping: float = 0.0
+    """Balls and cradle regimes: fraction of every disc's velocity lost each step (0: frictionless, as
+    the cradles need). A pushed ball then comes to rest where it was pushed instead of bouncing on."""
 
     solver_max_iters: int = 100
     """Most contact-solver sweeps per step; hitting it is reported as converged=False."""
@@ -204,6 +216,12 @@ class WorldConfig:
             raise LoopWMError("solver_max_iters and chain_max_iters must be at least 1")
         if self.slop < 0 or self.gravity < 0 or not 0 <= self.chain_damping < 1:
             raise LoopWMError("slop and gravity must be >= 0 and chain_damping in [0, 1)")
+        if not 0 <= self.goal_body < self.n_bodies:
+            raise LoopWMError(f"goal_body={self.goal_body} must be a body index in 0..n_bodies-1 ({self.n_bodies - 1})")
+        if not (math.isfinite(self.reach_weight) and self.reach_weight >= 0):
+            raise LoopWMError(f"reach_weight={self.reach_weight} must be a number >= 0")
+        if not 0.0 <= self.disc_damping < 1.0:
+            raise LoopWMError(f"disc_damping={self.disc_damping} must be in [0, 1)")
         if not 0.0 <= self.rail_damping < 1.0:
             raise LoopWMError(f"rail_damping={self.rail_damping} must be in [0, 1)")
         if not 0.0 <= self.rail_gap <= 1.0:
@@ -521,8 +539,9 @@ class World:
         dt, e, slop = cfg.dt, cfg.restitution, cfg.slop
         x, v = self.pos, self.vel
 
-        if self.regime == "rail" and cfg.rail_damping:
-            v *= 1.0 - cfg.rail_damping  # rolling friction, before anything else acts
+        damping = cfg.rail_damping if self.regime == "rail" else cfg.disc_damping
+        if damping:
+            v *= 1.0 - damping  # rolling friction, before anything else acts
         # 1. The agent's force, as a velocity change. A push may not take a disc above max_speed (or
         #    above its current speed if a collision already made it faster), so zero action is
         #    exactly passive physics and the agent cannot pump unbounded energy in.

@@ -28,6 +28,7 @@ CONTROLLED_COLOUR = (255, 150, 40)
 BALL_COLOUR = (90, 170, 255)
 CHAIN_COLOUR = (110, 220, 120)
 LINK_COLOUR = (70, 140, 80)
+GOAL_COLOUR = (235, 80, 90)
 
 
 class LoopWorldEnv(gym.Env):
@@ -35,8 +36,9 @@ class LoopWorldEnv(gym.Env):
 
     Observation: float32 (N, 7), one row per body, columns ``OBS_FEATURES``
     (x, y, vx, vy, radius, controlled, chain). Action: float32 (2,) in [-1, 1], a force on the
-    controlled disc (or the chain driver's velocity). Reward: minus the distance from body 0 to the
-    goal. Never terminates; episodes are cut by gymnasium's TimeLimit (200 steps by default).
+    controlled disc (or the chain driver's velocity). Reward: minus the distance from body
+    ``goal_body`` (0 by default) to the goal, minus ``reach_weight`` times the gap between body 0 and
+    that body. Never terminates; episodes are cut by gymnasium's TimeLimit (200 steps by default).
     ``info`` holds ``contacts``, ``solver_iterations`` and ``converged`` after every step and reset.
 
     Keyword arguments other than ``config`` and ``render_mode`` are ``WorldConfig`` fields and
@@ -86,14 +88,23 @@ class LoopWorldEnv(gym.Env):
     def step(self, action):
         stats = self.world.step(action)
         self._obs = obs = self.world.observation()
-        pos = self.world.pos
-        reward = -float(np.hypot(pos[0, 0] - self._goal[0], pos[0, 1] - self._goal[1]))
+        reward = self._reward(self.world.pos)
         info = {"contacts": stats.contacts, "solver_iterations": stats.solver_iterations, "converged": stats.converged}
         return obs, reward, False, False, info
 
+    def _reward(self, pos: np.ndarray) -> float:
+        cfg, g = self.world_config, self.world_config.goal_body
+        reward = -float(np.hypot(pos[g, 0] - self._goal[0], pos[g, 1] - self._goal[1]))
+        if cfg.reach_weight and g != 0:
+            gap = float(np.hypot(*(pos[g] - pos[0]))) - float(self.world.radius[0] + self.world.radius[g])
+            reward -= cfg.reach_weight * max(gap, 0.0)
+        return reward
+
     def render(self):
         if self.render_mode == "rgb_array":
-            return render_obs(self._obs, size=self.world_config.render_size, box=self.world_config.box)
+            cfg = self.world_config
+            goal = cfg.goal if cfg.goal_body != 0 else None  # shown where the goal is a ball's target
+            return render_obs(self._obs, size=cfg.render_size, box=cfg.box, goal=goal)
         return None
 
 
@@ -108,13 +119,15 @@ def _pixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     return _GRID_CACHE[size]
 
 
-def render_obs(obs: np.ndarray, size: int = 64, box: float = 1.0, rows: tuple[int, int] | None = None) -> np.ndarray:
+def render_obs(obs: np.ndarray, size: int = 64, box: float = 1.0, rows: tuple[int, int] | None = None,
+               goal: tuple[float, float] | None = None) -> np.ndarray:
     """Draw one observation (N, 7) as an RGB image (size, size, 3) uint8, y pointing up.
 
     Uses only the observation, so predicted observations render the same way; values a model might
     produce (NaN, negative radii, fuzzy 0/1 flags) are tolerated. Discs are anti-aliased; consecutive
     chain particles are joined by a line. `rows` = (top, bottom) draws only that band of image rows
-    (the same pixels as cropping the full picture, at a fraction of the cost).
+    (the same pixels as cropping the full picture, at a fraction of the cost). `goal` = (x, y) marks
+    a pushing task's target with a cross under the bodies.
     """
     obs = np.nan_to_num(np.asarray(obs, dtype=np.float32), nan=-1.0, posinf=-1.0, neginf=-1.0)
     if obs.ndim != 2 or obs.shape[1] < len(OBS_FEATURES):
@@ -143,6 +156,17 @@ def render_obs(obs: np.ndarray, size: int = 64, box: float = 1.0, rows: tuple[in
         ly = (py[links, None] + t * (py[links + 1] - py[links])[:, None]).astype(int).ravel()
         ok = (lx >= 0) & (lx < size) & (ly >= 0) & (ly < height)
         img[ly[ok], lx[ok]] = LINK_COLOUR
+
+    if goal is not None:  # a cross of two 1-pixel strokes, drawn first so bodies cover it
+        cx, cy = int(goal[0] * scale), int((box - goal[1]) * scale) - top
+        arm = max(2, size // 24)
+        xs = np.clip(np.arange(cx - arm, cx + arm + 1), 0, size - 1)
+        if 0 <= cy < height:
+            img[cy, xs] = GOAL_COLOUR
+        ys = np.arange(cy - arm, cy + arm + 1)
+        ys = ys[(ys >= 0) & (ys < height)]
+        if 0 <= cx < size:
+            img[ys, cx] = GOAL_COLOUR
 
     gx, gy = _pixel_grid(size)
     for k in range(obs.shape[0]):

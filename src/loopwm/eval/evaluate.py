@@ -212,11 +212,13 @@ def _evaluate(cfg: EvalConfig, keep_rollout: bool = False) -> dict:
     best_floor = {str(h): min(out["floors"][f][str(h)] for f in out["floors"]) for h in pick}
     out["ratio_to_best_floor"] = {h: out["open_loop_error"][h] / max(best_floor[h], 1e-12) for h in best_floor}
     first = ds.episode(int(episodes[0]))
+    latent = latent_decoding(cfg.decoding)  # compute of an imagined step as this decoding runs it
     out["flops_per_step"] = count_step_flops(
-        model, torch.as_tensor(first["obs"][0], device=device), torch.as_tensor(first["action"][0], device=device), depth)
+        model, torch.as_tensor(first["obs"][0], device=device), torch.as_tensor(first["action"][0], device=device), depth,
+        latent=latent)
     out["steps_per_second"] = steps_per_second(
         model, model._as_entities(torch.as_tensor(first["obs"][0], device=device).float()),
-        torch.as_tensor(first["action"][0], device=device), depth=depth, exit_rule=rule)
+        torch.as_tensor(first["action"][0], device=device), depth=depth, exit_rule=rule, latent=latent)
     if meta.get("env_id") and not meta["env_id"].startswith(CUSTOM_PREFIX):  # a user's own object cannot be re-made
         rollout = real_vs_imagined(model, meta["env_id"], meta.get("env_kwargs") or {}, cfg.rollout_steps,
                                    cfg.context, cfg.seed, depth, rule, device, ds.manifest.get("obs", "state"),

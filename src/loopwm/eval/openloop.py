@@ -222,15 +222,16 @@ def effort_by_difficulty(rollout: dict[str, np.ndarray], hard: int = HARD_SWEEPS
 
 
 @torch.no_grad()
-def steps_per_second(model, obs0: torch.Tensor, action: torch.Tensor, n: int = 200, depth=None, exit_rule=None) -> float:
-    """Imagined steps per second at batch 1 (after a short warm-up)."""
+def steps_per_second(model, obs0: torch.Tensor, action: torch.Tensor, n: int = 200, depth=None, exit_rule=None,
+                     latent: bool = False) -> float:
+    """Imagined steps per second at batch 1 (after a short warm-up); `latent` as in `model.step`."""
     state = model.initial(obs0[None])
     for _ in range(10):
-        state, _ = model.step(state, action[None], depth, exit_rule)
+        state, _ = model.step(state, action[None], depth, exit_rule, latent=latent)
     state = model.initial(obs0[None])
     start = time.perf_counter()
     for _ in range(n):
-        state, _ = model.step(state, action[None], depth, exit_rule)
+        state, _ = model.step(state, action[None], depth, exit_rule, latent=latent)
     return n / (time.perf_counter() - start)
 
 

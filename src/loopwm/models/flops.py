@@ -34,13 +34,17 @@ def _custom_mapping() -> dict:
 
 
 @torch.no_grad()
-def count_step_flops(model, obs: torch.Tensor, action: torch.Tensor, depth: int | None = None) -> int:
+def count_step_flops(model, obs: torch.Tensor, action: torch.Tensor, depth: int | None = None,
+                     latent: bool = False) -> int:
     """FLOPs of one imagined step of `model` from one observation (as the environment gives it, or
-    in entity form (N, F)) and action, at batch 1."""
+    in entity form (N, F)) and action, at batch 1. The step counted starts from an imagined state
+    (one step after the observation), so `latent` (deferred decoding: the learned no-observation
+    token instead of encoding the prediction) changes what is counted."""
     was_training = model.training
     model.eval()
-    state = model.initial(obs[None].float())  # initial accepts either form
+    with torch.no_grad():
+        state, _ = model.step(model.initial(obs[None].float()), action[None], depth)  # initial accepts either form
     with FlopCounterMode(display=False, custom_mapping=_custom_mapping()) as counter:
-        model.step(state, action[None], depth)
+        model.step(state, action[None], depth, latent=latent)
     model.train(was_training)
     return int(counter.get_total_flops())

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from loopwm.checkpoint import resume, save_checkpoint
 from loopwm.data import TrajectoryDataset, WindowIndex, decode_bounds
 from loopwm.models import RSSMConfig, build_model
+from loopwm.models.blocks import compile_blocks
 from loopwm.models.dynamics import normalised_error
 from loopwm.models.world_model import ModelConfig, WorldModel, WorldSpec
 from loopwm.train.deferred import deferred_loss
@@ -192,18 +193,6 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
         else:
             no_decay.append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def compile_blocks(model: torch.nn.Module) -> int:
-    """torch.compile every transformer block in place (weights and checkpoints are unchanged);
-    returns how many were compiled. Blocks, not the whole step: the loop's depth changes from step
-    to step, which would recompile a whole-step graph every time."""
-    from loopwm.models.blocks import Block
-
-    blocks = [m for m in model.modules() if isinstance(m, Block)]
-    for block in blocks:
-        block.compile(dynamic=True)
-    return len(blocks)
 
 
 def lr_at(cfg: TrainConfig, step: int, fraction: float) -> float:

@@ -48,7 +48,11 @@ class DepthStudyConfig:
     episodes: int = 300
     """Episodes collected per world size."""
     steps: int = 1500
-    """Gradient steps per model (equal for all)."""
+    """Gradient steps per model (equal for all); with --until-plateau, the cap."""
+    until_plateau: float = 0.0
+    """Train each model until its validation loss stops improving by this fraction over the last
+    fifth of training (0.02: the benchmark's rule; TrainConfig.until_plateau), `steps` being the
+    cap; 0: exactly `steps` for every model."""
     batch_size: int = 64
     """Training windows per step."""
     lr: float = 3e-3
@@ -98,16 +102,24 @@ def model_config(name: str, cfg: DepthStudyConfig):
 def _train(job: dict) -> dict:
     import torch
 
-    from loopwm.train.loop import TrainConfig, train
+    from loopwm.checkpoint import read_checkpoint, resolve_checkpoint
+    from loopwm.train.loop import TrainConfig, plateaued, train
 
     torch.set_num_threads(1)
+    converge = job["until_plateau"] > 0
+    # the plateau rule reads the validation curve, so it needs enough points: about 40 over the cap
     tcfg = TrainConfig(data=job["data"], out=job["run"], model=job["model"], steps=job["steps"], batch_size=job["batch_size"],
                        lr=job["lr"], context=job["context"], horizon=job["horizon"], seed=job["seed"], threads=1,
-                       eval_every=max(1, job["steps"] // 6), ckpt_every=max(1, job["steps"] // 3), progress=False)
+                       eval_every=max(1, job["steps"] // (40 if converge else 6)), ckpt_every=max(1, job["steps"] // 6),
+                       until_plateau=job["until_plateau"], progress=False)
     train(tcfg)
     records = [json.loads(x) for x in (Path(job["run"]) / "metrics.jsonl").read_text().splitlines() if x.strip()]
     curve = [(r["step"], r["val/obs"]) for r in records if "val/obs" in r]
-    return {"model": job["name"], "steps": records[-1]["step"], "train_seconds": records[-1]["time"], "val_curve": curve}
+    _, meta = read_checkpoint(resolve_checkpoint(job["run"]))
+    return {"model": job["name"], "steps": records[-1]["step"], "cap": job["steps"], "train_seconds": records[-1]["time"],
+            "val_curve": curve, "stop_reason": meta.get("stop_reason", "steps"),
+            # after a plateau's cool-down the last fifth always improves: there the stop reason says it
+            "still_improving": None if converge or len(curve) < 5 else not plateaued(curve, 0.02)}
 
 
 def world_stats(ds) -> dict:
@@ -149,7 +161,8 @@ def main(cfg: DepthStudyConfig) -> None:
         cfg = replace(cfg, models=cfg_models)
     jobs = [{"name": m, "model": model_config(m, cfg), "data": str(data[cfg.n_bodies]), "run": str(out / "runs" / m),
              "steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "context": cfg.context,
-             "horizon": cfg.horizon, "seed": cfg.seed} for m in cfg.models if runs.get(m, {}).get("steps") != cfg.steps]
+             "horizon": cfg.horizon, "seed": cfg.seed, "until_plateau": cfg.until_plateau}
+            for m in cfg.models if runs.get(m, {}).get("cap", runs.get(m, {}).get("steps")) != cfg.steps]
     jobs.sort(key=lambda j: -(2 * cfg.mu_rec if j["model"].kind == "looped" else j["model"].n_deep))  # longest first
     jobs = jobs if "train" in cfg.stages else []
     with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn")) as pool:
@@ -229,7 +242,9 @@ def write_summary(out: Path, cfg: DepthStudyConfig) -> None:
     results, strata = _read(out / "results.jsonl"), _read(out / "strata.jsonl")
     world = json.loads((out / "world.json").read_text())
     N = cfg.n_bodies
-    lines = [f"# Depth study: {cfg.env_id}, trained on {N} discs ({cfg.steps} steps each, batch {cfg.batch_size}, "
+    budget = (f"until validation stops improving by {cfg.until_plateau:.0%} over the last fifth, at most {cfg.steps} steps"
+              if cfg.until_plateau > 0 else f"{cfg.steps} steps each")
+    lines = [f"# Depth study: {cfg.env_id}, trained on {N} discs ({budget}, batch {cfg.batch_size}, "
              f"lr {cfg.lr:g}, context {cfg.context}, horizon {cfg.horizon}, seed {cfg.seed})", "",
              "## The worlds: solver sweeps per step", "",
              "| discs | mean | median | p90 | p99 | max | free flight (0) | 8+ sweeps |", "|---|---|---|---|---|---|---|---|"]
@@ -238,15 +253,17 @@ def write_summary(out: Path, cfg: DepthStudyConfig) -> None:
         lines.append(f"| {n} | {w['mean']:.1f} | {w['p50']:.0f} | {w['p90']:.0f} | {w['p99']:.0f} | {w['max']} | "
                      f"{w['fraction'].get('0', 0):.0%} | {hard:.0%} |")
     lines += ["", f"## Error on {N} discs (held-out episodes); looped models at their best test depth", "",
-              "| model | params | steps | train min | last val losses | depth | h1 | h10 | copy-last h1 / h10 |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| model | params | steps | train min | last val losses | stopped (still improving) | depth | h1 | h10 | copy-last h1 / h10 |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for name in cfg.models:
         if name not in runs or not any(r["model"] == name and r["size"] == N for r in results):
             continue
         r = best_depth(results, name, N)
         run = runs[name]
         last = ", ".join(f"{v:.4f}" for _, v in run["val_curve"][-2:])
-        lines.append(f"| {name} | {r['params']:,} | {run['steps']} | {run['train_seconds'] / 60:.1f} | {last} | {r['depth']} | "
+        flag = {True: "yes", False: "no"}.get(run.get("still_improving"), "")
+        stopped = f"{run.get('stop_reason', 'steps')} ({flag})" if flag else run.get("stop_reason", "steps")
+        lines.append(f"| {name} | {r['params']:,} | {run['steps']} | {run['train_seconds'] / 60:.1f} | {last} | {stopped} | {r['depth']} | "
                      f"{r['h1']:.4f} | {r['h10']:.4f} | {r['copy_last_h1']:.3f} / {r['copy_last_h10']:.3f} |")
     lines += ["", "## One-step error by the world's solver sweeps (trained size, best depth)", ""]
     names = [m for m in cfg.models if any(s["model"] == m and s["size"] == N for s in strata)]

@@ -49,7 +49,8 @@ class PlanBenchConfig:
     """Training minutes per model."""
     models: list[str] = field(default_factory=lambda: ["looped", "deep-2", "rssm", "looped-dd"])
     """Model families: looped, looped-dd (deferred-decoding objective), deep-K (K distinct blocks;
-    deep-2 matches the looped model's 2 iterations), rssm, gru."""
+    deep-2 matches the looped model's 2 iterations), rssm, rssm-dreamer-cell (DreamerV3's LayerNorm
+    GRU and a learned initial state), gru."""
     variants: list[str] = field(default_factory=lambda: ["looped@6", "looped@6+delta:0.05", "looped@6+delta:0.2",
                                                          "looped-dd+dd"])
     """Extra planner worlds: RUN@DEPTH (fixed depth), RUN@DEPTH+RULE:THRESHOLD (an exit rule, at
@@ -81,9 +82,11 @@ def model_config(name: str):
         return ModelConfig(kind="deep", n_deep=int(name.split("-")[1])), RSSMConfig()
     if name == "rssm":
         return ModelConfig(kind="rssm"), RSSMConfig()
+    if name == "rssm-dreamer-cell":
+        return ModelConfig(kind="rssm"), RSSMConfig(gru="layernorm", learned_init=True)
     if name == "gru":
         return ModelConfig(kind="rssm"), RSSMConfig(stoch=0)
-    raise SystemExit(f"unknown model {name!r}: looped, looped-dd, deep-K, rssm or gru")
+    raise SystemExit(f"unknown model {name!r}: looped, looped-dd, deep-K, rssm, rssm-dreamer-cell or gru")
 
 
 def parse_world(world: str) -> tuple[str, dict]:

@@ -74,8 +74,9 @@ def test_eval_mode_is_deterministic_without_seeding():
     torch.testing.assert_close(outs[0], outs[1])
 
 
-def test_batched_imagination_equals_per_sample_imagination():
-    model = small_rssm().eval()
+@pytest.mark.parametrize("cell", [{}, {"gru": "layernorm", "learned_init": True}])
+def test_batched_imagination_equals_per_sample_imagination(cell):
+    model = small_rssm(**cell).eval()
     obs, act = random_obs(3, 3), torch.rand(3, 6, 2)
     state, _ = model.observe(model.initial(obs[:, 0]), act[:, :2], obs[:, 1:])
     _, ro = model.imagine(state, act)
@@ -186,3 +187,46 @@ def test_checkpoint_round_trip(tmp_path):
         outs.append((ro.obs, ri.obs, ri.reward))
     torch.testing.assert_close(outs[0], outs[1])
     assert math.isnan(model.max_a_bar()) and model.param_count() == loaded.param_count()
+
+
+def test_layernorm_gru_cell_matches_its_equations():
+    from loopwm.models.rssm import LayerNormGRUCell
+
+    torch.manual_seed(0)
+    cell = LayerNormGRUCell(3, 4)
+    x, h = torch.randn(2, 3), torch.randn(2, 4)
+    g = torch.nn.functional.layer_norm(torch.cat([x, h], -1) @ cell.linear.weight.T, (12,),
+                                       cell.norm.weight, cell.norm.bias)
+    r, c, u = g[:, :4], g[:, 4:8], g[:, 8:]
+    u = torch.sigmoid(u - 1)
+    want = u * torch.tanh(torch.sigmoid(r) * c) + (1 - u) * h
+    torch.testing.assert_close(cell(x, h), want)
+    # at initialisation the update gate keeps most of h: sigmoid(-1) = 0.27 of the candidate on average
+    assert torch.sigmoid(torch.tensor(-1.0)) < 0.3
+
+
+def test_learned_initial_state_is_used_and_trained():
+    model = small_rssm(gru="layernorm", learned_init=True)
+    with torch.no_grad():
+        model.h0.fill_(0.5)
+    state = model.initial(random_obs(3, 1)[:, 0])
+    torch.testing.assert_close(state.h, torch.full((3, SMALL.deter), math.tanh(0.5)))
+    _, out = model.step(state, torch.rand(3, 2))
+    (out["obs"].square().mean() + out["aux_loss"]).backward()
+    assert model.h0.grad is not None and model.h0.grad.abs().sum() > 0
+    assert not hasattr(small_rssm(), "h0") and isinstance(small_rssm().gru, torch.nn.GRUCell)  # the defaults
+
+
+def test_runs_saved_before_the_dreamer_gru_still_load(tmp_path):
+    from loopwm.checkpoint import load_model
+
+    old = small_rssm().eval()
+    meta = old.checkpoint_meta()
+    for key in ("gru", "learned_init"):  # what a run saved before these options holds
+        del meta["model"][key]
+    save_checkpoint(tmp_path, 1, old, meta)
+    loaded, _ = load_model(tmp_path)
+    assert isinstance(loaded.gru, torch.nn.GRUCell) and not loaded.cfg.learned_init
+    obs = random_obs(2, 1)[:, 0]
+    torch.testing.assert_close(loaded.imagine(loaded.initial(obs), torch.zeros(2, 3, 2))[1].obs,
+                               old.imagine(old.initial(obs), torch.zeros(2, 3, 2))[1].obs)

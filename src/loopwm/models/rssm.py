@@ -62,6 +62,14 @@ class RSSMConfig:
     decode_from: str = "sample"
     """What the next-observation head reads besides h: "sample" (the prior's one-hot z, as
     DreamerV3) or "probs" (the prior's class probabilities: deterministic given h, less noisy)."""
+    gru: str = "torch"
+    """Recurrent cell: "torch" (torch's GRUCell) or "layernorm" (DreamerV3's GRU: one linear map
+    of [input, h] to the three gates, LayerNorm over them, the update gate biased towards keeping
+    h). DreamerV3's cell planned no better in results/plan-rssm (docs/LOG.md), so the default
+    stays the one every committed result was made with."""
+    learned_init: bool = False
+    """Start h from a learned vector (tanh of a parameter, as DreamerV3's `initial: learned`)
+    instead of zeros."""
 
     def resolved_eval_depth(self) -> int:
         """One GRU update per environment step: the RSSM has no loop whose depth could vary."""
@@ -82,6 +90,24 @@ def dense(d_in: int, d_out: int) -> nn.Sequential:
 def head(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
     """One hidden layer, then a plain linear output."""
     return nn.Sequential(dense(d_in, d_hidden), nn.Linear(d_hidden, d_out))
+
+
+class LayerNormGRUCell(nn.Module):
+    """DreamerV3's GRU cell: the gates come from one bias-free linear map of [input, h], normalised
+    together; the candidate is reset-gated after the map, and the update gate starts biased to
+    keep the old state (-1 before its sigmoid), which keeps long imagined rollouts stable."""
+
+    def __init__(self, d_in: int, d_hidden: int):
+        super().__init__()
+        self.linear = nn.Linear(d_in + d_hidden, 3 * d_hidden, bias=False)
+        self.norm = nn.LayerNorm(3 * d_hidden)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        gates = self.norm(self.linear(torch.cat([x, h], dim=-1)))  # (B, 3 * deter)
+        reset, cand, update = gates.chunk(3, dim=-1)  # 3 x (B, deter)
+        cand = torch.tanh(torch.sigmoid(reset) * cand)
+        update = torch.sigmoid(update - 1.0)
+        return update * cand + (1.0 - update) * h  # (B, deter)
 
 
 def unimix_probs(logits: torch.Tensor, unimix: float) -> torch.Tensor:
@@ -186,7 +212,11 @@ class RSSM(Dynamics, nn.Module):
             raise LoopWMError(f"unknown --rssm.decode-from {cfg.decode_from!r}: use sample or probs")
         # [z_t, a_t] -> GRU input; without z, [embed(o_t), a_t]
         self.img_in = dense((n_z or cfg.hidden) + spec.action_dim, cfg.hidden)
-        self.gru = nn.GRUCell(cfg.hidden, cfg.deter)
+        if cfg.gru not in ("layernorm", "torch"):
+            raise LoopWMError(f"unknown --rssm.gru {cfg.gru!r}: use layernorm or torch")
+        self.gru = LayerNormGRUCell(cfg.hidden, cfg.deter) if cfg.gru == "layernorm" else nn.GRUCell(cfg.hidden, cfg.deter)
+        if cfg.learned_init:
+            self.h0 = nn.Parameter(torch.zeros(cfg.deter))  # h at the start is tanh(h0)
         if n_z:
             self.prior_head = head(cfg.deter, cfg.hidden, n_z)  # p(z | h)
             self.post_head = head(cfg.deter + cfg.hidden, cfg.hidden, n_z)  # q(z | h, embed(o))
@@ -230,10 +260,14 @@ class RSSM(Dynamics, nn.Module):
 
     # ----- the Dynamics interface -----
     def initial(self, obs: torch.Tensor) -> State:
-        """Start from a first observation (B, N, F) (or (B, F) for flat worlds): h = 0, no z yet."""
+        """Start from a first observation (B, N, F) (or (B, F) for flat worlds): h the learned initial
+        state (or 0), no z yet."""
         self.check_obs(obs, 1, "the first observation")
         obs = (obs if obs.dim() == 3 else self._as_entities(obs)).float()  # raw (B, *obs_shape) or (B, N, F)
-        h = obs.new_zeros(obs.shape[0], self.cfg.deter)  # (B, deter)
+        if self.cfg.learned_init:
+            h = torch.tanh(self.h0).to(obs.dtype).expand(obs.shape[0], -1).contiguous()  # (B, deter)
+        else:
+            h = obs.new_zeros(obs.shape[0], self.cfg.deter)  # (B, deter)
         return State(h=h, z=None, obs=obs, real=True)
 
     def step(self, state: State, action: torch.Tensor, depth=None, exit_rule=None, latent: bool = False

@@ -360,15 +360,17 @@ def plot(out: Path, cfg: DepthStudyConfig, results: list[dict], strata: list[dic
     ax.set_title(f"error by difficulty, {N} discs")
     ax.legend(fontsize=7)
     ax = axes[1]
+    loops = [m for m in cfg.models if m.startswith("looped")]
+    loop = "looped" if "looped" in loops else (loops[0] if loops else "")  # the local one when both ran
     for n in sorted({r["size"] for r in results}):
-        rows = sorted((r["depth"], r["h1"] / r["copy_last_h1"]) for r in results if r["model"] == "looped" and r["size"] == n)
+        rows = sorted((r["depth"], r["h1"] / r["copy_last_h1"]) for r in results if r["model"] == loop and r["size"] == n)
         if rows:
             x, y = zip(*rows)
             ax.plot(x, y, marker="o", label=f"{n} discs" + (" (trained)" if n == N else ""))
     ax.set_xscale("log", base=2)
     ax.set_xlabel("test-time loop iterations")
     ax.set_ylabel("horizon-1 error / copy-last floor")
-    ax.set_title("looped model: error against iterations, per world size")
+    ax.set_title(f"{loop}: error against iterations, per world size")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "depth_study.png", dpi=110)

@@ -144,6 +144,11 @@ def test_plateau_rule_on_hand_made_curves():
     assert not loop.plateaued(falling, 0.02) and loop.plateaued(flat, 0.02) and loop.plateaued(slow, 0.02)
     assert not loop.plateaued(slow, 0.001)  # ... but more than 0.1% better
     assert not loop.plateaued(flat[:4], 0.02)  # too few points to judge
+    # a real curve at a constant learning rate (a 4-block stack on the rail, steps 300-2,100), which
+    # the raw rule called a plateau at 2,100 of 12,000 steps; smoothed, the rule waits for more evidence
+    noisy = [(300, 0.4006), (600, 0.2862), (900, 0.2644), (1200, 0.2641), (1500, 0.2322), (1800, 0.2316), (2100, 0.2336)]
+    assert loop.plateaued(noisy, 0.02, smooth=1) and not loop.plateaued(noisy, 0.02)
+    assert loop.plateaued(noisy + [(2400 + 300 * i, 0.2316) for i in range(4)], 0.02)  # flat from there: stop
 
 
 def test_until_plateau_holds_the_peak_rate_then_cools_down_and_stops(dataset, tmp_path):

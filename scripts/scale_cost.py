@@ -83,7 +83,7 @@ def main(cfg: ScaleCostConfig) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     models, starts, rows = {}, {}, []
     for n in cfg.sizes:
-        spec, obs = _spec(cfg, n, out / "data")
+        spec, starts[n] = _spec(cfg, n, out / "data")
         for c in configurations(cfg):
             mcfg = replace(demo_model(), kind=c["kind"], attention=c["attention"], n_deep=c["blocks"],
                            eval_depth=c["depth"] if c["kind"] == "looped" else 0)
@@ -92,9 +92,8 @@ def main(cfg: ScaleCostConfig) -> list[dict]:
             depth = c["depth"] if c["kind"] == "looped" else None
             action = torch.zeros(spec.action_dim)
             row = {**c, "bodies": n, "params": int(sum(p.numel() for p in model.parameters())),
-                   "flops_per_step": count_step_flops(model, obs[0], action, depth)}
+                   "flops_per_step": count_step_flops(model, starts[n][0], action, depth)}
             models[len(rows)] = (model, depth)
-            starts[n] = obs
             rows.append(row)
     spent = {(i, b): 0.0 for i in models for b in cfg.batches}
     steps = {(i, b): 0 for i in models for b in cfg.batches}

@@ -129,7 +129,7 @@ def _run(job: dict) -> dict:
             "train_seconds": train_s, "wall_seconds": round(wall, 1), "steps_per_s": steps / train_s,
             "samples_per_s": steps * job["batch"] / train_s, "steady_samples_per_s": steady * job["batch"],
             "curve": curve, "val_obs_final": final,
-            "still_improving": not plateaued([(t, v) for t, v in curve], 0.02),
+            "still_improving": not plateaued(curve, 0.02),
             "h1": float(res.errors[0]), "h10": float(res.errors[9])}
 
 

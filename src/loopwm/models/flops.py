@@ -42,8 +42,7 @@ def count_step_flops(model, obs: torch.Tensor, action: torch.Tensor, depth: int 
     token instead of encoding the prediction) changes what is counted."""
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        state, _ = model.step(model.initial(obs[None].float()), action[None], depth)  # initial accepts either form
+    state, _ = model.step(model.initial(obs[None].float()), action[None], depth)  # initial accepts either form
     with FlopCounterMode(display=False, custom_mapping=_custom_mapping()) as counter:
         model.step(state, action[None], depth, latent=latent)
     model.train(was_training)

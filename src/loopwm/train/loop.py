@@ -215,8 +215,7 @@ def plateaued(curve: list[tuple[int, float]], tolerance: float, window: float = 
     if len(curve) < min_points:
         return False
     losses = [v for _, v in curve]
-    curve = [(s, sum(losses[max(0, i - smooth + 1): i + 1]) / (i + 1 - max(0, i - smooth + 1)))
-             for i, (s, _) in enumerate(curve)]
+    curve = [(s, float(np.mean(losses[max(0, i - smooth + 1): i + 1]))) for i, (s, _) in enumerate(curve)]
     last = curve[-1][0]
     recent = [v for s, v in curve if s > (1 - window) * last]
     before = [v for s, v in curve if s <= (1 - window) * last]

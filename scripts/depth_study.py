@@ -65,10 +65,14 @@ class DepthStudyConfig:
     """Mean training loop count of the looped models."""
     models: list[str] = field(default_factory=lambda: ["looped", "deep-1", "deep-2", "deep-4", "deep-8", "looped-full",
                                                        "deep-1-full"])
-    """Models: looped, looped-bptt (gradient through every iteration), deep-K (K distinct blocks), each
-    with local attention unless suffixed -full."""
+    """Models: looped, looped-bptt (gradient through every iteration), looped-ds (depth supervision: the
+    prediction after every iteration is scored too, weight --depth-supervision), deep-K (K distinct
+    blocks); suffixed -lean without prelude and coda blocks, and with local attention unless suffixed
+    -full (model_config)."""
     test_depths: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 12, 16, 24, 32])
     """Test-time loop counts for the looped models."""
+    depth_supervision: float = 0.5
+    """Weight of the every-iteration loss for the looped-ds models (TrainConfig.depth_supervision)."""
     seed: int = 0
     """Training seed."""
     workers: int = 2
@@ -84,19 +88,32 @@ class DepthStudyConfig:
 
 
 def model_config(name: str, cfg: DepthStudyConfig):
+    """A model from its name: a base (looped, looped-bptt, looped-ds or deep-K), then optional
+    suffixes: -lean (no prelude or coda blocks: the encoder feeds the core directly) and -full (full
+    attention instead of local), in that order, e.g. looped-ds-full, looped-lean-full, deep-4-lean-full."""
     from loopwm.models.world_model import ModelConfig
 
-    full = name.endswith("-full")
-    base = name[: -len("-full")] if full else name
-    attention = dict(attention="full" if full else "local", attn_bias=True, attn_neighbours=2, neighbours=2)
-    if base == "looped":
-        return ModelConfig(kind="looped", mu_rec=cfg.mu_rec, depth_max=int(3 * cfg.mu_rec), **attention)
+    base, full, lean = name, False, False
+    if base.endswith("-full"):
+        base, full = base[: -len("-full")], True
+    if base.endswith("-lean"):
+        base, lean = base[: -len("-lean")], True
+    shape = dict(attention="full" if full else "local", attn_bias=True, attn_neighbours=2, neighbours=2,
+                 **(dict(n_prelude=0, n_coda=0) if lean else {}))
+    loop = dict(kind="looped", mu_rec=cfg.mu_rec, depth_max=int(3 * cfg.mu_rec), **shape)
+    if base in ("looped", "looped-ds"):  # looped-ds: the same loop; its training scores every iteration
+        return ModelConfig(**loop)
     if base == "looped-bptt":  # gradients through every iteration, not only the last ceil(mu_rec / 2)
-        return ModelConfig(kind="looped", mu_rec=cfg.mu_rec, depth_max=int(3 * cfg.mu_rec), n_grad=int(3 * cfg.mu_rec),
-                           **attention)
-    if base.startswith("deep-"):
-        return ModelConfig(kind="deep", n_deep=int(base.split("-")[1]), **attention)
-    raise SystemExit(f"unknown model {name!r}: use looped or deep-K, optionally with -full")
+        return ModelConfig(**loop, n_grad=int(3 * cfg.mu_rec))
+    if base.startswith("deep-") and base.split("-")[1].isdigit():
+        return ModelConfig(kind="deep", n_deep=int(base.split("-")[1]), **shape)
+    raise SystemExit(f"unknown model {name!r}: use looped, looped-bptt, looped-ds or deep-K, optionally followed by "
+                     "-lean and then -full")
+
+
+def train_overrides(name: str, cfg: DepthStudyConfig) -> dict:
+    """Training settings a model variant changes (the rest is the same for every model)."""
+    return {"depth_supervision": cfg.depth_supervision} if name.startswith("looped-ds") else {}
 
 
 def _train(job: dict) -> dict:
@@ -111,7 +128,7 @@ def _train(job: dict) -> dict:
     tcfg = TrainConfig(data=job["data"], out=job["run"], model=job["model"], steps=job["steps"], batch_size=job["batch_size"],
                        lr=job["lr"], context=job["context"], horizon=job["horizon"], seed=job["seed"], threads=1,
                        eval_every=max(1, job["steps"] // (40 if converge else 6)), ckpt_every=max(1, job["steps"] // 6),
-                       until_plateau=job["until_plateau"], progress=False)
+                       until_plateau=job["until_plateau"], progress=False, **job["overrides"])
     train(tcfg)
     records = [json.loads(x) for x in (Path(job["run"]) / "metrics.jsonl").read_text().splitlines() if x.strip()]
     curve = [(r["step"], r["val/obs"]) for r in records if "val/obs" in r]
@@ -161,7 +178,8 @@ def main(cfg: DepthStudyConfig) -> None:
         cfg = replace(cfg, models=cfg_models)
     jobs = [{"name": m, "model": model_config(m, cfg), "data": str(data[cfg.n_bodies]), "run": str(out / "runs" / m),
              "steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "context": cfg.context,
-             "horizon": cfg.horizon, "seed": cfg.seed, "until_plateau": cfg.until_plateau}
+             "horizon": cfg.horizon, "seed": cfg.seed, "until_plateau": cfg.until_plateau,
+             "overrides": train_overrides(m, cfg)}
             for m in cfg.models if runs.get(m, {}).get("cap", runs.get(m, {}).get("steps")) != cfg.steps]
     jobs.sort(key=lambda j: -(2 * cfg.mu_rec if j["model"].kind == "looped" else j["model"].n_deep))  # longest first
     jobs = jobs if "train" in cfg.stages else []
@@ -180,6 +198,7 @@ def main(cfg: DepthStudyConfig) -> None:
     for name in cfg.models if "score" in cfg.stages else []:
         model, meta = load_model(out / "runs" / name, device)
         runs[name]["params"] = model.param_count()
+        runs[name]["core_params"] = model.core_param_count()
         depths = cfg.test_depths if model.cfg.kind == "looped" else [model.cfg.n_deep]
         for n in sizes:
             if (name, n) in scored:
@@ -253,7 +272,7 @@ def write_summary(out: Path, cfg: DepthStudyConfig) -> None:
         lines.append(f"| {n} | {w['mean']:.1f} | {w['p50']:.0f} | {w['p90']:.0f} | {w['p99']:.0f} | {w['max']} | "
                      f"{w['fraction'].get('0', 0):.0%} | {hard:.0%} |")
     lines += ["", f"## Error on {N} discs (held-out episodes); looped models at their best test depth", "",
-              "| model | params | steps | train min | last val losses | stopped (still improving) | depth | h1 | h10 | copy-last h1 / h10 |",
+              "| model | params (core) | steps | train min | last val losses | stopped (still improving) | depth | h1 | h10 | copy-last h1 / h10 |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for name in cfg.models:
         if name not in runs or not any(r["model"] == name and r["size"] == N for r in results):
@@ -263,8 +282,12 @@ def write_summary(out: Path, cfg: DepthStudyConfig) -> None:
         last = ", ".join(f"{v:.4f}" for _, v in run["val_curve"][-2:])
         flag = {True: "yes", False: "no"}.get(run.get("still_improving"), "")
         stopped = f"{run.get('stop_reason', 'steps')} ({flag})" if flag else run.get("stop_reason", "steps")
-        lines.append(f"| {name} | {r['params']:,} | {run['steps']} | {run['train_seconds'] / 60:.1f} | {last} | {stopped} | {r['depth']} | "
+        core = f" ({run['core_params']:,})" if "core_params" in run else ""
+        lines.append(f"| {name} | {r['params']:,}{core} | {run['steps']} | {run['train_seconds'] / 60:.1f} | {last} | {stopped} | {r['depth']} | "
                      f"{r['h1']:.4f} | {r['h10']:.4f} | {r['copy_last_h1']:.3f} / {r['copy_last_h10']:.3f} |")
+    lines += ["", "Core: the shared block and its injection, or the distinct blocks; the rest (encoder, prelude, "
+              "coda, heads) is scaffold every model of the same shape shares, so a stack of K blocks can be at most "
+              "(scaffold + K blocks) / (scaffold + 1 block) times the loop's size."]
     lines += ["", "## One-step error by the world's solver sweeps (trained size, best depth)", ""]
     names = [m for m in cfg.models if any(s["model"] == m and s["size"] == N for s in strata)]
     bins = list(dict.fromkeys(s["sweeps"] for s in sorted(strata, key=lambda s: s["solver_iterations_mean"]) if s["size"] == N))

@@ -37,6 +37,15 @@ def test_deep_blocks_are_distinct_and_parameters_grow_with_depth():
     assert deep_model(5).param_count() - deep_model(3).param_count() == 2 * per_block
     looped = WorldModel(make_spec(), ModelConfig(d=16, n_heads=2))
     assert looped.param_count() < deep_model(3).param_count()  # one shared block vs three
+    # the core is what differs: 3 blocks against one block and its injection (a, dt, B: 2d + d^2)
+    assert deep_model(3).core_param_count() == 3 * per_block
+    assert looped.core_param_count() == per_block + 2 * 16 + 16 * 16
+    assert deep_model(3).param_count() - deep_model(3).core_param_count() == looped.param_count() - per_block - 2 * 16 - 16 * 16
+    lean = WorldModel(make_spec(), ModelConfig(d=16, n_heads=2, n_prelude=0, n_coda=0))
+    assert looped.param_count() - lean.param_count() == 2 * per_block  # no prelude or coda block
+    obs = random_obs(2, 3)
+    _, ro = lean.eval().imagine(lean.initial(obs[:, 0]), torch.rand(2, 2, 2))  # the encoder feeds the loop directly
+    assert ro.obs.shape == (2, 2, 4, 7) and bool(torch.isfinite(ro.obs).all())
 
 
 def test_deep_determinism_and_checkpoint_round_trip(tmp_path):

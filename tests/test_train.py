@@ -138,28 +138,35 @@ def test_a_run_killed_with_sigkill_resumes(dataset, tmp_path):
 
 
 def test_plateau_rule_on_hand_made_curves():
-    falling = [(s, 1.0 / s) for s in range(1, 11)]  # still improving in its last fifth
-    flat = [(s, 1.0) for s in range(1, 11)]
-    slow = [(s, 1.0 - 0.001 * s) for s in range(1, 11)]  # under 2% better in the last fifth
+    falling = [(s, 1.0 / s) for s in range(1, 21)]  # still improving in its last fifth
+    flat = [(s, 1.0) for s in range(1, 21)]
+    slow = [(s, 1.0 - 0.001 * s) for s in range(1, 21)]  # under 2% better in the last fifth
     assert not loop.plateaued(falling, 0.02) and loop.plateaued(flat, 0.02) and loop.plateaued(slow, 0.02)
     assert not loop.plateaued(slow, 0.001)  # ... but more than 0.1% better
     assert not loop.plateaued(flat[:4], 0.02)  # too few points to judge
+    assert not loop.plateaued(flat[:15], 0.02) and loop.plateaued(flat[:16], 0.02)  # 3 evaluations in the last fifth, then 4
     # a real curve at a constant learning rate (a 4-block stack on the rail, steps 300-2,100), which
     # the raw rule called a plateau at 2,100 of 12,000 steps; smoothed, the rule waits for more evidence
     noisy = [(300, 0.4006), (600, 0.2862), (900, 0.2644), (1200, 0.2641), (1500, 0.2322), (1800, 0.2316), (2100, 0.2336)]
-    assert loop.plateaued(noisy, 0.02, smooth=1) and not loop.plateaued(noisy, 0.02)
-    assert loop.plateaued(noisy + [(2400 + 300 * i, 0.2316) for i in range(4)], 0.02)  # flat from there: stop
+    assert loop.plateaued(noisy, 0.02, smooth=1, min_recent=1) and not loop.plateaued(noisy, 0.02)
+    assert loop.plateaued(noisy + [(2400 + 300 * i, 0.2316) for i in range(9)], 0.02)  # flat from there: stop
+    # a looped model on the rail whose last evaluation spiked: smoothing alone called it a plateau at
+    # 2,160 of 9,600 steps, with two evaluations in the last fifth; the rule now waits for four
+    spike = [(240, 0.366), (480, 0.295), (720, 0.285), (960, 0.272), (1200, 0.259), (1440, 0.266), (1680, 0.244),
+             (1920, 0.246), (2160, 0.279)]
+    assert loop.plateaued(spike, 0.02, min_recent=1) and not loop.plateaued(spike, 0.02)
 
 
 def test_until_plateau_holds_the_peak_rate_then_cools_down_and_stops(dataset, tmp_path):
-    # a tolerance of 99% calls any curve a plateau as soon as it has five points (step 10 here)
-    cfg = tiny_cfg(dataset, tmp_path / "plateau", steps=1000, eval_every=2, ckpt_every=4, until_plateau=0.99, warmup=1)
+    # a tolerance of 99% calls any curve a plateau as soon as its last fifth holds four evaluations
+    # (step 16 when validating every step: steps 13-16), then cools down over a fifth of that (3 steps)
+    cfg = tiny_cfg(dataset, tmp_path / "plateau", steps=1000, eval_every=1, ckpt_every=4, until_plateau=0.99, warmup=1)
     _, meta = final_weights(train(cfg))
     records = [json.loads(line) for line in (tmp_path / "plateau" / "metrics.jsonl").read_text().splitlines()]
     lrs = [r["lr"] for r in records]
-    assert meta["stop_reason"] == "plateau" and meta["cooldown_from"] == 10 and meta["step"] == 12
-    assert lrs[1:10] == [cfg.lr] * 9 and lrs[10] == pytest.approx(cfg.lr) and lrs[11] < cfg.lr
-    assert records[9]["train/cooldown_from"] == 10
+    assert meta["stop_reason"] == "plateau" and meta["cooldown_from"] == 16 and meta["step"] == 19
+    assert lrs[1:16] == [cfg.lr] * 15 and lrs[16] == pytest.approx(cfg.lr) and lrs[17] < cfg.lr
+    assert records[15]["train/cooldown_from"] == 16
 
 
 def test_until_plateau_without_a_plateau_cools_down_to_end_at_the_cap(dataset, tmp_path):
@@ -169,13 +176,13 @@ def test_until_plateau_without_a_plateau_cools_down_to_end_at_the_cap(dataset, t
 
 
 def test_until_plateau_resumes_mid_cooldown_to_the_same_result(dataset, tmp_path, monkeypatch):
-    kw = dict(steps=1000, eval_every=2, ckpt_every=1, until_plateau=0.99, warmup=1)
+    kw = dict(steps=1000, eval_every=1, ckpt_every=1, until_plateau=0.99, warmup=1)
     straight, _ = final_weights(train(tiny_cfg(dataset, tmp_path / "straight", **kw)))
     real_save = loop.save_checkpoint
 
     def save_then_die(run_dir, step, *args, **kwargs):
         path = real_save(run_dir, step, *args, **kwargs)
-        if step == 11:  # inside the cool-down (steps 10-12)
+        if step == 17:  # inside the cool-down (steps 16-19)
             raise KeyboardInterrupt
         return path
 
@@ -184,6 +191,6 @@ def test_until_plateau_resumes_mid_cooldown_to_the_same_result(dataset, tmp_path
         train(tiny_cfg(dataset, tmp_path / "resumed", **kw))
     monkeypatch.setattr(loop, "save_checkpoint", real_save)
     resumed, meta = final_weights(train(tiny_cfg(dataset, tmp_path / "resumed", **kw)))
-    assert meta["step"] == 12 and meta["stop_reason"] == "plateau"
+    assert meta["step"] == 19 and meta["stop_reason"] == "plateau"
     for key in straight:
         torch.testing.assert_close(straight[key], resumed[key], msg=key)

@@ -356,6 +356,14 @@ class WorldModel(Dynamics, nn.Module):
     def param_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def core_param_count(self) -> int:
+        """Parameters of what sits between prelude and coda: the shared block (and its injection) of a
+        looped model, the distinct blocks of a deep one. The rest (encoder, prelude, coda, heads) is
+        the scaffold every model shares, which bounds any parameter ratio between a stack of K blocks
+        and the loop at (scaffold + K blocks) / (scaffold + 1 block)."""
+        parts = [self.core.core] + ([self.core.inject] if hasattr(self.core, "inject") else [])
+        return sum(p.numel() for part in parts for p in part.parameters())
+
     def max_a_bar(self) -> float:
         return self.core.max_a_bar()
 

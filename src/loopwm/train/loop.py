@@ -204,22 +204,26 @@ def lr_at(cfg: TrainConfig, step: int, fraction: float) -> float:
 
 
 def plateaued(curve: list[tuple[int, float]], tolerance: float, window: float = 0.2, min_points: int = 5,
-              smooth: int = 3) -> bool:
+              smooth: int = 3, min_recent: int | None = None) -> bool:
     """Whether a validation curve [(step, loss), ...] has stopped improving: the best loss of its last
     `window` (by steps) is not `tolerance` (a fraction) better than the best before it.
 
     The losses are first smoothed by a running mean over `smooth` evaluations: at a constant
     learning rate a model's validation loss jumps by several percent between evaluations, and
     the raw rule then stopped runs that were still improving (a 4-block stack at 2,100 of 12,000
-    steps on the rail, docs/LOG.md)."""
+    steps on the rail, docs/LOG.md). The last window must also hold at least `min_recent`
+    evaluations (default: the smoothing span plus one), so that one spike cannot decide: early in
+    training the last fifth holds only two or three of them, and a single bad evaluation there
+    cooled a looped model down at 2,160 of 9,600 steps while it was still improving."""
     if len(curve) < min_points:
         return False
+    min_recent = smooth + 1 if min_recent is None else min_recent
     losses = [v for _, v in curve]
     curve = [(s, float(np.mean(losses[max(0, i - smooth + 1): i + 1]))) for i, (s, _) in enumerate(curve)]
     last = curve[-1][0]
     recent = [v for s, v in curve if s > (1 - window) * last]
     before = [v for s, v in curve if s <= (1 - window) * last]
-    if not recent or not before:
+    if len(recent) < min_recent or not before:
         return False
     return min(recent) > (1 - tolerance) * min(before)
 

@@ -163,6 +163,7 @@ def main(cfg: DepthStudyConfig) -> None:
                       mu_rec=4.0)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "study.json", json.dumps(asdict(cfg), indent=1))  # the resolved settings, for readers
     sizes = sorted(set(cfg.test_sizes) | {cfg.n_bodies})
     root = Path(cfg.data_root) if cfg.data_root else out / "data"
     short = cfg.env_id.split("/")[-1].split("-")[0].lower()  # loopwm/Rail-v0 -> rail

@@ -110,15 +110,16 @@ def test_bench_converged_budget_trains_each_model_until_it_stops_improving(tmp_p
     out = tmp_path / "bench"
     loopwm("bench", "--out", str(out), "--worlds", "balls", "--models", "looped", "deep-1", "--seeds", "1",
            "--test-depths", "1", "--episodes", "6", "--max-episode-steps", "30", "--horizon", "10", "--budgets", "converged",
-           "--converge-cap", "40", "--converge-eval-every", "2", "--converge-tolerance", "0.99", "--no-progress",
+           "--converge-cap", "40", "--converge-eval-every", "1", "--converge-tolerance", "0.99", "--no-progress",
            "--device", "cpu", "--lrs", "1e-3", "--workers", "1")
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    # a 99% tolerance calls the curve flat at its fifth point (step 10); a fifth more to cool down
-    assert {(r["model"], r["train_steps"], r["stop_reason"]) for r in rows} == {("looped", 12, "plateau"),
-                                                                                 ("deep-1", 12, "plateau")}
-    assert all(r["train_samples"] == 12 * 32 for r in rows)
+    # a 99% tolerance calls the curve flat once its last fifth holds four evaluations (step 16); a
+    # fifth more (3 steps) to cool down
+    assert {(r["model"], r["train_steps"], r["stop_reason"]) for r in rows} == {("looped", 19, "plateau"),
+                                                                                 ("deep-1", 19, "plateau")}
+    assert all(r["train_samples"] == 19 * 32 for r in rows)
     curves = [json.loads(line) for line in (out / "curves.jsonl").read_text().splitlines()]
-    assert {c["model"] for c in curves} == {"looped", "deep-1"} and all(len(c["val_curve"]) == 6 for c in curves)
+    assert {c["model"] for c in curves} == {"looped", "deep-1"} and all(len(c["val_curve"]) == 19 for c in curves)
     assert (out / "learning_curves.png").exists()
     assert "stopped improving" in (out / "findings.md").read_text() and "1/1 seeds" in (out / "table.md").read_text()
     proc = loopwm("bench", "--out", str(tmp_path / "b2"), "--budgets", "forever", check=False)

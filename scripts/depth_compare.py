@@ -1,0 +1,156 @@
+"""Several depth studies side by side: every model of every study (seeds, variants) in one table, the
+parameter ratio at which a stack matches each loop, and error against parameters in one plot.
+
+    python scripts/depth_compare.py --studies results/depth-converged results/depth-converged-seed1 \
+        results/depth-ds results/depth-ds-seed1 results/depth-lean --out results/depth-compare
+
+Reads only what `scripts/depth_study.py` wrote (runs.jsonl, results.jsonl, strata.jsonl, and the
+study's seed from study.json or, for older studies, its summary's title); trains and scores nothing.
+Studies compared with each other should share their world and training settings (the title of each
+study's summary.md says them); a loop and a stack count as a pair only within one seed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tyro
+
+from loopwm.utils import atomic_write_text
+
+
+@dataclass
+class CompareConfig:
+    """Depth studies side by side."""
+
+    studies: list[str] = field(default_factory=lambda: ["results/depth-converged", "results/depth-converged-seed1"])
+    """Study folders written by scripts/depth_study.py."""
+    out: str = "results/depth-compare"
+    """Where summary.md and params_vs_error.png go."""
+    size: int = 16
+    """The training size (error on held-out episodes of it)."""
+    other_size: int = 32
+    """A never-seen size also reported (0: none)."""
+
+
+def _read(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+
+
+def study_setting(folder: Path) -> tuple[int, str]:
+    """The study's seed and its training setting (world, budget, batch, ...) from its summary's title."""
+    title = (folder / "summary.md").read_text().splitlines()[0] if (folder / "summary.md").exists() else ""
+    found = re.search(r"^# Depth study: (.*), seed (\d+)\)$", title)
+    if not found:
+        raise SystemExit(f"{folder}: its summary.md has no study title; run its summary stage (--stages summary)")
+    return int(found.group(2)), found.group(1)
+
+
+def collect(cfg: CompareConfig) -> list[dict]:
+    """One row per (study, model): its training, its best-depth errors and its errors by difficulty."""
+    rows = []
+    for name in cfg.studies:
+        folder = Path(name)
+        seed, setting = study_setting(folder)
+        runs = {r["model"]: r for r in _read(folder / "runs.jsonl")}
+        results, strata = _read(folder / "results.jsonl"), _read(folder / "strata.jsonl")
+        for model, run in runs.items():
+            mine = [r for r in results if r["model"] == model and r["size"] == cfg.size]
+            if not mine:
+                continue
+            best = min(mine, key=lambda r: r["h1"])
+            other = [r for r in results if r["model"] == model and r["size"] == cfg.other_size]
+            other_best = min(other, key=lambda r: r["h1"]) if other else None
+            by_sweeps = {s["sweeps"]: (s["error_h1"], s["windows"]) for s in strata
+                         if s["model"] == model and s["size"] == cfg.size and s["depth"] == best["depth"]}
+            hard = [v for k, v in by_sweeps.items() if k not in ("0", "1")]  # steps of 2+ solver sweeps
+            rows.append({"study": folder.name, "seed": seed, "setting": setting, "model": model, "params": best["params"],
+                         "core_params": run.get("core_params"), "steps": run["steps"], "stop": run.get("stop_reason", "steps"),
+                         "minutes": run["train_seconds"] / 60, "depth": best["depth"], "h1": best["h1"], "h10": best["h10"],
+                         "other": other_best, "free": by_sweeps["0"][0] if "0" in by_sweeps else None,
+                         "hard": sum(e * n for e, n in hard) / sum(n for _, n in hard) if hard else None})
+    return rows
+
+
+MATCH = 0.01  # a stack "matches" a loop when its error is at most 1% above the loop's
+
+
+def matching_ratio(rows: list[dict], loop: dict, key: str) -> str:
+    """The smallest stack of the loop's seed and setting within MATCH of the loop's error, as a parameter ratio."""
+    stacks = sorted((r for r in rows if (r["seed"], r["setting"]) == (loop["seed"], loop["setting"])
+                     and r["model"].startswith("deep-")), key=lambda r: r["params"])
+    for s in stacks:
+        if s[key] <= (1 + MATCH) * loop[key]:
+            return f"{s['model']} ({s['params'] / loop['params']:.1f}x)"
+    return f"none of {len(stacks)} (largest {stacks[-1]['params'] / loop['params']:.1f}x)" if stacks else "no stack"
+
+
+def write_summary(cfg: CompareConfig, rows: list[dict]) -> str:
+    lines = [f"# Depth studies compared ({', '.join(cfg.studies)})", "",
+             f"Error on held-out episodes of {cfg.size} discs, looped models at their best test depth (by h1); "
+             "core = the shared block and its injection, or the distinct blocks; free flight and steps of 2+ sweeps: "
+             "one-step error on those steps (the latter averaged over their windows).", "",
+             "| study | seed | model | params (core) | steps | stopped | train min | depth | h1 | h10 | free flight | "
+             f"steps of 2+ sweeps | {cfg.other_size} discs h1 / h10 |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["seed"], r["params"], r["model"])):
+        core = f" ({r['core_params']:,})" if r["core_params"] else ""
+        hard = f"{r['hard']:.4f}" if r["hard"] is not None else ""
+        other = f"{r['other']['h1']:.4f} / {r['other']['h10']:.4f}" if r["other"] else ""
+        free = f"{r['free']:.4f}" if r["free"] is not None else ""
+        lines.append(f"| {r['study']} | {r['seed']} | {r['model']} | {r['params']:,}{core} | {r['steps']} | {r['stop']} | "
+                     f"{r['minutes']:.1f} | {r['depth']} | {r['h1']:.4f} | {r['h10']:.4f} | {free} | {hard} | {other} |")
+    settings = sorted({r["setting"] for r in rows})
+    lines += ["", "Settings: " + "; ".join(f"({i + 1}) {t}" for i, t in enumerate(settings)) + "."] if len(settings) > 1 else \
+             ["", f"Setting of every study: {settings[0]}."]
+    lines += ["", f"## The smallest stack (same seed and setting) within {MATCH:.0%} of each loop's error", "",
+              "| seed | loop | params | h1 | matched at h1 by | h10 | matched at h10 by |", "|---|---|---|---|---|---|---|"]
+    for loop in sorted((r for r in rows if r["model"].startswith("looped")), key=lambda r: (r["seed"], r["model"])):
+        lines.append(f"| {loop['seed']} | {loop['model']} | {loop['params']:,} | {loop['h1']:.4f} | {matching_ratio(rows, loop, 'h1')} | "
+                     f"{loop['h10']:.4f} | {matching_ratio(rows, loop, 'h10')} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(cfg: CompareConfig, rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    markers = "osD^v<>"
+    for ax, key in zip(axes, ["h1", "h10"]):
+        for model in sorted({r["model"] for r in rows}):
+            pts = [r for r in rows if r["model"] == model]
+            colour = None
+            for r in pts:
+                line = ax.scatter(r["params"], r[key], marker=markers[r["seed"] % len(markers)], color=colour,
+                                  label=model if colour is None else None)
+                colour = line.get_facecolor()[0]
+            ax.annotate(model, (pts[0]["params"], pts[0][key]), fontsize=7, xytext=(4, 2), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel("parameters")
+        ax.set_ylabel(f"{key} error, {cfg.size} discs")
+        ax.set_title(f"{key}: error against parameters (marker shape = seed)")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(cfg: CompareConfig) -> None:
+    rows = collect(cfg)
+    if not rows:
+        raise SystemExit(f"no scored models in {cfg.studies}: run scripts/depth_study.py on them first")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    text = write_summary(cfg, rows)
+    atomic_write_text(out / "summary.md", text)
+    plot(cfg, rows, out / "params_vs_error.png")
+    print(text)
+
+
+if __name__ == "__main__":
+    main(tyro.cli(CompareConfig))

@@ -103,8 +103,8 @@ def write_summary(cfg: CompareConfig, rows: list[dict]) -> str:
         lines.append(f"| {r['study']} | {r['seed']} | {r['model']} | {r['params']:,}{core} | {r['steps']} | {r['stop']} | "
                      f"{r['minutes']:.1f} | {r['depth']} | {r['h1']:.4f} | {r['h10']:.4f} | {free} | {hard} | {other} |")
     settings = sorted({r["setting"] for r in rows})
-    lines += ["", "Settings: " + "; ".join(f"({i + 1}) {t}" for i, t in enumerate(settings)) + "."] if len(settings) > 1 else \
-             ["", f"Setting of every study: {settings[0]}."]
+    lines += ["", "Settings: " + "; ".join(f"({i + 1}) {t})" for i, t in enumerate(settings)) + "."] if len(settings) > 1 else \
+             ["", f"Setting of every study: {settings[0]})."]
     lines += ["", f"## The smallest stack (same seed and setting) within {MATCH:.0%} of each loop's error", "",
               "| seed | loop | params | h1 | matched at h1 by | h10 | matched at h10 by |", "|---|---|---|---|---|---|---|"]
     for loop in sorted((r for r in rows if r["model"].startswith("looped")), key=lambda r: (r["seed"], r["model"])):

@@ -14,6 +14,9 @@ Besides one row per model family, the looped model is also planned with (its `va
     looped-dd       a looped model trained with deferred decoding (--objective dd), candidates
                     scored per step (re-encoding every predicted observation) ...
     looped-dd+dd    ... and in latent space (deferred decoding, the cheap path DD trains for)
+    WORLD+value     any of these, or oracle, with a terminal value fitted on the task's data
+                    (`loopwm value`; the same value for every model)
+    WORLD/hH        any of these with planner horizon H instead of --horizon (e.g. looped/h5+value)
 
     python scripts/plan_bench.py --out results/plan                     # about 70 minutes on 2 cores
     python scripts/plan_bench.py --out /tmp/plan --quick                # about 3 minutes
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -55,7 +59,8 @@ class PlanBenchConfig:
                                                          "looped-dd+dd"])
     """Extra planner worlds: RUN@DEPTH (fixed depth), RUN@DEPTH+RULE:THRESHOLD (an exit rule, at
     most DEPTH iterations; for delta the threshold is the relative latent change per iteration),
-    RUN+dd (deferred decoding)."""
+    RUN+dd (deferred decoding), WORLD+value (a terminal value fitted on the task's data; WORLD may
+    be oracle), WORLD/hH (planner horizon H)."""
     plan_episodes: int = 3
     """Closed-loop episodes per planner world."""
     max_episode_steps: int = 200
@@ -90,10 +95,16 @@ def model_config(name: str):
 
 
 def parse_world(world: str) -> tuple[str, dict]:
-    """A planner world's name -> (the model it plans with, PlanConfig settings)."""
-    if world in ("random", "oracle"):
-        return world, {}
+    """A planner world's name -> (the model it plans with, PlanConfig settings; "value": True asks for
+    the task's fitted terminal value)."""
     name, settings = world, {}
+    if "+value" in name:
+        name, settings["value"] = name.replace("+value", ""), True
+    if "/h" in name:
+        name, horizon = name.rsplit("/h", 1)
+        settings["horizon"] = int(horizon)
+    if name in ("random", "oracle"):
+        return name, settings
     if name.endswith("+dd"):
         name, settings["decoding"] = name[: -len("+dd")], "deferred"
     if "@" in name:
@@ -168,6 +179,19 @@ def main(cfg: PlanBenchConfig) -> None:
                 print(f"{task} {job['name']}: trained", flush=True)
     training = {task: {m: training_summary(run) for m, run in r.items()} for task, r in runs.items()}
     atomic_write_json(out / "training.json", training)
+    values = {}
+    if any(parse_world(w)[1].get("value") for w in cfg.variants):
+        from loopwm.plan.value import ValueConfig, fit_value
+
+        for task in cfg.tasks:  # one value per task, from the data every model trained on
+            short = task.split("/")[-1].split("-")[0].lower()
+            folder = out / "runs" / short / "value"
+            if not (folder / "value.json").exists():
+                fit_value(ValueConfig(data=str(out / "data" / short), out=str(folder)))
+            values[task] = str(folder)
+            fit = json.loads((folder / "value.json").read_text())
+            training[task]["value"] = {"seconds": fit["seconds"], **(fit["metrics"]["val"] or fit["metrics"]["train"])}
+        atomic_write_json(out / "training.json", training)
 
     jobs = []
     for task in cfg.tasks:
@@ -177,6 +201,8 @@ def main(cfg: PlanBenchConfig) -> None:
             if (task, world) in done:
                 continue
             model, settings = parse_world(world)
+            if settings.pop("value", False):
+                settings["value"] = values[task]
             if model not in ("random", "oracle"):
                 if model not in runs[task]:
                     raise SystemExit(f"variant {world!r} plans with {model!r}, which is not in --models")
@@ -196,7 +222,7 @@ def write_summary(out: Path, rows: list[dict], training: dict, cfg: PlanBenchCon
     lines = [f"# Planning in imagination: MPPI, horizon {cfg.horizon}, {cfg.candidates} candidates x {cfg.iterations} "
              f"iterations per decision, {cfg.plan_episodes} episodes of {cfg.max_episode_steps} steps; models trained "
              f"{cfg.minutes:g} minutes each (one thread) on {cfg.episodes} episodes of the mixed behaviour policy", "",
-             "Produced by `python scripts/plan_bench.py --out " + str(out) + "`. Normalised return: random 0, "
+             "Produced by `python scripts/plan_bench.py " + " ".join(sys.argv[1:] or ["--out", str(out)]) + "`. Normalised return: random 0, "
              "MPPI on the true simulator 1. Decisions per second: one thread per planner, two planners side by side "
              "on 2 cores.", "",
              "| task | planning with | return | normalised | decisions/s | imagined steps/s | loop iterations per step |",
@@ -214,9 +240,19 @@ def write_summary(out: Path, rows: list[dict], training: dict, cfg: PlanBenchCon
               "still improving (last fifth > 2% better) |", "|---|---|---|---|---|---|"]
     for task, models in training.items():
         for m, t in models.items():
+            if m == "value":
+                continue
             val = "" if t["val_obs"] is None else f"{t['val_obs']:.4f} / {t['best_val_obs']:.4f}"
             lines.append(f"| {task} | {m} | {t['steps']:,} | {t['minutes']:.1f} | {val} | "
                          f"{'' if t['still_improving'] is None else ('yes' if t['still_improving'] else 'no')} |")
+    fitted = {task: m["value"] for task, m in training.items() if "value" in m}
+    if fitted:
+        lines += ["", "## Terminal values (`loopwm value`, fitted lambda-returns of the data's own policy)", "",
+                  "| task | fit seconds | held-out explained variance | held-out rank correlation |", "|---|---|---|---|"]
+        for task, v in fitted.items():
+            ev, rho = v.get("explained_variance"), v.get("spearman")
+            lines.append(f"| {task} | {v['seconds']:.0f} | {'' if ev is None else f'{ev:.2f}'} | "
+                         f"{'' if rho is None else f'{rho:.2f}'} |")
     atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from loopwm.eval.openloop import floor_predictions, normalised_error, rollout_stats
+from tests.test_cli import trained  # noqa: F401 - the fixture is used below
 from tests.test_model import small_model
 
 
@@ -91,3 +92,23 @@ def test_rail_frames_are_a_wide_band_around_the_line():
     assert frame.shape == (48, 384, 3)
     assert (frame.max(-1) > 100).any()  # the discs are in the band
     assert frame_renderer(model, "loopwm/Balls-v0", size=64)(obs).shape == (64, 64, 3)
+
+
+def test_open_loop_errors_in_a_reference_models_units(trained):  # noqa: F811 - pytest fixture
+    from types import SimpleNamespace
+
+    from loopwm.checkpoint import load_model
+    from loopwm.data import load_dataset
+    from loopwm.eval.openloop import open_loop
+
+    model, meta = load_model(trained / "run", "cpu")
+    ds = load_dataset(trained / "data")
+    episodes = np.asarray(meta["val_episodes"])
+    own = open_loop(model, ds, episodes, context=2, horizon=3, max_windows=16, depth=2)
+    same = open_loop(model, ds, episodes, context=2, horizon=3, max_windows=16, depth=2, reference=model)
+    np.testing.assert_allclose(same.errors, own.errors)
+    # a reference whose training spread is twice as wide sees every squared error a quarter as large
+    wider = SimpleNamespace(std_safe=model.std_safe * 2, dynamic=model.dynamic)
+    scaled = open_loop(model, ds, episodes, context=2, horizon=3, max_windows=16, depth=2, reference=wider)
+    np.testing.assert_allclose(scaled.errors, own.errors / 4, rtol=1e-5)
+    np.testing.assert_allclose(scaled.floors["copy_last"], own.floors["copy_last"] / 4, rtol=1e-5)

@@ -139,3 +139,100 @@ def test_imagined_env_passes_the_gymnasium_checker_and_is_deterministic(trained)
     np.testing.assert_array_equal(runs[0], runs[1])
     with pytest.raises(LoopWMError, match="outside the action space"):
         env.step(np.array([5.0, 0.0], dtype=np.float32))
+
+
+def test_lambda_returns_on_hand_made_episodes():
+    from loopwm.plan import lambda_returns
+
+    ones = np.ones(3)
+    running = np.array([False, False, False])
+    # lam 1: the observed rewards, bootstrapped from the value after the last step (a time limit cut it)
+    np.testing.assert_allclose(lambda_returns(ones, running, np.array([0.0, 0.0, 4.0]), 0.5, 1.0), [2.25, 2.5, 3.0])
+    # a terminated episode is worth nothing after its last step
+    np.testing.assert_allclose(lambda_returns(ones, np.array([False, False, True]), np.array([9.0, 9.0, 9.0]), 0.5, 1.0),
+                               [1.75, 1.5, 1.0])
+    # lam 0: one-step targets r + discount * V(next)
+    np.testing.assert_allclose(lambda_returns(ones, running, np.array([2.0, 4.0, 6.0]), 0.5, 0.0), [2.0, 3.0, 4.0])
+
+
+def test_discounted_return_adds_the_terminal_value_where_the_episode_still_runs():
+    reward = torch.ones(2, 3)
+    cont = torch.tensor([[50.0, 50.0, 50.0], [-50.0, 50.0, 50.0]])  # the second candidate ends after step 0
+    tail = torch.tensor([8.0, 8.0])
+    got = discounted_return(reward, cont, 0.5, tail)
+    assert got.tolist() == pytest.approx([1.75 + 0.125 * 8.0, 1.0], abs=1e-6)
+    assert discounted_return(reward, None, 0.5, tail).tolist() == pytest.approx([2.75, 2.75])
+
+
+@pytest.fixture(scope="module")
+def pendulum_value(tmp_path_factory):
+    root = tmp_path_factory.mktemp("value")
+    loopwm("collect", "--env-id", "Pendulum-v1", "--out", str(root / "data"), "--episodes", "20",
+           "--max-episode-steps", "100", "--no-progress")
+    proc = loopwm("value", "--data", str(root / "data"), "--out", str(root / "value"))
+    assert "value written to" in proc.stdout
+    return root
+
+
+def test_fitted_value_ranks_held_out_returns_and_reloads_identically(pendulum_value):
+    from loopwm.plan import load_value
+
+    meta = json.loads((pendulum_value / "value" / "value.json").read_text())
+    assert meta["env_id"] == "Pendulum-v1" and meta["obs_shape"] == [3]
+    assert meta["metrics"]["val"]["spearman"] > 0.5  # it knows which states pay more, on episodes it never saw
+    value, _ = load_value(pendulum_value / "value")
+    again, _ = load_value(pendulum_value / "value")
+    obs = torch.tensor([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]])  # upright and still; hanging down
+    with torch.no_grad():
+        assert torch.equal(value(obs), again(obs))
+        assert float(value(obs[0])) > float(value(obs[1]))  # upright is worth more than hanging
+        assert value(obs[None].expand(5, 2, 3)).shape == (5, 2)  # any leading dims
+        with pytest.raises(LoopWMError, match="fitted on observations of shape"):
+            value(torch.zeros(2, 4))
+    with pytest.raises(LoopWMError, match="holds no fitted value"):
+        load_value(pendulum_value / "data")
+    proc = loopwm("value", check=False)
+    assert proc.returncode == 2 and "--data" in proc.stderr
+
+
+def test_a_terminal_value_lets_a_short_horizon_swing_up(pendulum_value):
+    cfg = dict(model="oracle", env_id="Pendulum-v1", episodes=2, max_episode_steps=100, horizon=4, candidates=32,
+               iterations=2, seed=0)
+    plain = run_plan(PlanConfig(**cfg))
+    valued = run_plan(PlanConfig(**cfg, value=str(pendulum_value / "value")))
+    assert valued["value"] and valued["return_mean"] > plain["return_mean"] + 100
+    with pytest.raises(LoopWMError, match="discount"):
+        run_plan(PlanConfig(**cfg, value=str(pendulum_value / "value"), discount=0.9))
+    with pytest.raises(LoopWMError, match="fitted on Pendulum-v1"):
+        run_plan(PlanConfig(**{**cfg, "env_id": "CartPole-v1"}, value=str(pendulum_value / "value")))
+
+
+def test_learned_world_adds_the_value_of_its_last_prediction():
+    from loopwm.plan import ValueFunction
+    from loopwm.plan.worlds import expand_state
+
+    model = small_model().eval()
+    torch.manual_seed(0)
+    value = ValueFunction(model.spec.obs_shape, hidden=8).eval()
+    obs = random_obs(1, 1)[0, 0].numpy()  # (N, F)
+    plain, valued = LearnedWorld(model, depth=2, discount=0.9), LearnedWorld(model, depth=2, discount=0.9, value=value)
+    plain.reset(obs)
+    valued.reset(obs)
+    seqs = torch.rand(4, 3, 2) * 2 - 1
+    with torch.no_grad():
+        _, roll = model.imagine(expand_state(plain.state, 4), seqs, depth=2)
+        alive = torch.sigmoid(roll.cont_logit).prod(1)  # (K,) still running after the last step
+        tail = 0.9 ** 3 * alive * value(roll.obs[:, -1].reshape(4, *model.spec.obs_shape))
+    torch.testing.assert_close(valued.score(seqs), plain.score(seqs) + tail, atol=1e-5, rtol=1e-5)
+
+
+def test_a_value_fits_and_plans_on_observations_of_several_bodies(trained, tmp_path):  # noqa: F811
+    from loopwm.plan import ValueConfig, fit_value, load_value
+
+    # entity observations are (bodies, features): the value must flatten them itself
+    folder = fit_value(ValueConfig(data=str(trained / "data"), out=str(tmp_path / "v"), rounds=2, steps_per_round=5))
+    value, meta = load_value(folder)
+    assert len(meta["obs_shape"]) == 2 and meta["obs_shape"][0] == 4
+    result = run_plan(PlanConfig(model=str(trained / "run"), value=str(folder), episodes=1, max_episode_steps=5,
+                                 horizon=3, candidates=8, iterations=1, seed=0))
+    assert result["value"] and np.isfinite(result["return_mean"])

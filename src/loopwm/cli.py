@@ -6,6 +6,7 @@
     loopwm eval     evaluate a run on held-out episodes (--json for machines)
     loopwm bench    train and score the looped model against baselines on the same data
     loopwm plan     act in the real environment by planning with a world model (or the true simulator)
+    loopwm value    fit a terminal value for the planner from a dataset's rewards
     loopwm play     drive the real world and the model's imagined one side by side in the browser
     loopwm text     text worlds: text collect (ScienceWorld trajectories), text train, text eval
     loopwm import   turn a Minari dataset into a loopwm dataset (loopwm import minari PATH_OR_ID --out DIR)
@@ -19,7 +20,7 @@ import sys
 
 import tyro
 
-from loopwm.utils import LoopWMError
+from loopwm.utils import LoopWMError, read_json
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     from loopwm.doctor import DoctorConfig, doctor
     from loopwm.eval.evaluate import EvalConfig, evaluate, format_table
     from loopwm.plan.control import PlanConfig, format_result, run_plan
+    from loopwm.plan.value import ValueConfig, fit_value
     from loopwm.play.server import PlayConfig, run_play
     from loopwm.text import TextCommand
     from loopwm.text.collect import TextCollectConfig, collect_text
@@ -45,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         "eval": EvalConfig,
         "bench": BenchConfig,
         "plan": PlanConfig,
+        "value": ValueConfig,
         "play": PlayConfig,
         "text": TextCommand,
         "import": ImportConfig,
@@ -53,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     cfg = tyro.extras.subcommand_cli_from_dict(commands, args=argv, prog="loopwm",
                                                description="Looped World Models: train, evaluate and use learned simulators.")
+    if isinstance(cfg, TextCommand):
+        cfg = cfg.command
     _stop_on_sigterm()
     try:
         if isinstance(cfg, DemoConfig):
@@ -82,6 +87,13 @@ def main(argv: list[str] | None = None) -> int:
         elif isinstance(cfg, TextEvalConfig):
             result = evaluate_text(cfg)
             print(json.dumps(result) if cfg.json else format_text_table(result))
+        elif isinstance(cfg, ValueConfig):
+            out = fit_value(cfg)
+            fit = read_json(out / "value.json", "value metadata")["metrics"]
+            held = fit["val"] or fit["train"]
+            ev, rho = held["explained_variance"], held["spearman"]
+            print(f"value written to {out} (held-out episodes: explained variance "
+                  f"{'n/a' if ev is None else f'{ev:.2f}'}, rank correlation {'n/a' if rho is None else f'{rho:.2f}'})")
         elif isinstance(cfg, PlayConfig):
             run_play(cfg)
         elif isinstance(cfg, EvalConfig):

@@ -53,6 +53,9 @@ class DemoConfig:
     """Training windows per step."""
     lr: float = 3e-3
     """Peak learning rate."""
+    depth_supervision: float = 0.0
+    """Weight of the loss on the prediction after every loop iteration (0: off). It teaches the loop to
+    improve with each pass, so its effort can follow difficulty (see the depth study in the README)."""
     context: int = 2
     """Observed steps per training window."""
     horizon: int = 4
@@ -88,7 +91,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     data_dir = collect(CollectConfig(env_id=cfg.env_id, out=str(out / "data"), episodes=cfg.episodes, seed=cfg.seed,
                                      n_bodies=cfg.n_bodies, max_episode_steps=episode_steps, progress=cfg.progress))
     tcfg = TrainConfig(data=str(data_dir), out=str(out), model=cfg.model, steps=cfg.train_steps, minutes=cfg.train_minutes,
-                       batch_size=cfg.batch_size, lr=cfg.lr, context=cfg.context, horizon=cfg.horizon, seed=cfg.seed,
+                       batch_size=cfg.batch_size, lr=cfg.lr, depth_supervision=cfg.depth_supervision, context=cfg.context, horizon=cfg.horizon, seed=cfg.seed,
                        device=cfg.device, progress=cfg.progress, eval_every=250 if not cfg.tiny else 2,
                        ckpt_every=250 if not cfg.tiny else 2)
     train(tcfg)

@@ -51,8 +51,12 @@ def floor_predictions(model, obs: torch.Tensor, context: int, horizon: int) -> d
 @torch.no_grad()
 def open_loop(model, ds, episodes, context: int = 4, horizon: int = 50, max_windows: int = 512,
               depth: int | None = None, exit_rule=None, batch_size: int = 256, device="cpu",
-              latent: bool = False) -> OpenLoopResult:
+              latent: bool = False, reference=None) -> OpenLoopResult:
     """Score `model` and the floors on windows of held-out `episodes` of dataset `ds`.
+
+    reference: a model whose units (per-feature training std, which features change) the errors are
+    measured in, instead of `model`'s own: models trained on different data (a generalist and a
+    specialist) are then compared on one scale.
 
     latent: imagine in latent space (deferred decoding: predictions are never encoded again), so
     the error at horizon K is that of decoding once after K latent steps.
@@ -69,6 +73,7 @@ def open_loop(model, ds, episodes, context: int = 4, horizon: int = 50, max_wind
     windows = ds.windows(episodes, context + horizon)
     windows = windows[np.unique(np.linspace(0, len(windows) - 1, min(max_windows, len(windows))).astype(int))]
     sums = torch.zeros(horizon)
+    units = model if reference is None else reference
     floor_sums = {}
     iters, work = [], []
     for i in range(0, len(windows), batch_size):
@@ -80,9 +85,9 @@ def open_loop(model, ds, episodes, context: int = 4, horizon: int = 50, max_wind
         _, roll = model.imagine(state, act[:, context : context + horizon], depth=depth, exit_rule=exit_rule,
                                 latent=latent)
         true = obs[:, context + 1 : context + horizon + 1]  # (B, H, N, F)
-        sums += normalised_error(model, roll.obs, true).sum(0).cpu()
+        sums += normalised_error(units, roll.obs, true).sum(0).cpu()
         for name, pred in floor_predictions(model, obs, context, horizon).items():
-            floor_sums[name] = floor_sums.get(name, 0) + normalised_error(model, pred, true).sum(0).cpu()
+            floor_sums[name] = floor_sums.get(name, 0) + normalised_error(units, pred, true).sum(0).cpu()
         iters.append(roll.iterations.cpu().numpy())
         work.append(roll.token_iterations.cpu().numpy())
     n = len(windows)

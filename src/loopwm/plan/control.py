@@ -46,6 +46,9 @@ class PlanConfig:
     """CEM: fraction of candidates refitted to."""
     discount: float = 0.99
     """Discount of imagined rewards."""
+    value: str = ""
+    """Folder of a terminal value fitted with `loopwm value` (empty: none): each candidate also earns
+    discount^horizon * V(its last observation), so a short horizon sees what follows it."""
     decoding: str = "per-step"
     """How candidates are imagined: "per-step" (each predicted observation encoded again) or
     "deferred" (rolled in latent space, as a model trained with --objective dd expects)."""
@@ -96,7 +99,14 @@ def run_plan(cfg: PlanConfig) -> dict:
         raise LoopWMError("--episodes and --max-episode-steps must be at least 1")
     deferred = latent_decoding(cfg.decoding)
     device = pick_device(cfg.device)
-    meta, model, rule, depth = None, None, None, None
+    meta, model, rule, depth, value = None, None, None, None, None
+    if cfg.value:
+        from loopwm.plan.value import load_value
+
+        value, value_meta = load_value(cfg.value, device)
+        if abs(float(value_meta["config"]["discount"]) - cfg.discount) > 1e-9:
+            raise LoopWMError(f"the value was fitted with discount {value_meta['config']['discount']} but planning uses "
+                              f"{cfg.discount}: pass --discount {value_meta['config']['discount']} or fit it again")
     if cfg.model not in ("oracle", "random"):
         from loopwm.checkpoint import load_model
         from loopwm.eval.evaluate import resolve_exit
@@ -112,13 +122,16 @@ def run_plan(cfg: PlanConfig) -> dict:
     world = None
     for episode in range(cfg.episodes):
         env, env_id, kwargs = _open(cfg, meta, render=bool(cfg.out) and episode == 0)
+        if value is not None and value_meta.get("env_id") != env_id:
+            raise LoopWMError(f"the value at {cfg.value} was fitted on {value_meta.get('env_id')}, not {env_id}: "
+                              "fit one on data of this environment (`loopwm value --data ...`)")
         obs, _ = env.reset(seed=cfg.seed + episode)
         env.action_space.seed(cfg.seed + episode)
         if cfg.model == "oracle":
-            world = world or OracleWorld(env, cfg.discount, scratch_factory=lambda: _open(cfg, meta, False)[0])
+            world = world or OracleWorld(env, cfg.discount, scratch_factory=lambda: _open(cfg, meta, False)[0], value=value)
             world.env = env  # every episode acts in a freshly made environment
         elif model is not None and world is None:
-            world = LearnedWorld(model, depth, rule, cfg.discount, deferred=deferred)
+            world = LearnedWorld(model, depth, rule, cfg.discount, deferred=deferred, value=value)
         planner = None
         if world is not None:
             extra = {"temperature": cfg.temperature} if cfg.planner == "mppi" else {"elites": cfg.elites}
@@ -151,7 +164,7 @@ def run_plan(cfg: PlanConfig) -> dict:
         "iterations_per_step": (world.iterations / imagined) if model is not None and imagined else None,
         "horizon": cfg.horizon, "candidates": cfg.candidates, "planner_iterations": cfg.iterations,
         "exit_rule": getattr(rule, "name", None) if model is not None else None, "depth": depth,
-        "decoding": cfg.decoding if model is not None else None,
+        "decoding": cfg.decoding if model is not None else None, "value": cfg.value or None,
         "threads": torch.get_num_threads(), "device": str(device),
     }
     if cfg.out:

@@ -8,7 +8,9 @@ Both expose the same three calls, so the control loop does not care which it hol
 
 `LearnedWorld` goes through the model's `imagine`, the same path as evaluation: the K candidates
 start from copies of the state filtered from every real observation so far, and a step's reward
-counts with the probability that the episode is still running (the continuation head).
+counts with the probability that the episode is still running (the continuation head). Either
+world can add a terminal value (`loopwm.plan.value`) of the last observation of each candidate,
+discounted like a reward one step past the horizon.
 """
 
 from __future__ import annotations
@@ -30,24 +32,33 @@ def expand_state(state: State, k: int) -> State:
     return dataclasses.replace(state, **{f.name: grow(getattr(state, f.name)) for f in dataclasses.fields(state)})
 
 
-def discounted_return(reward: torch.Tensor, cont_logit: torch.Tensor | None, discount: float) -> torch.Tensor:
+def discounted_return(reward: torch.Tensor, cont_logit: torch.Tensor | None, discount: float,
+                      terminal_value: torch.Tensor | None = None) -> torch.Tensor:
     """sum_t discount^t * P(still running at t) * r_t for (K, H) rewards; the episode is running at
-    step 0 and continues past step t with probability sigmoid(cont_logit_t)."""
+    step 0 and continues past step t with probability sigmoid(cont_logit_t). A (K,) terminal value
+    (of the observation after the last step) adds discount^H * P(still running after step H-1) * V."""
     K, H = reward.shape
-    weight = discount ** torch.arange(H, device=reward.device, dtype=reward.dtype)  # (H,)
+    weight = discount ** torch.arange(H + 1, device=reward.device, dtype=reward.dtype)  # (H+1,)
     if cont_logit is not None:
         alive = torch.cumprod(torch.sigmoid(cont_logit), dim=1)  # (K, H): running after step t
-        alive = torch.cat([torch.ones_like(alive[:, :1]), alive[:, :-1]], dim=1)  # running at step t
+        alive = torch.cat([torch.ones_like(alive[:, :1]), alive], dim=1)  # (K, H+1): running at step t
         weight = weight * alive
-    return (weight * reward).sum(1)  # (K,)
+    else:
+        weight = weight.expand(K, H + 1)
+    total = (weight[:, :H] * reward).sum(1)  # (K,)
+    if terminal_value is not None:
+        total = total + weight[:, H] * terminal_value
+    return total
 
 
 class LearnedWorld:
     """Plan inside a trained world model (any `Dynamics`)."""
 
-    def __init__(self, model, depth: int | None = None, exit_rule=None, discount: float = 0.99, deferred: bool = False):
+    def __init__(self, model, depth: int | None = None, exit_rule=None, discount: float = 0.99, deferred: bool = False,
+                 value=None):
         self.model, self.depth, self.exit_rule, self.discount = model.eval(), depth, exit_rule, float(discount)
         self.deferred = bool(deferred)  # candidates rolled in latent space, never re-encoding a prediction
+        self.value = value  # a terminal value of the last predicted observation, or None
         self.device = next(model.parameters()).device  # wherever the model was loaded
         self.imagined_steps, self.iterations, self.seconds = 0, 0.0, 0.0
 
@@ -72,7 +83,10 @@ class LearnedWorld:
         K, H = seqs.shape[:2]
         _, roll = self.model.imagine(expand_state(self.state, K), seqs.to(self.device), depth=self.depth,
                                      exit_rule=self.exit_rule, latent=self.deferred)
-        returns = discounted_return(roll.reward, roll.cont_logit, self.discount)
+        tail = None
+        if self.value is not None:  # the last prediction, (K, N, F) -> (K, *obs_shape) as the value reads it
+            tail = self.value(roll.obs[:, -1].reshape(K, *self.model.spec.obs_shape))  # (K,)
+        returns = discounted_return(roll.reward, roll.cont_logit, self.discount, tail)
         self.seconds += time.perf_counter() - t0
         self.imagined_steps += K * H
         self.iterations += float(roll.iterations.float().sum())
@@ -86,8 +100,8 @@ class OracleWorld:
     the unwrapped environment; MuJoCo environments are restored from qpos/qvel into one scratch
     copy instead, since their simulator handles do not deep-copy)."""
 
-    def __init__(self, env, discount: float = 0.99, scratch_factory=None):
-        self.env, self.discount = env, float(discount)
+    def __init__(self, env, discount: float = 0.99, scratch_factory=None, value=None):
+        self.env, self.discount, self.value = env, float(discount), value
         self.scratch_factory = scratch_factory
         self.imagined_steps, self.iterations, self.seconds = 0, 0.0, 0.0
         self._scratch = None
@@ -118,16 +132,23 @@ class OracleWorld:
         seqs_np = seqs.cpu().numpy()
         K, H = seqs_np.shape[:2]
         returns = np.zeros(K)
+        tails, tail_weight = [], np.zeros(K)  # the last observation of each candidate still running
         for i, sim in enumerate(self._copies(K)):
-            weight = 1.0
+            weight, terminated = 1.0, False
             for t in range(H):
                 action = seqs_np[i, t]
                 action = int(action) if seqs_np.dtype.kind in "iu" else action.astype(np.float32)
-                _, reward, terminated, _, _ = sim.step(action)
+                obs, reward, terminated, _, _ = sim.step(action)
                 returns[i] += weight * float(reward)
                 self.imagined_steps += 1
                 if terminated:
                     break
                 weight *= self.discount
+            tails.append(np.asarray(obs, dtype=np.float32))
+            tail_weight[i] = 0.0 if terminated else weight
+        if self.value is not None:  # one batched call for every candidate's terminal value
+            with torch.no_grad():
+                last = torch.as_tensor(np.stack(tails), device=self.value.obs_mean.device)  # (K, *obs_shape)
+                returns += tail_weight * self.value(last).cpu().numpy()
         self.seconds += time.perf_counter() - t0
         return torch.as_tensor(returns, dtype=torch.float32)

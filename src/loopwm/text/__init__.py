@@ -9,6 +9,7 @@ metrics: EM, token F1, BLEU-4, entity F1; model: the looped core over text; trai
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Union
 
 import tyro
@@ -17,9 +18,15 @@ from loopwm.text.collect import TextCollectConfig
 from loopwm.text.evaluate import TextEvalConfig
 from loopwm.text.train import TextTrainConfig
 
-TextCommand = Union[
-    Annotated[TextCollectConfig, tyro.conf.subcommand("collect")],
-    Annotated[TextTrainConfig, tyro.conf.subcommand("train")],
-    Annotated[TextEvalConfig, tyro.conf.subcommand("eval")],
-]
-"""`loopwm text collect | train | eval`."""
+
+@dataclass
+class TextCommand:
+    """Text worlds (ScienceWorld, TextWorldExpress): text collect, text train, text eval."""
+
+    # a dataclass around the union so `loopwm --help` shows this docstring, not typing.Union's
+    command: tyro.conf.OmitSubcommandPrefixes[Union[
+        Annotated[TextCollectConfig, tyro.conf.subcommand("collect")],
+        Annotated[TextTrainConfig, tyro.conf.subcommand("train")],
+        Annotated[TextEvalConfig, tyro.conf.subcommand("eval")],
+    ]]
+    """What to do: collect, train or eval."""

@@ -141,8 +141,9 @@ def write_summary(out: Path, cfg: PhysicsStudyConfig) -> None:
         rows = [r for r in results if r["model"] == name and r["regime"] == regime]
         return min(rows, key=lambda r: r["h1"]) if rows else None
 
-    lines = [f"# One shared block across physics: {cfg.n_bodies} bodies, trained until validation stops improving by "
-             f"{cfg.until_plateau:.0%} over the last fifth (at most {cfg.steps} steps), batch {cfg.batch_size}, lr {cfg.lr}",
+    budget = (f"trained until validation stops improving by {cfg.until_plateau:.0%} over the last fifth (at most "
+              f"{cfg.steps} steps)" if cfg.until_plateau > 0 else f"every model trained {cfg.steps} steps")
+    lines = [f"# One shared block across physics: {cfg.n_bodies} bodies, {budget}, batch {cfg.batch_size}, lr {cfg.lr}",
              "", "Produced by `python scripts/physics_study.py " + " ".join(sys.argv[1:] or ["--out", str(out)]) + "`. "
              "Errors on each regime's held-out episodes, in that regime's specialist's units (per-feature training "
              "std), looped models at their best test depth by h1; in brackets the ratio to the specialist.", "",

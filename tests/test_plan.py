@@ -233,6 +233,16 @@ def test_a_value_fits_and_plans_on_observations_of_several_bodies(trained, tmp_p
     folder = fit_value(ValueConfig(data=str(trained / "data"), out=str(tmp_path / "v"), rounds=2, steps_per_round=5))
     value, meta = load_value(folder)
     assert len(meta["obs_shape"]) == 2 and meta["obs_shape"][0] == 4
-    result = run_plan(PlanConfig(model=str(trained / "run"), value=str(folder), episodes=1, max_episode_steps=5,
-                                 horizon=3, candidates=8, iterations=1, seed=0))
+    assert meta["metrics"]["val"]["explained_variance"] < 0.5  # ten gradient steps: a poor value, and planning says so
+    with pytest.warns(UserWarning, match="predicts returns poorly"):
+        result = run_plan(PlanConfig(model=str(trained / "run"), value=str(folder), episodes=1, max_episode_steps=5,
+                                     horizon=3, candidates=8, iterations=1, seed=0))
     assert result["value"] and np.isfinite(result["return_mean"])
+
+
+def test_value_warning_names_the_explained_variance():
+    from loopwm.plan.value import value_warning
+
+    assert value_warning({"metrics": {"val": {"explained_variance": 0.82}}}) is None
+    assert "explained variance 0.04" in value_warning({"metrics": {"val": {"explained_variance": 0.04}}})
+    assert "no held-out episodes" in value_warning({"metrics": {"val": None}})

@@ -70,7 +70,7 @@ def model_suite(quick: bool) -> dict[str, tuple[ModelConfig, RSSMConfig]]:
     named wide); the DreamerV3-style RSSM; and the deterministic GRU world model (the RSSM without
     its stochastic state, encoding its own predictions in imagination as the looped model does)."""
     suite = {"looped": (ModelConfig(kind="looped", mu_rec=4.0), RSSMConfig())}
-    for n in (1, 4, 8) if quick else (1, 4, 8, 16):
+    for n in (1, 4, 8) if quick else (1, 2, 4, 8, 16):
         suite[f"deep-{n}"] = (ModelConfig(kind="deep", n_deep=n), RSSMConfig())
     if not quick:
         suite["deep-4-wide"] = (ModelConfig(kind="deep", n_deep=4, d=128), RSSMConfig())

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     from loopwm.doctor import DoctorConfig, doctor
     from loopwm.eval.evaluate import EvalConfig, evaluate, format_table
     from loopwm.plan.control import PlanConfig, format_result, run_plan
-    from loopwm.plan.value import ValueConfig, fit_value
+    from loopwm.plan.value import ValueConfig, fit_value, value_warning
     from loopwm.play.server import PlayConfig, run_play
     from loopwm.text import TextCommand
     from loopwm.text.collect import TextCollectConfig, collect_text
@@ -92,8 +92,12 @@ def main(argv: list[str] | None = None) -> int:
             fit = read_json(out / "value.json", "value metadata")["metrics"]
             held = fit["val"] or fit["train"]
             ev, rho = held["explained_variance"], held["spearman"]
-            print(f"value written to {out} (held-out episodes: explained variance "
+            which = "held-out episodes" if fit["val"] else "training episodes (too few to hold any out)"
+            print(f"value written to {out} ({which}: explained variance "
                   f"{'n/a' if ev is None else f'{ev:.2f}'}, rank correlation {'n/a' if rho is None else f'{rho:.2f}'})")
+            caution = value_warning(read_json(out / "value.json", "value metadata"))
+            if caution:
+                print(f"note: {caution}")
         elif isinstance(cfg, PlayConfig):
             run_play(cfg)
         elif isinstance(cfg, EvalConfig):

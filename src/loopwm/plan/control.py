@@ -9,6 +9,7 @@ random (the floor). Prints one JSON object (with --json) or a short summary.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -101,9 +102,12 @@ def run_plan(cfg: PlanConfig) -> dict:
     device = pick_device(cfg.device)
     meta, model, rule, depth, value = None, None, None, None, None
     if cfg.value:
-        from loopwm.plan.value import load_value
+        from loopwm.plan.value import load_value, value_warning
 
         value, value_meta = load_value(cfg.value, device)
+        caution = value_warning(value_meta)
+        if caution:
+            warnings.warn(caution, stacklevel=2)
         if abs(float(value_meta["config"]["discount"]) - cfg.discount) > 1e-9:
             raise LoopWMError(f"the value was fitted with discount {value_meta['config']['discount']} but planning uses "
                               f"{cfg.discount}: pass --discount {value_meta['config']['discount']} or fit it again")

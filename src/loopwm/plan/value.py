@@ -184,6 +184,25 @@ def score_value(model: ValueFunction, episodes: list[dict], obs: list[torch.Tens
     return {"explained_variance": ev, "spearman": spearman(pred, seen), "steps": int(len(pred))}
 
 
+# below this held-out explained variance a value misled planners more often than it helped (docs/LOG.md:
+# Pendulum at 0.82 lets a 5-step horizon reach the ceiling; Push at 0.08 and Reacher at 0.04 cost even the
+# true simulator's planner 15-54% of its return)
+RELIABLE_EXPLAINED_VARIANCE = 0.5
+
+
+def value_warning(meta: dict) -> str | None:
+    """A one-line caution when a fitted value predicts held-out returns poorly, else None."""
+    metrics = meta.get("metrics") or {}
+    held = metrics.get("val") or {}
+    ev = held.get("explained_variance")
+    if ev is not None and ev >= RELIABLE_EXPLAINED_VARIANCE:
+        return None
+    seen = "no held-out episodes to check it on" if ev is None else f"held-out explained variance {ev:.2f}"
+    return (f"this value predicts returns poorly ({seen}, below {RELIABLE_EXPLAINED_VARIANCE}): it is the value of the "
+            "policy that collected the data, and a planner may do worse with it; compare with and without --value, "
+            "or fit it on data from a better policy")
+
+
 def load_value(path: str | Path, device: str | torch.device = "cpu") -> tuple[ValueFunction, dict]:
     """A fitted value and its metadata, from the folder `fit_value` wrote (checked, never unpickled)."""
     from safetensors.torch import load_file

@@ -17,6 +17,9 @@ Besides one row per model family, the looped model is also planned with (its `va
     WORLD+value     any of these, or oracle, with a terminal value fitted on the task's data
                     (`loopwm value`; the same value for every model)
     WORLD/hH        any of these with planner horizon H instead of --horizon (e.g. looped/h5+value)
+    MODEL+reward    a learned model scored with the task's known reward function of its imagined
+                    observations instead of its reward head (`loopwm plan --reward known`): what
+                    its dynamics alone are worth to the planner
 
     python scripts/plan_bench.py --out results/plan                     # about 70 minutes on 2 cores
     python scripts/plan_bench.py --out /tmp/plan --quick                # about 3 minutes
@@ -60,7 +63,8 @@ class PlanBenchConfig:
     """Extra planner worlds: RUN@DEPTH (fixed depth), RUN@DEPTH+RULE:THRESHOLD (an exit rule, at
     most DEPTH iterations; for delta the threshold is the relative latent change per iteration),
     RUN+dd (deferred decoding), WORLD+value (a terminal value fitted on the task's data; WORLD may
-    be oracle), WORLD/hH (planner horizon H)."""
+    be oracle), WORLD/hH (planner horizon H), MODEL+reward (the task's known reward function instead of
+    the reward head)."""
     plan_episodes: int = 3
     """Closed-loop episodes per planner world."""
     max_episode_steps: int = 200
@@ -100,6 +104,8 @@ def parse_world(world: str) -> tuple[str, dict]:
     name, settings = world, {}
     if "+value" in name:
         name, settings["value"] = name.replace("+value", ""), True
+    if "+reward" in name:
+        name, settings["reward"] = name.replace("+reward", ""), "known"
     if "/h" in name:
         name, horizon = name.rsplit("/h", 1)
         settings["horizon"] = int(horizon)

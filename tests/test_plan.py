@@ -246,3 +246,66 @@ def test_value_warning_names_the_explained_variance():
     assert value_warning({"metrics": {"val": {"explained_variance": 0.82}}}) is None
     assert "explained variance 0.04" in value_warning({"metrics": {"val": {"explained_variance": 0.04}}})
     assert "no held-out episodes" in value_warning({"metrics": {"val": None}})
+
+
+def toy_reward(obs, action, next_obs):
+    """A known reward for the tests below: minus the squared size of the next observation."""
+    return -(next_obs.reshape(next_obs.shape[0], -1) ** 2).sum(-1)
+
+
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "Reacher-v5", "loopwm/Push-v0"])
+def test_known_rewards_match_the_environments_own(env_id):
+    from loopwm.plan.rewards import KNOWN_REWARDS
+
+    if env_id == "Reacher-v5":
+        pytest.importorskip("mujoco", reason="Reacher-v5 needs the mujoco extra")
+    from loopwm.envs import make_env
+
+    env = make_env(env_id)
+    obs, _ = env.reset(seed=0)
+    env.action_space.seed(0)
+    before, actions, after, rewards = [], [], [], []
+    for _ in range(60):
+        action = env.action_space.sample()
+        nxt, reward, terminated, truncated, _ = env.step(action)
+        before.append(obs), actions.append(action), after.append(nxt), rewards.append(reward)
+        obs = nxt
+    got = KNOWN_REWARDS[env_id](*(torch.as_tensor(np.stack(x), dtype=torch.float64) for x in (before, actions, after)))
+    np.testing.assert_allclose(got.numpy(), rewards, rtol=1e-5, atol=1e-5)
+
+
+def test_learned_world_scores_with_a_known_reward_instead_of_its_head():
+    from loopwm.plan.rewards import rewards_of
+    from loopwm.plan.worlds import expand_state
+
+    model = small_model().eval()
+    obs = random_obs(1, 1)[0, 0].numpy()  # (N, F)
+    world = LearnedWorld(model, depth=2, discount=0.9, reward_fn=toy_reward)
+    world.reset(obs)
+    seqs = torch.rand(4, 3, 2) * 2 - 1
+    with torch.no_grad():
+        _, roll = model.imagine(expand_state(world.state, 4), seqs, depth=2)
+        reward = -(roll.obs.reshape(4, 3, -1) ** 2).sum(-1)  # (K, H)
+        assert torch.allclose(rewards_of(toy_reward, world.state.obs.expand(4, -1, -1), seqs, roll.obs,
+                                         model.spec.obs_shape), reward)
+        expected = discounted_return(reward, roll.cont_logit, 0.9)
+    torch.testing.assert_close(world.score(seqs), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_reward_option_in_planning_and_in_the_imagined_env(trained):  # noqa: F811
+    from loopwm import ImaginedEnv
+    from loopwm.plan.rewards import resolve_reward
+
+    result = run_plan(PlanConfig(model=str(trained / "run"), reward="tests.test_plan:toy_reward", episodes=1,
+                                 max_episode_steps=4, horizon=3, candidates=8, iterations=1, seed=0))
+    assert result["reward"] == "tests.test_plan:toy_reward"
+    env = ImaginedEnv(trained / "run", reward="tests.test_plan:toy_reward")
+    env.reset(seed=0)
+    obs, reward, *_ = env.step(env.action_space.sample())
+    assert reward == pytest.approx(-float((obs.astype(np.float64) ** 2).sum()), rel=1e-4)
+    with pytest.raises(LoopWMError, match="no known reward function for 'loopwm/Balls-v0'"):
+        run_plan(PlanConfig(model=str(trained / "run"), reward="known", episodes=1, max_episode_steps=2))
+    with pytest.raises(LoopWMError, match="cannot load the reward function"):
+        resolve_reward("no_such_module_xyz:fn", None)
+    with pytest.raises(LoopWMError, match="does not imagine"):
+        run_plan(PlanConfig(model="oracle", env_id="Pendulum-v1", reward="known", episodes=1))

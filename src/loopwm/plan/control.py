@@ -50,6 +50,11 @@ class PlanConfig:
     value: str = ""
     """Folder of a terminal value fitted with `loopwm value` (empty: none): each candidate also earns
     discount^horizon * V(its last observation), so a short horizon sees what follows it."""
+    reward: str = ""
+    """Reward of imagined steps: empty for the model's reward head; "known" for the task's own
+    reward function of the observations (loopwm.plan.rewards: Pendulum-v1, Reacher-v5,
+    loopwm/Push-v0); or
+    "package.module:function", your own, called as fn(obs, action, next_obs) on batches -> (K,)."""
     decoding: str = "per-step"
     """How candidates are imagined: "per-step" (each predicted observation encoded again) or
     "deferred" (rolled in latent space, as a model trained with --objective dd expects)."""
@@ -93,6 +98,7 @@ def run_plan(cfg: PlanConfig) -> dict:
 
     from loopwm.eval.openloop import exit_rule_from, latent_decoding
     from loopwm.plan.planners import make_planner
+    from loopwm.plan.rewards import resolve_reward
     from loopwm.plan.worlds import LearnedWorld, OracleWorld
     from loopwm.utils import pick_device
 
@@ -111,6 +117,9 @@ def run_plan(cfg: PlanConfig) -> dict:
         if abs(float(value_meta["config"]["discount"]) - cfg.discount) > 1e-9:
             raise LoopWMError(f"the value was fitted with discount {value_meta['config']['discount']} but planning uses "
                               f"{cfg.discount}: pass --discount {value_meta['config']['discount']} or fit it again")
+    if cfg.reward and cfg.model in ("oracle", "random"):
+        raise LoopWMError(f"--reward scores a learned model's imagined observations; --model {cfg.model} does not "
+                          "imagine (leave --reward empty)")
     if cfg.model not in ("oracle", "random"):
         from loopwm.checkpoint import load_model
         from loopwm.eval.evaluate import resolve_exit
@@ -135,7 +144,8 @@ def run_plan(cfg: PlanConfig) -> dict:
             world = world or OracleWorld(env, cfg.discount, scratch_factory=lambda: _open(cfg, meta, False)[0], value=value)
             world.env = env  # every episode acts in a freshly made environment
         elif model is not None and world is None:
-            world = LearnedWorld(model, depth, rule, cfg.discount, deferred=deferred, value=value)
+            world = LearnedWorld(model, depth, rule, cfg.discount, deferred=deferred, value=value,
+                                 reward_fn=resolve_reward(cfg.reward, env_id))
         planner = None
         if world is not None:
             extra = {"temperature": cfg.temperature} if cfg.planner == "mppi" else {"elites": cfg.elites}
@@ -169,6 +179,7 @@ def run_plan(cfg: PlanConfig) -> dict:
         "horizon": cfg.horizon, "candidates": cfg.candidates, "planner_iterations": cfg.iterations,
         "exit_rule": getattr(rule, "name", None) if model is not None else None, "depth": depth,
         "decoding": cfg.decoding if model is not None else None, "value": cfg.value or None,
+        "reward": (cfg.reward or "head") if model is not None else None,
         "threads": torch.get_num_threads(), "device": str(device),
     }
     if cfg.out:

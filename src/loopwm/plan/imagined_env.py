@@ -6,7 +6,8 @@
 
 `step` is one imagined step of the model through `Dynamics.step`, the path evaluation and
 planning take: the next observation is the model's prediction (clipped into the observation space),
-the reward its reward head, and `terminated` is true when the continuation head gives the episode
+the reward its reward head (or, with `reward="known"` or `reward="package.module:function"`, a known
+reward function of the observations: loopwm.plan.rewards), and `terminated` is true when the continuation head gives the episode
 less than `terminate_below` chance of going on. Episodes start from the first observations of the
 run's dataset episodes and are cut at `max_episode_steps`.
 """
@@ -29,12 +30,13 @@ class ImaginedEnv(gym.Env):
 
     def __init__(self, run: str | Path, data: str | Path | None = None, max_episode_steps: int = 200,
                  depth: int | None = None, exit: str = "auto", threshold: float = 0.0, terminate_below: float = 0.5,
-                 device: str = "auto", render_mode: str | None = None):
+                 device: str = "auto", render_mode: str | None = None, reward: str = ""):
         from loopwm.checkpoint import load_model
         from loopwm.data import TrajectoryDataset
         from loopwm.data.shards import space_from_description
         from loopwm.eval.evaluate import frame_renderer, resolve_exit
         from loopwm.eval.openloop import exit_rule_from
+        from loopwm.plan.rewards import resolve_reward
         from loopwm.utils import pick_device
 
         if render_mode not in (None, "rgb_array"):
@@ -56,6 +58,7 @@ class ImaginedEnv(gym.Env):
         self.depth, self.exit_rule = depth or None, exit_rule_from(exit, threshold, self.model)
         self.max_episode_steps, self.terminate_below = int(max_episode_steps), float(terminate_below)
         self.render_mode = render_mode
+        self.reward_fn = resolve_reward(reward, self.meta.get("env_id"))
         self._draw = frame_renderer(self.model, self.meta.get("env_id")) if render_mode == "rgb_array" else None
         self._low = np.broadcast_to(self.observation_space.low, self.observation_space.shape).astype(np.float32)
         self._high = np.broadcast_to(self.observation_space.high, self.observation_space.shape).astype(np.float32)
@@ -79,16 +82,23 @@ class ImaginedEnv(gym.Env):
                                           if self.action_space.shape else action):
             raise LoopWMError(f"action {action!r} is outside the action space {self.action_space}")
         act = torch.as_tensor(np.asarray(action), device=self.device)[None]  # (1, *A)
+        before = self.obs
         with torch.no_grad():
             self.state, out = self.model.step(self.state, act, self.depth, self.exit_rule)
         pred = out["obs"][0].cpu().numpy().reshape(self.observation_space.shape)
         self.obs = np.clip(pred, self._low, self._high).astype(np.float32)
+        reward = float(out["reward"][0])
+        if self.reward_fn is not None:
+            from loopwm.plan.rewards import rewards_of
+
+            reward = float(rewards_of(self.reward_fn, torch.as_tensor(before)[None], act.cpu()[:, None],
+                                      torch.as_tensor(self.obs)[None, None], self.observation_space.shape)[0, 0])
         self.t += 1
         cont = float(torch.sigmoid(out["cont_logit"][0]))
         terminated = cont < self.terminate_below
         truncated = self.t >= self.max_episode_steps and not terminated
         info = {"iterations": int(out["iterations"][0]), "continue_probability": cont}
-        return self.obs.copy(), float(out["reward"][0]), bool(terminated), bool(truncated), info
+        return self.obs.copy(), reward, bool(terminated), bool(truncated), info
 
     def render(self):
         if self.render_mode != "rgb_array" or self.obs is None:

@@ -55,8 +55,9 @@ class LearnedWorld:
     """Plan inside a trained world model (any `Dynamics`)."""
 
     def __init__(self, model, depth: int | None = None, exit_rule=None, discount: float = 0.99, deferred: bool = False,
-                 value=None):
+                 value=None, reward_fn=None):
         self.model, self.depth, self.exit_rule, self.discount = model.eval(), depth, exit_rule, float(discount)
+        self.reward_fn = reward_fn  # a known reward of (obs, action, next_obs), used instead of the reward head
         self.deferred = bool(deferred)  # candidates rolled in latent space, never re-encoding a prediction
         self.value = value  # a terminal value of the last predicted observation, or None
         self.device = next(model.parameters()).device  # wherever the model was loaded
@@ -86,7 +87,14 @@ class LearnedWorld:
         tail = None
         if self.value is not None:  # the last prediction, (K, N, F) -> (K, *obs_shape) as the value reads it
             tail = self.value(roll.obs[:, -1].reshape(K, *self.model.spec.obs_shape))  # (K,)
-        returns = discounted_return(roll.reward, roll.cont_logit, self.discount, tail)
+        reward = roll.reward  # (K, H) from the reward head
+        if self.reward_fn is not None:
+            from loopwm.plan.rewards import rewards_of
+
+            shape = tuple(self.model.spec.obs_shape)
+            reward = rewards_of(self.reward_fn, self.state.obs.expand(K, *self.state.obs.shape[1:]), seqs.to(self.device),
+                                roll.obs, shape)
+        returns = discounted_return(reward, roll.cont_logit, self.discount, tail)
         self.seconds += time.perf_counter() - t0
         self.imagined_steps += K * H
         self.iterations += float(roll.iterations.float().sum())

@@ -47,6 +47,9 @@ class DepthStudyConfig:
     """World sizes every model is scored on (the training size among them)."""
     episodes: int = 300
     """Episodes collected per world size."""
+    rail_radius: float = 0.0
+    """Disc radius on the rail (0: the world's default, 0.01). Discs may cover at most 70% of the
+    rail, so 64 discs need 0.005; the datasets of another radius go to their own folders."""
     steps: int = 1500
     """Gradient steps per model (equal for all); with --until-plateau, the cap."""
     until_plateau: float = 0.0
@@ -167,7 +170,10 @@ def main(cfg: DepthStudyConfig) -> None:
     sizes = sorted(set(cfg.test_sizes) | {cfg.n_bodies})
     root = Path(cfg.data_root) if cfg.data_root else out / "data"
     short = cfg.env_id.split("/")[-1].split("-")[0].lower()  # loopwm/Rail-v0 -> rail
-    data = {n: collect(env_id=cfg.env_id, n_bodies=n, out=str(root / f"{short}{n}"), episodes=cfg.episodes) for n in sizes}
+    kwargs = {"rail_radius": cfg.rail_radius} if cfg.rail_radius > 0 else {}
+    suffix = f"-r{cfg.rail_radius:g}" if cfg.rail_radius > 0 else ""
+    data = {n: collect(env_id=cfg.env_id, n_bodies=n, out=str(root / f"{short}{n}{suffix}"), episodes=cfg.episodes,
+                       env_kwargs=kwargs) for n in sizes}
     world = {n: world_stats(TrajectoryDataset.load(data[n])) for n in sizes}
     atomic_write_text(out / "world.json", json.dumps({str(k): v for k, v in world.items()}, indent=1))
 
@@ -264,7 +270,8 @@ def write_summary(out: Path, cfg: DepthStudyConfig) -> None:
     N = cfg.n_bodies
     budget = (f"until validation stops improving by {cfg.until_plateau:.0%} over the last fifth, at most {cfg.steps} steps"
               if cfg.until_plateau > 0 else f"{cfg.steps} steps each")
-    lines = [f"# Depth study: {cfg.env_id}, trained on {N} discs ({budget}, batch {cfg.batch_size}, "
+    radius = f" of radius {cfg.rail_radius:g}" if cfg.rail_radius > 0 else ""
+    lines = [f"# Depth study: {cfg.env_id}, trained on {N} discs{radius} ({budget}, batch {cfg.batch_size}, "
              f"lr {cfg.lr:g}, context {cfg.context}, horizon {cfg.horizon}, seed {cfg.seed})", "",
              "## The worlds: solver sweeps per step", "",
              "| discs | mean | median | p90 | p99 | max | free flight (0) | 8+ sweeps |", "|---|---|---|---|---|---|---|---|"]
@@ -349,7 +356,7 @@ def write_summary(out: Path, cfg: DepthStudyConfig) -> None:
             beats = r["error_h10"] < near["error_h10"]
             rho = r["iterations_solver_spearman"]
             rho_tok = r.get("token_iterations_solver_spearman")
-            rho_cell = f"{rho:.2f}" + (f" (per token {rho_tok:.2f})" if r["rule"].startswith("token") and rho_tok is not None else "")
+            rho_cell = ("n/a" if rho is None else f"{rho:.2f}") + (f" (per token {rho_tok:.2f})" if r["rule"].startswith("token") and rho_tok is not None else "")
             lines.append(f"| {r['rule']} | {r['threshold']:g} | {M:.2f} | {r['mean_iterations']:.2f} | {r['error_h1']:.4f} | "
                          f"{r['error_h10']:.4f} | {near['error_h10']:.4f} (depth {near['max_depth']}) | "
                          f"{'yes' if beats else 'no'} | {'yes' if ok else 'no'} ({M / max(fixed):.0%} of its iterations) | "

@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 
 from loopwm import __version__
-from loopwm.data.shards import (FORMAT, MANIFEST, SCHEMA_VERSION, TrajectoryDataset, describe_space, read_manifest,
-                                shard_name, write_manifest, write_shard)
+from loopwm.data.dataset import TrajectoryDataset
+from loopwm.data.shards import (FORMAT, MANIFEST, SCHEMA_VERSION, describe_space, read_manifest, shard_name,
+                                write_manifest, write_shard)
 from loopwm.utils import LoopWMError
 
 

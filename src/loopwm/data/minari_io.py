@@ -81,7 +81,8 @@ def import_minari(source: str | Path, out: str | Path, root: str | Path | None =
 
     The folder appears whole or not at all (written next to it, then renamed)."""
     from loopwm import __version__
-    from loopwm.data.shards import FORMAT, SCHEMA_VERSION, TrajectoryDataset, shard_name, write_manifest, write_shard
+    from loopwm.data.dataset import TrajectoryDataset
+    from loopwm.data.shards import FORMAT, SCHEMA_VERSION, shard_name, write_manifest, write_shard
 
     out = Path(out)
     if out.exists():
@@ -159,7 +160,8 @@ def export_minari(data: str | Path, dataset_id: str, root: str | Path | None = N
     minari = _minari()
     from minari.data_collector.episode_buffer import EpisodeBuffer
 
-    from loopwm.data.shards import TrajectoryDataset, space_from_description
+    from loopwm.data.dataset import TrajectoryDataset
+    from loopwm.data.shards import space_from_description
 
     ds = TrajectoryDataset.load(data)
     obs_space = space_from_description(ds.observation_space)

@@ -94,7 +94,9 @@ class TrainConfig:
     feedback_grad: bool = True
     """Backpropagate through the predicted observations fed back in imagination."""
     reward_weight: float = 0.1
-    """Weight of the reward loss."""
+    """Weight of the reward loss, an MSE in the environment's own reward units: its pull grows with
+    the rewards' variance, so raise it where rewards are small (1 on Reacher-v5 made planning with
+    the model's rewards 0.85 -> 0.98 of the true simulator's; docs/LOG.md)."""
     cont_weight: float = 0.01
     """Weight of the continuation loss."""
     depth_supervision: float = 0.0

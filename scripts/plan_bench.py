@@ -246,8 +246,9 @@ def write_summary(out: Path, rows: list[dict], training: dict, cfg: PlanBenchCon
              f"iterations per decision, {cfg.plan_episodes} episodes of {cfg.max_episode_steps} steps; models trained "
              f"{cfg.minutes:g} minutes each (one thread) on {cfg.episodes} episodes of the mixed behaviour policy", "",
              "Produced by `python scripts/plan_bench.py " + " ".join(sys.argv[1:] or ["--out", str(out)]) + "`. Normalised return: random 0, "
-             "MPPI on the true simulator 1. Decisions per second: one thread per planner, two planners side by side "
-             "on 2 cores.", "",
+             f"MPPI on the true simulator 1. Decisions per second: one thread per planner, {cfg.workers} planner(s) "
+             "at a time in this run (rows kept from an earlier run keep the rates measured then; the machine may have "
+             "had other jobs).", "",
              "| task | planning with | return | normalised | decisions/s | imagined steps/s | loop iterations per step |",
              "|---|---|---|---|---|---|---|"]
     for task in dict.fromkeys(r["task"] for r in rows):

@@ -89,13 +89,14 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(result) if cfg.json else format_text_table(result))
         elif isinstance(cfg, ValueConfig):
             out = fit_value(cfg)
-            fit = read_json(out / "value.json", "value metadata")["metrics"]
+            meta = read_json(out / "value.json", "value metadata")
+            fit = meta["metrics"]
             held = fit["val"] or fit["train"]
             ev, rho = held["explained_variance"], held["spearman"]
             which = "held-out episodes" if fit["val"] else "training episodes (too few to hold any out)"
             print(f"value written to {out} ({which}: explained variance "
                   f"{'n/a' if ev is None else f'{ev:.2f}'}, rank correlation {'n/a' if rho is None else f'{rho:.2f}'})")
-            caution = value_warning(read_json(out / "value.json", "value metadata"))
+            caution = value_warning(meta)
             if caution:
                 print(f"note: {caution}")
         elif isinstance(cfg, PlayConfig):

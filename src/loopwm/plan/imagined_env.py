@@ -20,6 +20,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from loopwm.plan.rewards import rewards_of
 from loopwm.utils import LoopWMError
 
 
@@ -89,8 +90,6 @@ class ImaginedEnv(gym.Env):
         self.obs = np.clip(pred, self._low, self._high).astype(np.float32)
         reward = float(out["reward"][0])
         if self.reward_fn is not None:
-            from loopwm.plan.rewards import rewards_of
-
             reward = float(rewards_of(self.reward_fn, torch.as_tensor(before)[None], act.cpu()[:, None],
                                       torch.as_tensor(self.obs)[None, None], self.observation_space.shape)[0, 0])
         self.t += 1

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from loopwm.models.dynamics import State
+from loopwm.plan.rewards import rewards_of
 
 
 def expand_state(state: State, k: int) -> State:
@@ -89,11 +90,8 @@ class LearnedWorld:
             tail = self.value(roll.obs[:, -1].reshape(K, *self.model.spec.obs_shape))  # (K,)
         reward = roll.reward  # (K, H) from the reward head
         if self.reward_fn is not None:
-            from loopwm.plan.rewards import rewards_of
-
-            shape = tuple(self.model.spec.obs_shape)
             reward = rewards_of(self.reward_fn, self.state.obs.expand(K, *self.state.obs.shape[1:]), seqs.to(self.device),
-                                roll.obs, shape)
+                                roll.obs, tuple(self.model.spec.obs_shape))
         returns = discounted_return(reward, roll.cont_logit, self.discount, tail)
         self.seconds += time.perf_counter() - t0
         self.imagined_steps += K * H
@@ -152,8 +150,9 @@ class OracleWorld:
                 if terminated:
                     break
                 weight *= self.discount
-            tails.append(np.asarray(obs, dtype=np.float32))
-            tail_weight[i] = 0.0 if terminated else weight
+            if self.value is not None:
+                tails.append(np.asarray(obs, dtype=np.float32))
+                tail_weight[i] = 0.0 if terminated else weight
         if self.value is not None:  # one batched call for every candidate's terminal value
             with torch.no_grad():
                 last = torch.as_tensor(np.stack(tails), device=self.value.obs_mean.device)  # (K, *obs_shape)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -126,6 +127,27 @@ def test_bench_converged_budget_trains_each_model_until_it_stops_improving(tmp_p
     assert "stopped improving" in (out / "findings.md").read_text() and "1/1 seeds" in (out / "table.md").read_text()
     proc = loopwm("bench", "--out", str(tmp_path / "b2"), "--budgets", "forever", check=False)
     assert proc.returncode == 2 and "converged" in proc.stderr
+
+    # the kept scores stand in for the runs: with runs/ gone (a new machine, a later session) the
+    # same command trains nothing and reports the same numbers
+    kept = sorted((out / "scores").rglob("*.json"))
+    assert [p.relative_to(out / "scores").parts[:2] for p in kept] == [("balls", "deep-1"), ("balls", "looped")]
+    shutil.rmtree(out / "runs")
+    before = [(r["model"], r["horizon"], r["error"], r["train_steps"]) for r in rows]
+    loopwm("bench", "--out", str(out), "--worlds", "balls", "--models", "looped", "deep-1", "--seeds", "1",
+           "--test-depths", "1", "--episodes", "6", "--max-episode-steps", "30", "--horizon", "10", "--budgets", "converged",
+           "--converge-cap", "40", "--converge-eval-every", "1", "--converge-tolerance", "0.99", "--no-progress",
+           "--device", "cpu", "--lrs", "1e-3", "--workers", "1")
+    assert not (out / "runs").exists()
+    again = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [(r["model"], r["horizon"], r["error"], r["train_steps"]) for r in again] == before
+    assert all(r["params"] > 0 and r["flops_per_step"] > 0 for r in again)  # timed on the rebuilt architectures
+    # a changed setting is a different run: it trains again rather than reusing the kept score
+    loopwm("bench", "--out", str(out), "--worlds", "balls", "--models", "deep-1", "--seeds", "1",
+           "--test-depths", "1", "--episodes", "6", "--max-episode-steps", "30", "--horizon", "10", "--budgets", "converged",
+           "--converge-cap", "40", "--converge-eval-every", "1", "--converge-tolerance", "0.5", "--no-progress",
+           "--device", "cpu", "--lrs", "1e-3", "--workers", "1")
+    assert (out / "runs" / "balls" / "deep-1").exists()
 
 
 def test_doctor_reports_every_part_with_a_fix_for_problems():

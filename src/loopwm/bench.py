@@ -19,6 +19,10 @@ Output, under --out:
     depth.jsonl       the looped model's horizon-10 error at each test-time iteration count
     tuning.json       the learning rate kept per model family (per world with --tune-each-world),
                       with the scores behind it
+    scores/           every finished run's scores, validation curve and architecture (small JSON,
+                      meant to be committed): a re-run with the same data and settings reuses them
+                      instead of training again, so a long bench can finish over several sessions
+                      even where the runs/ folder (checkpoints) does not survive
     table.md          the horizon-1/10/50 errors (mean ± std over seeds), parameters, FLOPs, speeds
     findings.md       the comparisons the numbers support, stated in words
     *.png             error vs horizon, parameter efficiency, error vs test-time iterations, compute
@@ -26,6 +30,7 @@ Output, under --out:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import multiprocessing as mp
@@ -38,7 +43,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from loopwm.checkpoint import load_model
+from loopwm.checkpoint import build_model, latest_checkpoint, load_model
 from loopwm.data import CollectConfig, TrajectoryDataset, collect
 from loopwm.eval.openloop import open_loop
 from loopwm.models.flops import count_step_flops
@@ -208,18 +213,53 @@ def _run_dir(out: Path, world: str, name: str, lr: float, seed: int, budget: str
     return out / "runs" / world / name / f"lr{lr:g}" / f"seed{seed}" / budget
 
 
-def _train_and_score(job: dict) -> dict:
-    """One training run and its open-loop scores (runs in a worker process)."""
-    torch.set_num_threads(1)
-    device = pick_device(job["device"])
+def _score_path(out: Path, world: str, name: str, lr: float, seed: int, budget: str) -> Path:
+    # beside the results, not under runs/: small JSON that is committed with them, so a bench that
+    # spans several sessions (or machines) keeps every finished run without its checkpoints
+    return out / "scores" / world / name / f"lr{lr:g}" / f"seed{seed}" / f"{budget}.json"
+
+
+def data_fingerprint(ds: TrajectoryDataset) -> str:
+    """A short digest of a dataset's episodes (count, lengths, first and last observations): a kept
+    score is reused only on the very data it was measured on."""
+    h = hashlib.sha256(np.asarray(ds.lengths, dtype=np.int64).tobytes())
+    for i in sorted({0, ds.episodes - 1}):
+        h.update(np.ascontiguousarray(ds.episode(i)["obs"], dtype=np.float32).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _train_config(job: dict) -> TrainConfig:
     budget = job["budget"]
     steps = {"steps": job["steps"], "wallclock": 10**9, "converged": job["converge_cap"]}[budget]
-    tcfg = TrainConfig(data=job["data"], out=job["run_dir"], model=ModelConfig(**job["model"]),
+    return TrainConfig(data=job["data"], out=job["run_dir"], model=ModelConfig(**job["model"]),
                        rssm=RSSMConfig(**job["rssm"]), lr=job["lr"], seed=job["seed"], steps=steps,
                        minutes=job["minutes"] if budget == "wallclock" else 0.0,
                        until_plateau=job["converge_tolerance"] if budget == "converged" else 0.0,
                        eval_every=job["converge_eval_every"] if budget == "converged" else 10**9,
                        ckpt_every=500, progress=False, device=job["device"])
+
+
+def _identity(job: dict, tcfg: TrainConfig) -> dict:
+    """Everything a kept score depends on: the training settings (every default included, so a
+    changed default retrains), the data, and what was scored. Paths and the device are left out."""
+    train_settings = {k: v for k, v in asdict(tcfg).items() if k not in ("data", "out", "progress", "device")}
+    identity = {"format": 1, "world": job["world"], "data": job["data_fingerprint"], "train": train_settings,
+                "horizon": job["horizon"], "test_depths": job["test_depths"], "context": CONTEXT}
+    return json.loads(json.dumps(identity))  # as it reads back from the file (tuples become lists)
+
+
+def _train_and_score(job: dict) -> dict:
+    """One training run and its open-loop scores (runs in a worker process)."""
+    torch.set_num_threads(1)
+    device = pick_device(job["device"])
+    budget = job["budget"]
+    tcfg = _train_config(job)
+    identity = _identity(job, tcfg)
+    kept = Path(job["score_path"])
+    if kept.exists():
+        saved = json.loads(kept.read_text())
+        if saved.get("identity") == identity:  # finished before, on this data with these settings
+            return {**saved["result"], "depth_errors": {int(k): v for k, v in saved["result"]["depth_errors"].items()}}
     train(tcfg)
     model, meta = load_model(job["run_dir"], device)
     records = [json.loads(x) for x in (Path(job["run_dir"]) / "metrics.jsonl").read_text().splitlines() if x.strip()]
@@ -232,8 +272,9 @@ def _train_and_score(job: dict) -> dict:
     if cache.exists():
         saved = json.loads(cache.read_text())
         if saved.get("key") == key:
-            return {**saved["result"], **trained,
-                    "depth_errors": {int(k): v for k, v in saved["result"]["depth_errors"].items()}}
+            result = {**saved["result"], "depth_errors": {int(k): v for k, v in saved["result"]["depth_errors"].items()}}
+            _keep_score(kept, identity, meta, {**result, **trained})
+            return {**result, **trained}
     ds = TrajectoryDataset.load(job["data"])
     val = np.asarray(meta["val_episodes"])
     res = open_loop(model, ds, val, CONTEXT, job["horizon"], 256, device=device)
@@ -248,7 +289,26 @@ def _train_and_score(job: dict) -> dict:
               "train_steps": int(meta["step"]), "train_seconds": float(meta.get("train_seconds", 0.0)),
               "depth_errors": depth_errors}
     atomic_write_text(cache, json.dumps({"key": key, "result": result}) + "\n")
+    _keep_score(kept, identity, meta, {**result, **trained})
     return {**result, **trained}
+
+
+def _keep_score(path: Path, identity: dict, meta: dict, result: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model_meta = {k: meta[k] for k in ("kind", "spec", "model")}  # enough to rebuild the model for timing
+    atomic_write_text(path, json.dumps({"identity": identity, "model_meta": model_meta,
+                                        "val_episodes": [int(i) for i in meta["val_episodes"]],
+                                        "result": result}) + "\n")
+
+
+def _model_for_timing(job: dict, device) -> tuple[torch.nn.Module, list[int]]:
+    """The trained model when its run is on this machine, else the same architecture rebuilt from its
+    kept score (FLOPs and speed at a fixed depth do not depend on the weights)."""
+    if latest_checkpoint(job["run_dir"]) is not None:
+        model, meta = load_model(job["run_dir"], device)
+        return model, meta["val_episodes"]
+    saved = json.loads(Path(job["score_path"]).read_text())
+    return build_model(saved["model_meta"]).to(device).eval(), saved["val_episodes"]
 
 
 def _run_jobs(jobs: list[dict], cfg: BenchConfig, desc: str) -> list[dict]:
@@ -294,11 +354,13 @@ def run_bench(cfg: BenchConfig) -> Path:
     device = pick_device(cfg.device)
     suite = {k: v for k, v in model_suite(cfg.quick).items() if not cfg.models or k in cfg.models}
     data = {world: world_data(cfg, world, out) for world in cfg.worlds}
+    fingerprints = {world: data_fingerprint(TrajectoryDataset.load(path)) for world, path in data.items()}
     start = time.time()
 
     def job(world, name, lr, seed, budget):
         return {"world": world, "name": name, "lr": lr, "seed": seed, "budget": budget, "data": str(data[world]),
                 "run_dir": str(_run_dir(out, world, name, lr, seed, budget)), "model": asdict(suite[name][0]),
+                "score_path": str(_score_path(out, world, name, lr, seed, budget)), "data_fingerprint": fingerprints[world],
                 "rssm": asdict(suite[name][1]),
                 "steps": cfg.steps, "minutes": cfg.minutes, "horizon": cfg.horizon, "device": cfg.device,
                 "converge_cap": cfg.converge_cap, "converge_tolerance": cfg.converge_tolerance,
@@ -336,8 +398,8 @@ def run_bench(cfg: BenchConfig) -> Path:
         ds = TrajectoryDataset.load(data[world])
         for name in suite:
             first = next(j for j in jobs if j["world"] == world and j["name"] == name)
-            model, meta = load_model(first["run_dir"], device)
-            ep = ds.episode(int(meta["val_episodes"][0]))
+            model, val_episodes = _model_for_timing(first, device)
+            ep = ds.episode(int(val_episodes[0]))
             obs0 = model._as_entities(torch.as_tensor(ep["obs"][0], device=device).float())
             act0 = torch.as_tensor(ep["action"][0], device=device)
             timed[(world, name)] = {"flops_per_step": count_step_flops(model, obs0, act0),

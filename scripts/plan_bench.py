@@ -58,7 +58,8 @@ class PlanBenchConfig:
     """Model families: looped, looped-dd (deferred-decoding objective), deep-K (K distinct blocks;
     deep-2 matches the looped model's 2 iterations), rssm, rssm-dreamer-cell (DreamerV3's LayerNorm
     GRU and a learned initial state), gru; any of them with -rwW trains with reward-loss weight W
-    (e.g. looped-rw1; the default weight is 0.1)."""
+    (e.g. looped-rw1; the default weight is 0.1), with -rsW with weight W on the reward loss in
+    units of the rewards' standard deviation (--reward-units standard)."""
     variants: list[str] = field(default_factory=lambda: ["looped@6", "looped@6+delta:0.05", "looped@6+delta:0.2",
                                                          "looped-dd+dd"])
     """Extra planner worlds: RUN@DEPTH (fixed depth), RUN@DEPTH+RULE:THRESHOLD (an exit rule, at
@@ -82,15 +83,17 @@ class PlanBenchConfig:
     """A few-minute version for checking the script."""
 
 
-def split_reward_weight(name: str) -> tuple[str, float | None]:
-    """"looped-rw1" -> ("looped", 1.0); a name without the suffix -> (name, None)."""
-    base, sep, weight = name.rpartition("-rw")
-    if sep and base:
-        try:
-            return base, float(weight)
-        except ValueError:
-            pass
-    return name, None
+def split_reward_weight(name: str) -> tuple[str, float | None, str]:
+    """"looped-rw1" -> ("looped", 1.0, "raw"); "looped-rs1" -> ("looped", 1.0, "standard") (the reward
+    loss in units of the rewards' standard deviation); a name without a suffix -> (name, None, "raw")."""
+    for suffix, units in (("-rw", "raw"), ("-rs", "standard")):
+        base, sep, weight = name.rpartition(suffix)
+        if sep and base:
+            try:
+                return base, float(weight), units
+            except ValueError:
+                pass
+    return name, None, "raw"
 
 
 def model_config(name: str):
@@ -145,10 +148,10 @@ def _train(job: dict) -> dict:
 
     torch.set_num_threads(1)
     model, rssm = model_config(job["name"])
-    base, reward_weight = split_reward_weight(job["name"])
+    base, reward_weight, reward_units = split_reward_weight(job["name"])
     extra = {"objective": "dd", "dd_interval": 100, "horizon": job["horizon"]} if base == "looped-dd" else {}
     if reward_weight is not None:
-        extra["reward_weight"] = reward_weight
+        extra["reward_weight"], extra["reward_units"] = reward_weight, reward_units
     train(TrainConfig(data=job["data"], out=job["run"], model=model, rssm=rssm, minutes=job["minutes"], steps=10**9,
                       threads=1, progress=False, eval_every=100, ckpt_every=500, **extra))
     return job

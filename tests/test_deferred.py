@@ -34,7 +34,7 @@ def _batch(B=3, C=2, H=4, seed=0):
 
 def _cfg(**kw):
     base = dict(context=2, horizon=4, dd_k_max=0, dd_interval=1, dd_consistency=0.1, dd_budget=0.01, dd_c_max=2.0,
-                reward_weight=0.1, cont_weight=0.01)
+                reward_weight=0.1, reward_units="raw", cont_weight=0.01)
     return SimpleNamespace(**{**base, **kw})
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -194,3 +195,84 @@ def test_until_plateau_resumes_mid_cooldown_to_the_same_result(dataset, tmp_path
     assert meta["step"] == 19 and meta["stop_reason"] == "plateau"
     for key in straight:
         torch.testing.assert_close(straight[key], resumed[key], msg=key)
+
+
+def _with_rewards(src, dst, scale: float, shift: float):
+    """A copy of dataset `src` whose rewards are scale * r + shift (observations untouched)."""
+    import shutil
+
+    import numpy as np
+
+    from loopwm.data.shards import read_manifest, write_manifest
+    from loopwm.utils import sha256_file
+
+    shutil.copytree(src, dst)
+    manifest = read_manifest(dst)
+    for entry in manifest["shards"]:
+        path = dst / entry["file"]
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in z.files}
+        arrays["reward"] = (arrays["reward"].astype(np.float64) * scale + shift).astype(arrays["reward"].dtype)
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
+        entry["sha256"] = sha256_file(path)
+    write_manifest(dst, manifest)
+    return dst
+
+
+@pytest.mark.parametrize("kind", ["looped", "rssm"])
+def test_standard_reward_units_make_training_blind_to_the_rewards_scale(dataset, tmp_path, kind):
+    """With --reward-units standard the loss, and so every weight, is the same whether rewards come
+    in units of 1 or of 1000 (or shifted): only the head's output is rescaled. In raw units it is not."""
+    scaled = _with_rewards(dataset, tmp_path / "scaled", scale=1000.0, shift=-7.0)
+    model = ModelConfig(d=16, n_heads=2, mu_rec=2.0, kind=kind)
+    runs = {}
+    for units in ("standard", "raw"):
+        for name, data in (("orig", dataset), ("scaled", scaled)):
+            run = tmp_path / f"{units}-{name}"
+            train(tiny_cfg(data, run, steps=4, model=model, reward_units=units, reward_weight=1.0))
+            runs[units, name] = final_weights(run)
+    (w1, m1), (w2, m2) = runs["standard", "orig"], runs["standard", "scaled"]
+    assert m2["spec"]["reward_std"] == pytest.approx(1000 * m1["spec"]["reward_std"], rel=1e-4)
+    assert m2["spec"]["reward_mean"] == pytest.approx(1000 * m1["spec"]["reward_mean"] - 7.0, rel=1e-4, abs=1e-3)
+    def gap(a, b):  # largest weight difference between two runs
+        return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+
+    # equal up to float32 rounding of the rescaled rewards (Adam magnifies it on near-zero gradients)
+    assert gap(w1, w2) < 3e-4
+    assert gap(runs["raw", "orig"][0], runs["raw", "scaled"][0]) > 30 * max(gap(w1, w2), 1e-5)
+
+
+def test_reward_head_speaks_the_environments_units(dataset, tmp_path):
+    """The head predicts in standard units; the model's reward is mean + std * head, and a checkpoint
+    written before the reward fields existed loads as raw units (mean 0, std 1)."""
+    from loopwm.checkpoint import load_model
+    from loopwm.data import TrajectoryDataset
+
+    run = tmp_path / "run"
+    train(tiny_cfg(dataset, run, steps=2))
+    ds = TrajectoryDataset.load(dataset)
+    model, meta = load_model(run)
+    rewards = np.concatenate([ds.episode(int(i))["reward"] for i in range(ds.episodes) if i not in meta["val_episodes"]])
+    assert meta["spec"]["reward_mean"] == pytest.approx(rewards.mean(), rel=1e-5)
+    assert meta["spec"]["reward_std"] == pytest.approx(rewards.std(), rel=1e-5)
+    ep = ds.episode(0)
+    obs, act = torch.as_tensor(ep["obs"][None, :3]), torch.as_tensor(ep["action"][None, :2])
+    with torch.no_grad():
+        r = model.imagine(model.observe(model.initial(obs[:, 0]), act[:, :1], obs[:, 1:2])[0], act[:, 1:])[1].reward
+        model.reward_mean, model.reward_std = 0.0, 1.0
+        head = model.imagine(model.observe(model.initial(obs[:, 0]), act[:, :1], obs[:, 1:2])[0], act[:, 1:])[1].reward
+    torch.testing.assert_close(r, meta["spec"]["reward_mean"] + meta["spec"]["reward_std"] * head)
+    # an older checkpoint: no reward fields in its spec -> raw units, and training it on keeps them
+    path = latest_checkpoint(run)
+    old = json.loads(path.read_text())
+    del old["spec"]["reward_mean"], old["spec"]["reward_std"]
+    path.write_text(json.dumps(old))
+    assert load_model(run)[0].reward_std == 1.0
+    train(tiny_cfg(dataset, run, steps=3))
+    assert final_weights(run)[1]["spec"]["reward_std"] == 1.0
+
+
+def test_unknown_reward_units_are_refused(dataset, tmp_path):
+    with pytest.raises(LoopWMError, match="reward-units"):
+        train(tiny_cfg(dataset, tmp_path / "run", reward_units="percent"))

@@ -230,13 +230,15 @@ class TrajectoryDataset:
         """Mean and std (float64) of observations and of one-step changes obs[t+1] - obs[t] over `episodes`.
 
         Keys obs_mean, obs_std, delta_mean, delta_std, each of shape `feature_shape`: for (N, F)
-        observations the statistics pool over bodies, so they have shape (F,).
+        observations the statistics pool over bodies, so they have shape (F,); reward_mean and
+        reward_std are scalars (0-d arrays).
         """
         idx = self._episode_indices(episodes)
         if idx.size == 0:
             raise LoopWMError("statistics need at least one episode")
         feat = self.feature_shape
         acc = {k: np.zeros((3, *feat)) for k in ("obs", "delta")}  # count, sum, sum of squares
+        acc["reward"] = np.zeros((3,))
 
         def add(key: str, x: np.ndarray) -> None:
             x = x.astype(np.float64).reshape(-1, *feat)
@@ -251,6 +253,9 @@ class TrajectoryDataset:
             obs = self.shards[self.episode_shard[i]]["obs"]
             self._touched.add(int(self.episode_shard[i]))
             first, n_obs = int(self.obs_start[i]), int(self.lengths[i]) + 1
+            r = np.asarray(self.shards[self.episode_shard[i]]["reward"][self.step_start[i] : self.step_start[i] + n_obs - 1],
+                           dtype=np.float64)
+            acc["reward"] += np.array([r.size, r.sum(), (r * r).sum()])
             for lo in range(0, n_obs, chunk):
                 # overlap chunks by one observation so every delta obs[t+1] - obs[t] is counted once
                 part = obs[first + max(lo - 1, 0) : first + min(lo + chunk, n_obs)]
@@ -259,7 +264,7 @@ class TrajectoryDataset:
                     add("delta", part[1:].astype(np.float64) - part[:-1])
         self.release()
         out = {}
-        for key in ("obs", "delta"):
+        for key in ("obs", "delta", "reward"):
             n, s1, s2 = acc[key]
             n = np.maximum(n, 1)
             mean = s1 / n

@@ -44,6 +44,15 @@ def normalised_error(model, pred: torch.Tensor, true: torch.Tensor) -> torch.Ten
     return err.sum(-1).mean(-1) / model.dynamic.sum()  # (...)
 
 
+def reward_error(model, pred: torch.Tensor, true: torch.Tensor, units: str = "raw") -> torch.Tensor:
+    """Mean squared reward error (any matching shapes -> scalar), in the environment's units ("raw")
+    or in units of the training rewards' standard deviation ("standard"). Shared by the objectives."""
+    if units not in ("raw", "standard"):
+        raise LoopWMError(f"unknown reward units {units!r}: use raw or standard")
+    err = ((pred - true.to(pred.dtype)) ** 2).mean()
+    return err / getattr(model, "reward_std", 1.0) ** 2 if units == "standard" else err
+
+
 class Dynamics:
     """Mixin giving `observe` and `imagine` to any model with `initial`, `step` and `_as_entities`."""
 

@@ -311,7 +311,7 @@ class RSSM(Dynamics, nn.Module):
         pred = self._decode(obs, self.obs_head(feat).view(B, N, Fdim))  # (B, N, F)
         out = {
             "obs": pred,
-            "reward": self.reward_head(feat).squeeze(-1),  # (B,)
+            "reward": self.reward_mean + self.reward_std * self.reward_head(feat).squeeze(-1),  # (B,) in env units
             "cont_logit": self.cont_head(feat).squeeze(-1),  # (B,)
             "iterations": torch.ones(B, dtype=torch.long, device=obs.device),
             "aux_loss": aux,

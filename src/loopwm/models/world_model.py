@@ -69,6 +69,11 @@ class WorldSpec:
     """Per-component upper bound of a box action."""
     action_start: int = 0
     """Smallest discrete action (gymnasium's Discrete(n, start))."""
+    reward_mean: float = 0.0
+    """Mean reward of the training steps: the reward head predicts in units of reward_std around it
+    (0 and 1, the raw units, in checkpoints written before these fields existed)."""
+    reward_std: float = 1.0
+    """Standard deviation of the training rewards (1.0 where they never vary)."""
 
     @property
     def pixels(self) -> bool:
@@ -293,6 +298,8 @@ class WorldModel(Dynamics, nn.Module):
     # ----- normalisation constants (buffers, saved in the checkpoint) -----
     def _register_norm_buffers(self, spec: WorldSpec) -> None:
         f32 = dict(dtype=torch.float32)
+        # plain floats, not buffers: checkpoints from before they existed load unchanged (as 0 and 1)
+        self.reward_mean, self.reward_std = float(spec.reward_mean), float(spec.reward_std)
         std = torch.tensor(spec.obs_std, **f32)
         # a feature is dynamic if it changes over time; one that only differs between bodies
         # (a radius, a "controlled" flag) is copied by every model and left out of the error
@@ -463,7 +470,7 @@ class WorldModel(Dynamics, nn.Module):
         pooled = h.mean(dim=1)  # (B, d)
         out = {
             "obs": pred,
-            "reward": self.reward_head(pooled).squeeze(-1),
+            "reward": self.reward_mean + self.reward_std * self.reward_head(pooled).squeeze(-1),  # (B,) in env units
             "cont_logit": self.cont_head(pooled).squeeze(-1),
             "iterations": used,
             "token_iterations": work,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from loopwm.models.dynamics import reward_error
 from loopwm.utils import LoopWMError
 
 
@@ -62,7 +63,7 @@ def deferred_loss(model, batch: dict[str, torch.Tensor], cfg, step: int):
     err = ((out["obs"] - true) / model.std_safe) ** 2 * model.dynamic  # (B, N, F)
     obs_loss = err.sum(-1).mean() / model.dynamic.sum()
     t_last = C + K - 2
-    reward_loss = F.mse_loss(out["reward"], batch["reward"][:, t_last].float())
+    reward_loss = reward_error(model, out["reward"], batch["reward"][:, t_last], cfg.reward_units)
     cont_loss = F.binary_cross_entropy_with_logits(out["cont_logit"], 1.0 - batch["terminated"][:, t_last].float())
     terminal = obs_loss + cfg.reward_weight * reward_loss + cfg.cont_weight * cont_loss
     consist_loss = torch.stack(consist).mean() if consist else torch.zeros((), device=obs.device)

@@ -26,7 +26,7 @@ from loopwm.checkpoint import resume, save_checkpoint
 from loopwm.data import TrajectoryDataset, WindowIndex, decode_bounds
 from loopwm.models import RSSMConfig, build_model
 from loopwm.models.blocks import compile_blocks
-from loopwm.models.dynamics import normalised_error
+from loopwm.models.dynamics import normalised_error, reward_error
 from loopwm.models.world_model import ModelConfig, WorldModel, WorldSpec
 from loopwm.train.deferred import deferred_loss
 from loopwm.train.distributed import Distributed
@@ -94,9 +94,12 @@ class TrainConfig:
     feedback_grad: bool = True
     """Backpropagate through the predicted observations fed back in imagination."""
     reward_weight: float = 0.1
-    """Weight of the reward loss, an MSE in the environment's own reward units: its pull grows with
-    the rewards' variance, so raise it where rewards are small (1 on Reacher-v5 made planning with
-    the model's rewards 0.85 -> 0.98 of the true simulator's; docs/LOG.md)."""
+    """Weight of the reward loss (an MSE in the units --reward-units names)."""
+    reward_units: str = "raw"
+    """Units of the reward loss: "raw", the environment's own (its pull then grows with the rewards'
+    variance: weight 1 instead of 0.1 on Reacher-v5 took planning with the model's rewards from 0.85
+    to 0.98 of the true simulator's; docs/LOG.md), or "standard", units of the training rewards'
+    standard deviation (the same pull on every task, as the observation loss has)."""
     cont_weight: float = 0.01
     """Weight of the continuation loss."""
     depth_supervision: float = 0.0
@@ -183,6 +186,8 @@ def world_spec_from_data(ds: TrajectoryDataset, train_idx) -> WorldSpec:
         action_low=action_low,
         action_high=action_high,
         action_start=action_start,
+        reward_mean=float(stats["reward_mean"]),
+        reward_std=float(stats["reward_std"]) if stats["reward_std"] > 1e-8 else 1.0,
     )
 
 
@@ -269,7 +274,7 @@ def sequence_loss(model: WorldModel, batch: dict[str, torch.Tensor], cfg: TrainC
     pred = torch.stack(preds, dim=1)  # (B, L, N, F)
     err = ((pred - obs[:, 1:]) / model.std_safe) ** 2 * model.dynamic  # (B, L, N, F)
     obs_loss = err.sum(-1).mean() / model.dynamic.sum()
-    reward_loss = F.mse_loss(torch.stack(rewards, 1), batch["reward"].float())
+    reward_loss = reward_error(model, torch.stack(rewards, 1), batch["reward"], cfg.reward_units)
     cont_target = 1.0 - batch["terminated"].float()
     cont_loss = F.binary_cross_entropy_with_logits(torch.stack(conts, 1), cont_target)
     loss = obs_loss + cfg.reward_weight * reward_loss + cfg.cont_weight * cont_loss
@@ -398,6 +403,8 @@ def _train(cfg: TrainConfig, run_dir: Path, ddp: Distributed) -> Path:
     spec = world_spec_from_data(ds, train_idx)
     if cfg.objective not in ("sequence", "dd"):
         raise LoopWMError(f"unknown --objective {cfg.objective!r}: use sequence or dd (deferred decoding)")
+    if cfg.reward_units not in ("raw", "standard"):
+        raise LoopWMError(f"unknown --reward-units {cfg.reward_units!r}: use raw (the environment's units) or standard")
     if cfg.objective == "dd" and cfg.model.kind == "rssm":
         raise LoopWMError("--objective dd trains the looped or deep world model; the RSSM keeps its own objective")
     model_cfg = replace(cfg.model, consistency_head=True) if cfg.objective == "dd" else cfg.model
@@ -413,6 +420,10 @@ def _train(cfg: TrainConfig, run_dir: Path, ddp: Distributed) -> Path:
         for stale in (run_dir / "checkpoints").glob(".*.tmp"):
             stale.unlink()  # a temp file left by a killed write; the checkpoint it was for never counted
     meta = resume(run_dir, model, opt, rng)
+    if meta is not None and "reward_mean" not in meta.get("spec", {}):
+        # a run begun before the reward head had units: it goes on in the raw units it learned in
+        model.spec = replace(model.spec, reward_mean=0.0, reward_std=1.0)
+        model.reward_mean, model.reward_std = 0.0, 1.0
     if meta is not None:
         step, elapsed_before = meta["step"], meta.get("train_seconds", 0.0)
         cooldown_from, stop_reason = meta.get("cooldown_from"), meta.get("stop_reason", "steps")

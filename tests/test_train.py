@@ -104,6 +104,20 @@ def test_runs_saved_before_a_setting_existed_still_resume(dataset, tmp_path):
         train(cfg)
 
 
+def test_a_run_from_before_reward_units_resumes_only_in_raw_units(dataset, tmp_path):
+    """Runs saved before --reward-units existed trained in raw units at weight 0.1: the new defaults
+    (standard, 1.0) would change their loss, so resuming asks for the old values back."""
+    train(tiny_cfg(dataset, tmp_path / "run", steps=2, reward_units="raw", reward_weight=0.1))
+    path = tmp_path / "run" / "config.json"
+    saved = json.loads(path.read_text())
+    del saved["reward_units"]
+    path.write_text(json.dumps(saved))
+    with pytest.raises(LoopWMError, match="reward_units"):
+        train(tiny_cfg(dataset, tmp_path / "run", steps=3))
+    train(tiny_cfg(dataset, tmp_path / "run", steps=3, reward_units="raw", reward_weight=0.1))
+    assert final_weights(tmp_path / "run")[1]["step"] == 3
+
+
 def test_windows_longer_than_episodes_give_a_clear_error(dataset, tmp_path):
     with pytest.raises(LoopWMError, match="no training window"):
         train(tiny_cfg(dataset, tmp_path / "run", horizon=100))

@@ -93,13 +93,13 @@ class TrainConfig:
     """Std of Gaussian noise added to observed inputs, in units of each feature's std."""
     feedback_grad: bool = True
     """Backpropagate through the predicted observations fed back in imagination."""
-    reward_weight: float = 0.1
+    reward_weight: float = 1.0
     """Weight of the reward loss (an MSE in the units --reward-units names)."""
-    reward_units: str = "raw"
-    """Units of the reward loss: "raw", the environment's own (its pull then grows with the rewards'
-    variance: weight 1 instead of 0.1 on Reacher-v5 took planning with the model's rewards from 0.85
-    to 0.98 of the true simulator's; docs/LOG.md), or "standard", units of the training rewards'
-    standard deviation (the same pull on every task, as the observation loss has)."""
+    reward_units: str = "standard"
+    """Units of the reward loss: "standard", units of the training rewards' standard deviation (the
+    same pull on every task, as the observation loss has), or "raw", the environment's own units,
+    whose pull grows with the rewards' variance (runs before 2026-12-03 used raw units at weight 0.1:
+    400x weaker than Pendulum-v1's on a task with Push-v0's rewards; docs/LOG.md)."""
     cont_weight: float = 0.01
     """Weight of the continuation loss."""
     depth_supervision: float = 0.0
@@ -138,6 +138,9 @@ class TrainConfig:
     tensorboard: bool = False
     """Also write the metrics as TensorBoard events under OUT/tb (needs `pip install tensorboard`)."""
 
+
+# settings whose default changed after they were added: a saved config without one ran with this value
+LEGACY_DEFAULTS = {"reward_units": "raw"}
 
 RESUMABLE_FIELDS = ("steps", "minutes", "progress", "device", "eval_every", "ckpt_every", "tensorboard", "mmap", "threads",
                     "compile")
@@ -327,7 +330,7 @@ def _config_diff(saved: dict, now: dict, default: dict, prefix: str = "") -> lis
     out = []
     for key, value in now.items():
         if key not in saved:
-            if value != default.get(key):
+            if value != (LEGACY_DEFAULTS.get(key, default.get(key)) if not prefix else default.get(key)):
                 out.append(prefix + key)
         elif isinstance(value, dict) and isinstance(saved[key], dict):
             out += _config_diff(saved[key], value, default.get(key) or {}, f"{prefix}{key}.")

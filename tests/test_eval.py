@@ -112,3 +112,32 @@ def test_open_loop_errors_in_a_reference_models_units(trained):  # noqa: F811 - 
     scaled = open_loop(model, ds, episodes, context=2, horizon=3, max_windows=16, depth=2, reference=wider)
     np.testing.assert_allclose(scaled.errors, own.errors / 4, rtol=1e-5)
     np.testing.assert_allclose(scaled.floors["copy_last"], own.floors["copy_last"] / 4, rtol=1e-5)
+
+
+def test_bench_findings_name_the_smallest_matching_deep_model_at_each_horizon():
+    """findings() reads only result rows: with hand-made errors it must name, per horizon, the
+    smallest deep stack within the looped model's spread, and the best test-time depth."""
+    from loopwm.eval.bench_report import findings, markdown_table
+
+    errors = {  # model -> (params, {seed: (h1, h10)})
+        "looped": (100, {0: (0.10, 0.50), 1: (0.12, 0.52)}),
+        "deep-1": (100, {0: (0.20, 0.60), 1: (0.20, 0.60)}),
+        "deep-4": (400, {0: (0.12, 0.56), 1: (0.12, 0.56)}),
+        "deep-8": (800, {0: (0.09, 0.49), 1: (0.09, 0.49)}),
+    }
+    rows = []
+    for model, (params, seeds) in errors.items():
+        for seed, (e1, e10) in seeds.items():
+            for h, e in ((1, e1), (10, e10)):
+                rows.append({"model": model, "world": "w", "seed": seed, "horizon": h, "budget": "converged", "lr": 1e-3,
+                             "error": e, "params": params, "flops_per_step": 1, "steps_per_s_b1": 1.0,
+                             "steps_per_s_b256": 1.0, "iterations": 1.0, "train_steps": 10, "train_seconds": 6.0,
+                             "train_samples": 320, "stop_reason": "plateau", "floor_copy_last": 1.0})
+    depth_rows = [{"world": "w", "seed": s, "depth": d, "error_h10": e} for s in (0, 1) for d, e in ((2, 0.55), (8, 0.47 + s * 0.01))]
+    text = findings(rows, depth_rows)
+    # h1: looped 0.11 ± 0.01 -> deep-4 (0.12) is within the spread, 4x the parameters
+    assert "horizon-1 error (0.1100 ± 0.0100) is deep-4 (0.1200), with 4.00x" in text
+    # h10: looped 0.51 ± 0.01 -> deep-4 (0.56) is not, deep-8 (0.49) is
+    assert "horizon-10 error (0.5100 ± 0.0100) is deep-8 (0.4900), with 8.00x" in text
+    assert "best test-time depth at h10: 8 iterations (0.4750" in text
+    assert "Every run plateaued" in text and "| w | converged | deep-8 | 800 |" in markdown_table(rows)

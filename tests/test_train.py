@@ -290,3 +290,29 @@ def test_reward_head_speaks_the_environments_units(dataset, tmp_path):
 def test_unknown_reward_units_are_refused(dataset, tmp_path):
     with pytest.raises(LoopWMError, match="reward-units"):
         train(tiny_cfg(dataset, tmp_path / "run", reward_units="percent"))
+
+
+def test_standard_reward_error_weighs_like_one_observed_value(dataset, tmp_path):
+    """In standard units the reward term adds weight * (reward MSE / std^2) / (bodies x changing
+    features) to the loss: the reward counts as one more observed value. Raw units add it at face value."""
+    from loopwm.checkpoint import load_model
+    from loopwm.data import TrajectoryDataset
+
+    train(tiny_cfg(dataset, tmp_path / "run", steps=1))
+    model, _ = load_model(tmp_path / "run")
+    ds = TrajectoryDataset.load(dataset)
+    batch = loop.to_tensors(ds.batch(ds.windows(range(ds.episodes), 5)[:4]), "cpu")
+    n_values = 4 * int(model.dynamic.sum())  # 4 bodies
+    assert n_values == 16  # x, y, vx, vy change; radius, mass and the controlled flag do not
+    terms = {}
+    for units in ("standard", "raw"):
+        for w in (0.0, 2.0):
+            cfg = tiny_cfg(dataset, tmp_path / "run", reward_units=units, reward_weight=w, obs_noise=0.0)
+            torch.manual_seed(0)
+            loss, info = loop.sequence_loss(model, batch, cfg)
+            terms[units, w] = (loss.item(), info["reward"])
+    for units, scale in (("standard", 2.0 / n_values), ("raw", 2.0)):
+        added = terms[units, 2.0][0] - terms[units, 0.0][0]
+        assert added == pytest.approx(scale * terms[units, 2.0][1], rel=1e-4)
+    std = model.reward_std
+    assert terms["standard", 2.0][1] == pytest.approx(terms["raw", 2.0][1] / std**2, rel=1e-4)

@@ -53,6 +53,16 @@ def reward_error(model, pred: torch.Tensor, true: torch.Tensor, units: str = "ra
     return err / getattr(model, "reward_std", 1.0) ** 2 if units == "standard" else err
 
 
+def reward_loss_scale(model, n_entities: int, units: str = "raw") -> float:
+    """What multiplies the reward weight in the loss. In standard units the reward error is weighed
+    like one more observed value: the observation loss is a mean over n_entities x (changing
+    features) values, so one value's share of it is 1 / that count (the balance of DreamerV3's
+    losses, which sum the decoder's error over every value and add the reward's once)."""
+    if units == "raw":
+        return 1.0
+    return 1.0 / max(1.0, float(n_entities) * float(model.dynamic.sum()))
+
+
 class Dynamics:
     """Mixin giving `observe` and `imagine` to any model with `initial`, `step` and `_as_entities`."""
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from loopwm.models.dynamics import reward_error
+from loopwm.models.dynamics import reward_error, reward_loss_scale
 from loopwm.utils import LoopWMError
 
 
@@ -65,7 +65,8 @@ def deferred_loss(model, batch: dict[str, torch.Tensor], cfg, step: int):
     t_last = C + K - 2
     reward_loss = reward_error(model, out["reward"], batch["reward"][:, t_last], cfg.reward_units)
     cont_loss = F.binary_cross_entropy_with_logits(out["cont_logit"], 1.0 - batch["terminated"][:, t_last].float())
-    terminal = obs_loss + cfg.reward_weight * reward_loss + cfg.cont_weight * cont_loss
+    reward_scale = cfg.reward_weight * reward_loss_scale(model, obs.shape[2], cfg.reward_units)
+    terminal = obs_loss + reward_scale * reward_loss + cfg.cont_weight * cont_loss
     consist_loss = torch.stack(consist).mean() if consist else torch.zeros((), device=obs.device)
     budget = budget_penalty(latent_travel(hs), K, cfg.dd_c_max)  # h_0 (before the roll-out) to h_K
     loss = terminal + cfg.dd_consistency * consist_loss + cfg.dd_budget * budget

@@ -26,7 +26,7 @@ from loopwm.checkpoint import resume, save_checkpoint
 from loopwm.data import TrajectoryDataset, WindowIndex, decode_bounds
 from loopwm.models import RSSMConfig, build_model
 from loopwm.models.blocks import compile_blocks
-from loopwm.models.dynamics import normalised_error, reward_error
+from loopwm.models.dynamics import normalised_error, reward_error, reward_loss_scale
 from loopwm.models.world_model import ModelConfig, WorldModel, WorldSpec
 from loopwm.train.deferred import deferred_loss
 from loopwm.train.distributed import Distributed
@@ -94,12 +94,13 @@ class TrainConfig:
     feedback_grad: bool = True
     """Backpropagate through the predicted observations fed back in imagination."""
     reward_weight: float = 1.0
-    """Weight of the reward loss (an MSE in the units --reward-units names)."""
+    """Weight of the reward loss. In standard units, 1 weighs the reward's error like that of one
+    more observed value (the observation loss being a mean over bodies x changing features)."""
     reward_units: str = "standard"
-    """Units of the reward loss: "standard", units of the training rewards' standard deviation (the
-    same pull on every task, as the observation loss has), or "raw", the environment's own units,
-    whose pull grows with the rewards' variance (runs before 2026-12-03 used raw units at weight 0.1:
-    400x weaker than Pendulum-v1's on a task with Push-v0's rewards; docs/LOG.md)."""
+    """Units of the reward loss: "standard", units of the training rewards' standard deviation, so
+    its pull is the same on every task whatever the rewards' scale, or "raw", the environment's own
+    units at face value, whose pull grows with the rewards' variance (runs before 2026-12-03 used raw
+    units at weight 0.1: 800x weaker on Push-v0 than on Pendulum-v1; docs/LOG.md)."""
     cont_weight: float = 0.01
     """Weight of the continuation loss."""
     depth_supervision: float = 0.0
@@ -280,7 +281,8 @@ def sequence_loss(model: WorldModel, batch: dict[str, torch.Tensor], cfg: TrainC
     reward_loss = reward_error(model, torch.stack(rewards, 1), batch["reward"], cfg.reward_units)
     cont_target = 1.0 - batch["terminated"].float()
     cont_loss = F.binary_cross_entropy_with_logits(torch.stack(conts, 1), cont_target)
-    loss = obs_loss + cfg.reward_weight * reward_loss + cfg.cont_weight * cont_loss
+    reward_scale = cfg.reward_weight * reward_loss_scale(model, obs.shape[2], cfg.reward_units)
+    loss = obs_loss + reward_scale * reward_loss + cfg.cont_weight * cont_loss
     aux_loss = torch.stack(aux).sum() / L if aux else torch.zeros(())
     loss = loss + aux_loss
     deep_loss = torch.stack(deep_terms).mean() if deep_terms else torch.zeros(())

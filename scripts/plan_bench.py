@@ -57,9 +57,9 @@ class PlanBenchConfig:
     models: list[str] = field(default_factory=lambda: ["looped", "deep-2", "rssm", "looped-dd"])
     """Model families: looped, looped-dd (deferred-decoding objective), deep-K (K distinct blocks;
     deep-2 matches the looped model's 2 iterations), rssm, rssm-dreamer-cell (DreamerV3's LayerNorm
-    GRU and a learned initial state), gru; any of them with -rwW trains with reward-loss weight W
-    (e.g. looped-rw1; the default weight is 0.1), with -rsW with weight W on the reward loss in
-    units of the rewards' standard deviation (--reward-units standard)."""
+    GRU and a learned initial state), gru; any of them with -rwW trains with weight W on the reward
+    loss in the environment's raw units (e.g. looped-rw0.1, the setting before 2026-12-03), with -rsW
+    with weight W in standard units (--reward-units standard; -rs1 is the default)."""
     variants: list[str] = field(default_factory=lambda: ["looped@6", "looped@6+delta:0.05", "looped@6+delta:0.2",
                                                          "looped-dd+dd"])
     """Extra planner worlds: RUN@DEPTH (fixed depth), RUN@DEPTH+RULE:THRESHOLD (an exit rule, at

@@ -55,8 +55,9 @@ class PlanBenchConfig:
     minutes: float = 6.0
     """Training minutes per model."""
     models: list[str] = field(default_factory=lambda: ["looped", "deep-2", "rssm", "looped-dd"])
-    """Model families: looped, looped-dd (deferred-decoding objective), deep-K (K distinct blocks;
-    deep-2 matches the looped model's 2 iterations), rssm, rssm-dreamer-cell (DreamerV3's LayerNorm
+    """Model families: looped, looped-ids (bodies told apart by place, --model.slot-ids 16), looped-dd
+    (deferred-decoding objective), deep-K (K distinct blocks; deep-2 matches the looped model's 2
+    iterations), rssm, rssm-dreamer-cell (DreamerV3's LayerNorm
     GRU and a learned initial state), gru; any of them with -rwW trains with weight W on the reward
     loss in the environment's raw units (e.g. looped-rw0.1, the setting before 2026-12-03), with -rsW
     with weight W in standard units (--reward-units standard; -rs1 is the default)."""
@@ -102,6 +103,8 @@ def model_config(name: str):
 
     name = split_reward_weight(name)[0]
 
+    if name == "looped-ids":  # bodies told apart by their place in the observation
+        return ModelConfig(kind="looped", mu_rec=2.0, slot_ids=16), RSSMConfig()
     if name in ("looped", "looped-dd"):
         return ModelConfig(kind="looped", mu_rec=2.0), RSSMConfig()
     if name.startswith("deep-"):
@@ -112,7 +115,7 @@ def model_config(name: str):
         return ModelConfig(kind="rssm"), RSSMConfig(gru="layernorm", learned_init=True)
     if name == "gru":
         return ModelConfig(kind="rssm"), RSSMConfig(stoch=0)
-    raise SystemExit(f"unknown model {name!r}: looped, looped-dd, deep-K, rssm, rssm-dreamer-cell or gru")
+    raise SystemExit(f"unknown model {name!r}: looped, looped-ids, looped-dd, deep-K, rssm, rssm-dreamer-cell or gru")
 
 
 def parse_world(world: str) -> tuple[str, dict]:

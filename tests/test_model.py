@@ -241,3 +241,31 @@ def test_checkpoints_that_saved_derived_buffers_still_load():
     load_weights(model, old)
     with pytest.raises(RuntimeError, match="unexpected_key"):
         load_weights(model, {**model.state_dict(), "unexpected_key": torch.zeros(1)})
+
+
+def test_bodies_are_interchangeable_unless_slot_ids_tell_them_apart():
+    """Without slot ids, swapping two bodies swaps their predictions and leaves the reward alone;
+    with them the model can tell body 1 from body 2 (a reward may depend on which is which)."""
+    obs = random_obs(2, 1)[:, 0]  # (B, N, F)
+    act = torch.zeros(2, 2)
+    swap = [0, 2, 1, 3]
+
+    def run(model, o):
+        with torch.no_grad():
+            _, out = model.step(model.initial(o), act)
+        return out
+
+    def with_reward(model):  # a reward head with real outputs
+        torch.nn.init.normal_(model.reward_head.fc2.weight, std=0.5)
+        return model.eval()
+
+    plain = with_reward(small_model())
+    a, b = run(plain, obs), run(plain, obs[:, swap])
+    torch.testing.assert_close(b["obs"], a["obs"][:, swap], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(b["reward"], a["reward"], rtol=1e-4, atol=1e-5)
+    ids = with_reward(small_model(slot_ids=4))
+    torch.nn.init.normal_(ids.encoder.slot.weight)  # as if trained (it starts near zero)
+    a, b = run(ids, obs), run(ids, obs[:, swap])
+    assert not torch.allclose(b["reward"], a["reward"], rtol=1e-3, atol=1e-4)
+    with pytest.raises(LoopWMError, match="slot-ids 5"):
+        ids.step(ids.initial(random_obs(1, 1, n=5)[:, 0]), act[:1])

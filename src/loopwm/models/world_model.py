@@ -163,6 +163,11 @@ class ModelConfig:
     attn_bias: bool = False
     """Add a learned per-head attention bias from each pair's geometry (unit direction and surface
     gap), so a head can read the neighbour on one side or the touching one. Needs kinematics."""
+    slot_ids: int = 0
+    """0: bodies are interchangeable (the model is the same for any order and any number of them).
+    K > 0: add a learned embedding of each body's place in the observation (at most K bodies), for
+    worlds where the place says who a body is, e.g. Push-v0, whose reward is the distance of body 1
+    to the goal while body 2 looks just like it (same features, random radius)."""
 
     def resolved_eval_depth(self) -> int:
         return self.eval_depth or max(1, round(self.mu_rec))
@@ -190,6 +195,9 @@ class EntityEncoder(nn.Module):
             n_in += 2 * n_pos + cfg.neighbours * (2 * n_pos + 2)
         self.n_neighbour_slots = cfg.neighbours if spec.kinematic else 0
         self.mlp = MLP(n_in, 2 * cfg.d, cfg.d)
+        self.slot = nn.Embedding(cfg.slot_ids, cfg.d) if cfg.slot_ids > 0 else None  # who is who, by place
+        if self.slot is not None:
+            nn.init.normal_(self.slot.weight, std=0.02)
 
     def features(self, obs: torch.Tensor, norm: dict[str, torch.Tensor], action_feat: torch.Tensor,
                  pairs: PairGeometry | None = None) -> torch.Tensor:
@@ -233,7 +241,14 @@ class EntityEncoder(nn.Module):
         return torch.cat(parts, dim=-1)
 
     def forward(self, obs, norm, action_feat, pairs=None):
-        return self.mlp(self.features(obs, norm, action_feat, pairs))  # (B, N, d)
+        tokens = self.mlp(self.features(obs, norm, action_feat, pairs))  # (B, N, d)
+        if self.slot is not None:
+            N = obs.shape[1]
+            if N > self.slot.num_embeddings:
+                raise LoopWMError(f"this model tells bodies apart by place for at most {self.slot.num_embeddings} "
+                                  f"bodies (--model.slot-ids) and got {N}: train it with --model.slot-ids {N} or more")
+            tokens = tokens + self.slot.weight[:N]  # (B, N, d) + (N, d)
+        return tokens
 
 
 class WorldModel(Dynamics, nn.Module):
@@ -264,6 +279,8 @@ class WorldModel(Dynamics, nn.Module):
         self.action_token = nn.Linear(n_act, d)
         self.global_embed = nn.Parameter(torch.randn(cfg.n_global, d) * 0.02)
         self.no_obs = nn.Parameter(torch.randn(d) * 0.02)  # imagination mode: "no observation"
+        if cfg.slot_ids < 0:
+            raise LoopWMError(f"--model.slot-ids must be 0 (bodies interchangeable) or a body count, got {cfg.slot_ids}")
         if cfg.attention not in ("full", "local", "local+globals"):
             raise LoopWMError(f"unknown attention {cfg.attention!r}: use 'full', 'local' or 'local+globals'")
         if (cfg.attention != "full" or cfg.attn_bias) and not spec.kinematic:

@@ -131,7 +131,7 @@ def test_bench_findings_name_the_smallest_matching_deep_model_at_each_horizon():
             for h, e in ((1, e1), (10, e10)):
                 rows.append({"model": model, "world": "w", "seed": seed, "horizon": h, "budget": "converged", "lr": 1e-3,
                              "error": e, "params": params, "flops_per_step": 1, "steps_per_s_b1": 1.0,
-                             "steps_per_s_b256": 1.0, "iterations": 1.0, "train_steps": 10, "train_seconds": 6.0,
+                             "steps_per_s_b256": 1.0, "iterations": 2.0, "train_steps": 10, "train_seconds": 6.0,
                              "train_samples": 320, "stop_reason": "plateau", "floor_copy_last": 1.0})
     depth_rows = [{"world": "w", "seed": s, "depth": d, "error_h10": e} for s in (0, 1) for d, e in ((2, 0.55), (8, 0.47 + s * 0.01))]
     text = findings(rows, depth_rows)
@@ -139,5 +139,5 @@ def test_bench_findings_name_the_smallest_matching_deep_model_at_each_horizon():
     assert "horizon-1 error (0.1100 ± 0.0100) is deep-4 (0.1200), with 4.00x" in text
     # h10: looped 0.51 ± 0.01 -> deep-4 (0.56) is not, deep-8 (0.49) is
     assert "horizon-10 error (0.5100 ± 0.0100) is deep-8 (0.4900), with 8.00x" in text
-    assert "best test-time depth at h10: 8 iterations (0.4750" in text
+    assert "best test-time depth at h10: 8 iterations (0.4750" in text and "0.5500 at the 2 it trained with" in text
     assert "Every run plateaued" in text and "| w | converged | deep-8 | 800 |" in markdown_table(rows)

@@ -274,7 +274,7 @@ def test_reward_head_speaks_the_environments_units(dataset, tmp_path):
     obs, act = torch.as_tensor(ep["obs"][None, :3]), torch.as_tensor(ep["action"][None, :2])
     with torch.no_grad():
         r = model.imagine(model.observe(model.initial(obs[:, 0]), act[:, :1], obs[:, 1:2])[0], act[:, 1:])[1].reward
-        model.reward_mean, model.reward_std = 0.0, 1.0
+        model.spec = replace(model.spec, reward_mean=0.0, reward_std=1.0)  # the head's own units
         head = model.imagine(model.observe(model.initial(obs[:, 0]), act[:, :1], obs[:, 1:2])[0], act[:, 1:])[1].reward
     torch.testing.assert_close(r, meta["spec"]["reward_mean"] + meta["spec"]["reward_std"] * head)
     # an older checkpoint: no reward fields in its spec -> raw units, and training it on keeps them

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from loopwm.checkpoint import build_model, latest_checkpoint, load_model
+from loopwm.checkpoint import build_model, load_model
 from loopwm.data import CollectConfig, TrajectoryDataset, collect
 from loopwm.eval.bench_report import BUDGETS, write_reports
 from loopwm.eval.openloop import open_loop
@@ -188,15 +188,19 @@ def speed(model, obs0: torch.Tensor, action: torch.Tensor, batch: int, seconds: 
     return n * batch / (time.perf_counter() - start)
 
 
+def _run_key(world: str, name: str, lr: float, seed: int) -> Path:
+    # the learning rate is part of the key, so the sweep's winning run is reused, not retrained
+    return Path(world) / name / f"lr{lr:g}" / f"seed{seed}"
+
+
 def _run_dir(out: Path, world: str, name: str, lr: float, seed: int, budget: str) -> Path:
-    # the learning rate is part of the path, so the sweep's winning run is reused, not retrained
-    return out / "runs" / world / name / f"lr{lr:g}" / f"seed{seed}" / budget
+    return out / "runs" / _run_key(world, name, lr, seed) / budget
 
 
 def _score_path(out: Path, world: str, name: str, lr: float, seed: int, budget: str) -> Path:
-    # beside the results, not under runs/: small JSON that is committed with them, so a bench that
-    # spans several sessions (or machines) keeps every finished run without its checkpoints
-    return out / "scores" / world / name / f"lr{lr:g}" / f"seed{seed}" / f"{budget}.json"
+    # under scores/, not runs/: small JSON committed with the results, so a bench that spans several
+    # sessions (or machines) keeps every finished run without its checkpoints
+    return out / "scores" / _run_key(world, name, lr, seed) / f"{budget}.json"
 
 
 def data_fingerprint(ds: TrajectoryDataset) -> str:
@@ -236,6 +240,8 @@ def _train_and_score(job: dict) -> dict:
     tcfg = _train_config(job)
     identity = _identity(job, tcfg)
     kept = Path(job["score_path"])
+    # a finished run's scores are kept beside the results: a re-run of the bench (after a kill, after
+    # adding a model, on another machine) trains and scores nothing that has not changed
     if kept.exists():
         saved = json.loads(kept.read_text())
         if saved.get("identity") == identity:  # finished before, on this data with these settings
@@ -245,16 +251,6 @@ def _train_and_score(job: dict) -> dict:
     records = [json.loads(x) for x in (Path(job["run_dir"]) / "metrics.jsonl").read_text().splitlines() if x.strip()]
     trained = {"val_curve": [[r["step"], r["val/obs"]] for r in records if "val/obs" in r],
                "stop_reason": meta.get("stop_reason", budget), "train_samples": int(meta["step"]) * tcfg.batch_size}
-    # scores are kept next to the run: a re-run of the bench (after adding a model, or after a kill)
-    # re-scores nothing that has not changed
-    key = {"step": int(meta["step"]), "horizon": job["horizon"], "test_depths": job["test_depths"], "context": CONTEXT}
-    cache = Path(job["run_dir"]) / "bench_score.json"
-    if cache.exists():
-        saved = json.loads(cache.read_text())
-        if saved.get("key") == key:
-            result = {**saved["result"], "depth_errors": {int(k): v for k, v in saved["result"]["depth_errors"].items()}}
-            _keep_score(kept, identity, meta, {**result, **trained})
-            return {**result, **trained}
     ds = TrajectoryDataset.load(job["data"])
     val = np.asarray(meta["val_episodes"])
     res = open_loop(model, ds, val, CONTEXT, job["horizon"], 256, device=device)
@@ -268,25 +264,17 @@ def _train_and_score(job: dict) -> dict:
               "floors": {k: [float(x) for x in v] for k, v in res.floors.items()}, "params": model.param_count(),
               "train_steps": int(meta["step"]), "train_seconds": float(meta.get("train_seconds", 0.0)),
               "depth_errors": depth_errors}
-    atomic_write_text(cache, json.dumps({"key": key, "result": result}) + "\n")
-    _keep_score(kept, identity, meta, {**result, **trained})
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    model_meta = {k: meta[k] for k in ("kind", "spec", "model")}  # enough to rebuild the model for timing
+    atomic_write_text(kept, json.dumps({"identity": identity, "model_meta": model_meta,
+                                        "val_episodes": [int(i) for i in meta["val_episodes"]],
+                                        "result": {**result, **trained}}) + "\n")
     return {**result, **trained}
 
 
-def _keep_score(path: Path, identity: dict, meta: dict, result: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model_meta = {k: meta[k] for k in ("kind", "spec", "model")}  # enough to rebuild the model for timing
-    atomic_write_text(path, json.dumps({"identity": identity, "model_meta": model_meta,
-                                        "val_episodes": [int(i) for i in meta["val_episodes"]],
-                                        "result": result}) + "\n")
-
-
 def _model_for_timing(job: dict, device) -> tuple[torch.nn.Module, list[int]]:
-    """The trained model when its run is on this machine, else the same architecture rebuilt from its
-    kept score (FLOPs and speed at a fixed depth do not depend on the weights)."""
-    if latest_checkpoint(job["run_dir"]) is not None:
-        model, meta = load_model(job["run_dir"], device)
-        return model, meta["val_episodes"]
+    """A run's architecture rebuilt from its kept score, untrained: FLOPs and speed at a fixed depth
+    do not depend on the weights, and this works where the run's checkpoints are gone."""
     saved = json.loads(Path(job["score_path"]).read_text())
     return build_model(saved["model_meta"]).to(device).eval(), saved["val_episodes"]
 

@@ -144,11 +144,12 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch
     optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
 
 
-def resume(run_dir: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, rng) -> dict[str, Any] | None:
-    """Restore a run from its newest intact checkpoint: weights, optimiser moments, the torch and
-    NumPy (`rng`, a Generator) random states. Returns the checkpoint's metadata, or None for a
-    fresh run."""
-    found = latest_checkpoint(run_dir)
+def resume(run_dir: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, rng,
+           checkpoint: Path | None = None) -> dict[str, Any] | None:
+    """Restore a run from its newest intact checkpoint (or `checkpoint`, that one already found):
+    weights, optimiser moments, the torch and NumPy (`rng`, a Generator) random states. Returns the
+    checkpoint's metadata, or None for a fresh run."""
+    found = checkpoint if checkpoint is not None else latest_checkpoint(run_dir)
     if found is None:
         return None
     tensors, meta = read_checkpoint(found)

@@ -47,24 +47,32 @@ def normalised_error(model, pred: torch.Tensor, true: torch.Tensor) -> torch.Ten
 def reward_error(model, pred: torch.Tensor, true: torch.Tensor, units: str = "raw") -> torch.Tensor:
     """Mean squared reward error (any matching shapes -> scalar), in the environment's units ("raw")
     or in units of the training rewards' standard deviation ("standard"). Shared by the objectives."""
-    if units not in ("raw", "standard"):
-        raise LoopWMError(f"unknown reward units {units!r}: use raw or standard")
     err = ((pred - true.to(pred.dtype)) ** 2).mean()
-    return err / getattr(model, "reward_std", 1.0) ** 2 if units == "standard" else err
+    return err / model.reward_std**2 if units == "standard" else err
 
 
-def reward_loss_scale(model, n_entities: int, units: str = "raw") -> float:
+def reward_loss_scale(model, n_entities: int, units: str = "raw") -> torch.Tensor | float:
     """What multiplies the reward weight in the loss. In standard units the reward error is weighed
     like one more observed value: the observation loss is a mean over n_entities x (changing
     features) values, so one value's share of it is 1 / that count (the balance of DreamerV3's
-    losses, which sum the decoder's error over every value and add the reward's once)."""
-    if units == "raw":
+    losses, which sum the decoder's error over every value and add the reward's once). A tensor,
+    so the training step never waits on the device for it."""
+    if units != "standard":
         return 1.0
-    return 1.0 / max(1.0, float(n_entities) * float(model.dynamic.sum()))
+    return 1.0 / (model.dynamic.sum() * n_entities).clamp(min=1)
 
 
 class Dynamics:
     """Mixin giving `observe` and `imagine` to any model with `initial`, `step` and `_as_entities`."""
+
+    @property
+    def reward_mean(self) -> float:
+        """The reward head predicts in units of reward_std around this (both from the world spec)."""
+        return self.spec.reward_mean
+
+    @property
+    def reward_std(self) -> float:
+        return self.spec.reward_std
 
     def initial(self, obs: torch.Tensor) -> State:  # pragma: no cover - implemented by models
         raise NotImplementedError

@@ -315,8 +315,6 @@ class WorldModel(Dynamics, nn.Module):
     # ----- normalisation constants (buffers, saved in the checkpoint) -----
     def _register_norm_buffers(self, spec: WorldSpec) -> None:
         f32 = dict(dtype=torch.float32)
-        # plain floats, not buffers: checkpoints from before they existed load unchanged (as 0 and 1)
-        self.reward_mean, self.reward_std = float(spec.reward_mean), float(spec.reward_std)
         std = torch.tensor(spec.obs_std, **f32)
         # a feature is dynamic if it changes over time; one that only differs between bodies
         # (a radius, a "controlled" flag) is copied by every model and left out of the error

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from loopwm.checkpoint import resume, save_checkpoint
+from loopwm.checkpoint import latest_checkpoint, resume, save_checkpoint
 from loopwm.data import TrajectoryDataset, WindowIndex, decode_bounds
 from loopwm.models import RSSMConfig, build_model
 from loopwm.models.blocks import compile_blocks
@@ -30,7 +30,7 @@ from loopwm.models.dynamics import normalised_error, reward_error, reward_loss_s
 from loopwm.models.world_model import ModelConfig, WorldModel, WorldSpec
 from loopwm.train.deferred import deferred_loss
 from loopwm.train.distributed import Distributed
-from loopwm.utils import LoopWMError, atomic_write_json, atomic_write_text, seed_everything
+from loopwm.utils import LoopWMError, atomic_write_json, atomic_write_text, read_json, seed_everything
 
 
 @dataclass
@@ -140,7 +140,8 @@ class TrainConfig:
     """Also write the metrics as TensorBoard events under OUT/tb (needs `pip install tensorboard`)."""
 
 
-# settings whose default changed after they were added: a saved config without one ran with this value
+# settings (dotted paths) whose default changed after they were added: a saved config without one
+# ran with this value
 LEGACY_DEFAULTS = {"reward_units": "raw"}
 
 RESUMABLE_FIELDS = ("steps", "minutes", "progress", "device", "eval_every", "ckpt_every", "tensorboard", "mmap", "threads",
@@ -332,7 +333,7 @@ def _config_diff(saved: dict, now: dict, default: dict, prefix: str = "") -> lis
     out = []
     for key, value in now.items():
         if key not in saved:
-            if value != (LEGACY_DEFAULTS.get(key, default.get(key)) if not prefix else default.get(key)):
+            if value != LEGACY_DEFAULTS.get(prefix + key, default.get(key)):
                 out.append(prefix + key)
         elif isinstance(value, dict) and isinstance(saved[key], dict):
             out += _config_diff(saved[key], value, default.get(key) or {}, f"{prefix}{key}.")
@@ -405,7 +406,10 @@ def _train(cfg: TrainConfig, run_dir: Path, ddp: Distributed) -> Path:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
-    spec = world_spec_from_data(ds, train_idx)
+    found = latest_checkpoint(run_dir)
+    # a resumed run keeps the spec it began with; a field added to WorldSpec since takes its default,
+    # which reproduces the old behaviour (reward_mean 0 and reward_std 1: raw reward units)
+    spec = WorldSpec(**read_json(found, "checkpoint")["spec"]) if found is not None else world_spec_from_data(ds, train_idx)
     if cfg.objective not in ("sequence", "dd"):
         raise LoopWMError(f"unknown --objective {cfg.objective!r}: use sequence or dd (deferred decoding)")
     if cfg.reward_units not in ("raw", "standard"):
@@ -424,11 +428,7 @@ def _train(cfg: TrainConfig, run_dir: Path, ddp: Distributed) -> Path:
     if ddp.main:
         for stale in (run_dir / "checkpoints").glob(".*.tmp"):
             stale.unlink()  # a temp file left by a killed write; the checkpoint it was for never counted
-    meta = resume(run_dir, model, opt, rng)
-    if meta is not None and "reward_mean" not in meta.get("spec", {}):
-        # a run begun before the reward head had units: it goes on in the raw units it learned in
-        model.spec = replace(model.spec, reward_mean=0.0, reward_std=1.0)
-        model.reward_mean, model.reward_std = 0.0, 1.0
+    meta = resume(run_dir, model, opt, rng, checkpoint=found)
     if meta is not None:
         step, elapsed_before = meta["step"], meta.get("train_seconds", 0.0)
         cooldown_from, stop_reason = meta.get("cooldown_from"), meta.get("stop_reason", "steps")

@@ -49,7 +49,7 @@ from loopwm.eval.openloop import open_loop
 from loopwm.models.flops import count_step_flops
 from loopwm.models.rssm import RSSMConfig
 from loopwm.models.world_model import ModelConfig
-from loopwm.train.loop import TrainConfig, train
+from loopwm.train.loop import TrainConfig, config_diff, train
 from loopwm.utils import LoopWMError, atomic_write_text, pick_device
 
 WORLD_IDS = {"balls": "loopwm/Balls-v0", "cradle": "loopwm/Cradle-v0", "chain": "loopwm/Chain-v0", "mixed": "loopwm/Mixed-v0"}
@@ -232,6 +232,17 @@ def _identity(job: dict, tcfg: TrainConfig) -> dict:
     return json.loads(json.dumps(identity))  # as it reads back from the file (tuples become lists)
 
 
+def _same_run(saved: dict, now: dict) -> bool:
+    """Whether a kept score's identity stands for this job: everything equal, except training
+    settings added to loopwm since the score was kept, which match at their defaults (the rule
+    `loopwm train` applies when resuming a run)."""
+    def rest(identity):
+        return {k: v for k, v in identity.items() if k != "train"}
+
+    default = json.loads(json.dumps(asdict(TrainConfig())))
+    return rest(saved) == rest(now) and not config_diff(saved.get("train", {}), now["train"], default)
+
+
 def _train_and_score(job: dict) -> dict:
     """One training run and its open-loop scores (runs in a worker process)."""
     torch.set_num_threads(1)
@@ -244,7 +255,7 @@ def _train_and_score(job: dict) -> dict:
     # adding a model, on another machine) trains and scores nothing that has not changed
     if kept.exists():
         saved = json.loads(kept.read_text())
-        if saved.get("identity") == identity:  # finished before, on this data with these settings
+        if _same_run(saved.get("identity", {}), identity):  # finished before, on this data with these settings
             return {**saved["result"], "depth_errors": {int(k): v for k, v in saved["result"]["depth_errors"].items()}}
     train(tcfg)
     model, meta = load_model(job["run_dir"], device)

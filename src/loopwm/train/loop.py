@@ -318,7 +318,7 @@ def _check_resume(run_dir: Path, cfg: TrainConfig) -> None:
     if not saved_path.exists():
         return
     saved = json.loads(saved_path.read_text())
-    diff = [k for k in _config_diff(saved, asdict(cfg), asdict(TrainConfig())) if k.split(".")[0] not in RESUMABLE_FIELDS]
+    diff = [k for k in config_diff(saved, asdict(cfg), asdict(TrainConfig())) if k.split(".")[0] not in RESUMABLE_FIELDS]
     if diff:
         raise LoopWMError(
             f"{run_dir} holds a run with a different configuration ({', '.join(diff)} differ); "
@@ -326,7 +326,7 @@ def _check_resume(run_dir: Path, cfg: TrainConfig) -> None:
         )
 
 
-def _config_diff(saved: dict, now: dict, default: dict, prefix: str = "") -> list[str]:
+def config_diff(saved: dict, now: dict, default: dict, prefix: str = "") -> list[str]:
     """Settings that differ between a saved config and the current one. A setting the saved run does
     not have (added to loopwm since) counts as equal when it is at its default value, which by
     construction reproduces the old behaviour."""
@@ -336,7 +336,7 @@ def _config_diff(saved: dict, now: dict, default: dict, prefix: str = "") -> lis
             if value != LEGACY_DEFAULTS.get(prefix + key, default.get(key)):
                 out.append(prefix + key)
         elif isinstance(value, dict) and isinstance(saved[key], dict):
-            out += _config_diff(saved[key], value, default.get(key) or {}, f"{prefix}{key}.")
+            out += config_diff(saved[key], value, default.get(key) or {}, f"{prefix}{key}.")
         elif saved[key] != value:
             out.append(prefix + key)
     return out

@@ -72,3 +72,14 @@ def test_counted_flops_agree_with_the_analytic_count_for_one_block():
     assert one_more_iteration == block_flops(d, n_state) + injection
     deep3, deep5 = deep_model(3), deep_model(5)
     assert count_step_flops(deep5, obs, action) - count_step_flops(deep3, obs, action) == 2 * block_flops(d, n_state)
+
+
+def test_the_bench_suite_has_recurrent_baselines_at_the_looped_models_size():
+    from loopwm.bench import model_suite
+    from loopwm.models import build_model
+
+    spec = make_spec(5)
+    sizes = {name: build_model(spec, m, r).param_count() for name, (m, r) in model_suite(quick=False).items()}
+    for name in ("rssm-eq", "gru-eq"):
+        assert 0.9 < sizes[name] / sizes["looped"] < 1.1, (name, sizes[name], sizes["looped"])
+    assert sizes["rssm"] > 4 * sizes["looped"] and sizes["gru"] > 3 * sizes["looped"]  # the defaults are not

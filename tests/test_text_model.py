@@ -255,3 +255,24 @@ def test_text_commands_name_bad_input(tmp_path, capsys):
     assert "not a text dataset" in capsys.readouterr().err
     assert main(["text", "eval", str(tmp_path / "nothing")]) == 2
     assert "no such run" in capsys.readouterr().err
+
+
+@needs_tokenizers
+def test_text_train_until_plateau_cools_down_and_stops_before_the_cap(toy, tmp_path):
+    run = tmp_path / "run"
+    args = ["text", "train", "--data", str(toy), "--out", str(run), "--vocab-size", "400", "--model.d", "32",
+            "--model.n-heads", "2", "--model.n-state", "4", "--model.n-decoder-layers", "1", "--model.max-context",
+            "64", "--model.max-target", "32", "--batch-size", "8", "--eval-every", "10", "--dev-samples", "8",
+            "--threads", "1", "--no-progress", "--lr", "3e-3", "--warmup", "5", "--steps", "3000",
+            "--until-plateau", "0.02"]
+    assert main(args) == 0
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    start = [r["cooldown_from"] for r in records if "cooldown_from" in r]
+    last = records[-1]["step"]
+    assert len(start) == 1 and last < 3000  # the toy world is learned long before the cap
+    assert last == start[0] + round(0.2 * start[0])  # then a cool-down of a fifth of the steps so far
+    assert records[-1]["lr"] < 0.15 * 3e-3 and max(r["lr"] for r in records) == pytest.approx(3e-3)
+    meta = json.loads(sorted((run / "checkpoints").glob("step_*.json"))[-1].read_text())
+    assert meta["stop_reason"] == "plateau" and meta["cooldown_from"] == start[0]
+    assert main(args) == 0  # re-running a finished run trains nothing more
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == last

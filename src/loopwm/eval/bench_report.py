@@ -120,7 +120,9 @@ def findings(rows: list[dict], depth_rows: list[dict] = ()) -> str:
                     if trained in by_depth else ""
                 lines.append(f"  The looped model's best test-time depth at h10: {best[0][1]} iterations "
                              f"({best[0][0]:.4f}{at_trained}; scored on every window that reaches horizon 10).")
-            for other, label in (("rssm", "the RSSM"), ("gru", "the GRU world model")):
+            for other, label in (("rssm", "the RSSM"), ("gru", "the GRU world model"),
+                                 ("rssm-eq", "the RSSM at about equal parameters"),
+                                 ("gru-eq", "the GRU world model at about equal parameters")):
                 if other not in params:
                     continue
                 parts = []

@@ -24,7 +24,7 @@ from loopwm.checkpoint import load_model, resolve_checkpoint, resume, save_check
 from loopwm.text.corpus import Batcher, Encoder, Sample, all_starts, eval_starts, load_tokenizer, load_trajectories, \
     need_tokenizers, tokenizer_corpus, train_tokenizer
 from loopwm.text.model import TextModelConfig, TextWorldModel
-from loopwm.train.loop import _truncate_metrics, lr_at, param_groups  # the physics models' schedule and decay rule
+from loopwm.train.loop import _truncate_metrics, cooldown_length, lr_at, param_groups, plateaued  # the physics models' schedule
 from loopwm.utils import LoopWMError, atomic_save, atomic_write_json, pick_device, read_json, seed_everything
 
 KINDS = ("text-looped", "text-deep")
@@ -48,6 +48,15 @@ class TextTrainConfig:
     """Gradient steps (a cap when --minutes is set)."""
     minutes: float = 0.0
     """Wall-clock training budget in minutes (0: none; the steps decide)."""
+    until_plateau: float = 0.0
+    """Train until the dev loss stops improving, `steps` being the cap: the physics models' rule
+    (`loopwm.train.loop.plateaued`: the smoothed best of the last `plateau_window` of training not
+    this fraction better than the best before it), then a cool-down over another `plateau_window`
+    of the steps so far (warmup-stable-decay). A run that never plateaus cools so as to end at the
+    cap, and says so (`stop_reason` in its checkpoint). 0: the cosine schedule over `steps` / `minutes`."""
+    plateau_window: float = 0.2
+    """Fraction of training compared with what came before it, and the cool-down's length as a
+    fraction of the steps before it."""
     batch_size: int = 32
     """Samples per step."""
     lr: float = 1e-3
@@ -141,6 +150,9 @@ def train_text(cfg: TextTrainConfig) -> Path:
     if cfg.batch_size < 1 or cfg.steps < 1 or cfg.vocab_size < 300:
         raise LoopWMError("--batch-size and --steps must be at least 1 and --vocab-size at least 300 "
                           "(a byte-level tokenizer needs 256 byte tokens and the specials)")
+    if not 0 <= cfg.until_plateau < 1 or not 0 < cfg.plateau_window < 1:
+        raise LoopWMError("--until-plateau must be in [0, 1) (0.02: stop at less than 2% improvement) and "
+                          "--plateau-window in (0, 1)")
     run_dir = Path(cfg.out)
     train_trajs = load_trajectories(cfg.data, "train")
     dev_trajs = load_trajectories(cfg.data, "dev")
@@ -171,9 +183,13 @@ def train_text(cfg: TextTrainConfig) -> Path:
     rng = np.random.default_rng(cfg.seed)
     meta = resume(run_dir, model, opt, rng)
     step, seconds_before = (meta["step"], meta.get("train_seconds", 0.0)) if meta else (0, 0.0)
+    # with --until-plateau: the step at which the learning rate began to cool, and why
+    cooldown_from, stop_reason = (meta.get("cooldown_from"), meta.get("stop_reason", "steps")) if meta else (None, "steps")
     saved_step = step if meta else None
     metrics_path = run_dir / "metrics.jsonl"
     _truncate_metrics(metrics_path, step)
+    curve = [(r["step"], r["dev_loss"]) for r in map(json.loads, metrics_path.read_text().splitlines())
+             if "dev_loss" in r] if metrics_path.exists() else []
     from tqdm import tqdm
 
     budget = cfg.minutes * 60
@@ -182,7 +198,8 @@ def train_text(cfg: TextTrainConfig) -> Path:
 
     def save() -> None:
         nonlocal saved_step
-        meta = {**checkpoint_meta(model), "numpy_rng": rng.bit_generator.state,
+        plateau = {"cooldown_from": cooldown_from, "stop_reason": stop_reason} if cfg.until_plateau > 0 else {}
+        meta = {**checkpoint_meta(model), **plateau, "numpy_rng": rng.bit_generator.state,
                 "train_seconds": seconds_before + time.time() - t0, "data": cfg.data}
         save_checkpoint(run_dir, step, model, meta, opt)
         saved_step = step
@@ -193,8 +210,16 @@ def train_text(cfg: TextTrainConfig) -> Path:
         while step < cfg.steps:
             spent = seconds_before + time.time() - t0
             if budget > 0 and spent >= budget:
+                stop_reason = "minutes"
                 break
-            frac = max(step / cfg.steps, spent / budget if budget > 0 else 0.0)
+            if cfg.until_plateau > 0:
+                if cooldown_from is None and step >= cfg.steps / (1 + cfg.plateau_window):
+                    cooldown_from, stop_reason = step, "cap"  # never plateaued: cool down so as to end at the cap
+                if cooldown_from is not None and step >= cooldown_from + cooldown_length(cfg, cooldown_from):
+                    break
+                frac = 0.0 if cooldown_from is None else (step - cooldown_from) / cooldown_length(cfg, cooldown_from)
+            else:
+                frac = max(step / cfg.steps, spent / budget if budget > 0 else 0.0)
             for group in opt.param_groups:
                 group["lr"] = lr_at(cfg, step, frac)
             k = int(rng.integers(1, cfg.max_actions + 1))
@@ -214,6 +239,11 @@ def train_text(cfg: TextTrainConfig) -> Path:
                       "lr": opt.param_groups[0]["lr"], "seconds": round(seconds_before + time.time() - t0, 2)}
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 record["dev_loss"] = dev_loss(model, dev_batcher, dev_fixed, cfg.max_actions, device)
+                curve.append((step, record["dev_loss"]))
+                if cfg.until_plateau > 0 and cooldown_from is None and plateaued(curve, cfg.until_plateau,
+                                                                                 cfg.plateau_window):
+                    cooldown_from, stop_reason = step, "plateau"
+                    record["cooldown_from"] = step
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}", dev=f"{record['dev_loss']:.3f}")
                 save()
             log.write(json.dumps(record) + "\n")

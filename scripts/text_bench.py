@@ -39,7 +39,20 @@ class TextBenchConfig:
     minutes: float = 40.0
     """Training minutes per model (wall clock, one thread each, side by side)."""
     steps: int = 0
-    """Gradient steps per model instead of minutes (0: the minutes decide)."""
+    """Gradient steps per model instead of minutes (0: the minutes decide); with --until-plateau, the cap."""
+    until_plateau: float = 0.0
+    """Train each model until its dev loss stops improving by this fraction (0.02), --steps being the
+    cap (TextTrainConfig.until_plateau); 0: the minutes or steps decide."""
+    eval_every: int = 250
+    """Steps between dev losses (the plateau rule needs four in the last fifth of a run, so a smaller
+    value lets it stop earlier)."""
+    bucket: int = 4
+    """Batches drawn at once and grouped by target length (TextTrainConfig.bucket)."""
+    max_context: int = 192
+    """Context tokens the models read (TextModelConfig.max_context)."""
+    max_target: int = 128
+    """Longest observation the models write, in tokens (TextModelConfig.max_target): longer ones are
+    cut and can never match exactly."""
     split_digits: bool = True
     """One token per digit (False: BPE merges digits, as in the first committed run)."""
     models: list[str] = field(default_factory=lambda: ["looped", "deep"])
@@ -60,12 +73,14 @@ def _train(job: dict) -> str:
     from loopwm.text.model import TextModelConfig
     from loopwm.text.train import TextTrainConfig, train_text
 
-    model = TextModelConfig(kind=job["kind"], mu_rec=job["mu_rec"], n_deep=max(1, round(job["mu_rec"])))
+    model = TextModelConfig(kind=job["kind"], mu_rec=job["mu_rec"], n_deep=max(1, round(job["mu_rec"])),
+                            max_context=job["max_context"], max_target=job["max_target"])
     if job["quick"]:
         model.d, model.n_state = 32, 4
     train_text(TextTrainConfig(data=job["data"], out=job["run"], model=model, threads=1, progress=False,
                                minutes=0.0 if job["steps"] else job["minutes"], steps=job["steps"] or 10**7,
-                               split_digits=job["split_digits"], eval_every=50 if job["quick"] else 250))
+                               split_digits=job["split_digits"], eval_every=50 if job["quick"] else job["eval_every"], bucket=job["bucket"],
+                               until_plateau=job["until_plateau"]))
     return job["run"]
 
 
@@ -76,7 +91,9 @@ def main(cfg: TextBenchConfig) -> None:
     (out / "runs").mkdir(parents=True, exist_ok=True)
     minutes = 1.0 if cfg.quick else cfg.minutes
     jobs = [{"kind": m, "mu_rec": cfg.mu_rec, "data": cfg.data, "run": str(out / "runs" / m), "minutes": minutes,
-             "steps": cfg.steps, "split_digits": cfg.split_digits, "quick": cfg.quick} for m in cfg.models]
+             "steps": cfg.steps, "split_digits": cfg.split_digits, "quick": cfg.quick, "until_plateau": cfg.until_plateau,
+             "max_context": cfg.max_context, "max_target": cfg.max_target, "eval_every": cfg.eval_every,
+             "bucket": cfg.bucket} for m in cfg.models]
     if cfg.report_only:
         saved = json.loads((out / "results.json").read_text())
         results = {k: saved["models"][k] for k in sorted(saved["models"], key=lambda k: (cfg.models.index(k) if k in cfg.models else len(cfg.models), k))}
@@ -107,7 +124,9 @@ def main(cfg: TextBenchConfig) -> None:
             sweep[depth] = {"overall": r["overall"], "rows": r["rows"], "iterations_per_step": r["iterations_per_step"]}
     atomic_write_json(out / "results.json", {"models": results, "depth_sweep": {str(k): v for k, v in sweep.items()},
                                              "settings": {"minutes": minutes, "steps": cfg.steps, "split_digits": cfg.split_digits,
-                                                          "mu_rec": cfg.mu_rec, "data": cfg.data}})
+                                                          "mu_rec": cfg.mu_rec, "data": cfg.data, "until_plateau": cfg.until_plateau,
+                                                          "max_context": cfg.max_context, "max_target": cfg.max_target,
+                                                          "bucket": cfg.bucket}})
     atomic_write_text(out / "summary.md", summary(results, sweep, minutes))
     plots(results, sweep, out)
     print(f"results written to {out}")
@@ -118,8 +137,13 @@ def _train_summary(run: Path) -> dict:
 
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
     dev = [(r["step"], r["dev_loss"]) for r in records if "dev_loss" in r]
-    return {"steps": records[-1]["step"], "seconds": records[-1]["seconds"], "dev_loss": dev,
-            "still_improving": not plateaued(dev, 0.02)}
+    metas = sorted((run / "checkpoints").glob("step_*.json"))
+    stop = json.loads(metas[-1].read_text()).get("stop_reason", "steps") if metas else "steps"
+    cooled = next((r["cooldown_from"] for r in records if "cooldown_from" in r), None)
+    # a run cooled down by --until-plateau is judged by its curve before the cool-down
+    before = [(s, v) for s, v in dev if cooled is None or s <= cooled]
+    return {"steps": records[-1]["step"], "seconds": records[-1]["seconds"], "dev_loss": dev, "stop_reason": stop,
+            "still_improving": not plateaued(before, 0.02)}
 
 
 def summary(results: dict, sweep: dict, minutes: float) -> str:
@@ -137,7 +161,8 @@ def summary(results: dict, sweep: dict, minutes: float) -> str:
         t = r["train"]
         last = t["dev_loss"][-1][1] if t["dev_loss"] else float("nan")
         lines += [f"## {kind}", "", f"{t['steps']} steps in {t['seconds'] / 60:.1f} min; last dev loss {last:.3f}; "
-                  f"{'still improving (its last fifth of training lowered the dev loss by more than 2%)' if t['still_improving'] else 'plateaued (the last fifth of training lowered the dev loss by less than 2%)'}", "",
+                  f"{'still improving (its last fifth of training lowered the dev loss by more than 2%)' if t['still_improving'] else 'plateaued (the last fifth of training lowered the dev loss by less than 2%)'}"
+                  f"; stopped by: {t.get('stop_reason', 'steps')}", "",
                   "```", format_text_table(r), "```", ""]
     if sweep:
         lines += ["## Looped model: test-time loop iterations per action (5 actions)", "",

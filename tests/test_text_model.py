@@ -182,6 +182,23 @@ def test_shapes_and_padding_never_leaks_into_other_samples(kind):
         torch.testing.assert_close(model.decode(m1, v1, target[b:b + 1]), logits[b:b + 1], atol=2e-5, rtol=1e-4)
 
 
+def test_the_loss_scores_real_tokens_only_and_equals_full_cross_entropy():
+    import torch.nn.functional as F
+
+    model = tiny_model()
+    context, actions, target = random_batch()
+    target[0, 4:], target[2, 7:] = 0, 0  # ragged targets
+    torch.manual_seed(1)
+    loss, _ = model.loss(context, actions, target, n_grad=1)
+    torch.manual_seed(1)
+    _, memory, mem_valid, _ = model.imagine(context, actions, n_grad=1)
+    logits = model.decode(memory, mem_valid, target[:, :-1])  # every position, padding included
+    full = F.cross_entropy(logits.reshape(-1, 400), target[:, 1:].reshape(-1), ignore_index=0)
+    torch.testing.assert_close(loss, full)
+    target[1, 5] = 3  # a changed real token changes the loss; a changed padding position could not
+    assert float(model.loss(context, actions, target, n_grad=1)[0].detach()) != float(loss.detach())
+
+
 def test_an_exit_rule_that_never_fires_equals_fixed_depth_and_depth_matters():
     from loopwm.models.exits import make_exit_rule
 
@@ -276,3 +293,19 @@ def test_text_train_until_plateau_cools_down_and_stops_before_the_cap(toy, tmp_p
     assert meta["stop_reason"] == "plateau" and meta["cooldown_from"] == start[0]
     assert main(args) == 0  # re-running a finished run trains nothing more
     assert len((run / "metrics.jsonl").read_text().splitlines()) == last
+
+
+def test_bucketed_batches_draw_the_same_samples_grouped_by_target_length():
+    import numpy as np
+
+    from loopwm.text.train import draw_batches
+
+    pool = [(i, t) for i in range(7) for t in range(13)]
+    length = lambda s: (s.traj * 31 + s.t * 17) % 23  # noqa: E731 - any fixed length per sample
+    batches = draw_batches(np.random.default_rng(3), pool, 2, batch_size=5, bucket=4, length=length)
+    plain = np.random.default_rng(3).integers(0, len(pool), 20)  # what an unbucketed draw picks
+    assert sorted((s.traj, s.t) for b in batches for s in b) == sorted(pool[i] for i in plain)
+    assert len(batches) == 4 and all(len(b) == 5 and {s.k for s in b} == {2} for b in batches)
+    spans = sorted((min(map(length, b)), max(map(length, b))) for b in batches)
+    assert all(hi <= lo for (_, hi), (lo, _) in zip(spans, spans[1:]))  # no overlap: like lengths together
+    assert len(draw_batches(np.random.default_rng(3), pool, 2, 5, 1, length)) == 1

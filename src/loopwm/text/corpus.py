@@ -181,6 +181,9 @@ class Batcher:
     def target_ids(self, text: str) -> list[int]:
         return ([self.enc.bos] + self.enc.ids(text) + [self.enc.eos])[: self.max_target + 1]
 
+    def target_length(self, sample: Sample) -> int:
+        return len(self.target_ids(self.trajs[sample.traj].observations[sample.t + sample.k]))
+
     def batch(self, samples: list[Sample]) -> dict[str, np.ndarray]:
         k = samples[0].k
         if any(s.k != k for s in samples):

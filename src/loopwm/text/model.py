@@ -250,24 +250,31 @@ class TextWorldModel(nn.Module):
             masks.append((actions != 0).reshape(B, K * A))
         return torch.cat(parts, dim=1), torch.cat(masks, dim=1)  # (B, M, d), (B, M)
 
-    def decode(self, memory, mem_valid, tokens: torch.Tensor, caches: list | None = None, offset: int = 0,
-               kvs: list | None = None) -> torch.Tensor:
-        """Teacher-forced (or cached, one position at a time) logits (B, T, V) for input ids (B, T)."""
+    def decode_hidden(self, memory, mem_valid, tokens: torch.Tensor, caches: list | None = None, offset: int = 0,
+                      kvs: list | None = None) -> torch.Tensor:
+        """The decoder's normalised output (B, T, d) for input ids (B, T), teacher-forced (or cached,
+        one position at a time)."""
         T = tokens.shape[1]
         y = self.embed(tokens) + self.pos.weight[offset:offset + T]  # (B, T, d)
         mask = key_mask(mem_valid, T)  # (B, 1, T, M)
         kvs = kvs or [block.memory(memory) for block in self.decoder]
         for i, block in enumerate(self.decoder):
             y = block(y, kvs[i], mask, None if caches is None else caches[i])
-        return self.decoder_norm(y) @ self.embed.weight.T  # (B, T, V), tied to the token embedding
+        return self.decoder_norm(y)
+
+    def decode(self, memory, mem_valid, tokens: torch.Tensor, caches: list | None = None, offset: int = 0,
+               kvs: list | None = None) -> torch.Tensor:
+        """Logits (B, T, V) for input ids (B, T)."""
+        return self.decode_hidden(memory, mem_valid, tokens, caches, offset, kvs) @ self.embed.weight.T  # tied
 
     def loss(self, context, actions, target, n_grad: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy of the observation after the last action (pad positions ignored), and the
         iterations used per action (B, K)."""
         _, memory, mem_valid, used = self.imagine(context, actions, n_grad=n_grad)
-        logits = self.decode(memory, mem_valid, target[:, :-1])  # (B, T-1, V)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target[:, 1:].reshape(-1), ignore_index=0)
-        return loss, used
+        y = self.decode_hidden(memory, mem_valid, target[:, :-1])  # (B, T-1, d)
+        keep = target[:, 1:] != 0  # (B, T-1): padding is most of a batch whose targets differ in length
+        logits = y[keep] @ self.embed.weight.T  # (N, V): the vocabulary projection on real tokens only
+        return F.cross_entropy(logits, target[:, 1:][keep]), used
 
     @torch.no_grad()
     def generate(self, memory, mem_valid, bos: int, eos: int, max_len: int) -> torch.Tensor:

@@ -59,6 +59,10 @@ class TextTrainConfig:
     fraction of the steps before it."""
     batch_size: int = 32
     """Samples per step."""
+    bucket: int = 4
+    """Batches drawn at once (one K for all) and formed by target length: a batch is padded to its
+    longest target, and ScienceWorld's run from 3 to 300 tokens, so grouping like lengths saves most
+    of the decoder's work on padding. Every sample is still drawn uniformly; 1: plain random batches."""
     lr: float = 1e-3
     """Peak learning rate (linear warm-up, cosine decay to 10%)."""
     warmup: int = 100
@@ -84,6 +88,8 @@ class TextTrainConfig:
 
 
 RESUMABLE = {"steps", "minutes", "progress", "threads", "device", "eval_every"}
+# settings added since runs were first saved: a run saved without one used this value
+LEGACY_DEFAULTS = {"bucket": 1}
 
 
 def checkpoint_meta(model: TextWorldModel) -> dict:
@@ -119,7 +125,7 @@ def _check_config(cfg: TextTrainConfig, run_dir: Path) -> None:
     saved = read_json(path, "run config")
     now, default = json.loads(json.dumps(asdict(cfg))), json.loads(json.dumps(asdict(TextTrainConfig())))
     # a setting added since the run began counts at its default (its tokenizer.json is what it uses)
-    diff = [k for k in now if k not in RESUMABLE and saved.get(k, default[k]) != now[k]]
+    diff = [k for k in now if k not in RESUMABLE and saved.get(k, LEGACY_DEFAULTS.get(k, default[k])) != now[k]]
     if diff:
         raise LoopWMError(f"{run_dir} holds a text run with other settings ({', '.join(diff)} differ); "
                           "use a new --out, or delete the folder to start over")
@@ -143,6 +149,15 @@ def dev_loss(model: TextWorldModel, batcher: Batcher, starts: list[tuple[int, in
     return total / max(n, 1)
 
 
+def draw_batches(rng: np.random.Generator, pool: list[tuple[int, int]], k: int, batch_size: int, bucket: int,
+                 length) -> list[list[Sample]]:
+    """`bucket` batches of samples drawn uniformly (with replacement) from `pool`, grouped by
+    `length(sample)`: the shortest `batch_size` form one batch, the next ones another, and so on;
+    the batches come back in random order."""
+    drawn = sorted((Sample(*pool[i], k) for i in rng.integers(0, len(pool), batch_size * bucket)), key=length)
+    return [drawn[i * batch_size:(i + 1) * batch_size] for i in rng.permutation(bucket)]
+
+
 def train_text(cfg: TextTrainConfig) -> Path:
     need_tokenizers()
     if not 1 <= cfg.max_actions <= 16:
@@ -150,6 +165,8 @@ def train_text(cfg: TextTrainConfig) -> Path:
     if cfg.batch_size < 1 or cfg.steps < 1 or cfg.vocab_size < 300:
         raise LoopWMError("--batch-size and --steps must be at least 1 and --vocab-size at least 300 "
                           "(a byte-level tokenizer needs 256 byte tokens and the specials)")
+    if cfg.bucket < 1:
+        raise LoopWMError("--bucket must be at least 1 (1: plain random batches)")
     if not 0 <= cfg.until_plateau < 1 or not 0 < cfg.plateau_window < 1:
         raise LoopWMError("--until-plateau must be in [0, 1) (0.02: stop at less than 2% improvement) and "
                           "--plateau-window in (0, 1)")
@@ -206,6 +223,7 @@ def train_text(cfg: TextTrainConfig) -> Path:
 
     model.train()
     n_grad = m.resolved_n_grad()
+    queue: list[list[Sample]] = []  # batches of the current pool, not yet trained on
     with open(metrics_path, "a", encoding="utf-8") as log:
         while step < cfg.steps:
             spent = seconds_before + time.time() - t0
@@ -222,9 +240,10 @@ def train_text(cfg: TextTrainConfig) -> Path:
                 frac = max(step / cfg.steps, spent / budget if budget > 0 else 0.0)
             for group in opt.param_groups:
                 group["lr"] = lr_at(cfg, step, frac)
-            k = int(rng.integers(1, cfg.max_actions + 1))
-            pool = starts[k]
-            samples = [Sample(*pool[i], k) for i in rng.integers(0, len(pool), cfg.batch_size)]
+            if step % cfg.bucket == 0 or not queue:  # a fresh pool of `bucket` batches
+                k = int(rng.integers(1, cfg.max_actions + 1))
+                queue = draw_batches(rng, starts[k], k, cfg.batch_size, cfg.bucket, batcher.target_length)
+            samples = queue.pop()
             batch = {key: torch.as_tensor(v, device=device) for key, v in batcher.batch(samples).items()}
             loss, used = model.loss(batch["context"], batch["actions"], batch["target"], n_grad=n_grad)
             if not torch.isfinite(loss):

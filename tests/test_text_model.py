@@ -259,6 +259,11 @@ def test_text_train_resumes_and_eval_reports_the_papers_fields(toy, tmp_path, ca
     for key in ("overall", "per_task", "n_samples", "iterations_per_step", "params", "baselines", "by_actions"):
         assert key in result
     assert set(result["per_task"]) <= {"Find", "Boil"} and result["n_samples"] == 6
+    from loopwm.text.corpus import Encoder, eval_starts, load_tokenizer, load_trajectories
+
+    enc, trajs = Encoder(load_tokenizer(run / "tokenizer.json")), load_trajectories(toy, "test")
+    longer = [len(enc.ids(trajs[i].observations[t + 3])) + 1 > 32 for i, t in eval_starts(trajs, 3, 6, seed=0)]
+    assert result["cut_references"] == sum(longer)  # references the 32-token decoder cannot write whole
     assert set(result["overall"]) >= {"em", "f1", "bleu4", "entity"} and 0 <= result["overall"]["f1"] <= 100
     assert set(result["by_actions"]) == {"1", "3"} and result["iterations_per_step"] == 4.0  # round(mu_rec)
     assert (run / "text_eval.json").exists()

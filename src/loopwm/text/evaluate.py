@@ -140,9 +140,11 @@ def evaluate_text(cfg: TextEvalConfig) -> dict:
                                        "reference": trajs[s.traj].observations[s.t + k], "prediction": p}
                                       for s, p in list(zip(samples, preds))[:5]]}
     head = by_actions[k_max]
+    # references longer than the decoder may write can never match exactly: say how many there are
+    cut = sum(len(enc.ids(trajs[i].observations[t + k_max])) + 1 > m.max_target for i, t in starts)
     result = {
         "run": str(cfg.run), "data": str(data), "split": cfg.split, "kind": m.kind, "actions": k_max,
-        "n_samples": len(starts), "params": model.num_params(), "depth": depth if m.kind == "looped" else m.n_deep,
+        "n_samples": len(starts), "cut_references": cut, "params": model.num_params(), "depth": depth if m.kind == "looped" else m.n_deep,
         "exit_rule": cfg.exit, "threshold": cfg.threshold if exit_rule is not None else None,
         "iterations_per_step": head["iterations_per_step"],
         "overall": head["model"]["overall"], "per_task": head["model"]["per_task"], "rows": head["model"]["rows"],
@@ -165,7 +167,9 @@ def format_text_table(r: dict) -> str:
     """The paper's layout: one row per task type, EM / F1 / BLEU-4 / entity for the model, EM of the baselines."""
     w = max([14] + [len(t) + 1 for t in r["per_task"]])  # the name column fits the dataset's types
     lines = [f"{r['kind']} text world model, {r['params']:,} parameters, {r['iterations_per_step']:.2f} loop iterations "
-             f"per action; {r['n_samples']} {r['split']} samples, {r['actions']} actions before decoding (percent)",
+             f"per action; {r['n_samples']} {r['split']} samples, {r['actions']} actions before decoding (percent)"
+             + (f"; {r['cut_references']} references longer than the model may write (never an exact match)"
+                if r.get("cut_references") else ""),
              f"{'type':<{w}}{'n':>5} {'EM':>6}{'F1':>6}{'BLEU4':>6}{'Ent':>6} | {'copy EM':>8}{'lookup EM':>10}"]
 
     def row(name, s, c, lk):

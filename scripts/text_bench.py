@@ -6,8 +6,10 @@ once. Each trains for the same wall-clock minutes (one thread each, side by side
 scored on the simulator's test variations with 1 to 5 actions before decoding, beside the copy and
 lookup baselines, and the looped one again at other test-time loop counts.
 
-    loopwm text collect --out data/sciworld                       # about 30-60 minutes on 2 cores
+    loopwm text collect --out data/sciworld                       # about 20-40 minutes on 2 cores
     python scripts/text_bench.py --data data/sciworld --out results/text --minutes 40
+    python scripts/text_bench.py --data data/sciworld --out results/text-v3 --until-plateau 0.02 \
+        --steps 6000 --eval-every 125   # each model until it stops improving (results/text-v3)
 
 Writes OUT/results.json (every evaluation), OUT/summary.md (the paper's table layout, the Step 1..5
 table, EM against loop iterations) and two plots; runs go to OUT/runs (ignored by git). Re-running
@@ -46,11 +48,11 @@ class TextBenchConfig:
     eval_every: int = 250
     """Steps between dev losses (the plateau rule needs four in the last fifth of a run, so a smaller
     value lets it stop earlier)."""
-    bucket: int = 4
+    bucket: int = 8
     """Batches drawn at once and grouped by target length (TextTrainConfig.bucket)."""
     max_context: int = 192
     """Context tokens the models read (TextModelConfig.max_context)."""
-    max_target: int = 128
+    max_target: int = 320
     """Longest observation the models write, in tokens (TextModelConfig.max_target): longer ones are
     cut and can never match exactly."""
     split_digits: bool = True
@@ -101,7 +103,7 @@ def main(cfg: TextBenchConfig) -> None:
             r["train"] = _train_summary(out / "runs" / kind)
         sweep = saved["depth_sweep"]
         atomic_write_json(out / "results.json", {**saved, "models": results})
-        atomic_write_text(out / "summary.md", summary(results, sweep, saved["settings"]["minutes"]))
+        atomic_write_text(out / "summary.md", summary(results, sweep, saved["settings"]))
         plots(results, sweep, out)
         return
     with ProcessPoolExecutor(min(2, len(jobs)), mp_context=mp.get_context("spawn")) as pool:
@@ -122,12 +124,12 @@ def main(cfg: TextBenchConfig) -> None:
             r = evaluate_text(TextEvalConfig(run=str(out / "runs" / "looped"), max_starts=starts, actions=[5], depth=depth,
                                              out=str(out / f"eval-looped-depth{depth}.json")))
             sweep[depth] = {"overall": r["overall"], "rows": r["rows"], "iterations_per_step": r["iterations_per_step"]}
+    settings = {"minutes": minutes, "steps": cfg.steps, "split_digits": cfg.split_digits, "mu_rec": cfg.mu_rec,
+                "data": cfg.data, "until_plateau": cfg.until_plateau, "max_context": cfg.max_context,
+                "max_target": cfg.max_target, "bucket": cfg.bucket}
     atomic_write_json(out / "results.json", {"models": results, "depth_sweep": {str(k): v for k, v in sweep.items()},
-                                             "settings": {"minutes": minutes, "steps": cfg.steps, "split_digits": cfg.split_digits,
-                                                          "mu_rec": cfg.mu_rec, "data": cfg.data, "until_plateau": cfg.until_plateau,
-                                                          "max_context": cfg.max_context, "max_target": cfg.max_target,
-                                                          "bucket": cfg.bucket}})
-    atomic_write_text(out / "summary.md", summary(results, sweep, minutes))
+                                             "settings": settings})
+    atomic_write_text(out / "summary.md", summary(results, sweep, settings))
     plots(results, sweep, out)
     print(f"results written to {out}")
 
@@ -146,7 +148,7 @@ def _train_summary(run: Path) -> dict:
             "still_improving": not plateaued(before, 0.02)}
 
 
-def summary(results: dict, sweep: dict, minutes: float) -> str:
+def summary(results: dict, sweep: dict, settings: dict) -> str:
     from loopwm.text.evaluate import format_text_table
 
     data = next(iter(results.values()))["data"]
@@ -154,9 +156,17 @@ def summary(results: dict, sweep: dict, minutes: float) -> str:
         simulator = json.loads((Path(data) / "manifest.json").read_text())["simulator"]
     except (OSError, KeyError, ValueError):
         simulator = "text"
-    lines = [f"# Text world benchmark: {simulator} ({data})", "",
-             f"Each model trained {minutes:g} wall-clock minutes on one thread (side by side on 2 cores), or the "
-             "steps given below.", ""]
+    if settings.get("until_plateau"):
+        budget = (f"Each model trained until its dev loss stopped improving by {settings['until_plateau']:.0%} over the "
+                  f"last fifth of its run (at most {settings['steps']} steps), then cooled down; one thread each, "
+                  "side by side on 2 cores.")
+    elif settings.get("steps"):
+        budget = f"Each model trained {settings['steps']} steps on one thread (side by side on 2 cores)."
+    else:
+        budget = f"Each model trained {settings['minutes']:g} wall-clock minutes on one thread (side by side on 2 cores)."
+    lines = [f"# Text world benchmark: {simulator} ({data})", "", budget,
+             f"Context {settings.get('max_context', 192)} tokens, observations written up to "
+             f"{settings.get('max_target', 128)} tokens.", ""]
     for kind, r in results.items():
         t = r["train"]
         last = t["dev_loss"][-1][1] if t["dev_loss"] else float("nan")

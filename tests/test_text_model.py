@@ -253,6 +253,11 @@ def test_text_train_resumes_and_eval_reports_the_papers_fields(toy, tmp_path, ca
     assert dev[-1] < 0.6 * math.log(400)  # far below guessing among the 400 tokens: it learns the templates
     assert main(args + ["--steps", "60", "--lr", "1e-3"]) == 2  # another setting: refused, with the reason
     assert "lr differ" in capsys.readouterr().err
+    saved = json.loads((run / "config.json").read_text())
+    del saved["bucket"]  # as a run saved before batches were grouped by length
+    (run / "config.json").write_text(json.dumps(saved))
+    assert main(args + ["--steps", "60"]) == 2 and "bucket differ" in capsys.readouterr().err
+    assert main(args + ["--steps", "60", "--bucket", "1"]) == 0  # it drew plain batches: resumes as such
     capsys.readouterr()
     assert main(["text", "eval", str(run), "--json", "--max-starts", "6", "--actions", "1", "3", "--batch-size", "4"]) == 0
     result = json.loads(capsys.readouterr().out)

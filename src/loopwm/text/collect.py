@@ -44,7 +44,7 @@ FORMAT_VERSION = 2  # 2: trajectories list the entities present
 
 @dataclass
 class TextCollectConfig:
-    """Record ScienceWorld trajectories (gold paths and exploratory branches) for text world models."""
+    """Record text-simulator trajectories (gold paths and exploratory branches) for text world models."""
 
     out: str = "data/sciworld"
     """Dataset folder (re-running the same command resumes it)."""
@@ -147,7 +147,7 @@ def collect_text(cfg: TextCollectConfig) -> Path:
                         jobs.append({"task": task, "split": split, "variation": v, "kind": f"branch{k}",
                                      "seed": int(rng.integers(2**31)), "branch_steps": cfg.branch_steps})
         where = lambda j: trajectory_path(out, j["split"], j["task"], j["variation"], j["kind"])  # noqa: E731
-        bar = tqdm(total=len(jobs), initial=sum(where(j).exists() for j in jobs), desc="collect ScienceWorld",
+        bar = tqdm(total=len(jobs), initial=sum(where(j).exists() for j in jobs), desc=f"collect {cfg.simulator}",
                    unit="traj", disable=not cfg.progress)
         # gold paths first: a branch leaves its variation's gold path before the step that completes the task
         for phase in ("gold", "branch"):

@@ -70,8 +70,10 @@ class TextModelConfig:
     """Context tokens kept (the most recent; the task description always)."""
     max_action: int = 16
     """Tokens per action."""
-    max_target: int = 128
-    """Tokens of the decoded observation (longer ones are cut, and cannot match exactly)."""
+    max_target: int = 320
+    """Tokens of the decoded observation (longer ones are cut, and cannot match exactly). 320 covers
+    all but 0.1% of ScienceWorld's replies (a `look around` runs to 310) and all of
+    TextWorldExpress's; the 128 of the first runs cut 5% and 32% of their test replies."""
 
     def resolved_eval_depth(self) -> int:
         return self.eval_depth or max(1, round(self.mu_rec))

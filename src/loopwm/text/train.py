@@ -59,7 +59,7 @@ class TextTrainConfig:
     fraction of the steps before it."""
     batch_size: int = 32
     """Samples per step."""
-    bucket: int = 4
+    bucket: int = 8
     """Batches drawn at once (one K for all) and formed by target length: a batch is padded to its
     longest target, and ScienceWorld's run from 3 to 300 tokens, so grouping like lengths saves most
     of the decoder's work on padding. Every sample is still drawn uniformly; 1: plain random batches."""

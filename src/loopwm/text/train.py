@@ -24,7 +24,7 @@ from loopwm.checkpoint import load_model, resolve_checkpoint, resume, save_check
 from loopwm.text.corpus import Batcher, Encoder, Sample, all_starts, eval_starts, load_tokenizer, load_trajectories, \
     need_tokenizers, tokenizer_corpus, train_tokenizer
 from loopwm.text.model import TextModelConfig, TextWorldModel
-from loopwm.train.loop import _truncate_metrics, cooldown_length, lr_at, param_groups, plateaued  # the physics models' schedule
+from loopwm.train.loop import _truncate_metrics, lr_at, param_groups, plateau_phase, plateaued  # the physics models' schedule
 from loopwm.utils import LoopWMError, atomic_save, atomic_write_json, pick_device, read_json, seed_everything
 
 KINDS = ("text-looped", "text-deep")
@@ -231,11 +231,9 @@ def train_text(cfg: TextTrainConfig) -> Path:
                 stop_reason = "minutes"
                 break
             if cfg.until_plateau > 0:
-                if cooldown_from is None and step >= cfg.steps / (1 + cfg.plateau_window):
-                    cooldown_from, stop_reason = step, "cap"  # never plateaued: cool down so as to end at the cap
-                if cooldown_from is not None and step >= cooldown_from + cooldown_length(cfg, cooldown_from):
+                cooldown_from, stop_reason, frac = plateau_phase(cfg, step, cooldown_from, stop_reason)
+                if frac is None:
                     break
-                frac = 0.0 if cooldown_from is None else (step - cooldown_from) / cooldown_length(cfg, cooldown_from)
             else:
                 frac = max(step / cfg.steps, spent / budget if budget > 0 else 0.0)
             for group in opt.param_groups:

@@ -244,6 +244,19 @@ def cooldown_length(cfg: TrainConfig, start: int) -> int:
     return max(1, int(round(cfg.plateau_window * start)))
 
 
+def plateau_phase(cfg, step: int, cooldown_from: int | None, stop_reason: str) -> tuple[int | None, str, float | None]:
+    """Where a --until-plateau run is at `step`: (cooldown_from, stop_reason, fraction of the cool-down
+    done, None once it has run its length and training stops). A run that never plateaued starts
+    cooling at 1 / (1 + plateau_window) of the cap, so as to end cooled at the cap. `cfg` needs
+    `steps` and `plateau_window` (the physics and the text training configs both have them)."""
+    if cooldown_from is None and step >= cfg.steps / (1 + cfg.plateau_window):
+        cooldown_from, stop_reason = step, "cap"
+    if cooldown_from is None:
+        return None, stop_reason, 0.0
+    length = cooldown_length(cfg, cooldown_from)
+    return cooldown_from, stop_reason, None if step >= cooldown_from + length else (step - cooldown_from) / length
+
+
 def to_tensors(batch: dict[str, np.ndarray], device) -> dict[str, torch.Tensor]:
     return {k: torch.as_tensor(v, device=device) for k, v in batch.items()}
 
@@ -471,11 +484,9 @@ def _train(cfg: TrainConfig, run_dir: Path, ddp: Distributed) -> Path:
                 stop_reason = "minutes"
                 break
             if cfg.until_plateau > 0:
-                if cooldown_from is None and step >= cfg.steps / (1 + cfg.plateau_window):
-                    cooldown_from, stop_reason = step, "cap"  # never plateaued: cool down so as to end at the cap
-                if cooldown_from is not None and step >= cooldown_from + cooldown_length(cfg, cooldown_from):
+                cooldown_from, stop_reason, fraction = plateau_phase(cfg, step, cooldown_from, stop_reason)
+                if fraction is None:
                     break
-                fraction = 0.0 if cooldown_from is None else (step - cooldown_from) / cooldown_length(cfg, cooldown_from)
             else:
                 fraction = max(step / cfg.steps, spent / budget_s if budget_s > 0 else 0.0)
             lr = lr_at(cfg, step, fraction)

@@ -50,6 +50,13 @@ class DepthStudyConfig:
     rail_radius: float = 0.0
     """Disc radius on the rail (0: the world's default, 0.01). Discs may cover at most 70% of the
     rail, so 64 discs need 0.005; the datasets of another radius go to their own folders."""
+    rail_jitter: float = 0.0
+    """Disc radii uniform in rail_radius * (1 +- rail_jitter), masses by area (0: the equal discs of the
+    default rail). Unequal discs split every impulse, so a struck run's outcome needs the sweeps done;
+    their datasets go to their own folders."""
+    rail_gap: float = -1.0
+    """Chance that two neighbouring discs start apart (-1: the world's default, 0.1); smaller makes
+    longer touching runs. Datasets of another value go to their own folders."""
     steps: int = 1500
     """Gradient steps per model (equal for all); with --until-plateau, the cap."""
     until_plateau: float = 0.0
@@ -170,8 +177,13 @@ def main(cfg: DepthStudyConfig) -> None:
     sizes = sorted(set(cfg.test_sizes) | {cfg.n_bodies})
     root = Path(cfg.data_root) if cfg.data_root else out / "data"
     short = cfg.env_id.split("/")[-1].split("-")[0].lower()  # loopwm/Rail-v0 -> rail
-    kwargs = {"rail_radius": cfg.rail_radius} if cfg.rail_radius > 0 else {}
-    suffix = f"-r{cfg.rail_radius:g}" if cfg.rail_radius > 0 else ""
+    kwargs, suffix = {}, ""
+    if cfg.rail_radius > 0:
+        kwargs["rail_radius"], suffix = cfg.rail_radius, suffix + f"-r{cfg.rail_radius:g}"
+    if cfg.rail_jitter > 0:
+        kwargs["rail_jitter"], suffix = cfg.rail_jitter, suffix + f"-j{cfg.rail_jitter:g}"
+    if cfg.rail_gap >= 0:
+        kwargs["rail_gap"], suffix = cfg.rail_gap, suffix + f"-g{cfg.rail_gap:g}"
     data = {n: collect(env_id=cfg.env_id, n_bodies=n, out=str(root / f"{short}{n}{suffix}"), episodes=cfg.episodes,
                        env_kwargs=kwargs) for n in sizes}
     world = {n: world_stats(TrajectoryDataset.load(data[n])) for n in sizes}

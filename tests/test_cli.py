@@ -146,12 +146,25 @@ def test_bench_converged_budget_trains_each_model_until_it_stops_improving(tmp_p
     again = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [(r["model"], r["horizon"], r["error"], r["train_steps"]) for r in again] == before
     assert all(r["params"] > 0 and r["flops_per_step"] > 0 for r in again)  # timed on the rebuilt architectures
+    # re-running one model adds to the report: the other model's rows, curves and rate stay
+    loopwm("bench", "--out", str(out), "--worlds", "balls", "--models", "looped", "--seeds", "1",
+           "--test-depths", "1", "--episodes", "6", "--max-episode-steps", "30", "--horizon", "10", "--budgets", "converged",
+           "--converge-cap", "40", "--converge-eval-every", "1", "--converge-tolerance", "0.99", "--no-progress",
+           "--device", "cpu", "--lrs", "1e-3", "--workers", "1")
+    merged = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted((r["model"], r["horizon"], r["error"]) for r in merged) == sorted((m, h, e) for m, h, e, _ in before)
+    assert {c["model"] for c in map(json.loads, (out / "curves.jsonl").read_text().splitlines())} == {"looped", "deep-1"}
+    assert json.loads((out / "config.json").read_text())["kept_from_earlier"] == ["deep-1"]
+    assert set(json.loads((out / "tuning.json").read_text())["best"]) == {"looped", "deep"}
+    assert "deep-1" in (out / "table.md").read_text()
     # a changed setting is a different run: it trains again rather than reusing the kept score
     loopwm("bench", "--out", str(out), "--worlds", "balls", "--models", "deep-1", "--seeds", "1",
            "--test-depths", "1", "--episodes", "6", "--max-episode-steps", "30", "--horizon", "10", "--budgets", "converged",
            "--converge-cap", "40", "--converge-eval-every", "1", "--converge-tolerance", "0.5", "--no-progress",
            "--device", "cpu", "--lrs", "1e-3", "--workers", "1")
     assert (out / "runs" / "balls" / "deep-1").exists()
+    # ... and a different comparison: the earlier looped rows are not mixed into its report
+    assert {r["model"] for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())} == {"deep-1"}
 
 
 def test_doctor_reports_every_part_with_a_fix_for_problems():

@@ -100,3 +100,57 @@ def test_rail_env_reports_solver_iterations():
     env.reset(seed=0)
     iters = [env.step(env.action_space.sample())[4]["solver_iterations"] for _ in range(100)]
     assert max(iters) >= 3 and min(iters) == 0
+
+
+def test_unequal_rail_discs_have_jittered_radii_masses_by_area_and_conserve_energy():
+    # slow strikers: a light disc struck by one 9x heavier leaves at up to 1.8x its speed, and the
+    # world's hard speed cap (2.0), which does not conserve anything, must stay out of this test
+    cfg = WorldConfig(regime="rail", n_bodies=16, rail_radius=0.01, rail_jitter=0.5, rail_damping=0.0, rail_movers=3,
+                      striker_speed=(0.2, 0.4))
+    world = World(cfg)
+    world.reset(np.random.default_rng(3))
+    assert np.all((world.radius >= 0.005) & (world.radius <= 0.015)) and np.ptp(world.radius) > 0.005
+    np.testing.assert_allclose(world.mass, (world.radius / 0.01) ** 2)
+    x = world.pos[:, 0]
+    order = np.argsort(x)
+    gaps = np.diff(x[order]) - (world.radius[order][:-1] + world.radius[order][1:])
+    assert gaps.min() > -1e-12, "reset discs overlap"
+    assert np.count_nonzero(gaps < 1e-9) >= 8, "most neighbours should start touching (rail_gap 0.1)"
+    e0 = world.kinetic_energy()
+    for _ in range(300):
+        p0 = world.momentum()
+        stats = world.step(ZERO)
+        if stats.wall_contacts == 0:
+            np.testing.assert_allclose(world.momentum(), p0, atol=1e-12)
+        assert world.kinetic_energy() == pytest.approx(e0, rel=1e-9)
+    order = np.argsort(world.pos[:, 0])
+    surface = np.diff(world.pos[order, 0]) - (world.radius[order][:-1] + world.radius[order][1:])
+    assert surface.min() > -1e-9, "discs overlap or passed through each other"
+
+
+def test_an_impulse_into_a_run_of_unequal_discs_splits_and_needs_more_sweeps():
+    # a heavy striker into a touching run of light discs: with equal discs only the far one would
+    # leave after k sweeps; here several move, and the solver works at least as hard
+    cfg = WorldConfig(regime="rail", n_bodies=5, rail_radius=0.01, rail_jitter=0.5, rail_damping=0.0)
+    world = World(cfg)
+    radii = np.array([0.014, 0.007, 0.012, 0.006, 0.01])
+    x = [0.3]
+    for k in range(1, 5):
+        x.append(x[-1] + radii[k - 1] + radii[k] + (0.005 if k == 1 else 0.0))
+    v = np.zeros((5, 2))
+    v[0, 0] = 0.6
+    world.set_state(np.stack([x, np.full(5, 0.5)], 1), v, radii, rail=True)
+    p0, e0 = world.momentum(), world.kinetic_energy()
+    stats = world.step(ZERO)
+    assert stats.converged and stats.solver_iterations >= 4
+    assert np.count_nonzero(np.abs(world.vel[:, 0]) > 1e-9) >= 3
+    np.testing.assert_allclose(world.momentum(), p0, atol=1e-12)
+    assert world.kinetic_energy() == pytest.approx(e0, rel=1e-12)
+
+
+def test_jittered_rail_checks_its_range_and_the_fit_of_its_largest_discs():
+    with pytest.raises(LoopWMError, match="rail_jitter"):
+        WorldConfig(regime="rail", rail_jitter=1.0)
+    with pytest.raises(LoopWMError, match="radius up to 0.015 do not fit.*at most 23 bodies"):
+        WorldConfig(regime="rail", n_bodies=30, rail_radius=0.01, rail_jitter=0.5)
+    WorldConfig(regime="rail", n_bodies=30, rail_radius=0.007, rail_jitter=0.5)

@@ -23,9 +23,14 @@ Output, under --out:
                       meant to be committed): a re-run with the same data and settings reuses them
                       instead of training again, so a long bench can finish over several sessions
                       even where the runs/ folder (checkpoints) does not survive
+    config.json       the settings, with the models reported and those kept from an earlier run
     table.md          the horizon-1/10/50 errors (mean ± std over seeds), parameters, FLOPs, speeds
     findings.md       the comparisons the numbers support, stated in words
     *.png             error vs horizon, parameter efficiency, error vs test-time iterations, compute
+
+A run with a subset of models (--models deep-16) adds its rows to those an earlier run of the same
+comparison left in --out (same bodies, episodes, budgets and horizon) instead of replacing them;
+the kept models' speeds stay those measured in their own run.
 """
 
 from __future__ import annotations
@@ -369,6 +374,13 @@ def run_bench(cfg: BenchConfig) -> Path:
 
     summary = ({"best": best_by_world, "h10_error": tuning} if cfg.tune_each_world else
                {"best": best_by_world[cfg.worlds[0]], "h10_error": tuning[cfg.worlds[0]], "tuned_on": cfg.worlds[0]})
+    try:  # families an earlier run in this folder tuned and this one did not: keep their rates on record
+        earlier = json.loads((out / "tuning.json").read_text())
+    except (OSError, ValueError):
+        earlier = {}
+    if not cfg.tune_each_world and earlier.get("tuned_on") == cfg.worlds[0]:
+        for key in ("best", "h10_error"):
+            summary[key] = {**{f: v for f, v in earlier.get(key, {}).items() if f not in families}, **summary[key]}
     atomic_write_text(out / "tuning.json", json.dumps(summary, indent=2) + "\n")
 
     # 2. every model, world, seed and budget (sweep runs with the winning rate are reused as they are)
@@ -405,12 +417,50 @@ def run_bench(cfg: BenchConfig) -> Path:
         for depth, err in r["depth_errors"].items():
             depth_rows.append({"world": j["world"], "seed": j["seed"], "depth": int(depth), "error_h10": err,
                                "flops_per_step": timed[(j["world"], "depth_flops")][int(depth)]})
+    kept = _earlier_results(out, cfg, {(j["world"], j["name"], j["seed"], j["budget"]) for j in jobs})
+    rows, depth_rows, curves = kept["results"] + rows, kept["depth"] + depth_rows, kept["curves"] + curves
     atomic_write_text(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     atomic_write_text(out / "depth.jsonl", "".join(json.dumps(r) + "\n" for r in depth_rows))
     atomic_write_text(out / "curves.jsonl", "".join(json.dumps(r) + "\n" for r in curves))
-    atomic_write_text(out / "config.json", json.dumps({**asdict(cfg), "minutes_taken": round((time.time() - start) / 60, 1)}, indent=2) + "\n")
+    models = sorted({r["model"] for r in rows})
+    atomic_write_text(out / "config.json", json.dumps({**asdict(cfg), "models": models, "kept_from_earlier": kept["models"],
+                                                       "minutes_taken": round((time.time() - start) / 60, 1)}, indent=2) + "\n")
     print(write_reports(out))
     return out
+
+
+# Settings that make two bench runs in one folder the same comparison: rows of runs that differ in
+# any of them are never mixed into one report.
+_COMPARABLE = ("n_bodies", "episodes", "steps", "minutes", "converge_tolerance", "converge_cap", "converge_eval_every",
+               "horizon", "max_episode_steps", "pixel_size", "quick")
+
+
+def _earlier_results(out: Path, cfg: BenchConfig, now: set[tuple]) -> dict:
+    """Rows an earlier run of this folder wrote for (world, model, seed, budget) that this run did not
+    redo, so that re-running a subset of models adds to the report instead of replacing it. Kept
+    only when the earlier run was the same comparison (_COMPARABLE); their speeds were measured in
+    their own run, and config.json names them under kept_from_earlier."""
+    empty = {"results": [], "depth": [], "curves": [], "models": []}
+    try:
+        earlier = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        return empty
+    differ = [k for k in _COMPARABLE if k in earlier and earlier[k] != asdict(cfg)[k]]
+    if differ:
+        print(f"results of an earlier run in {out} differ in {', '.join(differ)}: not merged into this report")
+        return empty
+
+    def read(name):
+        path = out / name
+        return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+
+    def old(r):
+        return (r["world"], r["model"], r["seed"], r["budget"]) not in now
+
+    results, curves = [r for r in read("results.jsonl") if old(r)], [r for r in read("curves.jsonl") if old(r)]
+    looped_now = {(w, s) for w, n, s, b in now if n == "looped"}
+    depth = [r for r in read("depth.jsonl") if (r["world"], r["seed"]) not in looped_now]
+    return {"results": results, "depth": depth, "curves": curves, "models": sorted({r["model"] for r in results})}
 
 
 def world_data(cfg: BenchConfig, world: str, out: Path) -> Path:

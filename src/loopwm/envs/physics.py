@@ -159,8 +159,15 @@ class WorldConfig:
     """Most chain-solver iterations per step; hitting it is reported as converged=False."""
 
     rail_radius: float = 0.01
-    """Disc radius in the rail regime (every disc the same, mass 1). Discs may cover at most 70% of
-    the rail: 2 * rail_radius * n_bodies <= 0.7 * box (fuller rails jam: an impulse runs wall to wall)."""
+    """Disc radius in the rail regime (every disc the same, mass 1, unless rail_jitter > 0). Discs may
+    cover at most 70% of the rail: 2 * rail_radius * (1 + rail_jitter) * n_bodies <= 0.7 * box
+    (fuller rails jam: an impulse runs wall to wall)."""
+
+    rail_jitter: float = 0.0
+    """Rail regime: radii uniform in rail_radius * (1 +- rail_jitter), masses proportional to area
+    ((r / rail_radius)^2). With equal discs (0) a struck run hands the striker's velocity whole to
+    its far end, an outcome one can read off the geometry; with unequal ones every contact splits
+    the impulse, waves run back and forth, and the outcome is only known by doing the sweeps."""
 
     rail_gap: float = 0.1
     """Rail regime: the chance that two neighbouring discs start apart rather than touching, so runs
@@ -230,11 +237,14 @@ class WorldConfig:
             raise LoopWMError(f"rail_movers={self.rail_movers} must be in 0..n_bodies ({self.n_bodies})")
         if not (math.isfinite(self.rail_radius) and self.rail_radius > 0):
             raise LoopWMError(f"rail_radius must be a positive number, got {self.rail_radius!r}")
-        if self.regime == "rail" and 2 * self.rail_radius * self.n_bodies > 0.7 * self.box:
-            most = int(0.7 * self.box / (2 * self.rail_radius))
-            raise LoopWMError(f"{self.n_bodies} discs of radius {self.rail_radius} do not fit on a rail of length "
+        if not 0.0 <= self.rail_jitter < 1.0:
+            raise LoopWMError(f"rail_jitter={self.rail_jitter} must be in [0, 1)")
+        rail_max = self.rail_radius * (1.0 + self.rail_jitter)
+        if self.regime == "rail" and 2 * rail_max * self.n_bodies > 0.7 * self.box:
+            most = int(0.7 * self.box / (2 * rail_max))
+            raise LoopWMError(f"{self.n_bodies} discs of radius up to {rail_max:g} do not fit on a rail of length "
                               f"{self.box}: use at most {most} bodies, or a smaller rail_radius "
-                              f"(<= {0.7 * self.box / (2 * self.n_bodies):.4g})")
+                              f"(<= {0.7 * self.box / (2 * self.n_bodies * (1.0 + self.rail_jitter)):.4g})")
         if self.render_size < 8:
             raise LoopWMError(f"render_size={self.render_size} is too small: use 8 or more pixels")
 
@@ -324,7 +334,7 @@ class World:
 
         ``chain=True`` makes the bodies a chain in index order (particle 0 the driver), with the
         configured particle radius; ``rail=True`` makes them rail discs (radius rail_radius unless
-        given, mass 1, pushes along x only); ``controlled`` is a 0/1 vector (default: the config's choice).
+        given, mass (r / rail_radius)^2, pushes along x only); ``controlled`` is a 0/1 vector (default: the config's choice).
         """
         pos = np.asarray(positions, dtype=np.float64)
         vel = np.asarray(velocities, dtype=np.float64)
@@ -355,8 +365,10 @@ class World:
         cfg = self.config
         chain = self.regime == "chain"
         self.is_chain[:] = 1.0 if chain else 0.0
-        if chain or self.regime == "rail":
-            self.mass[:] = 1.0  # chain particles and rail discs are all alike
+        if chain:
+            self.mass[:] = 1.0  # chain particles are all alike
+        elif self.regime == "rail":
+            self.mass[:] = (self.radius / cfg.rail_radius) ** 2  # 1 for the default equal discs
         else:
             self.mass[:] = (self.radius / cfg.radius) ** 2
         self.inv_mass = 1.0 / self.mass
@@ -458,24 +470,31 @@ class World:
         self.controlled[: cfg.n_controlled] = 1.0
 
     def _init_rail(self, rng: np.random.Generator) -> None:
-        """Equal discs on the line y = box / 2: touching runs, random gaps, a few movers.
+        """Discs on the line y = box / 2 (equal unless rail_jitter): touching runs, random gaps, a few movers.
 
         Bodies are numbered in a random order (not left to right), so body 0, the controlled one,
         is a random disc and no model can read a disc's place in the row from its index.
         """
         cfg = self.config
-        n, r, L = self.n, cfg.rail_radius, cfg.box
+        n, L = self.n, cfg.box
         apart = rng.random(n - 1) < cfg.rail_gap  # (n-1,) True where neighbours k, k+1 start apart
+        r = np.full(n, cfg.rail_radius)  # (n,) left to right
+        if cfg.rail_jitter > 0:  # drawn only when asked, so the default world's episodes stay as they were
+            r = cfg.rail_radius * (1.0 + cfg.rail_jitter * rng.uniform(-1.0, 1.0, size=n))
         # the free length goes to the gaps and the two ends, in random shares (a flat Dirichlet)
-        shares = rng.dirichlet(np.ones(int(apart.sum()) + 2)) * (L - 2 * r * n)
+        shares = rng.dirichlet(np.ones(int(apart.sum()) + 2)) * (L - 2 * r.sum())
         gaps = np.zeros(n - 1)
         gaps[apart] = shares[1:-1]
-        x = r + shares[0] + 2 * r * np.arange(n) + np.concatenate([[0.0], np.cumsum(gaps)])  # (n,) left to right
+        before = np.concatenate([[0.0], np.cumsum(gaps)])  # (n,) gap length left of each disc
+        if cfg.rail_jitter > 0:  # centre k = left end + the diameters before k + its own radius + the gaps
+            x = shares[0] + np.concatenate([[0.0], np.cumsum(2 * r)[:-1]]) + r + before
+        else:  # the same for equal discs, in the float order the default world's datasets were made with
+            x = r + shares[0] + 2 * r * np.arange(n) + before
         vx = np.zeros(n)
         movers = rng.choice(n, size=cfg.rail_movers, replace=False)
         vx[movers] = rng.choice([-1.0, 1.0], size=len(movers)) * rng.uniform(*cfg.striker_speed, size=len(movers))
         order = rng.permutation(n)
-        self.radius[:] = r
+        self.radius[:] = r[order]
         self.pos[:] = np.stack([x[order], np.full(n, L / 2)], axis=1)
         self.vel[:] = np.stack([vx[order], np.zeros(n)], axis=1)
         self.controlled[:] = 0.0

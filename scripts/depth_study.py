@@ -184,6 +184,8 @@ def main(cfg: DepthStudyConfig) -> None:
         kwargs["rail_jitter"], suffix = cfg.rail_jitter, suffix + f"-j{cfg.rail_jitter:g}"
     if cfg.rail_gap >= 0:
         kwargs["rail_gap"], suffix = cfg.rail_gap, suffix + f"-g{cfg.rail_gap:g}"
+    if cfg.episodes != 300:  # a dataset of another size is another folder, never a resumed one
+        suffix += f"-e{cfg.episodes}"
     data = {n: collect(env_id=cfg.env_id, n_bodies=n, out=str(root / f"{short}{n}{suffix}"), episodes=cfg.episodes,
                        env_kwargs=kwargs) for n in sizes}
     world = {n: world_stats(TrajectoryDataset.load(data[n])) for n in sizes}

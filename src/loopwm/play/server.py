@@ -77,11 +77,12 @@ class Connections:
 class RateLimit:
     """A token bucket: `rate` events per second, bursts up to `burst`."""
 
-    def __init__(self, rate: float, burst: float):
-        self.rate, self.burst, self.tokens, self.last = rate, burst, burst, time.monotonic()
+    def __init__(self, rate: float, burst: float, clock=time.monotonic):
+        self.rate, self.burst, self.tokens, self.clock = rate, burst, burst, clock
+        self.last = clock()
 
     def take(self) -> bool:
-        now = time.monotonic()
+        now = self.clock()
         self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
         self.last = now
         if self.tokens >= 1.0:

@@ -341,6 +341,7 @@ def run_bench(cfg: BenchConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
     suite = {k: v for k, v in model_suite(cfg.quick).items() if not cfg.models or k in cfg.models}
+    same_as_before = _same_comparison(out, cfg)  # read before this run rewrites anything in out
     data = {world: world_data(cfg, world, out) for world in cfg.worlds}
     fingerprints = {world: data_fingerprint(TrajectoryDataset.load(path)) for world, path in data.items()}
     start = time.time()
@@ -378,7 +379,7 @@ def run_bench(cfg: BenchConfig) -> Path:
         earlier = json.loads((out / "tuning.json").read_text())
     except (OSError, ValueError):
         earlier = {}
-    if not cfg.tune_each_world and earlier.get("tuned_on") == cfg.worlds[0]:
+    if same_as_before and not cfg.tune_each_world and earlier.get("tuned_on") == cfg.worlds[0]:
         for key in ("best", "h10_error"):
             summary[key] = {**{f: v for f, v in earlier.get(key, {}).items() if f not in families}, **summary[key]}
     atomic_write_text(out / "tuning.json", json.dumps(summary, indent=2) + "\n")
@@ -417,7 +418,7 @@ def run_bench(cfg: BenchConfig) -> Path:
         for depth, err in r["depth_errors"].items():
             depth_rows.append({"world": j["world"], "seed": j["seed"], "depth": int(depth), "error_h10": err,
                                "flops_per_step": timed[(j["world"], "depth_flops")][int(depth)]})
-    kept = _earlier_results(out, cfg, {(j["world"], j["name"], j["seed"], j["budget"]) for j in jobs})
+    kept = _earlier_results(out, {(j["world"], j["name"], j["seed"], j["budget"]) for j in jobs}, same_as_before)
     rows, depth_rows, curves = kept["results"] + rows, kept["depth"] + depth_rows, kept["curves"] + curves
     atomic_write_text(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     atomic_write_text(out / "depth.jsonl", "".join(json.dumps(r) + "\n" for r in depth_rows))
@@ -435,20 +436,26 @@ _COMPARABLE = ("n_bodies", "episodes", "steps", "minutes", "converge_tolerance",
                "horizon", "max_episode_steps", "pixel_size", "quick")
 
 
-def _earlier_results(out: Path, cfg: BenchConfig, now: set[tuple]) -> dict:
-    """Rows an earlier run of this folder wrote for (world, model, seed, budget) that this run did not
-    redo, so that re-running a subset of models adds to the report instead of replacing it. Kept
-    only when the earlier run was the same comparison (_COMPARABLE); their speeds were measured in
-    their own run, and config.json names them under kept_from_earlier."""
-    empty = {"results": [], "depth": [], "curves": [], "models": []}
+def _same_comparison(out: Path, cfg: BenchConfig) -> bool:
+    """Whether an earlier run left results in `out` for the same comparison (_COMPARABLE), so that its
+    rows and tuned rates may be kept beside this run's; says so when they may not."""
     try:
         earlier = json.loads((out / "config.json").read_text())
     except (OSError, ValueError):
-        return empty
+        return False
     differ = [k for k in _COMPARABLE if k in earlier and earlier[k] != asdict(cfg)[k]]
     if differ:
         print(f"results of an earlier run in {out} differ in {', '.join(differ)}: not merged into this report")
-        return empty
+    return not differ
+
+
+def _earlier_results(out: Path, now: set[tuple], same_comparison: bool) -> dict:
+    """Rows an earlier run of this folder wrote for (world, model, seed, budget) that this run did not
+    redo, so that re-running a subset of models adds to the report instead of replacing it; none
+    unless the earlier run was the same comparison. Their speeds were measured in their own run, and
+    config.json names them under kept_from_earlier."""
+    if not same_comparison:
+        return {"results": [], "depth": [], "curves": [], "models": []}
 
     def read(name):
         path = out / name
@@ -458,7 +465,7 @@ def _earlier_results(out: Path, cfg: BenchConfig, now: set[tuple]) -> dict:
         return (r["world"], r["model"], r["seed"], r["budget"]) not in now
 
     results, curves = [r for r in read("results.jsonl") if old(r)], [r for r in read("curves.jsonl") if old(r)]
-    looped_now = {(w, s) for w, n, s, b in now if n == "looped"}
+    looped_now = {(world, seed) for world, name, seed, _ in now if name == "looped"}
     depth = [r for r in read("depth.jsonl") if (r["world"], r["seed"]) not in looped_now]
     return {"results": results, "depth": depth, "curves": curves, "models": sorted({r["model"] for r in results})}
 

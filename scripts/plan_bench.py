@@ -55,7 +55,8 @@ class PlanBenchConfig:
     minutes: float = 6.0
     """Training minutes per model."""
     models: list[str] = field(default_factory=lambda: ["looped", "deep-2", "rssm", "looped-dd"])
-    """Model families: looped, looped-ids (bodies told apart by place, --model.slot-ids 16), looped-dd
+    """Model families: looped, looped-ids (bodies told apart by place, --model.slot-ids 16; deep-K-ids
+    likewise), looped-dd
     (deferred-decoding objective), deep-K (K distinct blocks; deep-2 matches the looped model's 2
     iterations), rssm, rssm-dreamer-cell (DreamerV3's LayerNorm
     GRU and a learned initial state), gru; any of them with -rwW trains with weight W on the reward
@@ -105,6 +106,8 @@ def model_config(name: str):
 
     if name == "looped-ids":  # bodies told apart by their place in the observation
         return ModelConfig(kind="looped", mu_rec=2.0, slot_ids=16), RSSMConfig()
+    if name.startswith("deep-") and name.endswith("-ids"):  # the stack with the same slot ids
+        return ModelConfig(kind="deep", n_deep=int(name.split("-")[1]), slot_ids=16), RSSMConfig()
     if name in ("looped", "looped-dd"):
         return ModelConfig(kind="looped", mu_rec=2.0), RSSMConfig()
     if name.startswith("deep-"):
@@ -115,7 +118,7 @@ def model_config(name: str):
         return ModelConfig(kind="rssm"), RSSMConfig(gru="layernorm", learned_init=True)
     if name == "gru":
         return ModelConfig(kind="rssm"), RSSMConfig(stoch=0)
-    raise SystemExit(f"unknown model {name!r}: looped, looped-ids, looped-dd, deep-K, rssm, rssm-dreamer-cell or gru")
+    raise SystemExit(f"unknown model {name!r}: looped, looped-ids, looped-dd, deep-K, deep-K-ids, rssm, rssm-dreamer-cell or gru")
 
 
 def parse_world(world: str) -> tuple[str, dict]:

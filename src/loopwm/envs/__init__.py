@@ -17,7 +17,8 @@ from typing import Any
 
 import gymnasium as gym
 
-from loopwm.envs.physics import OBS_FEATURES, REGIMES, StepStats, World, WorldConfig
+from loopwm.envs.physics import StepStats, World
+from loopwm.envs.world_config import OBS_FEATURES, REGIMES, WorldConfig
 from loopwm.envs.world_env import LoopWorldEnv, render_obs
 from loopwm.utils import LoopWMError
 

@@ -13,11 +13,11 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from loopwm.envs.physics import (
+from loopwm.envs.physics import World
+from loopwm.envs.world_config import (
     OBS_FEATURES,
     POSITION_FEATURES,
     VELOCITY_FEATURES,
-    World,
     WorldConfig,
 )
 from loopwm.utils import LoopWMError

@@ -209,7 +209,10 @@ def main(cfg: PlanBenchConfig) -> None:
         with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=ctx) as pool:
             for job in pool.map(_train, jobs):
                 print(f"{task} {job['name']}: trained", flush=True)
-    training = {task: {m: training_summary(run) for m, run in r.items()} for task, r in runs.items()}
+    # models trained by an earlier run in this folder keep their entries, as their result rows are kept
+    training = json.loads((out / "training.json").read_text()) if (out / "training.json").exists() else {}
+    for task, r in runs.items():
+        training.setdefault(task, {}).update({m: training_summary(run) for m, run in r.items()})
     atomic_write_json(out / "training.json", training)
     values = {}
     if any(parse_world(w)[1].get("value") for w in cfg.variants):
@@ -251,10 +254,17 @@ def main(cfg: PlanBenchConfig) -> None:
 
 
 def write_summary(out: Path, rows: list[dict], training: dict, cfg: PlanBenchConfig) -> None:
+    # every command that added rows to this folder, so a merged report still says how to reproduce it
+    command = "python scripts/plan_bench.py " + " ".join(sys.argv[1:] or ["--out", str(out)])
+    commands_path = out / "commands.json"
+    commands = json.loads(commands_path.read_text()) if commands_path.exists() else []
+    if command not in commands:
+        commands.append(command)
+        atomic_write_json(commands_path, commands)
     lines = [f"# Planning in imagination: MPPI, horizon {cfg.horizon}, {cfg.candidates} candidates x {cfg.iterations} "
              f"iterations per decision, {cfg.plan_episodes} episodes of {cfg.max_episode_steps} steps; models trained "
              f"{cfg.minutes:g} minutes each (one thread) on {cfg.episodes} episodes of the mixed behaviour policy", "",
-             "Produced by `python scripts/plan_bench.py " + " ".join(sys.argv[1:] or ["--out", str(out)]) + "`. Normalised return: random 0, "
+             "Produced by " + " then ".join(f"`{c}`" for c in commands) + ". Normalised return: random 0, "
              f"MPPI on the true simulator 1. Decisions per second: one thread per planner, {cfg.workers} planner(s) "
              "at a time in this run (rows kept from an earlier run keep the rates measured then; the machine may have "
              "had other jobs).", "",

@@ -63,6 +63,9 @@ class DepthStudyConfig:
     """Train each model until its validation loss stops improving by this fraction over the last
     fifth of training (0.02: the benchmark's rule; TrainConfig.until_plateau), `steps` being the
     cap; 0: exactly `steps` for every model."""
+    plateau_ema: float = 0.0
+    """With --until-plateau: judge the plateau on a moving average of the weights with this decay
+    per step (TrainConfig.plateau_ema, e.g. 0.998); 0: on the live weights."""
     batch_size: int = 64
     """Training windows per step."""
     lr: float = 3e-3
@@ -138,13 +141,16 @@ def _train(job: dict) -> dict:
     tcfg = TrainConfig(data=job["data"], out=job["run"], model=job["model"], steps=job["steps"], batch_size=job["batch_size"],
                        lr=job["lr"], context=job["context"], horizon=job["horizon"], seed=job["seed"], threads=1,
                        eval_every=max(1, job["steps"] // (40 if converge else 6)), ckpt_every=max(1, job["steps"] // 6),
-                       until_plateau=job["until_plateau"], progress=False, **job["overrides"])
+                       until_plateau=job["until_plateau"], plateau_ema=job.get("plateau_ema", 0.0), progress=False,
+                       **job["overrides"])
     train(tcfg)
     records = [json.loads(x) for x in (Path(job["run"]) / "metrics.jsonl").read_text().splitlines() if x.strip()]
     curve = [(r["step"], r["val/obs"]) for r in records if "val/obs" in r]
+    averaged = [(r["step"], r["val_avg/obs"]) for r in records if "val_avg/obs" in r]
     _, meta = read_checkpoint(resolve_checkpoint(job["run"]))
     return {"model": job["name"], "steps": records[-1]["step"], "cap": job["steps"], "train_seconds": records[-1]["time"],
-            "val_curve": curve, "stop_reason": meta.get("stop_reason", "steps"),
+            "val_curve": curve, **({"val_avg_curve": averaged} if averaged else {}),
+            "stop_reason": meta.get("stop_reason", "steps"),
             # after a plateau's cool-down the last fifth always improves: there the stop reason says it
             "still_improving": None if converge or len(curve) < 5 else not plateaued(curve, 0.02)}
 
@@ -199,7 +205,7 @@ def main(cfg: DepthStudyConfig) -> None:
         cfg = replace(cfg, models=cfg_models)
     jobs = [{"name": m, "model": model_config(m, cfg), "data": str(data[cfg.n_bodies]), "run": str(out / "runs" / m),
              "steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "context": cfg.context,
-             "horizon": cfg.horizon, "seed": cfg.seed, "until_plateau": cfg.until_plateau,
+             "horizon": cfg.horizon, "seed": cfg.seed, "until_plateau": cfg.until_plateau, "plateau_ema": cfg.plateau_ema,
              "overrides": train_overrides(m, cfg)}
             for m in cfg.models if runs.get(m, {}).get("cap", runs.get(m, {}).get("steps")) != cfg.steps]
     jobs.sort(key=lambda j: -(2 * cfg.mu_rec if j["model"].kind == "looped" else j["model"].n_deep))  # longest first

@@ -211,6 +211,72 @@ def test_until_plateau_resumes_mid_cooldown_to_the_same_result(dataset, tmp_path
         torch.testing.assert_close(straight[key], resumed[key], msg=key)
 
 
+def test_weight_average_follows_the_live_weights():
+    from loopwm.train.average import WeightAverage
+
+    live = torch.nn.BatchNorm1d(3)  # a weight, a bias and buffers
+    avg = WeightAverage(live, decay=0.5)
+    start = live.weight.detach().clone()
+    avg.update(live, step=1000)  # unchanged live weights leave the average where it is
+    torch.testing.assert_close(avg.model.weight, start)
+    with torch.no_grad():
+        live.weight.add_(1.0)
+        live.running_mean.fill_(7.0)
+    avg.update(live, step=0)  # early on the decay is (1 + step) / (10 + step) = 0.1: nearly the live weights
+    torch.testing.assert_close(avg.model.weight, start + 0.9)
+    avg.update(live, step=1000)  # later the decay itself: half-way to the live weights
+    torch.testing.assert_close(avg.model.weight, start + 0.95)
+    torch.testing.assert_close(avg.model.running_mean, torch.full((3,), 7.0))  # buffers are copied
+    assert not any(p.requires_grad for p in avg.model.parameters())
+    with pytest.raises(ValueError):
+        WeightAverage(live, decay=1.0)
+
+
+def test_until_plateau_can_judge_the_weight_average(dataset, tmp_path, monkeypatch):
+    # the live weights' validation loss is flat (a plateau at once) while the average's keeps falling:
+    # judged on the average, the run never plateaus and cools down at the cap
+    def fake_validate(model, ds, windows, cfg, device, n=256):
+        averaged = not any(p.requires_grad for p in model.parameters())
+        fake_validate.calls[averaged] += 1
+        return {"val/obs": 1.0 / fake_validate.calls[averaged] if averaged else 1.0}
+
+    fake_validate.calls = {True: 0, False: 0}
+    monkeypatch.setattr(loop, "validate", fake_validate)
+    kw = dict(steps=30, eval_every=1, until_plateau=0.02, warmup=1)
+    _, live = final_weights(train(tiny_cfg(dataset, tmp_path / "live", **kw)))
+    assert live["stop_reason"] == "plateau"
+    _, judged = final_weights(train(tiny_cfg(dataset, tmp_path / "avg", plateau_ema=0.9, **kw)))
+    assert judged["stop_reason"] == "cap" and judged["step"] == 30
+    records = [json.loads(line) for line in (tmp_path / "avg" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["val_avg/obs"] < records[0]["val_avg/obs"] and records[-1]["val/obs"] == 1.0
+    with pytest.raises(LoopWMError, match="plateau-ema"):
+        train(tiny_cfg(dataset, tmp_path / "bad", plateau_ema=1.5, **kw))
+
+
+def test_weight_average_survives_a_kill(dataset, tmp_path, monkeypatch):
+    kw = dict(steps=1000, eval_every=1, ckpt_every=1, until_plateau=0.99, warmup=1, plateau_ema=0.9)
+    straight = read_checkpoint(latest_checkpoint(train(tiny_cfg(dataset, tmp_path / "straight", **kw))))[0]
+    real_save = loop.save_checkpoint
+
+    def save_then_die(run_dir, step, *args, **kwargs):
+        path = real_save(run_dir, step, *args, **kwargs)
+        if step == 10:
+            raise KeyboardInterrupt
+        return path
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_cfg(dataset, tmp_path / "resumed", **kw))
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    resumed = read_checkpoint(latest_checkpoint(train(tiny_cfg(dataset, tmp_path / "resumed", **kw))))[0]
+    averaged = [k for k in straight if k.startswith("average/")]
+    assert averaged and set(averaged) == {k for k in resumed if k.startswith("average/")}
+    for key in averaged + [k for k in straight if k.startswith("model/")]:
+        torch.testing.assert_close(straight[key], resumed[key], msg=key)
+    moved = [k for k in averaged if not torch.equal(straight[k], straight["model/" + k[len("average/"):]])]
+    assert moved  # the average is not a copy of the final weights
+
+
 def _with_rewards(src, dst, scale: float, shift: float):
     """A copy of dataset `src` whose rewards are scale * r + shift (observations untouched)."""
     import shutil

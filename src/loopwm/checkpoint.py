@@ -53,11 +53,15 @@ def save_checkpoint(
     model: torch.nn.Module,
     meta: dict[str, Any],
     optimizer: torch.optim.Optimizer | None = None,
+    average: torch.nn.Module | None = None,
 ) -> Path:
-    """Write checkpoint `step` atomically and prune old ones; returns the JSON path."""
+    """Write checkpoint `step` atomically and prune old ones; returns the JSON path. `average`: a
+    weight average kept beside the model (saved under `average/`, restored by `resume`)."""
     ckpt_dir = Path(run_dir) / "checkpoints"
     stem = ckpt_dir / f"step_{step:08d}"
     tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if average is not None:
+        tensors.update({f"average/{k}": v.detach().cpu().contiguous() for k, v in average.state_dict().items()})
     tensors["rng/torch"] = torch.get_rng_state()
     opt_meta = None
     if optimizer is not None:
@@ -145,15 +149,19 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch
 
 
 def resume(run_dir: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, rng,
-           checkpoint: Path | None = None) -> dict[str, Any] | None:
+           checkpoint: Path | None = None, average: torch.nn.Module | None = None) -> dict[str, Any] | None:
     """Restore a run from its newest intact checkpoint (or `checkpoint`, that one already found):
-    weights, optimiser moments, the torch and NumPy (`rng`, a Generator) random states. Returns the
-    checkpoint's metadata, or None for a fresh run."""
+    weights, optimiser moments, the torch and NumPy (`rng`, a Generator) random states, and the
+    weight `average` when given (one the checkpoint lacks starts from the restored weights).
+    Returns the checkpoint's metadata, or None for a fresh run."""
     found = checkpoint if checkpoint is not None else latest_checkpoint(run_dir)
     if found is None:
         return None
     tensors, meta = read_checkpoint(found)
     load_weights(model, model_state(tensors))
+    if average is not None:
+        saved = {k[len("average/") :]: v for k, v in tensors.items() if k.startswith("average/")}
+        average.load_state_dict(saved if saved else model.state_dict())
     restore_optimizer(optimizer, tensors, meta)
     torch.set_rng_state(tensors["rng/torch"])
     rng.bit_generator.state = meta["numpy_rng"]

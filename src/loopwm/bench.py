@@ -136,6 +136,10 @@ class BenchConfig:
     """converged budget: most gradient steps per model (a model still improving there is reported so)."""
     converge_eval_every: int = 250
     """converged budget: validate every this many steps (the curve the rule reads)."""
+    converge_ema: float = 0.0
+    """converged budget: judge convergence on a moving average of the weights with this decay per
+    step (TrainConfig.plateau_ema, e.g. 0.998), whose curve is not fooled by the noise of the peak
+    learning rate; 0: on the live weights."""
     lrs: tuple[float, ...] = (1e-3, 2e-3, 4e-3)
     """Learning rates tried per model family (seed 0, equal steps); the best horizon-10 validation
     error decides. One value skips the sweep."""
@@ -228,6 +232,7 @@ def _train_config(job: dict) -> TrainConfig:
                        rssm=RSSMConfig(**job["rssm"]), lr=job["lr"], seed=job["seed"], steps=steps,
                        minutes=job["minutes"] if budget == "wallclock" else 0.0,
                        until_plateau=job["converge_tolerance"] if budget == "converged" else 0.0,
+                       plateau_ema=job.get("converge_ema", 0.0) if budget == "converged" else 0.0,
                        eval_every=job["converge_eval_every"] if budget == "converged" else 10**9,
                        ckpt_every=500, progress=False, device=job["device"])
 
@@ -353,7 +358,7 @@ def run_bench(cfg: BenchConfig) -> Path:
                 "rssm": asdict(suite[name][1]),
                 "steps": cfg.steps, "minutes": cfg.minutes, "horizon": cfg.horizon, "device": cfg.device,
                 "converge_cap": cfg.converge_cap, "converge_tolerance": cfg.converge_tolerance,
-                "converge_eval_every": cfg.converge_eval_every,
+                "converge_eval_every": cfg.converge_eval_every, "converge_ema": cfg.converge_ema,
                 "test_depths": list(cfg.test_depths) if name == "looped" and budget == cfg.budgets[0] else [],
                 "cost": _cost(suite[name][0], budget, cfg)}
 
@@ -433,7 +438,7 @@ def run_bench(cfg: BenchConfig) -> Path:
 # Settings that make two bench runs in one folder the same comparison: rows of runs that differ in
 # any of them are never mixed into one report.
 _COMPARABLE = ("n_bodies", "episodes", "steps", "minutes", "converge_tolerance", "converge_cap", "converge_eval_every",
-               "horizon", "max_episode_steps", "pixel_size", "quick")
+               "converge_ema", "horizon", "max_episode_steps", "pixel_size", "quick")
 
 
 def _same_comparison(out: Path, cfg: BenchConfig) -> bool:
@@ -443,7 +448,9 @@ def _same_comparison(out: Path, cfg: BenchConfig) -> bool:
         earlier = json.loads((out / "config.json").read_text())
     except (OSError, ValueError):
         return False
-    differ = [k for k in _COMPARABLE if k in earlier and earlier[k] != asdict(cfg)[k]]
+    now, default = asdict(cfg), asdict(BenchConfig())
+    # a setting an earlier run lacks was added since; its default reproduces what that run did
+    differ = [k for k in _COMPARABLE if earlier.get(k, default[k]) != now[k]]
     if differ:
         print(f"results of an earlier run in {out} differ in {', '.join(differ)}: not merged into this report")
     return not differ

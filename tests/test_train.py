@@ -251,6 +251,8 @@ def test_until_plateau_can_judge_the_weight_average(dataset, tmp_path, monkeypat
     assert records[-1]["val_avg/obs"] < records[0]["val_avg/obs"] and records[-1]["val/obs"] == 1.0
     with pytest.raises(LoopWMError, match="plateau-ema"):
         train(tiny_cfg(dataset, tmp_path / "bad", plateau_ema=1.5, **kw))
+    with pytest.raises(LoopWMError, match="until-plateau"):
+        train(tiny_cfg(dataset, tmp_path / "alone", plateau_ema=0.9, steps=3))
 
 
 def test_weight_average_survives_a_kill(dataset, tmp_path, monkeypatch):

@@ -410,6 +410,11 @@ def _train(cfg: TrainConfig, run_dir: Path, ddp: Distributed) -> Path:
     device = ddp.device
     if cfg.batch_size % ddp.world:
         raise LoopWMError(f"--batch-size {cfg.batch_size} is the global batch and must divide among {ddp.world} processes")
+    if not 0.0 <= cfg.plateau_ema < 1.0:
+        raise LoopWMError(f"--plateau-ema {cfg.plateau_ema} must be in [0, 1) (0.998: an average over about 500 steps; "
+                          "0: judge the live weights)")
+    if cfg.plateau_ema > 0 and cfg.until_plateau <= 0:
+        raise LoopWMError("--plateau-ema chooses what the plateau rule judges: use it with --until-plateau (e.g. 0.02)")
     ds = TrajectoryDataset.load(cfg.data, mmap=cfg.mmap)
     train_idx, val_idx = ds.split(cfg.val_fraction, seed=cfg.seed)
     window = cfg.horizon + cfg.context
@@ -450,9 +455,6 @@ def _train(cfg: TrainConfig, run_dir: Path, ddp: Distributed) -> Path:
     if ddp.main:
         for stale in (run_dir / "checkpoints").glob(".*.tmp"):
             stale.unlink()  # a temp file left by a killed write; the checkpoint it was for never counted
-    if not 0.0 <= cfg.plateau_ema < 1.0:
-        raise LoopWMError(f"--plateau-ema {cfg.plateau_ema} must be in [0, 1) (0.998: an average over about 500 steps; "
-                          "0: judge the live weights)")
     average = WeightAverage(model, cfg.plateau_ema) if cfg.plateau_ema > 0 and cfg.until_plateau > 0 else None
     meta = resume(run_dir, model, opt, rng, checkpoint=found, average=None if average is None else average.model)
     if meta is not None:

@@ -129,7 +129,11 @@ def plot(cfg: CompareConfig, rows: list[dict], path: Path) -> None:
                 line = ax.scatter(r["params"], r[key], marker=markers[r["seed"] % len(markers)], color=colour,
                                   label=model if colour is None else None)
                 colour = line.get_facecolor()[0]
-            ax.annotate(model, (pts[0]["params"], pts[0][key]), fontsize=7, xytext=(4, 2), textcoords="offset points")
+                # a model run in several studies of one seed (another schedule, another rule) names its study
+                twins = sum(q["seed"] == r["seed"] for q in pts) > 1
+                if twins or r is pts[0]:
+                    text = f"{model} ({Path(r['study']).name})" if twins else model
+                    ax.annotate(text, (r["params"], r[key]), fontsize=7, xytext=(4, 2), textcoords="offset points")
         ax.set_xscale("log")
         ax.set_xlabel("parameters")
         ax.set_ylabel(f"{key} error, {cfg.size} discs")

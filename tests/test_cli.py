@@ -169,6 +169,13 @@ def test_bench_converged_budget_trains_each_model_until_it_stops_improving(tmp_p
     assert (out / "runs" / "balls" / "deep-1").exists()
     # ... and a different comparison: the earlier looped rows are not mixed into its report
     assert {r["model"] for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())} == {"deep-1"}
+    # judged on the weight average, the curve the rule read is kept beside the live one
+    loopwm("bench", "--out", str(tmp_path / "avg"), "--worlds", "balls", "--models", "deep-1", "--seeds", "1",
+           "--test-depths", "1", "--episodes", "6", "--max-episode-steps", "30", "--horizon", "10", "--budgets", "converged",
+           "--converge-cap", "12", "--converge-eval-every", "1", "--converge-tolerance", "0.02", "--converge-ema", "0.9",
+           "--no-progress", "--device", "cpu", "--lrs", "1e-3", "--workers", "1")
+    (curve,) = map(json.loads, (tmp_path / "avg" / "curves.jsonl").read_text().splitlines())
+    assert len(curve["val_avg_curve"]) == len(curve["val_curve"]) == 12 and curve["val_avg_curve"] != curve["val_curve"]
 
 
 def test_doctor_reports_every_part_with_a_fix_for_problems():

@@ -275,6 +275,8 @@ def _train_and_score(job: dict) -> dict:
     model, meta = load_model(job["run_dir"], device)
     records = [json.loads(x) for x in (Path(job["run_dir"]) / "metrics.jsonl").read_text().splitlines() if x.strip()]
     trained = {"val_curve": [[r["step"], r["val/obs"]] for r in records if "val/obs" in r],
+               # with --converge-ema: the weight average's curve, the one the plateau rule judged
+               "val_avg_curve": [[r["step"], r["val_avg/obs"]] for r in records if "val_avg/obs" in r],
                "stop_reason": meta.get("stop_reason", budget), "train_samples": int(meta["step"]) * tcfg.batch_size}
     ds = TrajectoryDataset.load(job["data"])
     val = np.asarray(meta["val_episodes"])
@@ -418,7 +420,8 @@ def run_bench(cfg: BenchConfig) -> Path:
                          "train_samples": r["train_samples"], "stop_reason": r["stop_reason"],
                          **{f"floor_{k}": v[h - 1] for k, v in r["floors"].items()}})
         curves.append({"model": j["name"], "world": j["world"], "seed": j["seed"], "budget": j["budget"], "lr": j["lr"],
-                       "val_curve": r["val_curve"], "stop_reason": r["stop_reason"], "train_steps": r["train_steps"],
+                       "val_curve": r["val_curve"], "val_avg_curve": r.get("val_avg_curve", []),
+                       "stop_reason": r["stop_reason"], "train_steps": r["train_steps"],
                        "train_seconds": r["train_seconds"]})
         for depth, err in r["depth_errors"].items():
             depth_rows.append({"world": j["world"], "seed": j["seed"], "depth": int(depth), "error_h10": err,

@@ -100,10 +100,13 @@ def plot_all(rows: list[dict], depth_rows: list[dict], out: Path, curves: list[d
             for i, m in enumerate(models):
                 for c in [c for c in curves if (c["world"], c["model"], c["budget"]) == (world, m, budget)]:
                     steps, vals = zip(*c["val_curve"])
-                    ax.plot(steps, vals, color="C3" if m == "looped" else f"C{i % 10}", lw=2 if m == "looped" else 1,
+                    colour = "C3" if m == "looped" else f"C{i % 10}"
+                    ax.plot(steps, vals, color=colour, lw=2 if m == "looped" else 1,
                             label=m if c["seed"] == 0 else None, ls="-" if c["stop_reason"] == "plateau" else "--")
+                    if c.get("val_avg_curve"):  # the weight average's curve, which the plateau rule read
+                        ax.plot(*zip(*c["val_avg_curve"]), color=colour, lw=1, ls=":", alpha=0.8)
             ax.set_yscale("log"), ax.set_xlabel("gradient steps"), ax.set_ylabel("validation observation loss")
-            ax.set_title(f"{world}, {budget} (dashed: stopped by the cap)"), ax.grid(alpha=0.3), ax.legend(fontsize=7)
+            ax.set_title(f"{world}, {budget} (dashed: stopped by the cap; dotted: weight average)"), ax.grid(alpha=0.3), ax.legend(fontsize=7)
         fig.tight_layout(), fig.savefig(out / "learning_curves.png"), plt.close(fig)
         paths.append(out / "learning_curves.png")
     return paths

@@ -305,6 +305,30 @@ def test_text_train_until_plateau_cools_down_and_stops_before_the_cap(toy, tmp_p
     assert len((run / "metrics.jsonl").read_text().splitlines()) == last
 
 
+@needs_tokenizers
+def test_text_train_can_judge_the_plateau_on_a_weight_average(toy, tmp_path, capsys):
+    from loopwm.checkpoint import latest_checkpoint, read_checkpoint
+
+    run = tmp_path / "run"
+    args = ["text", "train", "--data", str(toy), "--out", str(run), "--vocab-size", "400", "--model.d", "32",
+            "--model.n-heads", "2", "--model.n-state", "4", "--model.n-decoder-layers", "1", "--model.max-context",
+            "64", "--model.max-target", "32", "--batch-size", "8", "--eval-every", "10", "--dev-samples", "8",
+            "--threads", "1", "--no-progress", "--lr", "3e-3", "--warmup", "5", "--steps", "60",
+            "--until-plateau", "0.02", "--plateau-ema", "0.9"]
+    assert main(args) == 0
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    judged = [r for r in records if "dev_loss" in r]
+    assert judged and all("dev_loss_avg" in r for r in judged)
+    assert any(r["dev_loss_avg"] != r["dev_loss"] for r in judged)
+    tensors, _ = read_checkpoint(latest_checkpoint(run))
+    assert any(k.startswith("average/") for k in tensors)
+    assert main(args) == 0  # re-running a finished run trains nothing more
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == len(records)
+    bad = [a if a != "0.02" else "0" for a in args]  # an average with nothing to judge
+    assert main([*bad[:5], str(tmp_path / "bad"), *bad[6:]]) == 2
+    assert "--plateau-ema" in capsys.readouterr().err
+
+
 def test_bucketed_batches_draw_the_same_samples_grouped_by_target_length():
     import numpy as np
 

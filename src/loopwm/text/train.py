@@ -24,6 +24,7 @@ from loopwm.checkpoint import load_model, resolve_checkpoint, resume, save_check
 from loopwm.text.corpus import Batcher, Encoder, Sample, all_starts, eval_starts, load_tokenizer, load_trajectories, \
     need_tokenizers, tokenizer_corpus, train_tokenizer
 from loopwm.text.model import TextModelConfig, TextWorldModel
+from loopwm.train.average import WeightAverage
 from loopwm.train.loop import _truncate_metrics, lr_at, param_groups, plateau_phase, plateaued  # the physics models' schedule
 from loopwm.utils import LoopWMError, atomic_save, atomic_write_json, pick_device, read_json, seed_everything
 
@@ -57,6 +58,10 @@ class TextTrainConfig:
     plateau_window: float = 0.2
     """Fraction of training compared with what came before it, and the cool-down's length as a
     fraction of the steps before it."""
+    plateau_ema: float = 0.0
+    """With --until-plateau: judge the plateau on the dev loss of a moving average of the weights
+    with this decay per step (e.g. 0.998; logged as `dev_loss_avg`, kept in checkpoints), which is
+    not fooled by the noise of the peak learning rate (`loopwm.train.average`); 0: the live weights."""
     batch_size: int = 32
     """Samples per step."""
     bucket: int = 8
@@ -170,6 +175,9 @@ def train_text(cfg: TextTrainConfig) -> Path:
     if not 0 <= cfg.until_plateau < 1 or not 0 < cfg.plateau_window < 1:
         raise LoopWMError("--until-plateau must be in [0, 1) (0.02: stop at less than 2% improvement) and "
                           "--plateau-window in (0, 1)")
+    if not 0 <= cfg.plateau_ema < 1 or (cfg.plateau_ema > 0 and cfg.until_plateau <= 0):
+        raise LoopWMError(f"--plateau-ema {cfg.plateau_ema} must be in [0, 1) and goes with --until-plateau "
+                          "(e.g. --until-plateau 0.02 --plateau-ema 0.998)")
     run_dir = Path(cfg.out)
     train_trajs = load_trajectories(cfg.data, "train")
     dev_trajs = load_trajectories(cfg.data, "dev")
@@ -198,15 +206,17 @@ def train_text(cfg: TextTrainConfig) -> Path:
     model = TextWorldModel(enc.vocab_size, m).to(device)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.99))
     rng = np.random.default_rng(cfg.seed)
-    meta = resume(run_dir, model, opt, rng)
+    average = WeightAverage(model, cfg.plateau_ema) if cfg.plateau_ema > 0 else None
+    meta = resume(run_dir, model, opt, rng, average=None if average is None else average.model)
     step, seconds_before = (meta["step"], meta.get("train_seconds", 0.0)) if meta else (0, 0.0)
     # with --until-plateau: the step at which the learning rate began to cool, and why
     cooldown_from, stop_reason = (meta.get("cooldown_from"), meta.get("stop_reason", "steps")) if meta else (None, "steps")
     saved_step = step if meta else None
     metrics_path = run_dir / "metrics.jsonl"
     _truncate_metrics(metrics_path, step)
-    curve = [(r["step"], r["dev_loss"]) for r in map(json.loads, metrics_path.read_text().splitlines())
-             if "dev_loss" in r] if metrics_path.exists() else []
+    judged = "dev_loss" if average is None else "dev_loss_avg"  # the curve the plateau rule reads
+    curve = [(r["step"], r[judged]) for r in map(json.loads, metrics_path.read_text().splitlines())
+             if judged in r] if metrics_path.exists() else []
     from tqdm import tqdm
 
     budget = cfg.minutes * 60
@@ -218,7 +228,7 @@ def train_text(cfg: TextTrainConfig) -> Path:
         plateau = {"cooldown_from": cooldown_from, "stop_reason": stop_reason} if cfg.until_plateau > 0 else {}
         meta = {**checkpoint_meta(model), **plateau, "numpy_rng": rng.bit_generator.state,
                 "train_seconds": seconds_before + time.time() - t0, "data": cfg.data}
-        save_checkpoint(run_dir, step, model, meta, opt)
+        save_checkpoint(run_dir, step, model, meta, opt, average=None if average is None else average.model)
         saved_step = step
 
     model.train()
@@ -250,13 +260,17 @@ def train_text(cfg: TextTrainConfig) -> Path:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
+            if average is not None:
+                average.update(model, step)
             step += 1
             bar.update(1)
             record = {"step": step, "loss": float(loss.detach()), "k": k, "iterations": float(used.float().mean()),
                       "lr": opt.param_groups[0]["lr"], "seconds": round(seconds_before + time.time() - t0, 2)}
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 record["dev_loss"] = dev_loss(model, dev_batcher, dev_fixed, cfg.max_actions, device)
-                curve.append((step, record["dev_loss"]))
+                if average is not None:
+                    record["dev_loss_avg"] = dev_loss(average.model, dev_batcher, dev_fixed, cfg.max_actions, device)
+                curve.append((step, record[judged]))
                 if cfg.until_plateau > 0 and cooldown_from is None and plateaued(curve, cfg.until_plateau,
                                                                                  cfg.plateau_window):
                     cooldown_from, stop_reason = step, "plateau"

@@ -141,7 +141,7 @@ def _train(job: dict) -> dict:
     tcfg = TrainConfig(data=job["data"], out=job["run"], model=job["model"], steps=job["steps"], batch_size=job["batch_size"],
                        lr=job["lr"], context=job["context"], horizon=job["horizon"], seed=job["seed"], threads=1,
                        eval_every=max(1, job["steps"] // (40 if converge else 6)), ckpt_every=max(1, job["steps"] // 6),
-                       until_plateau=job["until_plateau"], plateau_ema=job.get("plateau_ema", 0.0), progress=False,
+                       until_plateau=job["until_plateau"], plateau_ema=job["plateau_ema"], progress=False,
                        **job["overrides"])
     train(tcfg)
     records = [json.loads(x) for x in (Path(job["run"]) / "metrics.jsonl").read_text().splitlines() if x.strip()]

@@ -55,23 +55,31 @@ KINDS = {
 }
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
-def test_interrupted_run_resumes_to_the_same_result(dataset, tmp_path, monkeypatch, kind):
-    straight, _ = final_weights(train(tiny_cfg(dataset, tmp_path / "straight", **KINDS[kind])))
-
+def train_killed_then_resumed(cfg: TrainConfig, kill_at: int, monkeypatch):
+    """Train `cfg`, killed right after the checkpoint of step `kill_at` is written, then run it again
+    (a resume); returns the run folder."""
     real_save = loop.save_checkpoint
 
     def save_then_die(run_dir, step, *args, **kwargs):
         path = real_save(run_dir, step, *args, **kwargs)
-        if step == 4:
-            raise KeyboardInterrupt  # killed right after the checkpoint at step 4
+        if step == kill_at:
+            raise KeyboardInterrupt
         return path
 
     monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_cfg(dataset, tmp_path / "resumed", **KINDS[kind]))
+        train(cfg)
     monkeypatch.setattr(loop, "save_checkpoint", real_save)
-    resumed, meta = final_weights(train(tiny_cfg(dataset, tmp_path / "resumed", **KINDS[kind])))
+    return train(cfg)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_interrupted_run_resumes_to_the_same_result(dataset, tmp_path, monkeypatch, kind):
+    straight, _ = final_weights(train(tiny_cfg(dataset, tmp_path / "straight", **KINDS[kind])))
+
+    # killed right after the checkpoint at step 4
+    resumed, meta = final_weights(train_killed_then_resumed(tiny_cfg(dataset, tmp_path / "resumed", **KINDS[kind]), 4,
+                                                            monkeypatch))
     assert meta["kind"] == kind
     assert meta["step"] == 6
     for key in straight:
@@ -193,19 +201,8 @@ def test_until_plateau_without_a_plateau_cools_down_to_end_at_the_cap(dataset, t
 def test_until_plateau_resumes_mid_cooldown_to_the_same_result(dataset, tmp_path, monkeypatch):
     kw = dict(steps=1000, eval_every=1, ckpt_every=1, until_plateau=0.99, warmup=1)
     straight, _ = final_weights(train(tiny_cfg(dataset, tmp_path / "straight", **kw)))
-    real_save = loop.save_checkpoint
-
-    def save_then_die(run_dir, step, *args, **kwargs):
-        path = real_save(run_dir, step, *args, **kwargs)
-        if step == 17:  # inside the cool-down (steps 16-19)
-            raise KeyboardInterrupt
-        return path
-
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train(tiny_cfg(dataset, tmp_path / "resumed", **kw))
-    monkeypatch.setattr(loop, "save_checkpoint", real_save)
-    resumed, meta = final_weights(train(tiny_cfg(dataset, tmp_path / "resumed", **kw)))
+    # killed inside the cool-down (steps 16-19)
+    resumed, meta = final_weights(train_killed_then_resumed(tiny_cfg(dataset, tmp_path / "resumed", **kw), 17, monkeypatch))
     assert meta["step"] == 19 and meta["stop_reason"] == "plateau"
     for key in straight:
         torch.testing.assert_close(straight[key], resumed[key], msg=key)
@@ -258,19 +255,8 @@ def test_until_plateau_can_judge_the_weight_average(dataset, tmp_path, monkeypat
 def test_weight_average_survives_a_kill(dataset, tmp_path, monkeypatch):
     kw = dict(steps=1000, eval_every=1, ckpt_every=1, until_plateau=0.99, warmup=1, plateau_ema=0.9)
     straight = read_checkpoint(latest_checkpoint(train(tiny_cfg(dataset, tmp_path / "straight", **kw))))[0]
-    real_save = loop.save_checkpoint
-
-    def save_then_die(run_dir, step, *args, **kwargs):
-        path = real_save(run_dir, step, *args, **kwargs)
-        if step == 10:
-            raise KeyboardInterrupt
-        return path
-
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train(tiny_cfg(dataset, tmp_path / "resumed", **kw))
-    monkeypatch.setattr(loop, "save_checkpoint", real_save)
-    resumed = read_checkpoint(latest_checkpoint(train(tiny_cfg(dataset, tmp_path / "resumed", **kw))))[0]
+    resumed = read_checkpoint(latest_checkpoint(train_killed_then_resumed(tiny_cfg(dataset, tmp_path / "resumed", **kw),
+                                                                         10, monkeypatch)))[0]
     averaged = [k for k in straight if k.startswith("average/")]
     assert averaged and set(averaged) == {k for k in resumed if k.startswith("average/")}
     for key in averaged + [k for k in straight if k.startswith("model/")]:

@@ -232,7 +232,7 @@ def _train_config(job: dict) -> TrainConfig:
                        rssm=RSSMConfig(**job["rssm"]), lr=job["lr"], seed=job["seed"], steps=steps,
                        minutes=job["minutes"] if budget == "wallclock" else 0.0,
                        until_plateau=job["converge_tolerance"] if budget == "converged" else 0.0,
-                       plateau_ema=job.get("converge_ema", 0.0) if budget == "converged" else 0.0,
+                       plateau_ema=job["converge_ema"] if budget == "converged" else 0.0,
                        eval_every=job["converge_eval_every"] if budget == "converged" else 10**9,
                        ckpt_every=500, progress=False, device=job["device"])
 

@@ -53,10 +53,11 @@ def save_checkpoint(
     model: torch.nn.Module,
     meta: dict[str, Any],
     optimizer: torch.optim.Optimizer | None = None,
-    average: torch.nn.Module | None = None,
+    average=None,
 ) -> Path:
     """Write checkpoint `step` atomically and prune old ones; returns the JSON path. `average`: a
-    weight average kept beside the model (saved under `average/`, restored by `resume`)."""
+    weight average kept beside the model (anything with `state_dict`; saved under `average/`,
+    restored by `resume`)."""
     ckpt_dir = Path(run_dir) / "checkpoints"
     stem = ckpt_dir / f"step_{step:08d}"
     tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -149,7 +150,7 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch
 
 
 def resume(run_dir: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, rng,
-           checkpoint: Path | None = None, average: torch.nn.Module | None = None) -> dict[str, Any] | None:
+           checkpoint: Path | None = None, average=None) -> dict[str, Any] | None:
     """Restore a run from its newest intact checkpoint (or `checkpoint`, that one already found):
     weights, optimiser moments, the torch and NumPy (`rng`, a Generator) random states, and the
     weight `average` when given (one the checkpoint lacks starts from the restored weights).

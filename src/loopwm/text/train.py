@@ -24,7 +24,7 @@ from loopwm.checkpoint import load_model, resolve_checkpoint, resume, save_check
 from loopwm.text.corpus import Batcher, Encoder, Sample, all_starts, eval_starts, load_tokenizer, load_trajectories, \
     need_tokenizers, tokenizer_corpus, train_tokenizer
 from loopwm.text.model import TextModelConfig, TextWorldModel
-from loopwm.train.average import WeightAverage
+from loopwm.train.average import WeightAverage, check_plateau_ema
 from loopwm.train.loop import _truncate_metrics, lr_at, param_groups, plateau_phase, plateaued  # the physics models' schedule
 from loopwm.utils import LoopWMError, atomic_save, atomic_write_json, pick_device, read_json, seed_everything
 
@@ -175,9 +175,7 @@ def train_text(cfg: TextTrainConfig) -> Path:
     if not 0 <= cfg.until_plateau < 1 or not 0 < cfg.plateau_window < 1:
         raise LoopWMError("--until-plateau must be in [0, 1) (0.02: stop at less than 2% improvement) and "
                           "--plateau-window in (0, 1)")
-    if not 0 <= cfg.plateau_ema < 1 or (cfg.plateau_ema > 0 and cfg.until_plateau <= 0):
-        raise LoopWMError(f"--plateau-ema {cfg.plateau_ema} must be in [0, 1) and goes with --until-plateau "
-                          "(e.g. --until-plateau 0.02 --plateau-ema 0.998)")
+    check_plateau_ema(cfg.plateau_ema, cfg.until_plateau)
     run_dir = Path(cfg.out)
     train_trajs = load_trajectories(cfg.data, "train")
     dev_trajs = load_trajectories(cfg.data, "dev")
@@ -207,7 +205,7 @@ def train_text(cfg: TextTrainConfig) -> Path:
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.99))
     rng = np.random.default_rng(cfg.seed)
     average = WeightAverage(model, cfg.plateau_ema) if cfg.plateau_ema > 0 else None
-    meta = resume(run_dir, model, opt, rng, average=None if average is None else average.model)
+    meta = resume(run_dir, model, opt, rng, average=average)
     step, seconds_before = (meta["step"], meta.get("train_seconds", 0.0)) if meta else (0, 0.0)
     # with --until-plateau: the step at which the learning rate began to cool, and why
     cooldown_from, stop_reason = (meta.get("cooldown_from"), meta.get("stop_reason", "steps")) if meta else (None, "steps")
@@ -228,7 +226,7 @@ def train_text(cfg: TextTrainConfig) -> Path:
         plateau = {"cooldown_from": cooldown_from, "stop_reason": stop_reason} if cfg.until_plateau > 0 else {}
         meta = {**checkpoint_meta(model), **plateau, "numpy_rng": rng.bit_generator.state,
                 "train_seconds": seconds_before + time.time() - t0, "data": cfg.data}
-        save_checkpoint(run_dir, step, model, meta, opt, average=None if average is None else average.model)
+        save_checkpoint(run_dir, step, model, meta, opt, average=average)
         saved_step = step
 
     model.train()

@@ -13,6 +13,15 @@ import copy
 
 import torch
 
+from loopwm.utils import LoopWMError
+
+
+def check_plateau_ema(decay: float, until_plateau: float) -> None:
+    """The one check of a trainer's --plateau-ema, before anything is written."""
+    if not 0.0 <= decay < 1.0 or (decay > 0 and until_plateau <= 0):
+        raise LoopWMError(f"--plateau-ema {decay} must be in [0, 1) and goes with --until-plateau, whose plateau "
+                          "it judges (e.g. --until-plateau 0.02 --plateau-ema 0.998; 0: the live weights)")
+
 
 class WeightAverage:
     """`model`'s weights averaged over steps: after each optimiser step, avg <- d * avg + (1 - d) * live,
@@ -24,15 +33,14 @@ class WeightAverage:
             raise ValueError(f"decay must be in (0, 1), got {decay}")
         self.decay = decay
         self.model = copy.deepcopy(model).eval()
-        for p in self.model.parameters():
+        self._params = list(self.model.parameters())
+        for p in self._params:
             p.requires_grad_(False)
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module, step: int) -> None:
         d = min(self.decay, (1.0 + step) / (10.0 + step))
-        avg = [p for p in self.model.parameters()]
-        live = [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(avg, live, 1.0 - d)
+        torch._foreach_lerp_(self._params, [p.detach() for p in model.parameters()], 1.0 - d)
         for b_avg, b_live in zip(self.model.buffers(), model.buffers()):
             b_avg.copy_(b_live)
 

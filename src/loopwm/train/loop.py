@@ -28,7 +28,7 @@ from loopwm.models import RSSMConfig, build_model
 from loopwm.models.blocks import compile_blocks
 from loopwm.models.dynamics import normalised_error, reward_error, reward_loss_scale
 from loopwm.models.world_model import ModelConfig, WorldModel, WorldSpec
-from loopwm.train.average import WeightAverage
+from loopwm.train.average import WeightAverage, check_plateau_ema
 from loopwm.train.deferred import deferred_loss
 from loopwm.train.distributed import Distributed
 from loopwm.utils import LoopWMError, atomic_write_json, atomic_write_text, read_json, seed_everything
@@ -410,11 +410,7 @@ def _train(cfg: TrainConfig, run_dir: Path, ddp: Distributed) -> Path:
     device = ddp.device
     if cfg.batch_size % ddp.world:
         raise LoopWMError(f"--batch-size {cfg.batch_size} is the global batch and must divide among {ddp.world} processes")
-    if not 0.0 <= cfg.plateau_ema < 1.0:
-        raise LoopWMError(f"--plateau-ema {cfg.plateau_ema} must be in [0, 1) (0.998: an average over about 500 steps; "
-                          "0: judge the live weights)")
-    if cfg.plateau_ema > 0 and cfg.until_plateau <= 0:
-        raise LoopWMError("--plateau-ema chooses what the plateau rule judges: use it with --until-plateau (e.g. 0.02)")
+    check_plateau_ema(cfg.plateau_ema, cfg.until_plateau)
     ds = TrajectoryDataset.load(cfg.data, mmap=cfg.mmap)
     train_idx, val_idx = ds.split(cfg.val_fraction, seed=cfg.seed)
     window = cfg.horizon + cfg.context
@@ -455,8 +451,8 @@ def _train(cfg: TrainConfig, run_dir: Path, ddp: Distributed) -> Path:
     if ddp.main:
         for stale in (run_dir / "checkpoints").glob(".*.tmp"):
             stale.unlink()  # a temp file left by a killed write; the checkpoint it was for never counted
-    average = WeightAverage(model, cfg.plateau_ema) if cfg.plateau_ema > 0 and cfg.until_plateau > 0 else None
-    meta = resume(run_dir, model, opt, rng, checkpoint=found, average=None if average is None else average.model)
+    average = WeightAverage(model, cfg.plateau_ema) if cfg.plateau_ema > 0 else None
+    meta = resume(run_dir, model, opt, rng, checkpoint=found, average=average)
     if meta is not None:
         step, elapsed_before = meta["step"], meta.get("train_seconds", 0.0)
         cooldown_from, stop_reason = meta.get("cooldown_from"), meta.get("stop_reason", "steps")
@@ -472,11 +468,11 @@ def _train(cfg: TrainConfig, run_dir: Path, ddp: Distributed) -> Path:
                 "data": str(cfg.data), "env_id": ds.env_id, "env_kwargs": ds.env_kwargs, "val_episodes": [int(i) for i in val_idx]}
 
     metrics_path = run_dir / "metrics.jsonl"
+    judged = "val/obs" if average is None else "val_avg/obs"  # the curve the plateau rule reads
     if ddp.main:
         _truncate_metrics(metrics_path, step)  # drop records written after the checkpoint we resume from
-        if cfg.until_plateau > 0 and metrics_path.exists():  # the validation curve so far, which the rule reads
+        if cfg.until_plateau > 0 and metrics_path.exists():  # the validation curve so far
             records = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()]
-            judged = "val/obs" if average is None else "val_avg/obs"
             curve = [(r["step"], r[judged]) for r in records if judged in r]
     if cfg.compile:
         compile_blocks(model)
@@ -537,7 +533,7 @@ def _train(cfg: TrainConfig, run_dir: Path, ddp: Distributed) -> Path:
                 if average is not None:
                     record.update({f"val_avg/{k[4:]}": v for k, v in
                                    validate(average.model, ds, val_windows, cfg, device).items()})
-                curve.append((step, record["val/obs" if average is None else "val_avg/obs"]))
+                curve.append((step, record[judged]))
                 a_bar = model.max_a_bar()
                 if a_bar == a_bar:  # models without a retention matrix report NaN: leave it out
                     record["loop/max_a_bar"] = a_bar
@@ -554,12 +550,11 @@ def _train(cfg: TrainConfig, run_dir: Path, ddp: Distributed) -> Path:
                         board.add_scalar(key, value, step)
             if step % cfg.ckpt_every == 0 and ddp.main:
                 log.flush()
-                save_checkpoint(run_dir, step, model, meta_now(), opt, average=None if average is None else average.model)
+                save_checkpoint(run_dir, step, model, meta_now(), opt, average=average)
         log.flush()
         ddp.check_in_sync(model)
         if ddp.main:
-            save_checkpoint(run_dir, step, model, {**meta_now(), "world_size": ddp.world}, opt,
-                            average=None if average is None else average.model)
+            save_checkpoint(run_dir, step, model, {**meta_now(), "world_size": ddp.world}, opt, average=average)
         ddp.barrier()  # nobody returns before the final checkpoint exists
     bar.close()
     if board is not None:

@@ -55,6 +55,8 @@ class TextBenchConfig:
     max_target: int = 320
     """Longest observation the models write, in tokens (TextModelConfig.max_target): longer ones are
     cut and can never match exactly."""
+    copy: bool = False
+    """Give both models the pointer-generator copy head (TextModelConfig.copy)."""
     split_digits: bool = True
     """One token per digit (False: BPE merges digits, as in the first committed run)."""
     models: list[str] = field(default_factory=lambda: ["looped", "deep"])
@@ -63,6 +65,9 @@ class TextBenchConfig:
     """Mean loop count of the looped model; the deep one gets this many distinct blocks."""
     max_starts: int = 400
     """Test start points (each scored with 1 to 5 actions)."""
+    state_starts: int = 200
+    """Start points of each state-tracking row (`look around`, ambiguity prompts), scored at 5 actions
+    (TextEvalConfig.state_starts)."""
     depths: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     """Test-time loop counts of the looped model (at 5 actions)."""
     quick: bool = False
@@ -76,7 +81,7 @@ def _train(job: dict) -> str:
     from loopwm.text.train import TextTrainConfig, train_text
 
     model = TextModelConfig(kind=job["kind"], mu_rec=job["mu_rec"], n_deep=max(1, round(job["mu_rec"])),
-                            max_context=job["max_context"], max_target=job["max_target"])
+                            max_context=job["max_context"], max_target=job["max_target"], copy=job["copy"])
     if job["quick"]:
         model.d, model.n_state = 32, 4
     train_text(TextTrainConfig(data=job["data"], out=job["run"], model=model, threads=1, progress=False,
@@ -95,7 +100,7 @@ def main(cfg: TextBenchConfig) -> None:
     jobs = [{"kind": m, "mu_rec": cfg.mu_rec, "data": cfg.data, "run": str(out / "runs" / m), "minutes": minutes,
              "steps": cfg.steps, "split_digits": cfg.split_digits, "quick": cfg.quick, "until_plateau": cfg.until_plateau,
              "max_context": cfg.max_context, "max_target": cfg.max_target, "eval_every": cfg.eval_every,
-             "bucket": cfg.bucket} for m in cfg.models]
+             "bucket": cfg.bucket, "copy": cfg.copy} for m in cfg.models]
     if cfg.report_only:
         saved = json.loads((out / "results.json").read_text())
         results = {k: saved["models"][k] for k in sorted(saved["models"], key=lambda k: (cfg.models.index(k) if k in cfg.models else len(cfg.models), k))}
@@ -114,19 +119,20 @@ def main(cfg: TextBenchConfig) -> None:
     starts = 20 if cfg.quick else cfg.max_starts
     results = {}
     for job in jobs:
-        r = evaluate_text(TextEvalConfig(run=job["run"], max_starts=starts, out=str(out / f"eval-{job['kind']}.json")))
+        r = evaluate_text(TextEvalConfig(run=job["run"], max_starts=starts, state_starts=4 if cfg.quick else cfg.state_starts,
+                                         out=str(out / f"eval-{job['kind']}.json")))
         r["train"] = _train_summary(Path(job["run"]))
         results[job["kind"]] = r
         print(format_text_table(r))
     sweep = {}
     if "looped" in results:
         for depth in cfg.depths:
-            r = evaluate_text(TextEvalConfig(run=str(out / "runs" / "looped"), max_starts=starts, actions=[5], depth=depth,
+            r = evaluate_text(TextEvalConfig(run=str(out / "runs" / "looped"), max_starts=starts, actions=[5], depth=depth, state_starts=0,
                                              out=str(out / f"eval-looped-depth{depth}.json")))
             sweep[depth] = {"overall": r["overall"], "rows": r["rows"], "iterations_per_step": r["iterations_per_step"]}
     settings = {"minutes": minutes, "steps": cfg.steps, "split_digits": cfg.split_digits, "mu_rec": cfg.mu_rec,
                 "data": cfg.data, "until_plateau": cfg.until_plateau, "max_context": cfg.max_context,
-                "max_target": cfg.max_target, "bucket": cfg.bucket}
+                "max_target": cfg.max_target, "bucket": cfg.bucket, "copy": cfg.copy, "state_starts": cfg.state_starts}
     atomic_write_json(out / "results.json", {"models": results, "depth_sweep": {str(k): v for k, v in sweep.items()},
                                              "settings": settings})
     atomic_write_text(out / "summary.md", summary(results, sweep, settings))
@@ -166,7 +172,7 @@ def summary(results: dict, sweep: dict, settings: dict) -> str:
         budget = f"Each model trained {settings['minutes']:g} wall-clock minutes on one thread (side by side on 2 cores)."
     lines = [f"# Text world benchmark: {simulator} ({data})", "", budget,
              f"Context {settings.get('max_context', 192)} tokens, observations written up to "
-             f"{settings.get('max_target', 128)} tokens.", ""]
+             f"{settings.get('max_target', 128)} tokens" + ("; a copy head (pointer-generator) in both models." if settings.get("copy") else "."), ""]
     for kind, r in results.items():
         t = r["train"]
         last = t["dev_loss"][-1][1] if t["dev_loss"] else float("nan")

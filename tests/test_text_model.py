@@ -147,6 +147,19 @@ def test_splits_never_mix_and_samples_keep_the_newest_context(toy, toy_encoder):
     assert tgt[0] == enc.bos and enc.text(tgt[1:]) == enc.text(enc.ids(train[0].observations[9]))[: len(enc.text(tgt[1:]))]
 
 
+@needs_tokenizers
+def test_state_starts_hold_only_their_row_and_a_seeded_sample_of_it(toy):
+    from loopwm.text.corpus import all_starts, load_trajectories, state_row, state_starts
+
+    trajs = load_trajectories(toy, "test")
+    every = state_starts(trajs, 3, 0, seed=0)
+    looks = [(i, t) for i, t in all_starts(trajs, 3) if trajs[i].actions[t + 2] == "look around"]
+    assert every["look around"] == looks and len(looks) >= 4 and every["ambiguity"] == []  # the toy never asks
+    some = state_starts(trajs, 3, 3, seed=1)["look around"]
+    assert len(some) == 3 and set(some) <= set(looks) and some == state_starts(trajs, 3, 3, seed=1)["look around"]
+    assert all(state_row(trajs[i], t, 3) == "look around" for i, t in some)
+
+
 # ----- the model -----
 def tiny_model(kind="looped", vocab=400, **kw):
     from loopwm.text.model import TextModelConfig, TextWorldModel
@@ -167,36 +180,57 @@ def random_batch(B=3, L=20, K=2, A=5, T=9, vocab=400, seed=0):
     return context, actions, target
 
 
-@pytest.mark.parametrize("kind", ["looped", "deep"])
-def test_shapes_and_padding_never_leaks_into_other_samples(kind):
-    model = tiny_model(kind)
+@pytest.mark.parametrize("kind,copy", [("looped", False), ("deep", False), ("looped", True)])
+def test_shapes_and_padding_never_leaks_into_other_samples(kind, copy):
+    model = tiny_model(kind, copy=copy)
     context, actions, target = random_batch()
-    h, memory, mem_valid, used = model.imagine(context, actions, depth=3)
-    assert h.shape == (3, 4, 32) and used.shape == (3, 2) and memory.shape[:2] == mem_valid.shape
-    logits = model.decode(memory, mem_valid, target)
+    h, memory, used = model.imagine(context, actions, depth=3)
+    assert h.shape == (3, 4, 32) and used.shape == (3, 2) and memory.x.shape[:2] == memory.valid.shape == memory.ids.shape
+    logits = model.decode(memory, target)
     assert logits.shape == (3, 9, 400)
     for b in range(3):  # batched equals per-sample, each row cut to its own length
         L = int((context[b] != 0).sum())
         A = int((actions[b, 0] != 0).sum())
-        _, m1, v1, _ = model.imagine(context[b:b + 1, :L], actions[b:b + 1, :, :A], depth=3)
-        torch.testing.assert_close(model.decode(m1, v1, target[b:b + 1]), logits[b:b + 1], atol=2e-5, rtol=1e-4)
+        _, m1, _ = model.imagine(context[b:b + 1, :L], actions[b:b + 1, :, :A], depth=3)
+        torch.testing.assert_close(model.decode(m1, target[b:b + 1]), logits[b:b + 1], atol=2e-5, rtol=1e-4)
 
 
-def test_the_loss_scores_real_tokens_only_and_equals_full_cross_entropy():
+@pytest.mark.parametrize("copy", [False, True])
+def test_the_loss_scores_real_tokens_only_and_equals_full_cross_entropy(copy):
     import torch.nn.functional as F
 
-    model = tiny_model()
+    model = tiny_model(copy=copy)
     context, actions, target = random_batch()
     target[0, 4:], target[2, 7:] = 0, 0  # ragged targets
+    target[1, 2:5] = context[1, 3:6]  # tokens the copy head can point at
     torch.manual_seed(1)
     loss, _ = model.loss(context, actions, target, n_grad=1)
     torch.manual_seed(1)
-    _, memory, mem_valid, _ = model.imagine(context, actions, n_grad=1)
-    logits = model.decode(memory, mem_valid, target[:, :-1])  # every position, padding included
+    _, memory, _ = model.imagine(context, actions, n_grad=1)
+    logits = model.decode(memory, target[:, :-1])  # every position, padding included (with copy: log-probabilities)
     full = F.cross_entropy(logits.reshape(-1, 400), target[:, 1:].reshape(-1), ignore_index=0)
     torch.testing.assert_close(loss, full)
     target[1, 5] = 3  # a changed real token changes the loss; a changed padding position could not
     assert float(model.loss(context, actions, target, n_grad=1)[0].detach()) != float(loss.detach())
+
+
+def test_the_copy_head_mixes_a_pointer_into_the_memory_with_the_vocabulary():
+    plain, copying = tiny_model(), tiny_model(copy=True)
+    assert copying.load_state_dict(plain.state_dict(), strict=False).unexpected_keys == []
+    context, actions, target = random_batch()
+    _, memory, _ = copying.imagine(context, actions, depth=2)
+    with torch.no_grad():
+        copying.copy_gate.weight.zero_()
+        copying.copy_gate.bias.fill_(40.0)  # the gate shut: the plain decoder's distribution
+        torch.testing.assert_close(copying.decode(memory, target), plain.decode(memory, target).log_softmax(-1),
+                                   atol=1e-5, rtol=1e-4)
+        copying.copy_gate.bias.fill_(-40.0)  # the gate open: only tokens of the context and actions
+        p = copying.decode(memory, target).exp()  # (B, T, V)
+    torch.testing.assert_close(p.sum(-1), torch.ones(3, 9))
+    for b in range(3):
+        present = set(memory.ids[b].tolist()) - {0}
+        outside = [w for w in range(400) if w not in present]
+        assert float(p[b][:, outside].max()) < 1e-6 and len(present) > 1
 
 
 def test_an_exit_rule_that_never_fires_equals_fixed_depth_and_depth_matters():
@@ -207,7 +241,7 @@ def test_an_exit_rule_that_never_fires_equals_fixed_depth_and_depth_matters():
     fixed = model.imagine(context, actions, depth=5)[0]
     never = model.imagine(context, actions, depth=5, exit_rule=make_exit_rule("delta", 0.0))
     torch.testing.assert_close(never[0], fixed)
-    assert bool((never[3] == 5).all())
+    assert bool((never[2] == 5).all())
     assert not torch.allclose(model.imagine(context, actions, depth=1)[0], fixed)
 
 
@@ -216,8 +250,8 @@ def test_the_decoder_can_read_the_actions_and_old_checkpoints_still_load():
 
     reads, blind = tiny_model(), tiny_model(decoder_reads_actions=False)
     context, actions, target = random_batch()
-    m1 = reads.imagine(context, actions, depth=2)[1]
-    m0 = blind.imagine(context, actions, depth=2)[1]
+    m1 = reads.imagine(context, actions, depth=2)[1].x
+    m0 = blind.imagine(context, actions, depth=2)[1].x
     assert m1.shape[1] == m0.shape[1] + 2 * 5  # K actions of A tokens each joined the memory
     old = {"kind": "text-looped", "spec": {"vocab_size": 400},
            "model": {k: v for k, v in vars(blind.cfg).items() if k != "decoder_reads_actions"}}
@@ -226,13 +260,14 @@ def test_the_decoder_can_read_the_actions_and_old_checkpoints_still_load():
     rebuilt.load_state_dict(blind.state_dict())
 
 
-def test_cached_generation_equals_teacher_forced_argmax():
-    model = tiny_model()
+@pytest.mark.parametrize("copy", [False, True])
+def test_cached_generation_equals_teacher_forced_argmax(copy):
+    model = tiny_model(copy=copy)
     context, actions, _ = random_batch()
-    _, memory, mem_valid, _ = model.imagine(context, actions, depth=2)
-    out = model.generate(memory, mem_valid, bos=1, eos=2, max_len=8)  # (B, <= 8)
+    _, memory, _ = model.imagine(context, actions, depth=2)
+    out = model.generate(memory, bos=1, eos=2, max_len=8)  # (B, <= 8)
     inp = torch.cat([torch.ones(3, 1, dtype=torch.long), out[:, :-1]], dim=1)
-    steps = model.decode(memory, mem_valid, inp).argmax(-1)
+    steps = model.decode(memory, inp).argmax(-1)
     finished = torch.cumsum((out == 2).long(), 1) - (out == 2).long() > 0  # positions after a row's <eos>
     assert torch.equal(steps[~finished], out[~finished])
 
@@ -264,8 +299,11 @@ def test_text_train_resumes_and_eval_reports_the_papers_fields(toy, tmp_path, ca
     assert main(args + ["--steps", "60"]) == 2 and "bucket differ" in capsys.readouterr().err
     assert main(args + ["--steps", "60", "--bucket", "1"]) == 0  # it drew plain batches: resumes as such
     capsys.readouterr()
-    assert main(["text", "eval", str(run), "--json", "--max-starts", "6", "--actions", "1", "3", "--batch-size", "4"]) == 0
+    assert main(["text", "eval", str(run), "--json", "--max-starts", "6", "--actions", "1", "3", "--batch-size", "4",
+                 "--state-starts", "3"]) == 0
     result = json.loads(capsys.readouterr().out)
+    looks = result["state_rows"]["look around"]
+    assert looks["model"]["n"] == looks["lookup"]["n"] == 3 and result["state_rows"]["ambiguity"]["model"]["n"] == 0
     for key in ("overall", "per_task", "n_samples", "iterations_per_step", "params", "baselines", "by_actions"):
         assert key in result
     assert set(result["per_task"]) <= {"Find", "Boil"} and result["n_samples"] == 6

@@ -70,6 +70,19 @@ def is_ambiguity(observation: str) -> bool:
     return observation.strip().lower().startswith(AMBIGUOUS)
 
 
+STATE_ROWS = ("look around", "ambiguity")
+
+
+def state_row(traj: Trajectory, t: int, k: int) -> str | None:
+    """Which state-tracking row the reply after a_{t+k} belongs to, if any: a `look around` (the room
+    as it is now) or an ambiguity prompt (the objects that answer to a name right now)."""
+    if is_look_around(traj.actions[t + k - 1]):
+        return "look around"
+    if is_ambiguity(traj.observations[t + k]):
+        return "ambiguity"
+    return None
+
+
 # ----- tokenizer -----
 def train_tokenizer(texts, vocab_size: int, split_digits: bool = True):
     """Byte-level BPE learned from `texts`; specials get ids 0-3 (PAD is 0). With `split_digits`,
@@ -151,6 +164,23 @@ def eval_starts(trajs: list[Trajectory], k_max: int, max_starts: int, seed: int)
         pick = np.random.default_rng(seed).choice(len(starts), size=max_starts, replace=False)
         starts = [starts[i] for i in sorted(pick)]
     return starts
+
+
+def state_starts(trajs: list[Trajectory], k_max: int, per_row: int, seed: int) -> dict[str, list[tuple[int, int]]]:
+    """Start points whose reply after the k_max-th action is a state-tracking row, a seeded sample of
+    up to `per_row` for each row (0: all). A uniform sample holds few of them (about 5% and 2% of
+    ScienceWorld's test starts), too few to tell models apart on the rows that need the world's state."""
+    rows: dict[str, list[tuple[int, int]]] = {name: [] for name in STATE_ROWS}
+    for i, t in all_starts(trajs, k_max):
+        row = state_row(trajs[i], t, k_max)
+        if row is not None:
+            rows[row].append((i, t))
+    rng = np.random.default_rng(seed)
+    for name, starts in rows.items():
+        if 0 < per_row < len(starts):
+            pick = rng.choice(len(starts), size=per_row, replace=False)
+            rows[name] = [starts[i] for i in sorted(pick)]
+    return rows
 
 
 class Batcher:

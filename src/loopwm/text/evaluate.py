@@ -11,7 +11,9 @@ the same code on the same samples: `copy` repeats the last observation of the co
 answers with the observation that most often followed the last action's string in the training
 split (copying when the action was never seen). Rows for `look around` steps and for the
 simulator's ambiguity prompts are reported on their own as well as inside the totals: there the
-answer depends on the state of the world, not on a template.
+answer depends on the state of the world, not on a template. A uniform sample holds few of them, so
+a second sample of start points whose last reply is one of these rows (`--state-starts` of each) is
+scored as well, at the largest number of actions (`state_rows`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch
 import tyro
 
 from loopwm.models.exits import make_exit_rule
-from loopwm.text.corpus import Batcher, Sample, eval_starts, is_ambiguity, is_look_around, load_trajectories
+from loopwm.text.corpus import STATE_ROWS, Batcher, Sample, eval_starts, load_trajectories, state_row, state_starts
 from loopwm.text.metrics import entity_pattern, score_group
 from loopwm.text.train import load_text_run
 from loopwm.utils import LoopWMError, atomic_write_json, pick_device
@@ -57,8 +59,12 @@ class TextEvalConfig:
     """The exit rule's threshold."""
     batch_size: int = 64
     """Samples decoded at once."""
+    state_starts: int = 200
+    """A second sample, of start points whose reply after the last action is a state-tracking row (a
+    `look around`, an ambiguity prompt): up to this many of each, scored at the largest number of
+    actions (0: none). The uniform sample holds only a few of them."""
     seed: int = 0
-    """Seed of the start-point sample."""
+    """Seed of the start-point samples."""
     json: bool = False
     """Print one JSON object instead of tables."""
     out: str = ""
@@ -82,8 +88,8 @@ def score(samples: list[Sample], predictions: list[str], trajs, patterns) -> dic
     groups: dict[str, list[int]] = defaultdict(list)
     for j, s in enumerate(samples):
         groups[trajs[s.traj].type].append(j)
-    rows = {"look around": [j for j, s in enumerate(samples) if is_look_around(trajs[s.traj].actions[s.t + s.k - 1])],
-            "ambiguity": [j for j, r in enumerate(refs) if is_ambiguity(r)]}
+    which = [state_row(trajs[s.traj], s.t, s.k) for s in samples]
+    rows = {name: [j for j, w in enumerate(which) if w == name] for name in STATE_ROWS}
 
     def of(idx):
         return score_group([predictions[j] for j in idx], [refs[j] for j in idx], [patterns[samples[j].traj] for j in idx])
@@ -99,8 +105,8 @@ def predict(model, enc, batcher: Batcher, samples: list[Sample], depth: int, exi
     for lo in range(0, len(samples), batch_size):
         chunk = samples[lo:lo + batch_size]
         batch = {k: torch.as_tensor(v, device=device) for k, v in batcher.batch(chunk).items()}
-        _, memory, mem_valid, used = model.imagine(batch["context"], batch["actions"], depth=depth, exit_rule=exit_rule)
-        ids = model.generate(memory, mem_valid, enc.bos, enc.eos, model.cfg.max_target)
+        _, memory, used = model.imagine(batch["context"], batch["actions"], depth=depth, exit_rule=exit_rule)
+        ids = model.generate(memory, enc.bos, enc.eos, model.cfg.max_target)
         out += [enc.text(row) for row in ids.tolist()]
         iters.append(used.float())
     return out, float(torch.cat(iters).mean()) if iters else float("nan")
@@ -139,6 +145,15 @@ def evaluate_text(cfg: TextEvalConfig) -> dict:
                          "examples": [{"task": trajs[s.traj].task, "action": trajs[s.traj].actions[s.t + k - 1],
                                        "reference": trajs[s.traj].observations[s.t + k], "prediction": p}
                                       for s, p in list(zip(samples, preds))[:5]]}
+    state = {}
+    for name, row_starts in state_starts(trajs, k_max, cfg.state_starts, cfg.seed).items() if cfg.state_starts else ():
+        samples = [Sample(i, t, k_max) for i, t in row_starts]
+        preds, _ = predict(model, enc, batcher, samples, depth, exit_rule, cfg.batch_size, device)
+        refs = [trajs[s.traj].observations[s.t + k_max] for s in samples]
+        pats = [patterns[s.traj] for s in samples]
+        answers = {"model": preds, "copy": [trajs[s.traj].observations[s.t] for s in samples],
+                   "lookup": [table.get(trajs[s.traj].actions[s.t + k_max - 1], trajs[s.traj].observations[s.t]) for s in samples]}
+        state[name] = {who: score_group(a, refs, pats) for who, a in answers.items()}
     head = by_actions[k_max]
     # references longer than the decoder may write can never match exactly: say how many there are
     cut = sum(len(enc.ids(trajs[i].observations[t + k_max])) + 1 > m.max_target for i, t in starts)
@@ -148,7 +163,7 @@ def evaluate_text(cfg: TextEvalConfig) -> dict:
         "exit_rule": cfg.exit, "threshold": cfg.threshold if exit_rule is not None else None,
         "iterations_per_step": head["iterations_per_step"],
         "overall": head["model"]["overall"], "per_task": head["model"]["per_task"], "rows": head["model"]["rows"],
-        "baselines": {"copy": head["copy"], "lookup": head["lookup"]},
+        "baselines": {"copy": head["copy"], "lookup": head["lookup"]}, "state_rows": state,
         "by_actions": {str(k): {"overall": v["model"]["overall"], "copy": v["copy"]["overall"],
                                 "lookup": v["lookup"]["overall"], "rows": v["model"]["rows"],
                                 "iterations_per_step": v["iterations_per_step"]} for k, v in by_actions.items()},
@@ -182,6 +197,13 @@ def format_text_table(r: dict) -> str:
     row("overall", r["overall"], base["copy"]["overall"], base["lookup"]["overall"])
     for name, s in r["rows"].items():
         row(name, s, base["copy"]["rows"][name], base["lookup"]["rows"][name])
+    if r.get("state_rows"):
+        lines += ["", f"state-tracking starts (their own sample, {r['actions']} actions): model EM / F1 / entity, "
+                      "then the baselines' EM / F1"]
+        for name, s in r["state_rows"].items():
+            m, c, lk = s["model"], s["copy"], s["lookup"]
+            lines.append(f"{name:<{w}}{m['n']:>5} {_fmt(m['em'])} /{_fmt(m['f1'])} /{_fmt(m['entity'])} | "
+                         f"copy {_fmt(c['em'])} /{_fmt(c['f1'])} | lookup {_fmt(lk['em'])} /{_fmt(lk['f1'])}")
     lines.append("")
     lines.append(f"{'actions':<8}{'EM':>6}{'F1':>6}{'BLEU4':>6}{'Ent':>6}{'iters':>7} | {'copy EM':>8}{'lookup EM':>10}")
     for k, v in r["by_actions"].items():

@@ -5,6 +5,7 @@
     for each action a_k (k = 1..K):                               one outer step per action
         h_k, z_k = LoopedCore([h_{k-1}; E[a_k] + P + t_act], z_{k-1})   the shared block, T times
     o_K   = Dec(<bos> ..., memory = [h_K; x_ctx; a_1..K])   (B, T, V)   written after the last action only
+    with copy: p(w) = g p_vocab(w) + (1 - g) sum_{m: id_m = w} attn_m   a pointer into the context and actions
 
 The looped core is the same `LoopedCore` as the physics models (prelude, contractive injection,
 the one shared block, coda; exit rules, truncated gradients, per-sample depth); `kind="deep"`
@@ -13,12 +14,16 @@ the state tokens, the encoded context and the actions' tokens: the context holds
 room description seen earlier), the actions the names a reply repeats ("examine liquid lead" ->
 "a substance called liquid lead"), the state what the actions changed. Intermediate observations are never decoded (deferred
 decoding). One token embedding serves context, actions, decoder input and output (tied weights).
+With `copy`, a pointer-generator head lets the decoder write a token by pointing at it in the context
+or the actions, mixed with the vocabulary by a learned gate: names the reply repeats ("examine liquid
+gallium" -> "a substance called liquid gallium") need not be regenerated from the embedding.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -66,6 +71,9 @@ class TextModelConfig:
     decoder_reads_actions: bool = True
     """The decoder also attends to the K actions' tokens (each marked by its place from the last),
     so it can copy the names they mention."""
+    copy: bool = False
+    """A pointer-generator head: the decoder may copy a token of the context or the actions by
+    attending to it, mixed with the vocabulary distribution by a learned gate."""
     max_context: int = 192
     """Context tokens kept (the most recent; the task description always)."""
     max_action: int = 16
@@ -80,6 +88,15 @@ class TextModelConfig:
 
     def resolved_n_grad(self) -> int:
         return self.n_grad or max(1, math.ceil(self.mu_rec / 2))
+
+
+class Memory(NamedTuple):
+    """What the decoder reads: vectors (B, M, d), their validity (B, M), and the token id behind each
+    (B, M; 0 where there is none: state tokens, padding), which the copy head points at."""
+
+    x: torch.Tensor
+    valid: torch.Tensor
+    ids: torch.Tensor
 
 
 def key_mask(valid: torch.Tensor, n_queries: int | None = None) -> torch.Tensor:
@@ -185,6 +202,11 @@ class TextWorldModel(nn.Module):
             self.core = DeepCore(d, cfg.n_heads, cfg.n_deep, mlp_ratio=cfg.mlp_ratio)
         self.decoder = nn.ModuleList(DecoderBlock(d, cfg.n_heads, cfg.mlp_ratio) for _ in range(cfg.n_decoder_layers))
         self.decoder_norm = nn.LayerNorm(d)
+        if cfg.copy:  # created last, so the rest starts as the same model would without it
+            self.copy_norm = nn.LayerNorm(d)
+            self.copy_query = nn.Linear(d, d, bias=False)
+            self.copy_key = nn.Linear(d, d, bias=False)
+            self.copy_gate = nn.Linear(d, 1)  # logit of g, the weight of the vocabulary
         nn.init.normal_(self.embed.weight, std=0.02)
         nn.init.normal_(self.pos.weight, std=0.02)
 
@@ -218,9 +240,9 @@ class TextWorldModel(nn.Module):
 
     def imagine(self, context: torch.Tensor, actions: torch.Tensor, depth: int | torch.Tensor | None = None,
                 exit_rule: ExitRule | None = None, n_grad: int | None = None):
-        """Context (B, L) and K actions (B, K, A) -> final state h (B, S, d), the decoder's memory and
-        mask, and the iterations run per action (B, K). No observation is decoded on the way."""
-        h, x, valid = self.encode(context)
+        """Context (B, L) and K actions (B, K, A) -> final state h (B, S, d), the decoder's `Memory`,
+        and the iterations run per action (B, K). No observation is decoded on the way."""
+        h, x, _ = self.encode(context)
         B, K = actions.shape[:2]
         z, used = None, []
         for k in range(K):
@@ -234,61 +256,98 @@ class TextWorldModel(nn.Module):
                 d_k = torch.full((B,), int(d_k), dtype=torch.long, device=h.device)
             h, z, n_used, _ = self.step(h, z, actions[:, k], d_k, exit_rule, n_grad)
             used.append(n_used)
-        memory, mem_valid = self.decoder_memory(h, x, valid, actions)
-        return h, memory, mem_valid, torch.stack(used, dim=1)  # (B, K)
+        return h, self.decoder_memory(h, x, context, actions), torch.stack(used, dim=1)  # (B, K)
 
     # ----- state -> observation text -----
-    def decoder_memory(self, h, x, valid, actions):
+    def decoder_memory(self, h, x, context, actions) -> Memory:
         """What the decoder reads: the state tokens, then (by config) the context and the actions."""
-        parts, masks = [h], [torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)]
+        B, S, _ = h.shape
+        parts, ids = [h], [torch.zeros(B, S, dtype=torch.long, device=h.device)]
         if self.cfg.decoder_reads_context:
             parts.append(x)  # (B, L, d)
-            masks.append(valid)
+            ids.append(context)
         if self.cfg.decoder_reads_actions:
-            B, K, A = actions.shape
+            K, A = actions.shape[1:]
             back = torch.arange(K - 1, -1, -1, device=h.device).clamp(max=15)  # (K,) 0 for the last action
             a = self.embed(actions) + self.pos.weight[:A] + self.action_index(back)[:, None]  # (B, K, A, d)
             parts.append(a.reshape(B, K * A, -1))  # (B, K*A, d)
-            masks.append((actions != 0).reshape(B, K * A))
-        return torch.cat(parts, dim=1), torch.cat(masks, dim=1)  # (B, M, d), (B, M)
+            ids.append(actions.reshape(B, K * A))
+        ids = torch.cat(ids, dim=1)  # (B, M)
+        valid = ids != 0
+        valid[:, :S] = True  # the state tokens carry no id but are always read
+        return Memory(torch.cat(parts, dim=1), valid, ids)  # (B, M, d), (B, M), (B, M)
 
-    def decode_hidden(self, memory, mem_valid, tokens: torch.Tensor, caches: list | None = None, offset: int = 0,
+    def decode_hidden(self, memory: Memory, tokens: torch.Tensor, caches: list | None = None, offset: int = 0,
                       kvs: list | None = None) -> torch.Tensor:
         """The decoder's normalised output (B, T, d) for input ids (B, T), teacher-forced (or cached,
         one position at a time)."""
         T = tokens.shape[1]
         y = self.embed(tokens) + self.pos.weight[offset:offset + T]  # (B, T, d)
-        mask = key_mask(mem_valid, T)  # (B, 1, T, M)
-        kvs = kvs or [block.memory(memory) for block in self.decoder]
+        mask = key_mask(memory.valid, T)  # (B, 1, T, M)
+        kvs = kvs or [block.memory(memory.x) for block in self.decoder]
         for i, block in enumerate(self.decoder):
             y = block(y, kvs[i], mask, None if caches is None else caches[i])
         return self.decoder_norm(y)
 
-    def decode(self, memory, mem_valid, tokens: torch.Tensor, caches: list | None = None, offset: int = 0,
-               kvs: list | None = None) -> torch.Tensor:
-        """Logits (B, T, V) for input ids (B, T)."""
-        return self.decode_hidden(memory, mem_valid, tokens, caches, offset, kvs) @ self.embed.weight.T  # tied
+    def copy_keys(self, memory: Memory) -> torch.Tensor:
+        return self.copy_key(self.copy_norm(memory.x))  # (B, M, d)
+
+    def copy_attention(self, y: torch.Tensor, memory: Memory, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where the copy head points, (B, T, M) over the memory's tokens with an id, and the gate's
+        logit (B, T): log g = logsigmoid(it) weighs the vocabulary, log(1 - g) = logsigmoid(-it) the copy."""
+        scores = self.copy_query(y) @ keys.transpose(1, 2) / math.sqrt(y.shape[-1])  # (B, T, M)
+        scores = scores.masked_fill((memory.ids == 0)[:, None, :], torch.finfo(scores.dtype).min)
+        return scores.softmax(-1), self.copy_gate(y)[..., 0]
+
+    def next_token_scores(self, y: torch.Tensor, memory: Memory, keys: torch.Tensor | None = None) -> torch.Tensor:
+        """Decoder output (B, T, d) -> scores over the vocabulary (B, T, V) whose argmax is the next token:
+        the logits, or with the copy head the log-probabilities of the mixed distribution."""
+        logits = y @ self.embed.weight.T  # (B, T, V), tied
+        if not self.cfg.copy:
+            return logits
+        attn, gate = self.copy_attention(y, memory, self.copy_keys(memory) if keys is None else keys)
+        B, T, M = attn.shape
+        p_copy = attn.new_zeros(B, T, logits.shape[-1]).scatter_add_(2, memory.ids[:, None].expand(B, T, M), attn)
+        return torch.logaddexp(F.logsigmoid(gate)[..., None] + logits.log_softmax(-1),
+                               F.logsigmoid(-gate)[..., None] + p_copy.log())  # (B, T, V)
+
+    def decode(self, memory: Memory, tokens: torch.Tensor, caches: list | None = None, offset: int = 0,
+               kvs: list | None = None, keys: torch.Tensor | None = None) -> torch.Tensor:
+        """Next-token scores (B, T, V) for input ids (B, T)."""
+        return self.next_token_scores(self.decode_hidden(memory, tokens, caches, offset, kvs), memory, keys)
 
     def loss(self, context, actions, target, n_grad: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy of the observation after the last action (pad positions ignored), and the
         iterations used per action (B, K)."""
-        _, memory, mem_valid, used = self.imagine(context, actions, n_grad=n_grad)
-        y = self.decode_hidden(memory, mem_valid, target[:, :-1])  # (B, T-1, d)
-        keep = target[:, 1:] != 0  # (B, T-1): padding is most of a batch whose targets differ in length
+        _, memory, used = self.imagine(context, actions, n_grad=n_grad)
+        y = self.decode_hidden(memory, target[:, :-1])  # (B, T-1, d)
+        nxt = target[:, 1:]  # (B, T-1)
+        keep = nxt != 0  # padding is most of a batch whose targets differ in length
         logits = y[keep] @ self.embed.weight.T  # (N, V): the vocabulary projection on real tokens only
-        return F.cross_entropy(logits, target[:, 1:][keep]), used
+        if not self.cfg.copy:
+            return F.cross_entropy(logits, nxt[keep]), used
+        # the mixture's probability of the right token, without spreading the copy over the vocabulary
+        attn, gate = self.copy_attention(y, memory, self.copy_keys(memory))  # (B, T-1, M), (B, T-1)
+        hit = (memory.ids[:, None, :] == nxt[..., None])  # (B, T-1, M): memory tokens equal to the target
+        p_copy = (attn * hit).sum(-1)[keep]  # (N,)
+        log_vocab = -F.cross_entropy(logits, nxt[keep], reduction="none")  # (N,)
+        gate = gate[keep]
+        log_p = torch.logaddexp(F.logsigmoid(gate) + log_vocab, F.logsigmoid(-gate) + p_copy.clamp_min(1e-30).log())
+        return -log_p.mean(), used
 
     @torch.no_grad()
-    def generate(self, memory, mem_valid, bos: int, eos: int, max_len: int) -> torch.Tensor:
+    def generate(self, memory: Memory, bos: int, eos: int, max_len: int) -> torch.Tensor:
         """Greedy decoding, every row until its <eos> or max_len tokens: (B, <= max_len) ids."""
-        B = memory.shape[0]
+        B = memory.x.shape[0]
+        device = memory.x.device
         caches = [{} for _ in self.decoder]
-        kvs = [block.memory(memory) for block in self.decoder]
-        token = torch.full((B, 1), bos, dtype=torch.long, device=memory.device)
-        out, done = [], torch.zeros(B, dtype=torch.bool, device=memory.device)
+        kvs = [block.memory(memory.x) for block in self.decoder]
+        keys = self.copy_keys(memory) if self.cfg.copy else None
+        token = torch.full((B, 1), bos, dtype=torch.long, device=device)
+        out, done = [], torch.zeros(B, dtype=torch.bool, device=device)
         for t in range(max_len):
-            logits = self.decode(memory, mem_valid, token, caches, offset=t, kvs=kvs)  # (B, 1, V)
-            token = logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
+            scores = self.decode(memory, token, caches, offset=t, kvs=kvs, keys=keys)  # (B, 1, V)
+            token = scores[:, -1].argmax(-1, keepdim=True)  # (B, 1)
             token = token.masked_fill(done[:, None], 0)
             out.append(token)
             done = done | (token[:, 0] == eos)

@@ -159,18 +159,38 @@ def test_a_kept_exit_rule_round_trips_and_a_broken_record_is_refused(tmp_path):
         default_exit(tmp_path)
 
 
-def test_per_token_exit_that_never_fires_equals_fixed_depth_and_one_that_always_does_equals_one_pass():
+@pytest.mark.parametrize("rule", ["token-delta", "pred-delta"])
+def test_per_token_exit_that_never_fires_equals_fixed_depth_and_one_that_always_does_equals_one_pass(rule):
     model = small_model().eval()
     obs, act = random_obs(3, 2), torch.rand(3, 4, 2)
     state = model.initial(obs[:, 0])
     _, fixed = model.imagine(state, act, depth=6)
-    _, never = model.imagine(state, act, depth=6, exit_rule=make_exit_rule("token-delta", 0.0))
+    _, never = model.imagine(state, act, depth=6, exit_rule=make_exit_rule(rule, 0.0))
     _, one = model.imagine(state, act, depth=1)
-    _, always = model.imagine(state, act, depth=6, exit_rule=make_exit_rule("token-delta", 1e9))
+    _, always = model.imagine(state, act, depth=6, exit_rule=make_exit_rule(rule, 1e9))
     torch.testing.assert_close(fixed.obs, never.obs)
     assert bool((never.iterations == 6).all()) and bool((never.token_iterations == 6).all())
     torch.testing.assert_close(one.obs, always.obs)
     assert bool((always.iterations == 1).all()) and bool((always.token_iterations == 1).all())
+
+
+def test_the_prediction_rule_stops_a_body_when_its_predicted_change_stops_moving():
+    from loopwm.models.exits import PredictionDeltaExit
+
+    rule = PredictionDeltaExit(threshold=0.1)
+    preds = {0: torch.zeros(2, 3, 4), 1: torch.zeros(2, 3, 4), 2: torch.zeros(2, 3, 4)}
+    preds[1][0, 0] = 1.0  # sample 0, body 0 moves between the first two readouts; sample 1 never does
+    preds[2][0, 0] = 1.05  # ... and barely after that
+    rule.bind(lambda z, rows: preds[int(z[0, 0, 0])][rows])  # the state's first entry says which readout
+    rule.start(torch.zeros(2, 4, 8))
+    state = lambda k: torch.full((2, 4, 8), float(k))  # noqa: E731 - 3 bodies + 1 global token
+    rows = torch.arange(2)
+    first = rule.should_stop(0, state(0), state(1), rows)
+    assert first.tolist() == [[False, True, True, False], [True, True, True, True]]  # a global token waits for its bodies
+    second = rule.should_stop(1, state(1), state(2), rows)
+    assert second[0].tolist() == [True, True, True, True]  # a change of 0.05 < 0.1 per feature (RMS)
+    with pytest.raises(LoopWMError, match="pred-delta"):
+        PredictionDeltaExit(0.1).should_stop(0, state(0), state(1), rows)  # no model bound a readout
 
 
 def test_a_settled_token_keeps_its_state_while_the_others_iterate():
@@ -199,10 +219,12 @@ def test_a_settled_token_keeps_its_state_while_the_others_iterate():
     torch.testing.assert_close(z[:, 0], z1[:, 0])
 
 
-def test_batched_per_token_exits_equal_per_sample_ones():
-    model = small_model().eval()
+@pytest.mark.parametrize("rule,threshold,attention", [("token-delta", 0.05, "full"), ("pred-delta", 0.05, "full"),
+                                                       ("pred-delta", 0.05, "local")])
+def test_batched_per_token_exits_equal_per_sample_ones(rule, threshold, attention):
+    model = small_model(attention=attention).eval()
     obs, act = random_obs(4, 2, seed=5), torch.rand(4, 5, 2)
-    rule = make_exit_rule("token-delta", 0.05)
+    rule = make_exit_rule(rule, threshold)
     _, batched = model.imagine(model.initial(obs[:, 0]), act, depth=10, exit_rule=rule)
     assert batched.token_iterations.unique().numel() > 1  # tokens settled at different times
     assert bool((batched.token_iterations <= batched.iterations).all())

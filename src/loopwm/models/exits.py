@@ -107,7 +107,46 @@ class TokenDeltaExit(ExitRule):
         return (rel < self.threshold) & (t + 1 >= self.min_iterations)
 
 
-EXIT_RULES = {"fixed": ExitRule, "delta": DeltaExit, "accel": AccelExit, "gate": GateExit, "token-delta": TokenDeltaExit}
+class PredictionDeltaExit(ExitRule):
+    """Per token: a body stops when its own *predicted change* stops moving, the RMS over features of
+    the difference between the heads' outputs (normalised units) after iterations t-1 and t. The
+    latent rules measure how far the state moves, which a body in free flight does as well while
+    the loop settles; this one asks whether another pass would change what the model says about
+    the body. Tokens without a prediction (global tokens) stop when every body of their scene has.
+    Needs a model that can read its state out mid-loop: the world model binds `readout` per step
+    (`bind`); costs one coda pass per iteration."""
+
+    name = "pred-delta"
+    per_token = True
+
+    def __init__(self, threshold: float = 0.0, min_iterations: int = 1):
+        super().__init__(threshold, min_iterations)
+        self.readout = None
+
+    def bind(self, readout) -> None:
+        """readout(z (R, N_h, d), rows (R,)) -> (R, P, F): the heads' output for those rows' bodies."""
+        self.readout = readout
+
+    def start(self, z0):
+        self.batch, self.prev = z0.shape[0], None  # prev: (B, P, F), every row's last prediction
+
+    def should_stop(self, t, z_prev, z_new, rows):
+        if self.readout is None:
+            raise LoopWMError("the pred-delta exit rule reads predictions mid-loop; only the physics world "
+                              "models provide them: use token-delta or delta for this model")
+        new = self.readout(z_new, rows).detach()  # (R, P, F)
+        if t == 0:  # every row runs the first iteration: the prediction before it is the baseline
+            self.prev = new.new_zeros((self.batch, *new.shape[1:]))
+            self.prev[rows] = self.readout(z_prev, rows).detach()
+        change = (new - self.prev[rows]).pow(2).mean(-1).sqrt()  # (R, P)
+        self.prev[rows] = new
+        bodies = change < self.threshold  # (R, P)
+        rest = bodies.all(-1, keepdim=True).expand(-1, z_new.shape[1] - bodies.shape[1])  # (R, N_h - P)
+        return torch.cat([bodies, rest], dim=1) & (t + 1 >= self.min_iterations)
+
+
+EXIT_RULES = {"fixed": ExitRule, "delta": DeltaExit, "accel": AccelExit, "gate": GateExit, "token-delta": TokenDeltaExit,
+              "pred-delta": PredictionDeltaExit}
 
 
 def make_exit_rule(name: str, threshold: float = 0.0, min_iterations: int = 1, model=None) -> ExitRule:

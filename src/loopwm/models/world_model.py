@@ -478,6 +478,8 @@ class WorldModel(Dynamics, nn.Module):
         z0 = state.z if self.cfg.carry_state else None
         nbhd = self.neighbourhood(obs, pairs)  # rebuilt every step from the positions this step reads
         n_grad = self.cfg.resolved_n_grad() if self.training else None
+        if exit_rule is not None and hasattr(exit_rule, "bind"):  # a rule that reads predictions mid-loop
+            exit_rule.bind(self._readout_for(nbhd, B, N, P))
         # per-iteration outputs, for the gate's training signal and for depth supervision
         per_iteration = [] if (self.training and (self.cfg.exit_gate or self.supervise_every_iteration)) else None
         h, z, used, work = self.core(x, self.n_state_tokens(N), z0, depth, n_grad, exit_rule, per_iteration, nbhd)  # (B, N_h, d) x2
@@ -503,6 +505,16 @@ class WorldModel(Dynamics, nn.Module):
                 steps = zs.detach()
                 out["gate"] = self.core.gate(steps[:-1].flatten(0, 1), steps[1:].flatten(0, 1)).view(T, B)  # (T, B)
         return State(h=h, z=z, obs=pred, real=False), out
+
+    def _readout_for(self, nbhd: Neighbourhood | None, B: int, N: int, P: int):
+        """The heads' output (normalised changes) for some rows' loop state, mid-loop: for exit rules."""
+        state_nbhd = nbhd.crop(self.n_state_tokens(N)) if nbhd is not None else None
+
+        def readout(z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            nb = state_nbhd.take(rows) if state_nbhd is not None and rows.numel() != B else state_nbhd
+            return self.obs_head(self.core.readout(z, nb)[:, :P])  # (R, P, F)
+
+        return readout
 
     def _decode(self, obs: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
         """Turn head outputs (normalised changes, (B, N, F)) into the next observation."""

@@ -172,7 +172,8 @@ def summary(results: dict, sweep: dict, settings: dict) -> str:
         budget = f"Each model trained {settings['minutes']:g} wall-clock minutes on one thread (side by side on 2 cores)."
     lines = [f"# Text world benchmark: {simulator} ({data})", "", budget,
              f"Context {settings.get('max_context', 192)} tokens, observations written up to "
-             f"{settings.get('max_target', 128)} tokens" + ("; a copy head (pointer-generator) in both models." if settings.get("copy") else "."), ""]
+             f"{settings.get('max_target', 128)} tokens{'; a copy head (pointer-generator) in every model' if settings.get('copy') else ''}.",
+             ""]
     for kind, r in results.items():
         t = r["train"]
         last = t["dev_loss"][-1][1] if t["dev_loss"] else float("nan")

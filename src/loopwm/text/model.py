@@ -74,6 +74,10 @@ class TextModelConfig:
     copy: bool = False
     """A pointer-generator head: the decoder may copy a token of the context or the actions by
     attending to it, mixed with the vocabulary distribution by a learned gate."""
+    copy_gate_init: float = 3.0
+    """Starting logit of the copy head's gate (the vocabulary's weight g = sigmoid of it): 3 starts
+    nearly shut (g = 0.95), so the model begins as the plain decoder and opens the gate where
+    copying pays; 0 starts at an even mix, which costs up to log 2 nats on every token at first."""
     max_context: int = 192
     """Context tokens kept (the most recent; the task description always)."""
     max_action: int = 16
@@ -202,13 +206,14 @@ class TextWorldModel(nn.Module):
             self.core = DeepCore(d, cfg.n_heads, cfg.n_deep, mlp_ratio=cfg.mlp_ratio)
         self.decoder = nn.ModuleList(DecoderBlock(d, cfg.n_heads, cfg.mlp_ratio) for _ in range(cfg.n_decoder_layers))
         self.decoder_norm = nn.LayerNorm(d)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        nn.init.normal_(self.pos.weight, std=0.02)
         if cfg.copy:  # created last, so the rest starts as the same model would without it
             self.copy_norm = nn.LayerNorm(d)
             self.copy_query = nn.Linear(d, d, bias=False)
             self.copy_key = nn.Linear(d, d, bias=False)
             self.copy_gate = nn.Linear(d, 1)  # logit of g, the weight of the vocabulary
-        nn.init.normal_(self.embed.weight, std=0.02)
-        nn.init.normal_(self.pos.weight, std=0.02)
+            nn.init.constant_(self.copy_gate.bias, cfg.copy_gate_init)
 
     # ----- context -> state -----
     def encode(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -82,6 +82,13 @@ def lookup_table(trajs) -> dict[str, str]:
     return {a: c.most_common(1)[0][0] for a, c in seen.items()}
 
 
+def baseline_answers(samples: list[Sample], trajs, table: dict[str, str]) -> dict[str, list[str]]:
+    """The two baselines' replies: `copy` the context's last observation, `lookup` the table's reply
+    to the last action (copying when the action was never seen in training)."""
+    last = [trajs[s.traj].observations[s.t] for s in samples]
+    return {"copy": last, "lookup": [table.get(trajs[s.traj].actions[s.t + s.k - 1], o) for s, o in zip(samples, last)]}
+
+
 def score(samples: list[Sample], predictions: list[str], trajs, patterns) -> dict:
     """Overall, per task type, and the two state-tracking rows."""
     refs = [trajs[s.traj].observations[s.t + s.k] for s in samples]
@@ -138,10 +145,9 @@ def evaluate_text(cfg: TextEvalConfig) -> dict:
     for k in sorted(set(cfg.actions)):
         samples = [Sample(i, t, k) for i, t in starts]
         preds, iters = predict(model, enc, batcher, samples, depth, exit_rule, cfg.batch_size, device)
-        copy = [trajs[s.traj].observations[s.t] for s in samples]
-        lookup = [table.get(trajs[s.traj].actions[s.t + k - 1], trajs[s.traj].observations[s.t]) for s in samples]
-        by_actions[k] = {"model": score(samples, preds, trajs, patterns), "copy": score(samples, copy, trajs, patterns),
-                         "lookup": score(samples, lookup, trajs, patterns), "iterations_per_step": iters,
+        base = baseline_answers(samples, trajs, table)
+        by_actions[k] = {"model": score(samples, preds, trajs, patterns), "copy": score(samples, base["copy"], trajs, patterns),
+                         "lookup": score(samples, base["lookup"], trajs, patterns), "iterations_per_step": iters,
                          "examples": [{"task": trajs[s.traj].task, "action": trajs[s.traj].actions[s.t + k - 1],
                                        "reference": trajs[s.traj].observations[s.t + k], "prediction": p}
                                       for s, p in list(zip(samples, preds))[:5]]}
@@ -151,8 +157,7 @@ def evaluate_text(cfg: TextEvalConfig) -> dict:
         preds, _ = predict(model, enc, batcher, samples, depth, exit_rule, cfg.batch_size, device)
         refs = [trajs[s.traj].observations[s.t + k_max] for s in samples]
         pats = [patterns[s.traj] for s in samples]
-        answers = {"model": preds, "copy": [trajs[s.traj].observations[s.t] for s in samples],
-                   "lookup": [table.get(trajs[s.traj].actions[s.t + k_max - 1], trajs[s.traj].observations[s.t]) for s in samples]}
+        answers = {"model": preds, **baseline_answers(samples, trajs, table)}
         state[name] = {who: score_group(a, refs, pats) for who, a in answers.items()}
     head = by_actions[k_max]
     # references longer than the decoder may write can never match exactly: say how many there are

@@ -234,6 +234,18 @@ def test_the_copy_head_mixes_a_pointer_into_the_memory_with_the_vocabulary():
         assert float(p[b][:, outside].max()) < 1e-6 and len(present) > 1
 
 
+def test_hiding_the_state_from_the_decoder_changes_only_what_reads_it():
+    model = tiny_model()
+    context, actions, target = random_batch()
+    with torch.no_grad():
+        seen, _ = model.loss(context, actions, target, depth=2)
+        hidden, _ = model.loss(context, actions, target, depth=2, hide_state=True)
+        model.state_queries.mul_(3.0)  # another latent state: the hidden loss cannot notice
+        assert float(model.loss(context, actions, target, depth=2, hide_state=True)[0]) == pytest.approx(float(hidden))
+        assert float(model.loss(context, actions, target, depth=2)[0]) != pytest.approx(float(seen))
+    assert float(seen) != pytest.approx(float(hidden))
+
+
 def test_an_exit_rule_that_never_fires_equals_fixed_depth_and_depth_matters():
     from loopwm.models.exits import make_exit_rule
 
@@ -303,6 +315,8 @@ def test_text_train_resumes_and_eval_reports_the_papers_fields(toy, tmp_path, ca
     assert main(["text", "eval", str(run), "--json", "--max-starts", "6", "--actions", "1", "3", "--batch-size", "4",
                  "--state-starts", "3"]) == 0
     result = json.loads(capsys.readouterr().out)
+    sr = result["state_reliance"]  # the toy's replies depend on the rooms' state: hiding it costs
+    assert 0 < sr["nll"] < sr["nll_state_hidden"] < 50
     looks = result["state_rows"]["look around"]
     assert looks["model"]["n"] == looks["lookup"]["n"] == 3 and result["state_rows"]["ambiguity"]["model"]["n"] == 0
     for key in ("overall", "per_task", "n_samples", "iterations_per_step", "params", "baselines", "by_actions"):

@@ -119,6 +119,25 @@ def predict(model, enc, batcher: Batcher, samples: list[Sample], depth: int, exi
     return out, float(torch.cat(iters).mean()) if iters else float("nan")
 
 
+@torch.no_grad()
+def state_reliance(model, batcher: Batcher, samples: list[Sample], depth: int, batch_size: int, device) -> dict:
+    """Teacher-forced loss on the samples as they are, and with the latent state hidden from the
+    decoder. A model whose decoder can read the context and the actions may learn to predict from
+    them alone; then hiding the state costs nothing and the loop is decoration."""
+    if not (model.cfg.decoder_reads_context or model.cfg.decoder_reads_actions):
+        return {}  # the decoder reads the state alone: nothing would be left to read
+    out = {}
+    for key, hide in (("nll", False), ("nll_state_hidden", True)):
+        total = 0.0
+        for lo in range(0, len(samples), batch_size):
+            chunk = samples[lo:lo + batch_size]
+            batch = {k: torch.as_tensor(v, device=device) for k, v in batcher.batch(chunk).items()}
+            loss, _ = model.loss(batch["context"], batch["actions"], batch["target"], hide_state=hide, depth=depth)
+            total += float(loss) * len(chunk)
+        out[key] = total / max(len(samples), 1)
+    return out
+
+
 def evaluate_text(cfg: TextEvalConfig) -> dict:
     if cfg.split not in ("test", "dev"):
         raise LoopWMError(f"--split {cfg.split!r}: score on test (held-out variations) or dev")
@@ -159,6 +178,7 @@ def evaluate_text(cfg: TextEvalConfig) -> dict:
         pats = [patterns[s.traj] for s in samples]
         answers = {"model": preds, **baseline_answers(samples, trajs, table)}
         state[name] = {who: score_group(a, refs, pats) for who, a in answers.items()}
+    reliance = state_reliance(model, batcher, [Sample(i, t, k_max) for i, t in starts], depth, cfg.batch_size, device)
     head = by_actions[k_max]
     # references longer than the decoder may write can never match exactly: say how many there are
     cut = sum(len(enc.ids(trajs[i].observations[t + k_max])) + 1 > m.max_target for i, t in starts)
@@ -169,6 +189,7 @@ def evaluate_text(cfg: TextEvalConfig) -> dict:
         "iterations_per_step": head["iterations_per_step"],
         "overall": head["model"]["overall"], "per_task": head["model"]["per_task"], "rows": head["model"]["rows"],
         "baselines": {"copy": head["copy"], "lookup": head["lookup"]}, "state_rows": state,
+        "state_reliance": reliance,
         "by_actions": {str(k): {"overall": v["model"]["overall"], "copy": v["copy"]["overall"],
                                 "lookup": v["lookup"]["overall"], "rows": v["model"]["rows"],
                                 "iterations_per_step": v["iterations_per_step"]} for k, v in by_actions.items()},
@@ -209,6 +230,10 @@ def format_text_table(r: dict) -> str:
             m, c, lk = s["model"], s["copy"], s["lookup"]
             lines.append(f"{name:<{w}}{m['n']:>5} {_fmt(m['em'])} /{_fmt(m['f1'])} /{_fmt(m['entity'])} | "
                          f"copy {_fmt(c['em'])} /{_fmt(c['f1'])} | lookup {_fmt(lk['em'])} /{_fmt(lk['f1'])}")
+    if r.get("state_reliance"):
+        sr = r["state_reliance"]
+        lines += ["", f"teacher-forced loss {sr['nll']:.3f}; with the latent state hidden from the decoder "
+                      f"{sr['nll_state_hidden']:.3f} (how much the prediction relies on the state)"]
     lines.append("")
     lines.append(f"{'actions':<8}{'EM':>6}{'F1':>6}{'BLEU4':>6}{'Ent':>6}{'iters':>7} | {'copy EM':>8}{'lookup EM':>10}")
     for k, v in r["by_actions"].items():

@@ -321,10 +321,16 @@ class TextWorldModel(nn.Module):
         """Next-token scores (B, T, V) for input ids (B, T)."""
         return self.next_token_scores(self.decode_hidden(memory, tokens, caches, offset, kvs), memory, keys)
 
-    def loss(self, context, actions, target, n_grad: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss(self, context, actions, target, n_grad: int | None = None, hide_state: bool = False,
+             depth: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy of the observation after the last action (pad positions ignored), and the
-        iterations used per action (B, K)."""
-        _, memory, used = self.imagine(context, actions, n_grad=n_grad)
+        iterations used per action (B, K). `hide_state` masks the latent state tokens out of what the
+        decoder reads: how much the loss rises measures how much the prediction relies on the state."""
+        _, memory, used = self.imagine(context, actions, depth=depth, n_grad=n_grad)
+        if hide_state:
+            valid = memory.valid.clone()
+            valid[:, : self.cfg.n_state] = False
+            memory = memory._replace(valid=valid)
         y = self.decode_hidden(memory, target[:, :-1])  # (B, T-1, d)
         nxt = target[:, 1:]  # (B, T-1)
         keep = nxt != 0  # padding is most of a batch whose targets differ in length

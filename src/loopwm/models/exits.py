@@ -24,6 +24,8 @@ class ExitRule:
 
     name = "fixed"
     per_token = False
+    reads_predictions = False
+    """True for rules that read the model's prediction mid-loop: the model calls `bind(readout)` first."""
 
     def __init__(self, threshold: float = 0.0, min_iterations: int = 1):
         self.threshold = float(threshold)
@@ -118,6 +120,7 @@ class PredictionDeltaExit(ExitRule):
 
     name = "pred-delta"
     per_token = True
+    reads_predictions = True
 
     def __init__(self, threshold: float = 0.0, min_iterations: int = 1):
         super().__init__(threshold, min_iterations)

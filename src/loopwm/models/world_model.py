@@ -478,7 +478,7 @@ class WorldModel(Dynamics, nn.Module):
         z0 = state.z if self.cfg.carry_state else None
         nbhd = self.neighbourhood(obs, pairs)  # rebuilt every step from the positions this step reads
         n_grad = self.cfg.resolved_n_grad() if self.training else None
-        if exit_rule is not None and hasattr(exit_rule, "bind"):  # a rule that reads predictions mid-loop
+        if exit_rule is not None and exit_rule.reads_predictions:
             exit_rule.bind(self._readout_for(nbhd, B, N, P))
         # per-iteration outputs, for the gate's training signal and for depth supervision
         per_iteration = [] if (self.training and (self.cfg.exit_gate or self.supervise_every_iteration)) else None

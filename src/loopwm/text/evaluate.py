@@ -31,7 +31,7 @@ import tyro
 from loopwm.models.exits import make_exit_rule
 from loopwm.text.corpus import STATE_ROWS, Batcher, Sample, eval_starts, load_trajectories, state_row, state_starts
 from loopwm.text.metrics import entity_pattern, score_group
-from loopwm.text.train import load_text_run
+from loopwm.text.train import load_text_run, mean_loss
 from loopwm.utils import LoopWMError, atomic_write_json, pick_device
 
 METRICS = ("em", "f1", "bleu4", "entity")
@@ -119,23 +119,14 @@ def predict(model, enc, batcher: Batcher, samples: list[Sample], depth: int, exi
     return out, float(torch.cat(iters).mean()) if iters else float("nan")
 
 
-@torch.no_grad()
 def state_reliance(model, batcher: Batcher, samples: list[Sample], depth: int, batch_size: int, device) -> dict:
     """Teacher-forced loss on the samples as they are, and with the latent state hidden from the
     decoder. A model whose decoder can read the context and the actions may learn to predict from
     them alone; then hiding the state costs nothing and the loop is decoration."""
     if not (model.cfg.decoder_reads_context or model.cfg.decoder_reads_actions):
         return {}  # the decoder reads the state alone: nothing would be left to read
-    out = {}
-    for key, hide in (("nll", False), ("nll_state_hidden", True)):
-        total = 0.0
-        for lo in range(0, len(samples), batch_size):
-            chunk = samples[lo:lo + batch_size]
-            batch = {k: torch.as_tensor(v, device=device) for k, v in batcher.batch(chunk).items()}
-            loss, _ = model.loss(batch["context"], batch["actions"], batch["target"], hide_state=hide, depth=depth)
-            total += float(loss) * len(chunk)
-        out[key] = total / max(len(samples), 1)
-    return out
+    return {key: mean_loss(model, batcher, samples, device, batch_size, depth=depth, hide_state=hide)
+            for key, hide in (("nll", False), ("nll_state_hidden", True))}
 
 
 def evaluate_text(cfg: TextEvalConfig) -> dict:

@@ -137,21 +137,31 @@ def _check_config(cfg: TextTrainConfig, run_dir: Path) -> None:
 
 
 @torch.no_grad()
+@torch.no_grad()
+def mean_loss(model: TextWorldModel, batcher: Batcher, samples: list[Sample], device, batch_size: int = 32,
+              **loss_kw) -> float:
+    """Mean teacher-forced cross-entropy over samples (batched among those that share K; `loss_kw`
+    goes to `TextWorldModel.loss`, e.g. depth or hide_state)."""
+    total = 0.0
+    for k in sorted({s.k for s in samples}):
+        same = [s for s in samples if s.k == k]
+        for lo in range(0, len(same), batch_size):
+            chunk = same[lo:lo + batch_size]
+            batch = {key: torch.as_tensor(v, device=device) for key, v in batcher.batch(chunk).items()}
+            loss, _ = model.loss(batch["context"], batch["actions"], batch["target"], **loss_kw)
+            total += float(loss) * len(chunk)
+    return total / max(len(samples), 1)
+
+
 def dev_loss(model: TextWorldModel, batcher: Batcher, starts: list[tuple[int, int]], k_max: int, device,
              batch_size: int = 32) -> float:
     """Mean teacher-forced cross-entropy over fixed dev samples, K cycling through 1..k_max."""
     was = model.training
     model.eval()
-    total, n = 0.0, 0
-    for k in range(1, k_max + 1):
-        samples = [Sample(i, t, k) for j, (i, t) in enumerate(starts) if j % k_max == k - 1]
-        for lo in range(0, len(samples), batch_size):
-            chunk = samples[lo:lo + batch_size]
-            batch = {key: torch.as_tensor(v, device=device) for key, v in batcher.batch(chunk).items()}
-            loss, _ = model.loss(batch["context"], batch["actions"], batch["target"])
-            total, n = total + float(loss) * len(chunk), n + len(chunk)
+    samples = [Sample(i, t, j % k_max + 1) for j, (i, t) in enumerate(starts)]
+    out = mean_loss(model, batcher, samples, device, batch_size)
     model.train(was)
-    return total / max(n, 1)
+    return out
 
 
 def draw_batches(rng: np.random.Generator, pool: list[tuple[int, int]], k: int, batch_size: int, bucket: int,

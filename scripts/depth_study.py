@@ -270,6 +270,13 @@ def main(cfg: DepthStudyConfig) -> None:
         write_summary(out, cfg)
 
 
+def _per_token(rule: str) -> bool:
+    """Whether an exit rule answers for each disc on its own (fixed depth and unknown names: no)."""
+    from loopwm.models.exits import EXIT_RULES
+
+    return rule in EXIT_RULES and EXIT_RULES[rule].per_token
+
+
 def _read(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
 
@@ -376,7 +383,7 @@ def write_summary(out: Path, cfg: DepthStudyConfig) -> None:
             beats = r["error_h10"] < near["error_h10"]
             rho = r["iterations_solver_spearman"]
             rho_tok = r.get("token_iterations_solver_spearman")
-            rho_cell = ("n/a" if rho is None else f"{rho:.2f}") + (f" (per token {rho_tok:.2f})" if r["rule"].startswith("token") and rho_tok is not None else "")
+            rho_cell = ("n/a" if rho is None else f"{rho:.2f}") + (f" (per token {rho_tok:.2f})" if _per_token(r["rule"]) and rho_tok is not None else "")
             lines.append(f"| {r['rule']} | {r['threshold']:g} | {M:.2f} | {r['mean_iterations']:.2f} | {r['error_h1']:.4f} | "
                          f"{r['error_h10']:.4f} | {near['error_h10']:.4f} (depth {near['max_depth']}) | "
                          f"{'yes' if beats else 'no'} | {'yes' if ok else 'no'} ({M / max(fixed):.0%} of its iterations) | "

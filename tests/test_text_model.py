@@ -180,9 +180,13 @@ def random_batch(B=3, L=20, K=2, A=5, T=9, vocab=400, seed=0):
     return context, actions, target
 
 
-@pytest.mark.parametrize("kind,copy", [("looped", False), ("deep", False), ("looped", True)])
-def test_shapes_and_padding_never_leaks_into_other_samples(kind, copy):
-    model = tiny_model(kind, copy=copy)
+STATE_ONLY_POINTER = dict(copy=True, copy_pool="all", decoder_reads_context=False, decoder_reads_actions=False)
+
+
+@pytest.mark.parametrize("kind,kw", [("looped", {}), ("deep", {}), ("looped", {"copy": True}),
+                                     ("deep", STATE_ONLY_POINTER)])
+def test_shapes_and_padding_never_leaks_into_other_samples(kind, kw):
+    model = tiny_model(kind, **kw)
     context, actions, target = random_batch()
     h, memory, used = model.imagine(context, actions, depth=3)
     assert h.shape == (3, 4, 32) and used.shape == (3, 2) and memory.x.shape[:2] == memory.valid.shape == memory.ids.shape
@@ -195,11 +199,11 @@ def test_shapes_and_padding_never_leaks_into_other_samples(kind, copy):
         torch.testing.assert_close(model.decode(m1, target[b:b + 1]), logits[b:b + 1], atol=2e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("copy", [False, True])
-def test_the_loss_scores_real_tokens_only_and_equals_full_cross_entropy(copy):
+@pytest.mark.parametrize("kw", [{}, {"copy": True}, STATE_ONLY_POINTER])
+def test_the_loss_scores_real_tokens_only_and_equals_full_cross_entropy(kw):
     import torch.nn.functional as F
 
-    model = tiny_model(copy=copy)
+    model = tiny_model(**kw)
     context, actions, target = random_batch()
     target[0, 4:], target[2, 7:] = 0, 0  # ragged targets
     target[1, 2:5] = context[1, 3:6]  # tokens the copy head can point at
@@ -232,6 +236,35 @@ def test_the_copy_head_mixes_a_pointer_into_the_memory_with_the_vocabulary():
         present = set(memory.ids[b].tolist()) - {0}
         outside = [w for w in range(400) if w not in present]
         assert float(p[b][:, outside].max()) < 1e-6 and len(present) > 1
+
+
+def test_a_state_only_decoder_may_point_into_text_it_does_not_read():
+    from loopwm.text.model import Memory
+
+    model = tiny_model(**STATE_ONLY_POINTER)
+    context, actions, target = random_batch()
+    _, memory, _ = model.imagine(context, actions, depth=2)
+    S = model.cfg.n_state
+    assert memory.n_read == S and memory.x.shape[1] == S + context.shape[1] + actions[0].numel()
+    assert bool((memory.ids[:, :S] == 0).all()) and bool((memory.ids[:, S:] != 0).any())
+    with torch.no_grad():
+        y = model.decode_hidden(memory, target)  # (B, T, d)
+        noise = memory.x.clone()
+        noise[:, S:] = torch.randn_like(noise[:, S:])  # other text behind the pointer, the same state
+        other = memory._replace(x=noise)
+        torch.testing.assert_close(model.decode_hidden(other, target), y)  # the decoder never reads the text
+        assert not torch.allclose(model.decode(other, target), model.decode(memory, target))  # the pointer does
+        model.copy_gate.weight.zero_()
+        model.copy_gate.bias.fill_(-40.0)  # the gate open: only tokens of the context and actions
+        p = model.decode(memory, target).exp()  # (B, T, V)
+    for b in range(3):
+        present = set(memory.ids[b].tolist()) - {0}
+        assert float(p[b][:, [w for w in range(400) if w not in present]].max()) < 1e-6
+    with pytest.raises(ValueError, match="reads more than the state"):
+        model.loss(context, actions, target, hide_state=True)
+    with pytest.raises(ValueError, match="copy pool"):
+        tiny_model(copy=True, copy_pool="context")
+    assert isinstance(memory, Memory)
 
 
 def test_hiding_the_state_from_the_decoder_changes_only_what_reads_it():

@@ -17,6 +17,9 @@ decoding). One token embedding serves context, actions, decoder input and output
 With `copy`, a pointer-generator head lets the decoder write a token by pointing at it in the context
 or the actions, mixed with the vocabulary by a learned gate: names the reply repeats ("examine liquid
 gallium" -> "a substance called liquid gallium") need not be regenerated from the embedding.
+With `copy_pool="all"` and a decoder that reads only the state tokens, the pointer may still point
+into the context and the actions, but what it points at is chosen by a query that has seen only the
+latent state and the reply so far: the state must carry which text to repeat.
 """
 
 from __future__ import annotations
@@ -74,6 +77,11 @@ class TextModelConfig:
     copy: bool = False
     """A pointer-generator head: the decoder may copy a token of the context or the actions by
     attending to it, mixed with the vocabulary distribution by a learned gate."""
+    copy_pool: str = "read"
+    """What the copy head may point at: "read" (the context and actions the decoder reads) or "all"
+    (the context and the actions even where the decoder does not read them). With "all" and a decoder
+    that reads only the state tokens, the pointer's keys see the text but the decoder's query comes
+    from the latent state and the reply so far: which name to copy must come through the state."""
     copy_gate_init: float = 0.0
     """Starting logit of the copy head's gate (the vocabulary's weight g = sigmoid of it). 0, an even
     mix, is what was measured (results/text-v4-copy): it costs up to log 2 nats a token at first and
@@ -95,12 +103,19 @@ class TextModelConfig:
 
 
 class Memory(NamedTuple):
-    """What the decoder reads: vectors (B, M, d), their validity (B, M), and the token id behind each
-    (B, M; 0 where there is none: state tokens, padding), which the copy head points at."""
+    """What the decoder sees: vectors (B, M, d), their validity (B, M), the token id behind each
+    (B, M; 0 where there is none: state tokens, padding), which the copy head points at, and how many
+    of the M the decoder cross-attends to (the first n_read; None: all). The rest are there only for
+    the copy head to point at."""
 
     x: torch.Tensor
     valid: torch.Tensor
     ids: torch.Tensor
+    n_read: int | None = None
+
+    def read(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The vectors the decoder cross-attends to and their validity: (B, R, d), (B, R)."""
+        return self.x[:, : self.n_read], self.valid[:, : self.n_read]
 
 
 def key_mask(valid: torch.Tensor, n_queries: int | None = None) -> torch.Tensor:
@@ -189,12 +204,18 @@ class TextWorldModel(nn.Module):
         super().__init__()
         if cfg.kind not in ("looped", "deep"):
             raise ValueError(f"unknown text model kind {cfg.kind!r}: looped or deep")
+        if cfg.copy_pool not in ("read", "all"):
+            raise ValueError(f"unknown copy pool {cfg.copy_pool!r}: read or all")
         self.cfg, self.vocab_size = cfg, vocab_size
         d = cfg.d
+        pool_all = cfg.copy and cfg.copy_pool == "all"
+        # what goes into the decoder's memory, read by it or only pointed at by the copy head
+        self.decoder_sees_context = cfg.decoder_reads_context or pool_all
+        self.decoder_sees_actions = cfg.decoder_reads_actions or pool_all
         self.embed = nn.Embedding(vocab_size, d)
         self.pos = nn.Embedding(max(cfg.max_context, cfg.max_action, cfg.max_target + 1), d)
         self.action_type = nn.Parameter(torch.zeros(d))  # marks action tokens in the loop's input
-        if cfg.decoder_reads_actions:  # in the decoder's memory: which action, counted from the last
+        if self.decoder_sees_actions:  # in the decoder's memory: which action, counted from the last
             self.action_index = nn.Embedding(16, d)
         self.context_encoder = Stack(cfg.n_context_layers, d, cfg.n_heads, cfg.mlp_ratio)
         self.context_norm = nn.LayerNorm(d)
@@ -265,22 +286,24 @@ class TextWorldModel(nn.Module):
 
     # ----- state -> observation text -----
     def decoder_memory(self, h, x, context, actions) -> Memory:
-        """What the decoder reads: the state tokens, then (by config) the context and the actions."""
+        """The decoder's memory: the state tokens, then the context and the actions it reads (by config),
+        then those only the copy head points at."""
         B, S, _ = h.shape
-        parts, ids = [h], [torch.zeros(B, S, dtype=torch.long, device=h.device)]
-        if self.cfg.decoder_reads_context:
-            parts.append(x)  # (B, L, d)
-            ids.append(context)
-        if self.cfg.decoder_reads_actions:
+        parts = [(True, h, torch.zeros(B, S, dtype=torch.long, device=h.device))]  # (read, vectors, ids)
+        if self.decoder_sees_context:
+            parts.append((self.cfg.decoder_reads_context, x, context))  # (B, L, d), (B, L)
+        if self.decoder_sees_actions:
             K, A = actions.shape[1:]
             back = torch.arange(K - 1, -1, -1, device=h.device).clamp(max=15)  # (K,) 0 for the last action
             a = self.embed(actions) + self.pos.weight[:A] + self.action_index(back)[:, None]  # (B, K, A, d)
-            parts.append(a.reshape(B, K * A, -1))  # (B, K*A, d)
-            ids.append(actions.reshape(B, K * A))
-        ids = torch.cat(ids, dim=1)  # (B, M)
+            parts.append((self.cfg.decoder_reads_actions, a.reshape(B, K * A, -1), actions.reshape(B, K * A)))  # (B, K*A, d)
+        parts.sort(key=lambda p: not p[0])  # read parts first (stable: the order above otherwise)
+        ids = torch.cat([p[2] for p in parts], dim=1)  # (B, M)
         valid = ids != 0
         valid[:, :S] = True  # the state tokens carry no id but are always read
-        return Memory(torch.cat(parts, dim=1), valid, ids)  # (B, M, d), (B, M), (B, M)
+        n_read = sum(p[2].shape[1] for p in parts if p[0])
+        return Memory(torch.cat([p[1] for p in parts], dim=1), valid, ids,
+                      None if n_read == ids.shape[1] else n_read)  # (B, M, d), (B, M), (B, M)
 
     def decode_hidden(self, memory: Memory, tokens: torch.Tensor, caches: list | None = None, offset: int = 0,
                       kvs: list | None = None) -> torch.Tensor:
@@ -288,8 +311,9 @@ class TextWorldModel(nn.Module):
         one position at a time)."""
         T = tokens.shape[1]
         y = self.embed(tokens) + self.pos.weight[offset:offset + T]  # (B, T, d)
-        mask = key_mask(memory.valid, T)  # (B, 1, T, M)
-        kvs = kvs or [block.memory(memory.x) for block in self.decoder]
+        x, valid = memory.read()  # (B, R, d), (B, R)
+        mask = key_mask(valid, T)  # (B, 1, T, R)
+        kvs = kvs or [block.memory(x) for block in self.decoder]
         for i, block in enumerate(self.decoder):
             y = block(y, kvs[i], mask, None if caches is None else caches[i])
         return self.decoder_norm(y)
@@ -328,6 +352,8 @@ class TextWorldModel(nn.Module):
         decoder reads: how much the loss rises measures how much the prediction relies on the state."""
         _, memory, used = self.imagine(context, actions, depth=depth, n_grad=n_grad)
         if hide_state:
+            if not (self.cfg.decoder_reads_context or self.cfg.decoder_reads_actions):
+                raise ValueError("hide_state needs a decoder that reads more than the state tokens")
             valid = memory.valid.clone()
             valid[:, : self.cfg.n_state] = False
             memory = memory._replace(valid=valid)
@@ -352,7 +378,7 @@ class TextWorldModel(nn.Module):
         B = memory.x.shape[0]
         device = memory.x.device
         caches = [{} for _ in self.decoder]
-        kvs = [block.memory(memory.x) for block in self.decoder]
+        kvs = [block.memory(memory.read()[0]) for block in self.decoder]
         keys = self.copy_keys(memory) if self.cfg.copy else None
         token = torch.full((B, 1), bos, dtype=torch.long, device=device)
         out, done = [], torch.zeros(B, dtype=torch.bool, device=device)

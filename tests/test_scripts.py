@@ -1,0 +1,63 @@
+"""The study scripts under scripts/ import and build their command lines.
+
+Their runs take minutes to hours and are not part of the suite; this catches what breaks them
+before anyone waits for one: an import that moved, a config field tyro cannot turn into a flag, a
+default that no longer constructs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = sorted((Path(__file__).resolve().parents[1] / "scripts").glob("*.py"))
+
+
+@pytest.fixture
+def load():
+    """Import a script as a module; it stays in sys.modules while the test runs, since dataclasses
+    and tyro resolve string annotations through it."""
+    names = []
+
+    def _load(path: Path):
+        spec = importlib.util.spec_from_file_location(f"loopwm_script_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        names.append(spec.name)
+        spec.loader.exec_module(module)
+        return module
+
+    yield _load
+    for name in names:
+        sys.modules.pop(name, None)
+
+
+def test_every_script_is_found():
+    assert len(SCRIPTS) >= 10 and any(p.name == "depth_study.py" for p in SCRIPTS)
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.stem)
+def test_a_script_imports_and_its_config_builds_a_command_line(path, load, capsys):
+    import tyro
+
+    module = load(path)
+    configs = [v for v in vars(module).values()
+               if isinstance(v, type) and dataclasses.is_dataclass(v) and v.__module__ == module.__name__
+               and v.__name__.endswith("Config")]
+    if "tyro.cli" not in path.read_text():
+        assert callable(getattr(module, "main", None)), f"{path.name} has neither a tyro config nor a main()"
+        return
+    assert configs, f"{path.name} calls tyro.cli but defines no *Config dataclass"
+    for cls in configs:
+        defaults = cls()  # every field has a default: the script runs with no arguments
+        with pytest.raises(SystemExit) as stop:
+            tyro.cli(cls, args=["--help"])
+        assert stop.value.code == 0
+        text = capsys.readouterr().out
+        first = next(f for f in dataclasses.fields(cls) if f.init)
+        assert "--" + first.name.replace("_", "-") in text  # a flag per field, named after it
+        assert tyro.cli(cls, args=[]) == defaults

@@ -123,7 +123,7 @@ def state_reliance(model, batcher: Batcher, samples: list[Sample], depth: int, b
     """Teacher-forced loss on the samples as they are, and with the latent state hidden from the
     decoder. A model whose decoder can read the context and the actions may learn to predict from
     them alone; then hiding the state costs nothing and the loop is decoration."""
-    if not (model.cfg.decoder_reads_context or model.cfg.decoder_reads_actions):
+    if not model.reads_beyond_state:
         return {}  # the decoder reads the state alone: nothing would be left to read
     return {key: mean_loss(model, batcher, samples, device, batch_size, depth=depth, hide_state=hide)
             for key, hide in (("nll", False), ("nll_state_hidden", True))}

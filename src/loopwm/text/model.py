@@ -236,6 +236,11 @@ class TextWorldModel(nn.Module):
             self.copy_gate = nn.Linear(d, 1)  # logit of g, the weight of the vocabulary
             nn.init.constant_(self.copy_gate.bias, cfg.copy_gate_init)
 
+    @property
+    def reads_beyond_state(self) -> bool:
+        """Whether the decoder cross-attends to anything besides the state tokens (context or actions)."""
+        return self.cfg.decoder_reads_context or self.cfg.decoder_reads_actions
+
     # ----- context -> state -----
     def encode(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Context ids (B, L), 0-padded -> state tokens h (B, S, d), memory (B, L, d), its validity (B, L)."""
@@ -352,7 +357,7 @@ class TextWorldModel(nn.Module):
         decoder reads: how much the loss rises measures how much the prediction relies on the state."""
         _, memory, used = self.imagine(context, actions, depth=depth, n_grad=n_grad)
         if hide_state:
-            if not (self.cfg.decoder_reads_context or self.cfg.decoder_reads_actions):
+            if not self.reads_beyond_state:
                 raise ValueError("hide_state needs a decoder that reads more than the state tokens")
             valid = memory.valid.clone()
             valid[:, : self.cfg.n_state] = False

@@ -179,7 +179,7 @@ def main(cfg: DepthStudyConfig) -> None:
                       mu_rec=4.0)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "study.json", json.dumps(asdict(cfg), indent=1))  # the resolved settings, for readers
+    write_settings(out / "study.json", asdict(cfg))
     sizes = sorted(set(cfg.test_sizes) | {cfg.n_bodies})
     root = Path(cfg.data_root) if cfg.data_root else out / "data"
     short = cfg.env_id.split("/")[-1].split("-")[0].lower()  # loopwm/Rail-v0 -> rail
@@ -270,6 +270,17 @@ def main(cfg: DepthStudyConfig) -> None:
         write_summary(out, cfg)
 
 
+def write_settings(path: Path, settings: dict) -> None:
+    """The resolved settings of this invocation, for readers; those of earlier invocations into the
+    same folder (other stages, other models) stay under "earlier", oldest first, so a study built
+    in several runs still says how each part was made."""
+    earlier = []
+    if path.exists():
+        prev = json.loads(path.read_text())
+        earlier = prev.pop("earlier", []) + [prev]
+    atomic_write_text(path, json.dumps({**settings, "earlier": earlier}, indent=1))
+
+
 def _per_token(rule: str) -> bool:
     """Whether an exit rule answers for each disc on its own (fixed depth and unknown names: no)."""
     from loopwm.models.exits import EXIT_RULES
@@ -288,6 +299,13 @@ def _write(path: Path, rows: list[dict]) -> None:
 def best_depth(results: list[dict], name: str, size: int, key: str = "h1") -> dict:
     rows = [r for r in results if r["model"] == name and r["size"] == size]
     return min(rows, key=lambda r: r[key])
+
+
+def saturation_depth(errors: dict[int, float], tol: float = 0.02) -> int:
+    """The fewest test-time iterations whose error is within tol of the best over all depths tried:
+    where more passes stop paying."""
+    best = min(errors.values())
+    return min(d for d, e in errors.items() if e <= (1 + tol) * best)
 
 
 def write_summary(out: Path, cfg: DepthStudyConfig) -> None:
@@ -342,6 +360,20 @@ def write_summary(out: Path, cfg: DepthStudyConfig) -> None:
             rows = {r["depth"]: r for r in results if r["model"] == name and r["size"] == n}
             lines.append(f"| {n} | " + " | ".join(f"{rows[d]['h1']:.4f}" if d in rows else "" for d in cfg.test_depths)
                          + f" | {next(iter(rows.values()))['copy_last_h1']:.4f} |")
+        # The issue's question per step rather than per scene: do the steps whose impulse travels
+        # farther (more solver sweeps) keep gaining from iterations after the easy ones stop?
+        cells = [s for s in strata if s["model"] == name]
+        order = list(dict.fromkeys(s["sweeps"] for s in sorted(cells, key=lambda s: s["solver_iterations_mean"])))
+        lines += ["", f"Iterations at which each stratum's one-step error stops falling (the fewest within 2% of its "
+                  f"best; windows in brackets), {name}:", "", "| discs | " + " | ".join(order) + " |",
+                  "|---|" + "---|" * len(order)]
+        for n in sorted({s["size"] for s in cells}):
+            row = []
+            for b in order:
+                errs = {s["depth"]: s["error_h1"] for s in cells if s["size"] == n and s["sweeps"] == b}
+                windows = next((s["windows"] for s in cells if s["size"] == n and s["sweeps"] == b), 0)
+                row.append(f"{saturation_depth(errs)} ({windows})" if errs else "")
+            lines.append(f"| {n} | " + " | ".join(row) + " |")
     lines += ["", "## Other sizes: each model's horizon-1 / horizon-10 error (looped at training depth and at its best)", "",
               "| model | " + " | ".join(f"{n} discs" for n in sorted(cfg.test_sizes)) + " |",
               "|---|" + "---|" * len(cfg.test_sizes)]

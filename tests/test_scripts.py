@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -61,3 +62,23 @@ def test_a_script_imports_and_its_config_builds_a_command_line(path, load, capsy
         first = next(f for f in dataclasses.fields(cls) if f.init)
         assert "--" + first.name.replace("_", "-") in text  # a flag per field, named after it
         assert tyro.cli(cls, args=[]) == defaults
+
+
+def test_depth_study_saturation_depth_is_the_fewest_iterations_near_the_best(load):
+    study = load(next(p for p in SCRIPTS if p.name == "depth_study.py"))
+    assert study.saturation_depth({1: 1.0, 2: 0.5, 4: 0.495, 8: 0.49}) == 4  # 0.495 is within 2% of 0.49
+    assert study.saturation_depth({1: 1.0, 2: 0.5, 4: 0.495, 8: 0.40}) == 8
+    assert study.saturation_depth({1: 0.1, 2: 0.2, 4: 0.3}) == 1  # overthinking: the first pass is the best
+    assert study.saturation_depth({8: 0.3, 2: 0.3}) == 2  # order of the keys does not matter
+
+
+def test_depth_study_settings_keep_every_invocation(load, tmp_path):
+    study = load(next(p for p in SCRIPTS if p.name == "depth_study.py"))
+    path = tmp_path / "study.json"
+    study.write_settings(path, {"models": ["looped"], "stages": ["train"]})
+    study.write_settings(path, {"models": ["deep-4"], "stages": ["score"]})
+    study.write_settings(path, {"models": ["looped"], "stages": ["summary"]})
+    got = json.loads(path.read_text())
+    assert got["stages"] == ["summary"]
+    assert [e["stages"] for e in got["earlier"]] == [["train"], ["score"]]
+    assert all("earlier" not in e for e in got["earlier"])

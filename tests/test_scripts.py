@@ -82,3 +82,26 @@ def test_depth_study_settings_keep_every_invocation(load, tmp_path):
     assert got["stages"] == ["summary"]
     assert [e["stages"] for e in got["earlier"]] == [["train"], ["score"]]
     assert all("earlier" not in e for e in got["earlier"])
+
+
+def _strata(model, size, depth, cells):
+    return [{"model": model, "size": size, "depth": depth, "sweeps": k, "windows": n, "error_h1": e,
+             "solver_iterations_mean": float(i)} for i, (k, (n, e)) in enumerate(cells.items())]
+
+
+@pytest.mark.parametrize("script", ["depth_study.py", "depth_compare.py"])
+def test_the_steady_one_step_error_weighs_strata_by_windows_and_picks_the_depth(load, script):
+    module = load(next(p for p in SCRIPTS if p.name == script))
+    strata = (_strata("looped", 16, 2, {"0": (900, 0.01), "32+": (100, 1.0)})  # mean 0.109
+              + _strata("looped", 16, 8, {"0": (900, 0.02), "32+": (100, 0.5)}))  # mean 0.068
+    got = module.one_step(strata, "looped", 16, 2)
+    assert (got[0] if isinstance(got, tuple) else got) == pytest.approx(0.109)  # the study also says how many windows
+    assert module.one_step(strata, "looped", 16, 4) is None
+    # the open-loop h1 over fewer windows prefers depth 2; all the windows say 8
+    results = [{"model": "looped", "size": 16, "depth": 2, "h1": 0.05}, {"model": "looped", "size": 16, "depth": 8, "h1": 0.06}]
+    pick = module.best_depth(results, "looped", 16, strata) if script == "depth_study.py" else module.best_row(results, strata)
+    assert pick["depth"] == 8
+    # a depth without strata: fall back to the open-loop h1
+    results.append({"model": "looped", "size": 16, "depth": 4, "h1": 0.04})
+    pick = module.best_depth(results, "looped", 16, strata) if script == "depth_study.py" else module.best_row(results, strata)
+    assert pick["depth"] == 4

@@ -104,10 +104,16 @@ def _fmt(x: float | None) -> str:
 MATCH = 0.01  # a stack "matches" a loop when its error is at most 1% above the loop's
 
 
+def shape(model: str) -> tuple[bool, bool]:
+    """What a loop and a stack must share to be compared: full or local attention, lean or not."""
+    return model.endswith("-full"), "-lean" in model
+
+
 def matching_ratio(rows: list[dict], loop: dict, key: str) -> str:
     """The smallest stack of the loop's seed and setting within MATCH of the loop's error, as a parameter ratio."""
     stacks = sorted((r for r in rows if (r["seed"], r["setting"]) == (loop["seed"], loop["setting"])
-                     and r["model"].startswith("deep-")), key=lambda r: r["params"])
+                     and r["model"].startswith("deep-") and shape(r["model"]) == shape(loop["model"])),
+                    key=lambda r: r["params"])
     for s in stacks:
         if s[key] is not None and s[key] <= (1 + MATCH) * loop[key]:
             return f"{s['model']} ({s['params'] / loop['params']:.1f}x)"

@@ -105,3 +105,13 @@ def test_the_steady_one_step_error_weighs_strata_by_windows_and_picks_the_depth(
     results.append({"model": "looped", "size": 16, "depth": 4, "h1": 0.04})
     pick = module.best_depth(results, "looped", 16, strata) if script == "depth_study.py" else module.best_row(results, strata)
     assert pick["depth"] == 4
+
+
+def test_depth_compare_matches_a_loop_only_with_stacks_of_its_attention_and_scaffold(load):
+    compare = load(next(p for p in SCRIPTS if p.name == "depth_compare.py"))
+    row = dict(seed=0, setting="s")
+    loop = {**row, "model": "looped-full", "params": 100, "h1": 0.05}
+    rows = [loop, {**row, "model": "deep-1", "params": 110, "h1": 0.04},  # local attention: not a match
+            {**row, "model": "deep-2-lean-full", "params": 120, "h1": 0.04},  # lean: not a match
+            {**row, "model": "deep-4-full", "params": 300, "h1": 0.0504}]
+    assert compare.matching_ratio(rows, loop, "h1") == "deep-4-full (3.0x)"

@@ -52,9 +52,10 @@ def study_setting(folder: Path) -> tuple[int, str]:
 def one_step(strata: list[dict], model: str, size: int, depth: int) -> float | None:
     """One-step error over every window of the strata (up to 3,000, the same for each model and
     depth): steadier than the open-loop h1 over 512 windows on these heavy-tailed errors."""
-    rows = [s for s in strata if s["model"] == model and s["size"] == size and s["depth"] == depth]
-    n = sum(s["windows"] for s in rows)
-    return sum(s["windows"] * s["error_h1"] for s in rows) / n if n else None
+    from loopwm.eval.adaptive import pooled_error
+
+    pooled = pooled_error([s for s in strata if s["model"] == model and s["size"] == size and s["depth"] == depth])
+    return pooled[0] if pooled else None
 
 
 def best_row(rows: list[dict], strata: list[dict]) -> dict | None:

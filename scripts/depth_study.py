@@ -301,9 +301,9 @@ def one_step(strata: list[dict], name: str, size: int, depth: int) -> tuple[floa
     and depth) and their number. Errors on the rail are heavy-tailed (a few steps of many sweeps
     carry much of the mean), so this is the steadier figure: the open-loop h1 over 512 windows has
     moved by 10-20% against it, more than most gaps between models (docs/LOG.md, session 18)."""
-    rows = [s for s in strata if s["model"] == name and s["size"] == size and s["depth"] == depth]
-    n = sum(s["windows"] for s in rows)
-    return (sum(s["windows"] * s["error_h1"] for s in rows) / n, n) if n else None
+    from loopwm.eval.adaptive import pooled_error
+
+    return pooled_error([s for s in strata if s["model"] == name and s["size"] == size and s["depth"] == depth])
 
 
 def best_depth(results: list[dict], name: str, size: int, strata: list[dict] | None = None) -> dict:

@@ -69,6 +69,13 @@ def sweep_stratum(sweeps: np.ndarray, bins=SWEEP_BINS) -> list[str]:
     return [names[int(np.searchsorted(bins, s, side="right")) - 1] for s in np.asarray(sweeps).tolist()]
 
 
+def pooled_error(strata: list[dict]) -> tuple[float, int] | None:
+    """The one-step error over every window of some `error_by_sweeps` rows (weighted by their
+    windows) and the number of windows; None when there are none."""
+    n = sum(row["windows"] for row in strata)
+    return (sum(row["windows"] * row["error_h1"] for row in strata) / n, n) if n else None
+
+
 def error_by_sweeps(model, ds, episodes, depths, context: int = 4, max_windows: int = 4096, device="cpu",
                     bins=SWEEP_BINS) -> list[dict]:
     """Mean one-step error in every stratum of the world's solver sweeps (`SWEEP_BINS`), at each

@@ -10,7 +10,7 @@ import torch
 
 from loopwm.data import collect
 from loopwm.eval.evaluate import EvalConfig, evaluate
-from loopwm.eval.openloop import spearman
+from loopwm.eval.openloop import open_loop, spearman
 from loopwm.models.exits import make_exit_rule
 from loopwm.models.world_model import ModelConfig
 from loopwm.train.loop import TrainConfig, gate_loss, gate_targets, train
@@ -139,6 +139,15 @@ def test_adaptive_measurements_on_a_tiny_model(tmp_path):
     whole = one_step_errors(model, ds, [0, 1], context=2, depth=1, max_windows=20)
     assert sum(r["error_h1"] * r["windows"] for r in at1) / 20 == pytest.approx(float(whole["error"].mean()), rel=1e-5)
     assert all(sweep_stratum([r["solver_iterations_mean"]])[0] == r["sweeps"] for r in at1 if r["sweeps"] in ("0", "1"))
+    # open-loop horizon 1 after a context of C observations is the one-step error after C observations,
+    # on every window: both read o_0 .. o_{C-1}, as a training window with --context C does
+    for context in (1, 2, 3):
+        every = one_step_errors(model, ds, [0, 1], context=context, depth=2, max_windows=10**6)
+        ol = open_loop(model, ds, [0, 1], context=context, horizon=1, max_windows=10**6, depth=2)
+        assert ol.windows == len(every["error"]) == sum(ds.lengths[[0, 1]] - context + 1)
+        assert float(ol.errors[0]) == pytest.approx(float(every["error"].mean()), rel=1e-5)
+    with pytest.raises(LoopWMError, match="--context 1 or more"):
+        open_loop(model, ds, [0, 1], context=0, horizon=1)
 
 
 def test_sweep_strata_cover_every_count_once():

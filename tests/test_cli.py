@@ -47,6 +47,7 @@ def test_eval_json_has_the_documented_fields(trained):
     for key in ("iterations_per_step", "max_a_bar", "steps_per_second", "rollout_max_abs", "rollout_std_ratio"):
         assert isinstance(result[key], float), key
     assert 0 < result["max_a_bar"] < 1
+    assert result["context"] == json.loads((trained / "run" / "config.json").read_text())["context"]  # the run's own
 
 
 def test_eval_table_and_exit_rule(trained):

@@ -26,7 +26,7 @@ def straight_line_episode(T: int = 8) -> torch.Tensor:
 def test_constant_velocity_floor_is_exact_in_free_flight_and_copy_last_is_not():
     model = small_model()
     obs = straight_line_episode()
-    floors = floor_predictions(model, obs, context=2, horizon=5)
+    floors = floor_predictions(model, obs, last_index=2, horizon=5)
     true = obs[:, 3:8]
     assert float(normalised_error(model, floors["constant_velocity"], true).max()) < 1e-10
     copy = normalised_error(model, floors["copy_last"], true)[0]
@@ -141,3 +141,14 @@ def test_bench_findings_name_the_smallest_matching_deep_model_at_each_horizon():
     assert "horizon-10 error (0.5100 ± 0.0100) is deep-8 (0.4900), with 8.00x" in text
     assert "best test-time depth at h10: 8 iterations (0.4750" in text and "0.5500 at the 2 it trained with" in text
     assert "Every run plateaued" in text and "| w | converged | deep-8 | 800 |" in markdown_table(rows)
+
+
+def test_eval_reads_as_many_observations_as_the_run_trained_on(tmp_path):
+    from loopwm.eval.evaluate import training_context
+
+    (tmp_path / "config.json").write_text('{"context": 2}')
+    assert training_context(tmp_path) == 2
+    assert training_context(tmp_path / "checkpoints" / "step_10.json") == 2  # a checkpoint file of the run
+    (tmp_path / "config.json").write_text("[1, 2]")  # not a config: the documented default, not a crash
+    assert training_context(tmp_path) == 4
+    assert training_context(tmp_path / "missing") == 4

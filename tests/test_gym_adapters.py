@@ -51,8 +51,9 @@ def test_continuous_actions_pendulum_are_scaled_to_the_bounds(tmp_path):
     manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
     assert manifest["stats"]["episodes"] == 6 and len(manifest["stats"]["obs_mean"]) == 3  # stats in the manifest
     assert np.allclose(manifest["stats"]["obs_mean"], ds.stats(range(6))["obs_mean"])
-    assert "30" not in result["open_loop_error"]  # 30-step episodes leave at most 28 steps after a context of 2
-    assert "28" in result["open_loop_error"] and result["rollout_finite"]
+    # 30-step episodes leave 29 steps to predict after a context of 2 observations (o_0 and o_1)
+    assert "30" not in result["open_loop_error"]
+    assert "29" in result["open_loop_error"] and result["rollout_finite"]
 
 
 class ShiftedCounter:

@@ -17,24 +17,26 @@ import time
 import numpy as np
 import torch
 
-from loopwm.eval.openloop import exit_rule_from, normalised_error, open_loop, spearman
+from loopwm.eval.openloop import exit_rule_from, normalised_error, observed_steps, open_loop, spearman
 
 
 @torch.no_grad()
 def one_step_errors(model, ds, episodes, context: int = 4, depth: int | None = None, exit_rule=None,
                     max_windows: int = 1024, device="cpu") -> dict[str, np.ndarray]:
-    """Per-window error of the prediction one step after `context` observed steps, the iterations
+    """Per-window error of the prediction one step after `context` real observations, the iterations
     it used, and the world's contact and solver-iteration counts for that step (W,) each."""
-    windows = ds.windows(episodes, context + 1)
+    c = observed_steps(context)  # the model reads o_0 .. o_c and predicts o_{c+1}, as open_loop's horizon 1
+    windows = ds.windows(episodes, c + 1)
     windows = windows[np.unique(np.linspace(0, len(windows) - 1, min(max_windows, len(windows))).astype(int))]
     batch = ds.batch(windows)
-    obs = model._as_entities(torch.as_tensor(batch["obs"], device=device).float())  # (W, C+2, N, F)
-    act = torch.as_tensor(batch["action"], device=device)  # (W, C+1, ...)
+    obs = model._as_entities(torch.as_tensor(batch["obs"], device=device).float())  # (W, C+1, N, F)
+    act = torch.as_tensor(batch["action"], device=device)  # (W, C, ...)
     state = model.initial(obs[:, 0])
-    state, _ = model.observe(state, act[:, : context - 1], obs[:, 1:context], depth=depth, exit_rule=exit_rule)
-    _, out = model.step(state, act[:, context - 1], depth, exit_rule)
-    err = normalised_error(model, out["obs"][:, None], obs[:, context][:, None])[:, 0]  # (W,)
-    info = {k: batch[f"info_{k}"][:, context - 1] for k in ("contacts", "solver_iterations") if f"info_{k}" in batch}
+    if c:
+        state, _ = model.observe(state, act[:, :c], obs[:, 1 : c + 1], depth=depth, exit_rule=exit_rule)
+    _, out = model.step(state, act[:, c], depth, exit_rule)
+    err = normalised_error(model, out["obs"][:, None], obs[:, c + 1][:, None])[:, 0]  # (W,)
+    info = {k: batch[f"info_{k}"][:, c] for k in ("contacts", "solver_iterations") if f"info_{k}" in batch}
     work = out.get("token_iterations", out["iterations"]).float()
     return {"error": err.cpu().numpy(), "iterations": out["iterations"].cpu().numpy(), "token_iterations": work.cpu().numpy(),
             **info}

@@ -30,6 +30,16 @@ def run_folder(run: str | Path) -> Path:
     return path.parent.parent if path.suffix in (".json", ".safetensors") else path
 
 
+def training_context(run: str | Path, default: int = 4) -> int:
+    """The `--context` the run was trained with (its config.json), else `default`: scoring after as
+    many observations as training showed is the fair reading of a model."""
+    path = run_folder(run) / "config.json"
+    try:
+        return int(json.loads(path.read_text()).get("context", default))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return default
+
+
 def default_exit(run: str | Path) -> dict:
     """The exit rule recorded for a run ({"exit_rule", "threshold", "depth"}), or fixed depth."""
     path = run_folder(run) / EXIT_FILE
@@ -69,8 +79,10 @@ class EvalConfig:
     """Print one JSON object on stdout instead of a table."""
     data: str = ""
     """Dataset to evaluate on; empty means the run's own dataset (its held-out episodes)."""
-    context: int = 4
-    """Observed steps before imagining."""
+    context: int = 0
+    """Real observations the model reads before imagining, the first included; 0 means the run's
+    training --context (a model scored after more or fewer observations than it trained on reads
+    worse than it is)."""
     horizon: int = 50
     """Longest open-loop horizon."""
     max_windows: int = 512
@@ -189,7 +201,8 @@ def _evaluate(cfg: EvalConfig, keep_rollout: bool = False) -> dict:
         keep_exit(cfg.run, name, threshold, depth)
     depth = depth or None
     rule = exit_rule_from(name, threshold, model)
-    res = open_loop(model, ds, episodes, cfg.context, cfg.horizon, cfg.max_windows, depth, rule, device=device,
+    context = cfg.context or training_context(cfg.run)
+    res = open_loop(model, ds, episodes, context, cfg.horizon, cfg.max_windows, depth, rule, device=device,
                     latent=latent_decoding(cfg.decoding))
     horizon = len(res.errors)  # shorter than asked when held-out episodes are short
     pick = [h for h in HORIZONS if h <= horizon] + ([horizon] if horizon < cfg.horizon and horizon not in HORIZONS else [])
@@ -199,6 +212,7 @@ def _evaluate(cfg: EvalConfig, keep_rollout: bool = False) -> dict:
         "params": int(model.param_count()),
         "step": int(meta["step"]),
         "windows": res.windows,
+        "context": context,
         "open_loop_error": {str(h): float(res.errors[h - 1]) for h in pick},
         "floors": {name: {str(h): float(v[h - 1]) for h in pick} for name, v in res.floors.items()},
         "iterations_per_step": float(res.iterations.mean()),
@@ -222,7 +236,7 @@ def _evaluate(cfg: EvalConfig, keep_rollout: bool = False) -> dict:
         torch.as_tensor(first["action"][0], device=device), depth=depth, exit_rule=rule, latent=latent)
     if meta.get("env_id") and not meta["env_id"].startswith(CUSTOM_PREFIX):  # a user's own object cannot be re-made
         rollout = real_vs_imagined(model, meta["env_id"], meta.get("env_kwargs") or {}, cfg.rollout_steps,
-                                   cfg.context, cfg.seed, depth, rule, device, ds.manifest.get("obs", "state"),
+                                   context, cfg.seed, depth, rule, device, ds.manifest.get("obs", "state"),
                                    ds.manifest.get("pixel_size"))
         out.update(rollout_stats(model, rollout))
         if keep_rollout:

@@ -2,8 +2,11 @@
 
 Error is the normalised MSE: squared error divided by each feature's variance in the training
 data, averaged over entities and over the features that vary (static features are copied by every
-model and would only dilute the figure). Horizon h means h imagined steps after the last true
-observation. The same code scores the floors: copy the last observation, extrapolate at constant
+model and would only dilute the figure). `context` counts the real observations the model reads,
+the first included, exactly as training's `--context` does: with context C the model reads o_0 ..
+o_{C-1} and horizon h scores its prediction of o_{C-1+h}. (Until 2026-12-04 this module read C + 1
+observations, one more than any training window had shown the loop state.) Horizon h means h
+imagined steps after the last true observation. The same code scores the floors: copy the last observation, extrapolate at constant
 velocity, predict the training mean.
 """
 
@@ -31,10 +34,19 @@ class OpenLoopResult:
     token_iterations: np.ndarray  # (W, H) iterations per token (differs for per-token exits)
 
 
-def floor_predictions(model, obs: torch.Tensor, context: int, horizon: int) -> dict[str, torch.Tensor]:
-    """Trivial predictors for obs[:, context + h], h = 1..horizon, from obs (B, L+1, N, F)."""
+def observed_steps(context: int) -> int:
+    """Real transitions the model reads after its first observation: context - 1."""
+    if context < 1:
+        raise LoopWMError(f"context {context} reads no observation at all: use --context 1 or more "
+                          "(the number of real observations the model reads before imagining, the first included)")
+    return context - 1
+
+
+def floor_predictions(model, obs: torch.Tensor, last_index: int, horizon: int) -> dict[str, torch.Tensor]:
+    """Trivial predictors for obs[:, last_index + h], h = 1..horizon, from obs (B, L+1, N, F), where
+    obs[:, last_index] is the last real observation."""
     spec = model.spec
-    last = obs[:, context]  # (B, N, F)
+    last = obs[:, last_index]  # (B, N, F)
     hs = torch.arange(1, horizon + 1, device=obs.device, dtype=obs.dtype)[None, :, None, None]  # (1, H, 1, 1)
     copy_last = last[:, None].expand(-1, horizon, -1, -1)  # (B, H, N, F)
     if spec.kinematic:
@@ -42,7 +54,7 @@ def floor_predictions(model, obs: torch.Tensor, context: int, horizon: int) -> d
         vel = last[..., spec.velocity_idx][:, None]  # (B, 1, N, P)
         const[..., spec.position_idx] = last[..., spec.position_idx][:, None] + hs * spec.dt * vel
     else:
-        prev = obs[:, max(context - 1, 0)]
+        prev = obs[:, max(last_index - 1, 0)]
         const = last[:, None] + hs * (last - prev)[:, None]
     mean = model.mean.expand_as(copy_last)
     return {"copy_last": copy_last, "constant_velocity": const, "mean": mean}
@@ -65,12 +77,13 @@ def open_loop(model, ds, episodes, context: int = 4, horizon: int = 50, max_wind
     episodes such as CartPole under a random policy), the horizon is cut to the longest that fits:
     `len(result.errors)` is the horizon actually scored.
     """
+    c = observed_steps(context)
     longest = int(np.max(ds.lengths[np.asarray(episodes, dtype=np.int64)])) if len(episodes) else 0
-    if longest <= context:
-        raise LoopWMError(f"held-out episodes last at most {longest} steps, not more than the context of {context}: "
-                          "collect longer episodes or lower --context")
-    horizon = min(horizon, longest - context)
-    windows = ds.windows(episodes, context + horizon)
+    if longest <= c:
+        raise LoopWMError(f"held-out episodes last at most {longest} steps: none is left to predict after a context of "
+                          f"{context} observations; collect longer episodes or lower --context")
+    horizon = min(horizon, longest - c)
+    windows = ds.windows(episodes, c + horizon)
     windows = windows[np.unique(np.linspace(0, len(windows) - 1, min(max_windows, len(windows))).astype(int))]
     sums = torch.zeros(horizon)
     units = model if reference is None else reference
@@ -81,12 +94,12 @@ def open_loop(model, ds, episodes, context: int = 4, horizon: int = 50, max_wind
         obs = model._as_entities(torch.as_tensor(batch["obs"], device=device).float())  # (B, L+1, N, F)
         act = torch.as_tensor(batch["action"], device=device)  # (B, L, ...)
         state = model.initial(obs[:, 0])
-        state, _ = model.observe(state, act[:, :context], obs[:, 1 : context + 1], depth=depth, exit_rule=exit_rule)
-        _, roll = model.imagine(state, act[:, context : context + horizon], depth=depth, exit_rule=exit_rule,
-                                latent=latent)
-        true = obs[:, context + 1 : context + horizon + 1]  # (B, H, N, F)
+        if c:
+            state, _ = model.observe(state, act[:, :c], obs[:, 1 : c + 1], depth=depth, exit_rule=exit_rule)
+        _, roll = model.imagine(state, act[:, c : c + horizon], depth=depth, exit_rule=exit_rule, latent=latent)
+        true = obs[:, c + 1 : c + horizon + 1]  # (B, H, N, F)
         sums += normalised_error(units, roll.obs, true).sum(0).cpu()
-        for name, pred in floor_predictions(model, obs, context, horizon).items():
+        for name, pred in floor_predictions(model, obs, c, horizon).items():
             floor_sums[name] = floor_sums.get(name, 0) + normalised_error(units, pred, true).sum(0).cpu()
         iters.append(roll.iterations.cpu().numpy())
         work.append(roll.token_iterations.cpu().numpy())
@@ -106,20 +119,21 @@ def real_vs_imagined(model, env_id: str, env_kwargs: dict, steps: int = 1000, co
                      pixel_size: int | None = None) -> dict[str, np.ndarray]:
     """Run the real world and the model side by side from the same start under the same actions.
 
-    The model observes the first `context` transitions, then imagines `steps` more. Returns true and
+    The model reads the first `context` observations, then imagines `steps` more. Returns true and
     predicted observations (steps, N, F), the model's iterations per step, and the world's own
     per-step difficulty (contacts, solver iterations) where it reports them.
     """
     from loopwm.data.collect import open_env
 
-    kwargs = {**env_kwargs, "max_episode_steps": steps + context + 1}
+    c = observed_steps(context)
+    kwargs = {**env_kwargs, "max_episode_steps": steps + c + 1}
     env = open_env(env_id, kwargs, obs_mode, pixel_size)
     obs, _ = env.reset(seed=seed)
     env.action_space.seed(seed)
     rng = np.random.default_rng(seed)
     observations, actions, contacts, solver = [obs], [], [], []
     smooth = None
-    for _ in range(steps + context):
+    for _ in range(steps + c):
         if hasattr(env.action_space, "shape") and env.action_space.shape and np.issubdtype(env.action_space.dtype, np.floating):
             # temporally correlated random actions: a fair test that exercises the pushed bodies
             step_noise = rng.normal(size=env.action_space.shape)
@@ -138,18 +152,19 @@ def real_vs_imagined(model, env_id: str, env_kwargs: dict, steps: int = 1000, co
     obs_t = model._as_entities(torch.as_tensor(np.stack(observations), device=device).float())[None]  # (1, L+1, N, F)
     act_t = torch.as_tensor(np.stack(actions), device=device)[None]  # (1, L, ...)
     state = model.initial(obs_t[:, 0])
-    state, _ = model.observe(state, act_t[:, :context], obs_t[:, 1 : context + 1], depth=depth, exit_rule=exit_rule)
-    _, roll = model.imagine(state, act_t[:, context:], depth=depth, exit_rule=exit_rule)
+    if c:
+        state, _ = model.observe(state, act_t[:, :c], obs_t[:, 1 : c + 1], depth=depth, exit_rule=exit_rule)
+    _, roll = model.imagine(state, act_t[:, c:], depth=depth, exit_rule=exit_rule)
     # the same trajectory tracked one step ahead (the model reads every real observation): its effort
     # then answers the real world's difficulty step by step, which a long imagined rollout soon stops doing
     _, tracked = model.observe(model.initial(obs_t[:, 0]), act_t, obs_t[:, 1:], depth=depth, exit_rule=exit_rule)
     return {
-        "true": obs_t[0, context + 1 :].cpu().numpy(),
+        "true": obs_t[0, c + 1 :].cpu().numpy(),
         "pred": roll.obs[0].cpu().numpy(),
         "iterations": roll.iterations[0].cpu().numpy(),
         "token_iterations": roll.token_iterations[0].cpu().numpy(),
-        "contacts": np.asarray(contacts[context:]),
-        "solver_iterations": np.asarray(solver[context:]),
+        "contacts": np.asarray(contacts[c:]),
+        "solver_iterations": np.asarray(solver[c:]),
         "tracked_iterations": tracked.iterations[0].cpu().numpy(),
         "tracked_token_iterations": tracked.token_iterations[0].cpu().numpy(),
         "tracked_contacts": np.asarray(contacts),

@@ -200,3 +200,21 @@ def test_cli_rejects_nonsense_numbers_with_exit_code_2(tmp_path_factory, episode
     out = tmp_path_factory.mktemp("cli") / "d"
     assert main(["collect", "--episodes", str(episodes), "--out", str(out), "--no-progress"]) == 2
     assert not out.exists()
+
+
+def test_a_model_width_the_heads_do_not_divide_is_refused_with_the_fix(tmp_path):
+    from loopwm.cli import main
+    from loopwm.text.model import TextModelConfig, TextWorldModel
+
+    data = collect(env_id="loopwm/Balls-v0", n_bodies=3, episodes=3, max_episode_steps=12, out=str(tmp_path / "d"),
+                   progress=False)
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--steps", "1", "--no-progress",
+                 "--model.d", "30", "--model.n-heads", "4"]) == 2
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    # the corrected command then runs in the same folder: nothing was trained, so nothing binds it
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--steps", "1", "--no-progress",
+                 "--model.d", "32", "--model.n-heads", "4"]) == 0
+    with pytest.raises(LoopWMError, match="divisible by n_heads=4.*e.g. 28"):
+        TextWorldModel(50, TextModelConfig(d=30, n_heads=4))
+    with pytest.raises(LoopWMError, match="--model.copy-pool read or all"):
+        TextWorldModel(50, TextModelConfig(copy_pool="some"))

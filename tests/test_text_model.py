@@ -11,6 +11,7 @@ import torch
 
 from loopwm.cli import main
 from loopwm.text.metrics import corpus_bleu, entity_counts, entity_pattern, exact_match, micro_f1, score_group, token_f1
+from loopwm.utils import LoopWMError
 
 needs_tokenizers = pytest.mark.skipif(importlib.util.find_spec("tokenizers") is None,
                                       reason="text models need the text extra (pip install 'loopwm[text]')")
@@ -262,7 +263,7 @@ def test_a_state_only_decoder_may_point_into_text_it_does_not_read():
         assert float(p[b][:, [w for w in range(400) if w not in present]].max()) < 1e-6
     with pytest.raises(ValueError, match="reads more than the state"):
         model.loss(context, actions, target, hide_state=True)
-    with pytest.raises(ValueError, match="copy pool"):
+    with pytest.raises(LoopWMError, match="copy pool"):
         tiny_model(copy=True, copy_pool="context")
     assert isinstance(memory, Memory)
 

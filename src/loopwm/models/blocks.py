@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from loopwm.models.locality import Neighbourhood
+from loopwm.utils import LoopWMError
 
 
 class SelfAttention(nn.Module):
@@ -21,7 +22,8 @@ class SelfAttention(nn.Module):
     def __init__(self, d: int, n_heads: int, n_geom: int = 0):
         super().__init__()
         if d % n_heads != 0:
-            raise ValueError(f"model width d={d} must be divisible by n_heads={n_heads}")
+            raise LoopWMError(f"model width d={d} must be divisible by n_heads={n_heads}: set --model.d to a multiple of "
+                              f"{n_heads} (e.g. {max(n_heads, d - d % n_heads)}) or --model.n-heads to a divisor of {d}")
         self.n_heads = n_heads
         self.qkv = nn.Linear(d, 3 * d)
         self.proj = nn.Linear(d, d)

@@ -36,6 +36,7 @@ from loopwm.models.blocks import MLP, Stack
 from loopwm.models.exits import ExitRule
 from loopwm.models.locality import Neighbourhood
 from loopwm.models.looped import DeepCore, LoopedCore
+from loopwm.utils import LoopWMError
 
 
 @dataclass
@@ -203,9 +204,9 @@ class TextWorldModel(nn.Module):
     def __init__(self, vocab_size: int, cfg: TextModelConfig):
         super().__init__()
         if cfg.kind not in ("looped", "deep"):
-            raise ValueError(f"unknown text model kind {cfg.kind!r}: looped or deep")
+            raise LoopWMError(f"unknown text model kind {cfg.kind!r}: use --model.kind looped or deep")
         if cfg.copy_pool not in ("read", "all"):
-            raise ValueError(f"unknown copy pool {cfg.copy_pool!r}: read or all")
+            raise LoopWMError(f"unknown copy pool {cfg.copy_pool!r}: use --model.copy-pool read or all")
         self.cfg, self.vocab_size = cfg, vocab_size
         d = cfg.d
         pool_all = cfg.copy and cfg.copy_pool == "all"

@@ -337,8 +337,8 @@ def gate_loss(losses: torch.Tensor, gates: torch.Tensor, tolerance: float, entro
 
 def _check_resume(run_dir: Path, cfg: TrainConfig) -> None:
     saved_path = run_dir / "config.json"
-    if not saved_path.exists():
-        return
+    if not saved_path.exists() or not any((run_dir / "checkpoints").glob("step_*.json")):
+        return  # nothing trained yet (e.g. a first attempt refused for a bad setting): the new config stands
     saved = json.loads(saved_path.read_text())
     diff = [k for k in config_diff(saved, asdict(cfg), asdict(TrainConfig())) if k.split(".")[0] not in RESUMABLE_FIELDS]
     if diff:

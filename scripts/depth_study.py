@@ -323,8 +323,15 @@ def saturation_depth(errors: dict[int, float], tol: float = 0.02) -> int:
     return min(d for d, e in errors.items() if e <= (1 + tol) * best)
 
 
+def study_models(asked: list[str], runs: dict) -> list[str]:
+    """Every model of a study folder: those of this invocation first, then the ones earlier
+    invocations trained there (a stack added later must not hide the loop from the summary)."""
+    return list(dict.fromkeys([*asked, *runs]))
+
+
 def write_summary(out: Path, cfg: DepthStudyConfig) -> None:
     runs = {r["model"]: r for r in _read(out / "runs.jsonl")}
+    cfg = replace(cfg, models=study_models(cfg.models, runs))
     results, strata = _read(out / "results.jsonl"), _read(out / "strata.jsonl")
     world = json.loads((out / "world.json").read_text())
     N = cfg.n_bodies
@@ -401,10 +408,9 @@ def write_summary(out: Path, cfg: DepthStudyConfig) -> None:
                 row.append(f"{saturation_depth(errs)} ({windows})" if errs else "")
             lines.append(f"| {n} | " + " | ".join(row) + " |")
     lines += ["", "## Other sizes: each model's one-step error over all windows (open-loop h1 over 512 where no strata) "
-              "/ horizon-10 error over 512 (looped at training depth and at its best)", "",
+              "/ horizon-10 error over 512 (looped at the test depth nearest its mean training loop count, and at its best)", "",
               "| model | " + " | ".join(f"{n} discs" for n in sorted(cfg.test_sizes)) + " |",
               "|---|" + "---|" * len(cfg.test_sizes)]
-    train_depth = round(cfg.mu_rec)
     for name in cfg.models:
         cells = []
         for n in sorted(cfg.test_sizes):
@@ -412,14 +418,14 @@ def write_summary(out: Path, cfg: DepthStudyConfig) -> None:
             if not rows:
                 cells.append("")
                 continue
-            at_train = next((r for r in rows if r["depth"] == train_depth), rows[0])
+            at_train = min(rows, key=lambda r: (abs(r["depth"] - cfg.mu_rec), r["depth"]))  # mu_rec 6: depth 4 of 4, 8
             best = best_depth(results, name, n, strata)
 
             def h1(r):
                 steady = one_step(strata, name, n, r["depth"])
                 return f"{steady[0]:.4f}" if steady else f"{r['h1']:.4f}*"
 
-            cell = f"{h1(at_train)} / {at_train['h10']:.4f}"
+            cell = f"{h1(at_train)} / {at_train['h10']:.4f}" + (f" (at {at_train['depth']})" if len(rows) > 1 else "")
             if best is not at_train:
                 cell += f" (depth {best['depth']}: {h1(best)} / {best['h10']:.4f})"
             cells.append(cell)

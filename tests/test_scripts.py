@@ -72,6 +72,13 @@ def test_depth_study_saturation_depth_is_the_fewest_iterations_near_the_best(loa
     assert study.saturation_depth({8: 0.3, 2: 0.3}) == 2  # order of the keys does not matter
 
 
+def test_depth_study_summary_lists_the_models_of_every_invocation(load):
+    study = load(next(p for p in SCRIPTS if p.name == "depth_study.py"))
+    runs = {"looped": {}, "deep-4": {}}
+    assert study.study_models(["deep-8"], runs) == ["deep-8", "looped", "deep-4"]
+    assert study.study_models(["looped", "deep-4"], runs) == ["looped", "deep-4"]
+
+
 def test_depth_study_settings_keep_every_invocation(load, tmp_path):
     study = load(next(p for p in SCRIPTS if p.name == "depth_study.py"))
     path = tmp_path / "study.json"

@@ -269,3 +269,29 @@ def test_bodies_are_interchangeable_unless_slot_ids_tell_them_apart():
     assert not torch.allclose(b["reward"], a["reward"], rtol=1e-3, atol=1e-4)
     with pytest.raises(LoopWMError, match="slot-ids 5"):
         ids.step(ids.initial(random_obs(1, 1, n=5)[:, 0]), act[:1])
+
+
+@pytest.mark.parametrize("context", [1, 2, 3])
+def test_tracking_reads_each_step_from_the_last_context_observations_only(context):
+    """track's prediction of o_{t+1} is the window o_{t-C+1} .. o_t read as training reads it, and a
+    batch of trajectories tracks as each one alone."""
+    model = small_model(mu_rec=2.0).eval()
+    obs = random_obs(2, 7)  # (B, T+1, N, F)
+    act = torch.rand(2, 6, 2) * 2 - 1  # (B, T, A)
+    roll = model.track(obs, act, context, depth=2)
+    assert roll.obs.shape == (2, 6, 4, 7) and roll.iterations.shape == (2, 6)
+    with torch.no_grad():
+        for t in range(6):
+            s = max(0, t - context + 1)
+            state = model.initial(obs[:, s])
+            if t > s:
+                state, _ = model.observe(state, act[:, s:t], obs[:, s + 1 : t + 1], depth=2)
+            _, out = model.step(state, act[:, t], 2)
+            torch.testing.assert_close(roll.obs[:, t], out["obs"], atol=1e-5, rtol=1e-5)
+    alone = model.track(obs[1:], act[1:], context, depth=2, chunk=2)  # chunked windows give the same
+    torch.testing.assert_close(alone.obs[0], roll.obs[1], atol=1e-5, rtol=1e-5)
+    # what lies before the window does not matter
+    early = obs.clone()
+    early[:, 0] = random_obs(2, 1, seed=5)[:, 0]
+    changed = model.track(early, act, context, depth=2)
+    torch.testing.assert_close(changed.obs[:, context:], roll.obs[:, context:])

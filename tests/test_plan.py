@@ -309,3 +309,25 @@ def test_reward_option_in_planning_and_in_the_imagined_env(trained):  # noqa: F8
         resolve_reward("no_such_module_xyz:fn", None)
     with pytest.raises(LoopWMError, match="does not imagine"):
         run_plan(PlanConfig(model="oracle", env_id="Pendulum-v1", reward="known", episodes=1))
+
+
+def test_the_learned_world_reads_its_state_from_the_last_context_observations():
+    model = small_model().eval()
+    obs = random_obs(1, 6)[0]  # (T, N, F)
+    acts = [np.array([0.1 * i, -0.2], dtype=np.float32) for i in range(5)]
+    seqs = torch.rand(3, 4, 2) * 2 - 1
+
+    def scores(first, context):
+        world = LearnedWorld(model, depth=2, context=context)
+        world.reset(first)
+        for a, o in zip(acts, obs[1:]):
+            world.observe(a, o.numpy())
+        return world.score(seqs)
+
+    # two episodes that differ only before the last two observations score alike with context 2
+    other_start = random_obs(1, 1, seed=9)[0, 0].numpy()
+    torch.testing.assert_close(scores(obs[0].numpy(), 2), scores(other_start, 2))
+    # and unlike with a context that reaches back to the start
+    assert not torch.allclose(scores(obs[0].numpy(), 6), scores(other_start, 6))
+    with pytest.raises(LoopWMError, match="use 1 or more"):
+        LearnedWorld(model, context=0)

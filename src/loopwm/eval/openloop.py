@@ -155,9 +155,10 @@ def real_vs_imagined(model, env_id: str, env_kwargs: dict, steps: int = 1000, co
     if c:
         state, _ = model.observe(state, act_t[:, :c], obs_t[:, 1 : c + 1], depth=depth, exit_rule=exit_rule)
     _, roll = model.imagine(state, act_t[:, c:], depth=depth, exit_rule=exit_rule)
-    # the same trajectory tracked one step ahead (the model reads every real observation): its effort
-    # then answers the real world's difficulty step by step, which a long imagined rollout soon stops doing
-    _, tracked = model.observe(model.initial(obs_t[:, 0]), act_t, obs_t[:, 1:], depth=depth, exit_rule=exit_rule)
+    # the same trajectory tracked one step ahead, each step read from the last `context` real
+    # observations as in training: its effort then answers the real world's difficulty step by step,
+    # which a long imagined rollout soon stops doing
+    tracked = model.track(obs_t, act_t, context, depth=depth, exit_rule=exit_rule)
     return {
         "true": obs_t[0, c + 1 :].cpu().numpy(),
         "pred": roll.obs[0].cpu().numpy(),

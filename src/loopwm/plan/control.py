@@ -61,6 +61,9 @@ class PlanConfig:
     depth: int = 0
     """Loop iterations per imagined step (0: the run's recorded exit rule and depth, else its
     evaluation depth)."""
+    context: int = 0
+    """Real observations the model's state is read from before each decision, the latest included
+    (0: the run's training --context, as it was trained to read them)."""
     exit: str = "auto"
     """Exit rule for imagined steps: auto (the run's recorded one), fixed, delta, accel, token-delta, gate."""
     threshold: float = 0.0
@@ -106,7 +109,7 @@ def run_plan(cfg: PlanConfig) -> dict:
         raise LoopWMError("--episodes and --max-episode-steps must be at least 1")
     deferred = latent_decoding(cfg.decoding)
     device = pick_device(cfg.device)
-    meta, model, rule, depth, value = None, None, None, None, None
+    meta, model, rule, depth, value, context = None, None, None, None, None, None
     if cfg.value:
         from loopwm.plan.value import load_value, value_warning
 
@@ -122,7 +125,7 @@ def run_plan(cfg: PlanConfig) -> dict:
                           "imagine (leave --reward empty)")
     if cfg.model not in ("oracle", "random"):
         from loopwm.checkpoint import load_model
-        from loopwm.eval.evaluate import resolve_exit
+        from loopwm.eval.evaluate import resolve_exit, training_context
 
         model, meta = load_model(cfg.model, device)
         if meta.get("obs", "state") == "pixels" or getattr(model.spec, "pixels", False):
@@ -130,6 +133,7 @@ def run_plan(cfg: PlanConfig) -> dict:
         name, threshold, depth = resolve_exit(cfg.model, cfg.exit, cfg.threshold, cfg.depth)
         depth = depth or None
         rule = exit_rule_from(name, threshold, model)
+        context = cfg.context or training_context(cfg.model)
     returns, frames = [], []
     decisions, decide_seconds = 0, 0.0
     world = None
@@ -145,7 +149,7 @@ def run_plan(cfg: PlanConfig) -> dict:
             world.env = env  # every episode acts in a freshly made environment
         elif model is not None and world is None:
             world = LearnedWorld(model, depth, rule, cfg.discount, deferred=deferred, value=value,
-                                 reward_fn=resolve_reward(cfg.reward, env_id))
+                                 reward_fn=resolve_reward(cfg.reward, env_id), context=context)
         planner = None
         if world is not None:
             extra = {"temperature": cfg.temperature} if cfg.planner == "mppi" else {"elites": cfg.elites}
@@ -178,6 +182,7 @@ def run_plan(cfg: PlanConfig) -> dict:
         "iterations_per_step": (world.iterations / imagined) if model is not None and imagined else None,
         "horizon": cfg.horizon, "candidates": cfg.candidates, "planner_iterations": cfg.iterations,
         "exit_rule": getattr(rule, "name", None) if model is not None else None, "depth": depth,
+        "context": context if model is not None else None,
         "decoding": cfg.decoding if model is not None else None, "value": cfg.value or None,
         "reward": (cfg.reward or "head") if model is not None else None,
         "threads": torch.get_num_threads(), "device": str(device),

@@ -3,11 +3,13 @@
 Both expose the same three calls, so the control loop does not care which it holds:
 
     world.reset(obs)                  a new episode starts from a real observation
-    world.observe(action, next_obs)   the real step just taken (the model filters its state)
+    world.observe(action, next_obs)   the real step just taken (the model re-reads its recent past)
     world.score(seqs)                 (K, H, *action) candidate sequences -> (K,) discounted returns
 
 `LearnedWorld` goes through the model's `imagine`, the same path as evaluation: the K candidates
-start from copies of the state filtered from every real observation so far, and a step's reward
+start from copies of the state read from the last `context` real observations (the model's
+training context: a state filtered over a whole episode is one the model never trained on, and
+predicts 2.5x worse on the rail after 10 observations than after 2), and a step's reward
 counts with the probability that the episode is still running (the continuation head). Either
 world can add a terminal value (`loopwm.plan.value`) of the last observation of each candidate,
 discounted like a reward one step past the horizon.
@@ -18,12 +20,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+from collections import deque
 
 import numpy as np
 import torch
 
 from loopwm.models.dynamics import State
 from loopwm.plan.rewards import rewards_of
+from loopwm.utils import LoopWMError
 
 
 def expand_state(state: State, k: int) -> State:
@@ -56,8 +60,11 @@ class LearnedWorld:
     """Plan inside a trained world model (any `Dynamics`)."""
 
     def __init__(self, model, depth: int | None = None, exit_rule=None, discount: float = 0.99, deferred: bool = False,
-                 value=None, reward_fn=None):
+                 value=None, reward_fn=None, context: int = 4):
         self.model, self.depth, self.exit_rule, self.discount = model.eval(), depth, exit_rule, float(discount)
+        if context < 1:
+            raise LoopWMError(f"context {context} reads no observation: use 1 or more (the run's training --context)")
+        self.context = int(context)  # real observations the state is read from, as in training
         self.reward_fn = reward_fn  # a known reward of (obs, action, next_obs), used instead of the reward head
         self.deferred = bool(deferred)  # candidates rolled in latent space, never re-encoding a prediction
         self.value = value  # a terminal value of the last predicted observation, or None
@@ -72,12 +79,20 @@ class LearnedWorld:
 
     @torch.no_grad()
     def reset(self, obs) -> None:
-        self.state = self.model.initial(self._obs(obs))
+        self.recent_obs, self.recent_act = deque([self._obs(obs)], maxlen=self.context), deque(maxlen=self.context - 1)
+        self.state = self.model.initial(self.recent_obs[0])
 
     @torch.no_grad()
     def observe(self, action, next_obs) -> None:
-        self.state, _ = self.model.observe(self.state, self._act(action), self._obs(next_obs)[:, None],
-                                           depth=self.depth, exit_rule=self.exit_rule)
+        self.recent_obs.append(self._obs(next_obs))
+        if self.context > 1:
+            self.recent_act.append(self._act(action))
+        state = self.model.initial(self.recent_obs[0])
+        if len(self.recent_act):
+            obs = torch.stack(list(self.recent_obs)[1:], 1)  # (1, C-1, N, F)
+            state, _ = self.model.observe(state, torch.cat(list(self.recent_act), 1), obs, depth=self.depth,
+                                          exit_rule=self.exit_rule)
+        self.state = state
 
     @torch.no_grad()
     def score(self, seqs: torch.Tensor) -> torch.Tensor:

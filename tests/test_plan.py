@@ -115,6 +115,7 @@ def test_plan_command_with_a_trained_run(trained, tmp_path):  # noqa: F811 - pyt
         assert isinstance(result[key], (int, float)), key
     assert result["episodes"] == 1 and result["decisions"] == 6 and result["iterations_per_step"] == pytest.approx(2.0)
     assert (out / "episode.gif").exists() and json.loads((out / "plan.json").read_text())["config"]["horizon"] == 3
+    assert result["context"] == json.loads((trained / "run" / "config.json").read_text())["context"]  # read as trained
     proc = loopwm("plan", "--model", "oracle", check=False)
     assert proc.returncode == 2 and "--env-id" in proc.stderr
 

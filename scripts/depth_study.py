@@ -323,16 +323,18 @@ def saturation_depth(errors: dict[int, float], tol: float = 0.02) -> int:
     return min(d for d, e in errors.items() if e <= (1 + tol) * best)
 
 
-def study_models(asked: list[str], runs: dict) -> list[str]:
+def study_models(asked: list[str], runs: dict, results: list[dict]) -> list[str]:
     """Every model of a study folder: those of this invocation first, then the ones earlier
-    invocations trained there (a stack added later must not hide the loop from the summary)."""
-    return list(dict.fromkeys([*asked, *runs]))
+    invocations trained and scored there (a stack added later must not hide the loop from the
+    summary; a model trained but not scored yet has nothing to show)."""
+    scored = {r["model"] for r in results}
+    return list(dict.fromkeys([*asked, *(m for m in runs if m in scored)]))
 
 
 def write_summary(out: Path, cfg: DepthStudyConfig) -> None:
     runs = {r["model"]: r for r in _read(out / "runs.jsonl")}
-    cfg = replace(cfg, models=study_models(cfg.models, runs))
     results, strata = _read(out / "results.jsonl"), _read(out / "strata.jsonl")
+    cfg = replace(cfg, models=study_models(cfg.models, runs, results))
     world = json.loads((out / "world.json").read_text())
     N = cfg.n_bodies
     budget = (f"until validation stops improving by {cfg.until_plateau:.0%} over the last fifth, at most {cfg.steps} steps"

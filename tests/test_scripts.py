@@ -74,9 +74,10 @@ def test_depth_study_saturation_depth_is_the_fewest_iterations_near_the_best(loa
 
 def test_depth_study_summary_lists_the_models_of_every_invocation(load):
     study = load(next(p for p in SCRIPTS if p.name == "depth_study.py"))
-    runs = {"looped": {}, "deep-4": {}}
-    assert study.study_models(["deep-8"], runs) == ["deep-8", "looped", "deep-4"]
-    assert study.study_models(["looped", "deep-4"], runs) == ["looped", "deep-4"]
+    runs = {"looped": {}, "deep-4": {}, "looped-full": {}}  # looped-full trained, not scored yet
+    results = [{"model": "looped"}, {"model": "deep-4"}, {"model": "deep-8"}]
+    assert study.study_models(["deep-8"], runs, results) == ["deep-8", "looped", "deep-4"]
+    assert study.study_models(["looped", "deep-4"], runs, results) == ["looped", "deep-4"]
 
 
 def test_depth_study_settings_keep_every_invocation(load, tmp_path):

@@ -31,9 +31,7 @@ def one_step_errors(model, ds, episodes, context: int = 4, depth: int | None = N
     batch = ds.batch(windows)
     obs = model._as_entities(torch.as_tensor(batch["obs"], device=device).float())  # (W, C+1, N, F)
     act = torch.as_tensor(batch["action"], device=device)  # (W, C, ...)
-    state = model.initial(obs[:, 0])
-    if c:
-        state, _ = model.observe(state, act[:, :c], obs[:, 1 : c + 1], depth=depth, exit_rule=exit_rule)
+    state = model.read(obs[:, : c + 1], act[:, :c], depth, exit_rule)
     _, out = model.step(state, act[:, c], depth, exit_rule)
     err = normalised_error(model, out["obs"][:, None], obs[:, c + 1][:, None])[:, 0]  # (W,)
     info = {k: batch[f"info_{k}"][:, c] for k in ("contacts", "solver_iterations") if f"info_{k}" in batch}

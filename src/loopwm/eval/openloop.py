@@ -6,8 +6,8 @@ model and would only dilute the figure). `context` counts the real observations 
 the first included, exactly as training's `--context` does: with context C the model reads o_0 ..
 o_{C-1} and horizon h scores its prediction of o_{C-1+h}. (Until 2026-12-04 this module read C + 1
 observations, one more than any training window had shown the loop state.) Horizon h means h
-imagined steps after the last true observation. The same code scores the floors: copy the last observation, extrapolate at constant
-velocity, predict the training mean.
+imagined steps after the last true observation. The same code scores the floors: copy the last
+observation, extrapolate at constant velocity, predict the training mean.
 """
 
 from __future__ import annotations
@@ -93,9 +93,7 @@ def open_loop(model, ds, episodes, context: int = 4, horizon: int = 50, max_wind
         batch = ds.batch(windows[i : i + batch_size])
         obs = model._as_entities(torch.as_tensor(batch["obs"], device=device).float())  # (B, L+1, N, F)
         act = torch.as_tensor(batch["action"], device=device)  # (B, L, ...)
-        state = model.initial(obs[:, 0])
-        if c:
-            state, _ = model.observe(state, act[:, :c], obs[:, 1 : c + 1], depth=depth, exit_rule=exit_rule)
+        state = model.read(obs[:, : c + 1], act[:, :c], depth, exit_rule)
         _, roll = model.imagine(state, act[:, c : c + horizon], depth=depth, exit_rule=exit_rule, latent=latent)
         true = obs[:, c + 1 : c + horizon + 1]  # (B, H, N, F)
         sums += normalised_error(units, roll.obs, true).sum(0).cpu()
@@ -151,9 +149,7 @@ def real_vs_imagined(model, env_id: str, env_kwargs: dict, steps: int = 1000, co
     env.close()
     obs_t = model._as_entities(torch.as_tensor(np.stack(observations), device=device).float())[None]  # (1, L+1, N, F)
     act_t = torch.as_tensor(np.stack(actions), device=device)[None]  # (1, L, ...)
-    state = model.initial(obs_t[:, 0])
-    if c:
-        state, _ = model.observe(state, act_t[:, :c], obs_t[:, 1 : c + 1], depth=depth, exit_rule=exit_rule)
+    state = model.read(obs_t[:, : c + 1], act_t[:, :c], depth, exit_rule)
     _, roll = model.imagine(state, act_t[:, c:], depth=depth, exit_rule=exit_rule)
     # the same trajectory tracked one step ahead, each step read from the last `context` real
     # observations as in training: its effort then answers the real world's difficulty step by step,

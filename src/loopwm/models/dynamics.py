@@ -162,6 +162,14 @@ class Dynamics:
             outs.append(out)
         return state, stack_outputs(outs)
 
+    def read(self, obs: torch.Tensor, actions: torch.Tensor | None = None, depth=None, exit_rule=None) -> State:
+        """The state after reading real observations obs (B, k+1, ...) and the k actions (B, k, ...)
+        between them, as a training window's context is read: start from o_0, teacher-force the rest.
+        k may be 0 (actions None or empty): the state of the first observation alone."""
+        state = self.initial(obs[:, 0])
+        if obs.shape[1] > 1:
+            state, _ = self.observe(state, actions[:, : obs.shape[1] - 1], obs[:, 1:], depth, exit_rule)
+        return state
 
     @torch.no_grad()
     def track(self, obs: torch.Tensor, actions: torch.Tensor, context: int, depth=None, exit_rule=None,
@@ -182,9 +190,7 @@ class Dynamics:
         C = min(context, T)
         outs: list[dict] = []
         for t in range(C - 1):  # the first steps read every observation so far: o_0 .. o_t
-            state = self.initial(obs[:, 0])
-            if t:
-                state, _ = self.observe(state, actions[:, :t], obs[:, 1 : t + 1], depth, exit_rule)
+            state = self.read(obs[:, : t + 1], actions[:, :t], depth, exit_rule)
             outs.append(self.step(state, actions[:, t], depth, exit_rule)[1])
         if T >= C:  # every later step from a full window of C observations, batched over time
             W = T - C + 1  # windows starting at s = 0 .. T-C, predicting o_{s+C}
@@ -195,9 +201,7 @@ class Dynamics:
             parts = []
             for i in range(0, ob.shape[0], chunk):
                 o, a = ob[i : i + chunk], ac[i : i + chunk]
-                state = self.initial(o[:, 0])
-                if C > 1:
-                    state, _ = self.observe(state, a[:, : C - 1], o[:, 1:], depth, exit_rule)
+                state = self.read(o, a[:, : C - 1], depth, exit_rule)
                 parts.append(self.step(state, a[:, C - 1], depth, exit_rule)[1])
             keys = ["obs", "reward", "cont_logit", "iterations"] + (["token_iterations"] if "token_iterations" in parts[0] else [])
             joined = {k: torch.cat([p[k] for p in parts]).unflatten(0, (B, W)) for k in keys}  # (B, W, ...)

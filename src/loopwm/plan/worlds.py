@@ -85,14 +85,10 @@ class LearnedWorld:
     @torch.no_grad()
     def observe(self, action, next_obs) -> None:
         self.recent_obs.append(self._obs(next_obs))
-        if self.context > 1:
-            self.recent_act.append(self._act(action))
-        state = self.model.initial(self.recent_obs[0])
-        if len(self.recent_act):
-            obs = torch.stack(list(self.recent_obs)[1:], 1)  # (1, C-1, N, F)
-            state, _ = self.model.observe(state, torch.cat(list(self.recent_act), 1), obs, depth=self.depth,
-                                          exit_rule=self.exit_rule)
-        self.state = state
+        self.recent_act.append(self._act(action))  # kept only while context > 1 (maxlen C - 1)
+        obs = torch.stack(list(self.recent_obs), 1)  # (1, k+1, N, F), k+1 <= C
+        acts = torch.cat(list(self.recent_act), 1) if self.recent_act else None  # (1, k, *A)
+        self.state = self.model.read(obs, acts, self.depth, self.exit_rule)
 
     @torch.no_grad()
     def score(self, seqs: torch.Tensor) -> torch.Tensor:

@@ -29,6 +29,8 @@ import tyro
 
 from loopwm.utils import atomic_write_text
 
+SCORED_EPISODES = 60  # episodes scored on the world sizes a model was not trained on
+
 
 @dataclass
 class DepthStudyConfig:
@@ -47,6 +49,9 @@ class DepthStudyConfig:
     """World sizes every model is scored on (the training size among them)."""
     episodes: int = 300
     """Episodes collected per world size."""
+    test_episodes: int = 0
+    """Episodes collected for the world sizes that are only scored (scoring reads the first
+    SCORED_EPISODES of them, so a few more suffice); 0: --episodes."""
     rail_radius: float = 0.0
     """Disc radius on the rail (0: the world's default, 0.01). Discs may cover at most 70% of the
     rail, so 64 discs need 0.005; the datasets of another radius go to their own folders."""
@@ -63,6 +68,13 @@ class DepthStudyConfig:
     """Train each model until its validation loss stops improving by this fraction over the last
     fifth of training (0.02: the benchmark's rule; TrainConfig.until_plateau), `steps` being the
     cap; 0: exactly `steps` for every model."""
+    minutes: float = 0.0
+    """Wall-clock budget per model in minutes (the learning rate then decays over the budget;
+    `steps` is the cap); 0: no budget. Models trained side by side on one accelerator get equal
+    time, not equal steps: runs.jsonl records the steps each reached."""
+    eval_every: int = 0
+    """Steps between validations (0: about 6 over `steps`, 40 with --until-plateau); set it with
+    --minutes, where `steps` is only a cap."""
     plateau_ema: float = 0.0
     """With --until-plateau: judge the plateau on a moving average of the weights with this decay
     per step (TrainConfig.plateau_ema, e.g. 0.998); 0: on the live weights."""
@@ -140,8 +152,9 @@ def _train(job: dict) -> dict:
     # the plateau rule reads the validation curve, so it needs enough points: about 40 over the cap
     tcfg = TrainConfig(data=job["data"], out=job["run"], model=job["model"], steps=job["steps"], batch_size=job["batch_size"],
                        lr=job["lr"], context=job["context"], horizon=job["horizon"], seed=job["seed"], threads=1,
-                       eval_every=max(1, job["steps"] // (40 if converge else 6)), ckpt_every=max(1, job["steps"] // 6),
-                       until_plateau=job["until_plateau"], plateau_ema=job["plateau_ema"], progress=False,
+                       eval_every=job["eval_every"] or max(1, job["steps"] // (40 if converge else 6)),
+                       ckpt_every=max(1, job["steps"] // 6), minutes=job["minutes"], until_plateau=job["until_plateau"],
+                       plateau_ema=job["plateau_ema"], progress=False,
                        **job["overrides"])
     train(tcfg)
     records = [json.loads(x) for x in (Path(job["run"]) / "metrics.jsonl").read_text().splitlines() if x.strip()]
@@ -151,6 +164,7 @@ def _train(job: dict) -> dict:
     return {"model": job["name"], "steps": records[-1]["step"], "cap": job["steps"], "train_seconds": records[-1]["time"],
             "val_curve": curve, **({"val_avg_curve": averaged} if averaged else {}),
             "stop_reason": meta.get("stop_reason", "steps"),
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
             # after a plateau's cool-down the last fifth always improves: there the stop reason says it
             "still_improving": None if converge or len(curve) < 5 else not plateaued(curve, 0.02)}
 
@@ -190,10 +204,10 @@ def main(cfg: DepthStudyConfig) -> None:
         kwargs["rail_jitter"], suffix = cfg.rail_jitter, suffix + f"-j{cfg.rail_jitter:g}"
     if cfg.rail_gap >= 0:
         kwargs["rail_gap"], suffix = cfg.rail_gap, suffix + f"-g{cfg.rail_gap:g}"
-    if cfg.episodes != 300:  # a dataset of another size is another folder, never a resumed one
-        suffix += f"-e{cfg.episodes}"
-    data = {n: collect(env_id=cfg.env_id, n_bodies=n, out=str(root / f"{short}{n}{suffix}"), episodes=cfg.episodes,
-                       env_kwargs=kwargs) for n in sizes}
+    count = {n: cfg.episodes if n == cfg.n_bodies else cfg.test_episodes or cfg.episodes for n in sizes}
+    # a dataset of another size is another folder, never a resumed one
+    data = {n: collect(env_id=cfg.env_id, n_bodies=n, episodes=e, env_kwargs=kwargs,
+                       out=str(root / f"{short}{n}{suffix}{f'-e{e}' if e != 300 else ''}")) for n, e in count.items()}
     world = {n: world_stats(TrajectoryDataset.load(data[n])) for n in sizes}
     atomic_write_text(out / "world.json", json.dumps({str(k): v for k, v in world.items()}, indent=1))
 
@@ -206,6 +220,7 @@ def main(cfg: DepthStudyConfig) -> None:
     jobs = [{"name": m, "model": model_config(m, cfg), "data": str(data[cfg.n_bodies]), "run": str(out / "runs" / m),
              "steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "context": cfg.context,
              "horizon": cfg.horizon, "seed": cfg.seed, "until_plateau": cfg.until_plateau, "plateau_ema": cfg.plateau_ema,
+             "minutes": cfg.minutes, "eval_every": cfg.eval_every,
              "overrides": train_overrides(m, cfg)}
             for m in cfg.models if runs.get(m, {}).get("cap", runs.get(m, {}).get("steps")) != cfg.steps]
     jobs.sort(key=lambda j: -(2 * cfg.mu_rec if j["model"].kind == "looped" else j["model"].n_deep))  # longest first
@@ -227,11 +242,11 @@ def main(cfg: DepthStudyConfig) -> None:
         runs[name]["params"] = model.param_count()
         runs[name]["core_params"] = model.core_param_count()
         depths = cfg.test_depths if model.cfg.kind == "looped" else [model.cfg.n_deep]
-        for n in sizes:
+        for n in sorted(sizes, key=lambda n: (n != cfg.n_bodies, n)):  # the training size first
             if (name, n) in scored:
                 continue
             ds = TrajectoryDataset.load(data[n])
-            episodes = np.asarray(meta["val_episodes"]) if n == cfg.n_bodies else np.arange(min(len(ds), 60))
+            episodes = np.asarray(meta["val_episodes"]) if n == cfg.n_bodies else np.arange(min(len(ds), SCORED_EPISODES))
             for depth in depths:
                 res = open_loop(model, ds, episodes, cfg.context, 10, 512, depth=depth if model.cfg.kind == "looped" else None,
                                 device=device)
@@ -258,7 +273,7 @@ def main(cfg: DepthStudyConfig) -> None:
             if not rules:
                 continue
             ds = TrajectoryDataset.load(data[n])
-            episodes = np.asarray(meta["val_episodes"]) if n == cfg.n_bodies else np.arange(min(len(ds), 60))
+            episodes = np.asarray(meta["val_episodes"]) if n == cfg.n_bodies else np.arange(min(len(ds), SCORED_EPISODES))
             top = min(16, max(cfg.test_depths))  # error is flat beyond 16 in every run so far; rules stop earlier
             fixed = sorted({d for d in range(1, top + 1) if d <= 8 or d in cfg.test_depths})
             fixed = fixed if (name, n, "fixed") not in done else []

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Many small world models trained side by side on one accelerator, then scored there: one
+# depth_study process per (seed, model), each in its own folder, all reading one rail dataset.
+# Small models are launch-bound, so one process per model (one CPU core each) keeps the GPU fed
+# where one process training them in turn would leave it idle.
+#
+#   OUT=/tmp/out MINUTES=5 bash scripts/device/rail_sweep.sh
+#
+# Writes OUT/sweep.tgz.part-* (the study folders with each run's last checkpoint; join with
+# `cat sweep.tgz.part-* | tar xz`), OUT/gpu.log (utilisation samples) and OUT/timeline.log.
+# Settings come from the environment (defaults below); SEEDS pairs with MODELS_<seed>.
+set -u
+OUT=${OUT:?set OUT to the folder for the results}
+MINUTES=${MINUTES:-5}                 # training wall-clock budget per model
+SCORE_SECONDS=${SCORE_SECONDS:-150}   # scoring stops after this (results are written per world size)
+N_BODIES=${N_BODIES:-32}
+EPISODES=${EPISODES:-1500}
+TEST_EPISODES=${TEST_EPISODES:-100}   # the sizes only scored: scoring reads 60 of them
+BATCH=${BATCH:-256}
+MU_REC=${MU_REC:-6}
+SEEDS=${SEEDS:-"0 1"}
+MODELS_0=${MODELS_0:-"looped-full deep-1-full deep-2-full deep-4-full deep-8-full looped deep-1 deep-2 deep-4 deep-8"}
+MODELS_1=${MODELS_1:-"looped-full deep-4-full"}
+TEST_SIZES=${TEST_SIZES:-"16 32 64"}
+TEST_DEPTHS=${TEST_DEPTHS:-"1 2 4 8 16 32"}
+ROOT=${ROOT:-/tmp/sweep}
+DATA=${DATA:-/tmp/data-rail}
+export PYTHONUNBUFFERED=1
+t0=$(date +%s)
+say() { echo "[$(( $(date +%s) - t0 ))s] $*" | tee -a "$OUT/timeline.log"; }
+
+if ls .whl/*.whl >/dev/null 2>&1; then  # packages the accelerator's image lacks, carried as wheels
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 2
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
+python3 -c "import torch, sys; print(torch.__version__, torch.cuda.is_available()); sys.exit(0 if torch.cuda.is_available() or '${ALLOW_CPU:-}' else 1)" \
+  || { echo "no CUDA device: this sweep is sized for an accelerator (ALLOW_CPU=1 to try it anyway)"; exit 3; }
+(command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 > "$OUT/gpu.log" 2>&1) &
+sampler=$!
+
+common=(--data-root "$DATA" --env-id loopwm/Rail-v0 --n-bodies "$N_BODIES" --episodes "$EPISODES" --test-episodes "$TEST_EPISODES" --rail-radius 0.005
+        --batch-size "$BATCH" --mu-rec "$MU_REC" --test-depths $TEST_DEPTHS --workers 1)
+# the training world first (every trainer reads it), the other sizes while they train
+say "collecting $N_BODIES discs"
+python3 scripts/depth_study.py --out "$ROOT/collect-$N_BODIES" "${common[@]}" --test-sizes "$N_BODIES" --models deep-1 --stages \
+  > "$OUT/collect.log" 2>&1 || { say "collection failed"; tail -30 "$OUT/collect.log"; exit 4; }
+md5sum "$DATA"/rail"$N_BODIES"-*/shard_00000.npz | tee -a "$OUT/timeline.log"  # the same data as elsewhere?
+(command -v nvidia-smi >/dev/null && nvidia-smi -L) | tee -a "$OUT/timeline.log"
+python3 scripts/depth_study.py --out "$ROOT/collect-others" "${common[@]}" --test-sizes $TEST_SIZES --models deep-1 --stages \
+  > "$OUT/collect-others.log" 2>&1 &
+others=$!
+say "training: $MINUTES min per model"
+trainers=()
+for s in $SEEDS; do
+  var=MODELS_$s
+  for m in ${!var}; do
+    python3 scripts/depth_study.py --out "$ROOT/s$s-$m" "${common[@]}" --test-sizes "$N_BODIES" --models "$m" --seed "$s" \
+      --steps 1000000 --minutes "$MINUTES" --eval-every 250 --stages train > "$ROOT/s$s-$m.train.log" 2>&1 &
+    trainers+=($!)
+  done
+done
+for p in "${trainers[@]}"; do wait "$p" || say "a trainer failed (pid $p)"; done
+wait "$others" || say "collecting the other sizes failed"
+say "scoring for at most $SCORE_SECONDS s"
+scorers=()
+for s in $SEEDS; do
+  var=MODELS_$s
+  for m in ${!var}; do
+    timeout "$SCORE_SECONDS" python3 scripts/depth_study.py --out "$ROOT/s$s-$m" "${common[@]}" --test-sizes $TEST_SIZES \
+      --models "$m" --seed "$s" --steps 1000000 --minutes "$MINUTES" --eval-every 250 --stages score summary \
+      > "$ROOT/s$s-$m.score.log" 2>&1 &
+    scorers+=($!)
+  done
+done
+for p in "${scorers[@]}"; do wait "$p" || say "a scorer stopped early (pid $p)"; done
+kill "$sampler" 2>/dev/null
+say "packing"
+# each run's last checkpoint only (the one scoring read); the studies, logs and metrics whole
+(cd "$ROOT" && { find . -type f -not -path '*/checkpoints/*'
+                 for c in */runs/*/checkpoints; do ls "$c"/step_*.json | sort | tail -1 | sed 's/\.json$//' \
+                   | while read -r k; do echo "$k.json"; echo "$k.safetensors"; done; done; } > /tmp/sweep-files.txt
+ tar czf - -T /tmp/sweep-files.txt) | split -b 15m - "$OUT/sweep.tgz.part-"
+ls -la "$OUT"
+say "done"

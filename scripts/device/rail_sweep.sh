@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Many small world models trained side by side on one accelerator, then scored there: one
 # depth_study process per (seed, model), each in its own folder, all reading one rail dataset.
-# Small models are launch-bound, so one process per model (one CPU core each) keeps the GPU fed
-# where one process training them in turn would leave it idle.
+# Measured 2026-12-04 on one H200 (docs/LOG.md): twelve processes at once share the GPU by time
+# slicing, not side by side: each made only 1-3 steps/s at batch 256 (the loop 0.9) while the GPU
+# read 99% busy. PARALLEL caps the processes at once; measure one alone before sizing a sweep.
 #
 #   OUT=/tmp/out MINUTES=5 bash scripts/device/rail_sweep.sh
 #
@@ -19,6 +20,7 @@ TEST_EPISODES=${TEST_EPISODES:-100}   # the sizes only scored: scoring reads 60 
 BATCH=${BATCH:-256}
 MU_REC=${MU_REC:-6}
 SEEDS=${SEEDS:-"0 1"}
+PARALLEL=${PARALLEL:-4}               # trainers at once (more share the GPU by time slicing)
 MODELS_0=${MODELS_0:-"looped-full deep-1-full deep-2-full deep-4-full deep-8-full looped deep-1 deep-2 deep-4 deep-8"}
 MODELS_1=${MODELS_1:-"looped-full deep-4-full"}
 TEST_SIZES=${TEST_SIZES:-"16 32 64"}
@@ -50,14 +52,17 @@ md5sum "$DATA"/rail"$N_BODIES"-*/shard_00000.npz | tee -a "$OUT/timeline.log"  #
 python3 scripts/depth_study.py --out "$ROOT/collect-others" "${common[@]}" --test-sizes $TEST_SIZES --models deep-1 --stages \
   > "$OUT/collect-others.log" 2>&1 &
 others=$!
-say "training: $MINUTES min per model"
-trainers=()
+say "training: $MINUTES min per model, $PARALLEL at once"
+trainers=(); mine=()
+running() { local n=0 p; for p in "${trainers[@]}"; do kill -0 "$p" 2>/dev/null && n=$((n + 1)); done; echo "$n"; }
 for s in $SEEDS; do
   var=MODELS_$s
   for m in ${!var}; do
+    while [ "$(running)" -ge "$PARALLEL" ]; do sleep 2; done
     python3 scripts/depth_study.py --out "$ROOT/s$s-$m" "${common[@]}" --test-sizes "$N_BODIES" --models "$m" --seed "$s" \
       --steps 1000000 --minutes "$MINUTES" --eval-every 250 --stages train > "$ROOT/s$s-$m.train.log" 2>&1 &
     trainers+=($!)
+    mine+=("s$s-$m")
   done
 done
 for p in "${trainers[@]}"; do wait "$p" || say "a trainer failed (pid $p)"; done
@@ -77,8 +82,9 @@ for p in "${scorers[@]}"; do wait "$p" || say "a scorer stopped early (pid $p)";
 kill "$sampler" 2>/dev/null
 say "packing"
 # each run's last checkpoint only (the one scoring read); the studies, logs and metrics whole
-(cd "$ROOT" && { find . -type f -not -path '*/checkpoints/*'
-                 for c in */runs/*/checkpoints; do ls "$c"/step_*.json | sort | tail -1 | sed 's/\.json$//' \
+# this call's studies only: what comes back is capped (64 MiB on the device tool)
+(cd "$ROOT" && { for d in "${mine[@]}"; do find "$d" "$d".*.log -type f -not -path '*/checkpoints/*'; done
+                 for c in $(printf '%s/runs/*/checkpoints ' "${mine[@]}"); do ls "$c"/step_*.json | sort | tail -1 | sed 's/\.json$//' \
                    | while read -r k; do echo "$k.json"; echo "$k.safetensors"; done; done; } > /tmp/sweep-files.txt
  tar czf - -T /tmp/sweep-files.txt) | split -b 15m - "$OUT/sweep.tgz.part-"
 ls -la "$OUT"

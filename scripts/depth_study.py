@@ -169,6 +169,26 @@ def _train(job: dict) -> dict:
             "still_improving": None if converge or len(curve) < 5 else not plateaued(curve, 0.02)}
 
 
+def datasets(cfg: DepthStudyConfig, sizes: list[int]) -> dict[int, tuple[Path, int, dict]]:
+    """Per world size: its dataset folder, the episodes to collect and the world's settings. Each
+    setting that differs from the world's default, and every episode count but 300, names its own
+    folder, so a dataset is never continued with other settings."""
+    root = Path(cfg.data_root) if cfg.data_root else Path(cfg.out) / "data"
+    short = cfg.env_id.split("/")[-1].split("-")[0].lower()  # loopwm/Rail-v0 -> rail
+    kwargs, suffix = {}, ""
+    if cfg.rail_radius > 0:
+        kwargs["rail_radius"], suffix = cfg.rail_radius, suffix + f"-r{cfg.rail_radius:g}"
+    if cfg.rail_jitter > 0:
+        kwargs["rail_jitter"], suffix = cfg.rail_jitter, suffix + f"-j{cfg.rail_jitter:g}"
+    if cfg.rail_gap >= 0:
+        kwargs["rail_gap"], suffix = cfg.rail_gap, suffix + f"-g{cfg.rail_gap:g}"
+    out = {}
+    for n in sizes:
+        e = cfg.episodes if n == cfg.n_bodies else cfg.test_episodes or cfg.episodes
+        out[n] = (root / f"{short}{n}{suffix}{f'-e{e}' if e != 300 else ''}", e, kwargs)
+    return out
+
+
 def world_stats(ds) -> dict:
     sweeps = np.concatenate([ds.episode(i)["info_solver_iterations"] for i in range(len(ds))])
     from loopwm.eval.adaptive import sweep_stratum
@@ -195,19 +215,8 @@ def main(cfg: DepthStudyConfig) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_settings(out / "study.json", asdict(cfg))
     sizes = sorted(set(cfg.test_sizes) | {cfg.n_bodies})
-    root = Path(cfg.data_root) if cfg.data_root else out / "data"
-    short = cfg.env_id.split("/")[-1].split("-")[0].lower()  # loopwm/Rail-v0 -> rail
-    kwargs, suffix = {}, ""
-    if cfg.rail_radius > 0:
-        kwargs["rail_radius"], suffix = cfg.rail_radius, suffix + f"-r{cfg.rail_radius:g}"
-    if cfg.rail_jitter > 0:
-        kwargs["rail_jitter"], suffix = cfg.rail_jitter, suffix + f"-j{cfg.rail_jitter:g}"
-    if cfg.rail_gap >= 0:
-        kwargs["rail_gap"], suffix = cfg.rail_gap, suffix + f"-g{cfg.rail_gap:g}"
-    count = {n: cfg.episodes if n == cfg.n_bodies else cfg.test_episodes or cfg.episodes for n in sizes}
-    # a dataset of another size is another folder, never a resumed one
-    data = {n: collect(env_id=cfg.env_id, n_bodies=n, episodes=e, env_kwargs=kwargs,
-                       out=str(root / f"{short}{n}{suffix}{f'-e{e}' if e != 300 else ''}")) for n, e in count.items()}
+    data = {n: collect(env_id=cfg.env_id, n_bodies=n, episodes=e, env_kwargs=kwargs, out=str(folder))
+            for n, (folder, e, kwargs) in datasets(cfg, sizes).items()}
     world = {n: world_stats(TrajectoryDataset.load(data[n])) for n in sizes}
     atomic_write_text(out / "world.json", json.dumps({str(k): v for k, v in world.items()}, indent=1))
 

@@ -92,6 +92,19 @@ def test_depth_study_settings_keep_every_invocation(load, tmp_path):
     assert all("earlier" not in e for e in got["earlier"])
 
 
+def test_depth_study_dataset_folders_name_every_setting_and_count(load):
+    study = load(next(p for p in SCRIPTS if p.name == "depth_study.py"))
+    cfg = study.DepthStudyConfig(out="/r/o", data_root="/d", n_bodies=32, episodes=1500, test_episodes=100,
+                                 rail_radius=0.005)
+    got = study.datasets(cfg, [16, 32, 64])
+    assert {n: (str(f), e) for n, (f, e, _) in got.items()} == {
+        16: ("/d/rail16-r0.005-e100", 100), 32: ("/d/rail32-r0.005-e1500", 1500), 64: ("/d/rail64-r0.005-e100", 100)}
+    assert got[32][2] == {"rail_radius": 0.005}
+    plain = study.datasets(study.DepthStudyConfig(out="/r/o", n_bodies=16), [16, 32])  # defaults: 300 each, no suffix
+    assert {n: (str(f), e, k) for n, (f, e, k) in plain.items()} == {16: ("/r/o/data/rail16", 300, {}),
+                                                                    32: ("/r/o/data/rail32", 300, {})}
+
+
 def _strata(model, size, depth, cells):
     return [{"model": model, "size": size, "depth": depth, "sweeps": k, "windows": n, "error_h1": e,
              "solver_iterations_mean": float(i)} for i, (k, (n, e)) in enumerate(cells.items())]

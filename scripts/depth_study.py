@@ -340,11 +340,12 @@ def best_depth(results: list[dict], name: str, size: int, strata: list[dict] | N
     return min(rows, key=lambda r: r["h1"])
 
 
-def saturation_depth(errors: dict[int, float], tol: float = 0.02) -> int:
-    """The fewest test-time iterations whose error is within tol of the best over all depths tried:
-    where more passes stop paying."""
-    best = min(errors.values())
-    return min(d for d, e in errors.items() if e <= (1 + tol) * best)
+def saturation_depth(errors: dict[int, float], tol: float = 0.02, noise: dict[int, float] | None = None) -> int:
+    """The fewest test-time iterations whose error is within tol of the best over all depths tried,
+    or within two paired standard errors of it (`noise`, per depth; error_by_sweeps' paired_se):
+    where more passes stop paying, or stop paying measurably."""
+    best, noise = min(errors.values()), noise or {}
+    return min(d for d, e in errors.items() if e <= (1 + tol) * best or e - best <= 2 * noise.get(d, 0.0))
 
 
 def study_models(asked: list[str], runs: dict, results: list[dict]) -> list[str]:
@@ -424,14 +425,16 @@ def write_summary(out: Path, cfg: DepthStudyConfig) -> None:
         cells = [s for s in strata if s["model"] == name]
         order = list(dict.fromkeys(s["sweeps"] for s in sorted(cells, key=lambda s: s["solver_iterations_mean"])))
         lines += ["", f"Iterations at which each stratum's one-step error stops falling (the fewest within 2% of its "
-                  f"best; windows in brackets), {name}:", "", "| discs | " + " | ".join(order) + " |",
+                  f"best or within two paired standard errors of it; windows in brackets), {name}:", "", "| discs | " + " | ".join(order) + " |",
                   "|---|" + "---|" * len(order)]
         for n in sorted({s["size"] for s in cells}):
             row = []
             for b in order:
-                errs = {s["depth"]: s["error_h1"] for s in cells if s["size"] == n and s["sweeps"] == b}
-                windows = next((s["windows"] for s in cells if s["size"] == n and s["sweeps"] == b), 0)
-                row.append(f"{saturation_depth(errs)} ({windows})" if errs else "")
+                here = [s for s in cells if s["size"] == n and s["sweeps"] == b]
+                errs = {s["depth"]: s["error_h1"] for s in here}
+                noise = {s["depth"]: s.get("paired_se", 0.0) for s in here}  # strata scored before 2026-12-04: none
+                windows = here[0]["windows"] if here else 0
+                row.append(f"{saturation_depth(errs, noise=noise)} ({windows})" if errs else "")
             lines.append(f"| {n} | " + " | ".join(row) + " |")
     lines += ["", "## Other sizes: each model's one-step error over all windows (open-loop h1 over 512 where no strata) "
               "/ horizon-10 error over 512 (looped at the test depth nearest its mean training loop count, and at its best)", "",

@@ -139,6 +139,16 @@ def test_adaptive_measurements_on_a_tiny_model(tmp_path):
     whole = one_step_errors(model, ds, [0, 1], context=2, depth=1, max_windows=20)
     assert sum(r["error_h1"] * r["windows"] for r in at1) / 20 == pytest.approx(float(whole["error"].mean()), rel=1e-5)
     assert all(sweep_stratum([r["solver_iterations_mean"]])[0] == r["sweeps"] for r in at1 if r["sweeps"] in ("0", "1"))
+    # paired noise: zero at each stratum's best depth, and the spread of the per-window differences elsewhere
+    at2 = one_step_errors(model, ds, [0, 1], context=2, depth=2, max_windows=20)
+    for name in {r["sweeps"] for r in strata}:
+        pair = {r["depth"]: r for r in strata if r["sweeps"] == name}
+        best, other = sorted(pair, key=lambda d: pair[d]["error_h1"])
+        assert pair[best]["paired_se"] == 0.0
+        mask = np.array(sweep_stratum(whole["solver_iterations"])) == name
+        diff = {1: whole["error"], 2: at2["error"]}[other][mask] - {1: whole["error"], 2: at2["error"]}[best][mask]
+        want = diff.std(ddof=1) / np.sqrt(mask.sum()) if mask.sum() > 1 else 0.0
+        assert pair[other]["paired_se"] == pytest.approx(float(want), rel=1e-4, abs=1e-9)
     # open-loop horizon 1 after a context of C observations is the one-step error after C observations,
     # on every window: both read o_0 .. o_{C-1}, as a training window with --context C does
     for context in (1, 2, 3):

@@ -70,6 +70,9 @@ def test_depth_study_saturation_depth_is_the_fewest_iterations_near_the_best(loa
     assert study.saturation_depth({1: 1.0, 2: 0.5, 4: 0.495, 8: 0.40}) == 8
     assert study.saturation_depth({1: 0.1, 2: 0.2, 4: 0.3}) == 1  # overthinking: the first pass is the best
     assert study.saturation_depth({8: 0.3, 2: 0.3}) == 2  # order of the keys does not matter
+    # a gap inside two paired standard errors is noise: the fewer iterations are as good
+    assert study.saturation_depth({1: 1.0, 2: 0.5, 4: 0.45, 8: 0.40}, noise={2: 0.01, 4: 0.03}) == 4
+    assert study.saturation_depth({1: 1.0, 2: 0.5, 4: 0.45, 8: 0.40}, noise={4: 0.02}) == 8  # 0.05 > 2 x 0.02
 
 
 def test_depth_study_summary_lists_the_models_of_every_invocation(load):

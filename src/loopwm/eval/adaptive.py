@@ -79,19 +79,34 @@ def pooled_error(strata: list[dict]) -> tuple[float, int] | None:
 def error_by_sweeps(model, ds, episodes, depths, context: int = 4, max_windows: int = 4096, device="cpu",
                     bins=SWEEP_BINS) -> list[dict]:
     """Mean one-step error in every stratum of the world's solver sweeps (`SWEEP_BINS`), at each
-    fixed test depth: where the extra iterations go to work, or fail to."""
-    rows = []
+    fixed test depth: where the extra iterations go to work, or fail to.
+
+    Every depth scores the same windows, so each row also carries `paired_se`: the standard error
+    of its per-window error minus that of the stratum's best depth (0 at the best), the noise
+    against which "more iterations stopped helping" is judged. Windows of one episode are
+    correlated, so it errs on the small side."""
+    per_depth = {}
     for depth in depths:
         res = one_step_errors(model, ds, episodes, context, depth=depth, max_windows=max_windows, device=device)
         if "solver_iterations" not in res:
-            return rows
-        strata = np.array(sweep_stratum(res["solver_iterations"], bins))
-        for name in dict.fromkeys(sweep_stratum(sorted(set(res["solver_iterations"].tolist())), bins)):
-            mask = strata == name
+            return []
+        per_depth[depth] = res
+    if not per_depth:
+        return []
+    sweeps = next(iter(per_depth.values()))["solver_iterations"]  # the same windows at every depth
+    strata = np.array(sweep_stratum(sweeps, bins))
+    rows = []
+    for name in dict.fromkeys(sweep_stratum(sorted(set(sweeps.tolist())), bins)):
+        mask = strata == name
+        errors = {d: np.asarray(res["error"])[mask] for d, res in per_depth.items()}  # each (windows,)
+        best = min(errors, key=lambda d: errors[d].mean())
+        for depth, err in errors.items():
+            diff = err - errors[best]
             rows.append({"depth": None if depth is None else int(depth), "sweeps": name, "windows": int(mask.sum()),
-                         "solver_iterations_mean": float(res["solver_iterations"][mask].mean()),
-                         "error_h1": float(res["error"][mask].mean())})
-    return rows
+                         "solver_iterations_mean": float(sweeps[mask].mean()), "error_h1": float(err.mean()),
+                         "paired_se": float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0})
+    order = {d: i for i, d in enumerate(per_depth)}  # rows by depth, then stratum, as before
+    return sorted(rows, key=lambda r: order[r["depth"]])
 
 
 def exit_sweep(model, ds, episodes, rules: dict[str, list[float]], depths, max_depth: int, context: int = 4,

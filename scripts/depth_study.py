@@ -107,7 +107,8 @@ class DepthStudyConfig:
     exit_sizes: list[int] = field(default_factory=lambda: [16, 32])
     """World sizes the exit rules are measured on (the larger ones need more, and more varied, depth)."""
     stages: list[str] = field(default_factory=lambda: ["train", "score", "exits", "summary"])
-    """Stages to run (each re-uses what earlier runs finished)."""
+    """Stages to run (each re-uses what earlier runs finished): train, score, exits, summary, and
+    strata (the per-stratum errors of --models on --test-sizes scored again, replacing theirs)."""
     quick: bool = False
     """A few-minute version for checking the script."""
 
@@ -204,7 +205,7 @@ def main(cfg: DepthStudyConfig) -> None:
 
     from loopwm.checkpoint import load_model
     from loopwm.data import TrajectoryDataset, collect
-    from loopwm.eval.adaptive import error_by_sweeps, exit_sweep
+    from loopwm.eval.adaptive import exit_sweep
     from loopwm.eval.openloop import open_loop
     from loopwm.utils import pick_device
 
@@ -255,7 +256,7 @@ def main(cfg: DepthStudyConfig) -> None:
             if (name, n) in scored:
                 continue
             ds = TrajectoryDataset.load(data[n])
-            episodes = np.asarray(meta["val_episodes"]) if n == cfg.n_bodies else np.arange(min(len(ds), SCORED_EPISODES))
+            episodes = scored_episodes(meta, ds, n, cfg)
             for depth in depths:
                 res = open_loop(model, ds, episodes, cfg.context, 10, 512, depth=depth if model.cfg.kind == "looped" else None,
                                 device=device)
@@ -263,13 +264,21 @@ def main(cfg: DepthStudyConfig) -> None:
                                 "h1": float(res.errors[0]), "h10": float(res.errors[9]),
                                 **{f"{k}_h1": float(v[0]) for k, v in res.floors.items()},
                                 **{f"{k}_h10": float(v[9]) for k, v in res.floors.items()}})
-            for row in error_by_sweeps(model, ds, episodes, depths if model.cfg.kind == "looped" else [None],
-                                       cfg.context, max_windows=3000, device=device):
-                strata.append({"model": name, "size": n, **row, "depth": row["depth"] if row["depth"] else depths[0]})
+            strata += strata_rows(model, name, ds, episodes, n, cfg, device)
             _write(results_path, results)
             _write(strata_path, strata)
             print(f"scored {name} on {n} discs", flush=True)
     _write(runs_path, list(runs.values()))
+
+    # ---- per-stratum errors again (e.g. for the paired noise added 2026-12-04), replacing earlier rows
+    for name in cfg.models if "strata" in cfg.stages else []:
+        model, meta = load_model(out / "runs" / name, device)
+        for n in sorted(sizes, key=lambda n: (n != cfg.n_bodies, n)):
+            ds = TrajectoryDataset.load(data[n])
+            fresh = strata_rows(model, name, ds, scored_episodes(meta, ds, n, cfg), n, cfg, device)
+            strata = [s for s in strata if (s["model"], s["size"]) != (name, n)] + fresh
+            _write(strata_path, strata)
+            print(f"strata of {name} on {n} discs scored again", flush=True)
 
     # ---- adaptive depth: training-free exit rules against fixed depths, per world size
     exits_path = out / "exits.jsonl"
@@ -282,7 +291,7 @@ def main(cfg: DepthStudyConfig) -> None:
             if not rules:
                 continue
             ds = TrajectoryDataset.load(data[n])
-            episodes = np.asarray(meta["val_episodes"]) if n == cfg.n_bodies else np.arange(min(len(ds), SCORED_EPISODES))
+            episodes = scored_episodes(meta, ds, n, cfg)
             top = min(16, max(cfg.test_depths))  # error is flat beyond 16 in every run so far; rules stop earlier
             fixed = sorted({d for d in range(1, top + 1) if d <= 8 or d in cfg.test_depths})
             fixed = fixed if (name, n, "fixed") not in done else []
@@ -292,6 +301,23 @@ def main(cfg: DepthStudyConfig) -> None:
             print(f"exit rules measured for {name} on {n} discs", flush=True)
     if "summary" in cfg.stages:
         write_summary(out, cfg)
+
+
+def scored_episodes(meta: dict, ds, n: int, cfg: DepthStudyConfig) -> np.ndarray:
+    """The episodes a model is scored on: its own held-out ones on the training size, else the
+    first SCORED_EPISODES (none of which it has seen)."""
+    return np.asarray(meta["val_episodes"]) if n == cfg.n_bodies else np.arange(min(len(ds), SCORED_EPISODES))
+
+
+def strata_rows(model, name: str, ds, episodes, n: int, cfg: DepthStudyConfig, device) -> list[dict]:
+    """One-step error per stratum of solver sweeps over up to 3,000 windows; looped models at every
+    test depth, a stack at its own."""
+    from loopwm.eval.adaptive import error_by_sweeps
+
+    looped = model.cfg.kind == "looped"
+    return [{"model": name, "size": n, **row, "depth": row["depth"] if looped else model.cfg.n_deep}
+            for row in error_by_sweeps(model, ds, episodes, cfg.test_depths if looped else [None], cfg.context,
+                                       max_windows=3000, device=device)]
 
 
 def write_settings(path: Path, settings: dict) -> None:

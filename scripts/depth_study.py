@@ -219,7 +219,10 @@ def main(cfg: DepthStudyConfig) -> None:
     data = {n: collect(env_id=cfg.env_id, n_bodies=n, episodes=e, env_kwargs=kwargs, out=str(folder))
             for n, (folder, e, kwargs) in datasets(cfg, sizes).items()}
     world = {n: world_stats(TrajectoryDataset.load(data[n])) for n in sizes}
-    atomic_write_text(out / "world.json", json.dumps({str(k): v for k, v in world.items()}, indent=1))
+    # sizes that this invocation does not name keep the statistics an earlier one wrote
+    known = json.loads((out / "world.json").read_text()) if (out / "world.json").exists() else {}
+    known.update({str(k): v for k, v in world.items()})
+    atomic_write_text(out / "world.json", json.dumps(dict(sorted(known.items(), key=lambda kv: int(kv[0]))), indent=1))
 
     # ---- training (equal steps), two runs at a time
     runs_path = out / "runs.jsonl"

@@ -81,6 +81,10 @@ class PlanBenchConfig:
     """Planner iterations per decision."""
     workers: int = 2
     """Processes (one thread each) that train models and run planners side by side."""
+    replan: bool = False
+    """Plan every task and world of this invocation again, replacing the rows an earlier run left in
+    --out (its trained models are still reused); without it a re-run fills in only what is missing,
+    which resumes a killed run but keeps results measured with older code."""
     quick: bool = False
     """A few-minute version for checking the script."""
 
@@ -196,6 +200,7 @@ def main(cfg: PlanBenchConfig) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows_path = out / "results.jsonl"
     rows = [json.loads(x) for x in rows_path.read_text().splitlines() if x.strip()] if rows_path.exists() else []
+    rows = kept_rows(rows, cfg)
     done = {(r["task"], r["world"]) for r in rows}
     ctx = mp.get_context("spawn")
     runs = {}
@@ -251,6 +256,15 @@ def main(cfg: PlanBenchConfig) -> None:
             print(f"{row['task']} {row['world']}: return {row['return_mean']:.1f} ± {row['return_std']:.1f}, "
                   f"{row['decisions_per_second']:.1f} decisions/s", flush=True)
     write_summary(out, rows, training, cfg)
+
+
+def kept_rows(rows: list[dict], cfg: PlanBenchConfig) -> list[dict]:
+    """The result rows of an earlier run that this one keeps: all of them, or with --replan only
+    those of tasks and worlds this invocation does not plan."""
+    if not cfg.replan:
+        return rows
+    mine = {(t, w) for t in cfg.tasks for w in ["random", "oracle", *cfg.models, *cfg.variants]}
+    return [r for r in rows if (r["task"], r["world"]) not in mine]
 
 
 def write_summary(out: Path, rows: list[dict], training: dict, cfg: PlanBenchConfig) -> None:

@@ -139,3 +139,13 @@ def test_depth_compare_matches_a_loop_only_with_stacks_of_its_attention_and_scaf
             {**row, "model": "deep-2-lean-full", "params": 120, "h1": 0.04},  # lean: not a match
             {**row, "model": "deep-4-full", "params": 300, "h1": 0.0504}]
     assert compare.matching_ratio(rows, loop, "h1") == "deep-4-full (3.0x)"
+
+
+def test_plan_bench_replan_drops_only_the_rows_it_plans_again(load):
+    bench = load(next(p for p in SCRIPTS if p.name == "plan_bench.py"))
+    rows = [{"task": "A", "world": "looped"}, {"task": "A", "world": "oracle"}, {"task": "B", "world": "looped"},
+            {"task": "A", "world": "gru"}]
+    cfg = bench.PlanBenchConfig(tasks=["A"], models=["looped"], variants=[])
+    assert bench.kept_rows(rows, cfg) == rows  # a plain re-run resumes: nothing is planned twice
+    again = bench.kept_rows(rows, bench.PlanBenchConfig(tasks=["A"], models=["looped"], variants=[], replan=True))
+    assert again == [{"task": "B", "world": "looped"}, {"task": "A", "world": "gru"}]

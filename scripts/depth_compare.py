@@ -19,6 +19,7 @@ from pathlib import Path
 
 import tyro
 
+from loopwm.eval.adaptive import best_depth_row
 from loopwm.utils import atomic_write_text
 
 
@@ -50,23 +51,11 @@ def study_setting(folder: Path) -> tuple[int, str]:
 
 
 def one_step(strata: list[dict], model: str, size: int, depth: int) -> float | None:
-    """One-step error over every window of the strata (up to 3,000, the same for each model and
-    depth): steadier than the open-loop h1 over 512 windows on these heavy-tailed errors."""
-    from loopwm.eval.adaptive import pooled_error
+    """One-step error over every window of the strata (up to 3,000, the same for each model and depth)."""
+    from loopwm.eval.adaptive import strata_error
 
-    pooled = pooled_error([s for s in strata if s["model"] == model and s["size"] == size and s["depth"] == depth])
+    pooled = strata_error(strata, model, size, depth)
     return pooled[0] if pooled else None
-
-
-def best_row(rows: list[dict], strata: list[dict]) -> dict | None:
-    """The test depth with the lowest one-step error over all windows (the open-loop h1 where a depth
-    has no strata)."""
-    if not rows:
-        return None
-    steady = {r["depth"]: one_step(strata, r["model"], r["size"], r["depth"]) for r in rows}
-    if all(v is not None for v in steady.values()):
-        return min(rows, key=lambda r: steady[r["depth"]])
-    return min(rows, key=lambda r: r["h1"])
 
 
 def collect(cfg: CompareConfig) -> list[dict]:
@@ -81,9 +70,9 @@ def collect(cfg: CompareConfig) -> list[dict]:
             mine = [r for r in results if r["model"] == model and r["size"] == cfg.size]
             if not mine:
                 continue
-            best = best_row(mine, strata)
+            best = best_depth_row(mine, strata)
             other = [r for r in results if r["model"] == model and r["size"] == cfg.other_size]
-            other_best = best_row(other, strata)
+            other_best = best_depth_row(other, strata)
             if other_best:
                 other_best = {**other_best, "h1s": one_step(strata, model, cfg.other_size, other_best["depth"])}
             by_sweeps = {s["sweeps"]: (s["error_h1"], s["windows"]) for s in strata

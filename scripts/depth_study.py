@@ -350,23 +350,18 @@ def _write(path: Path, rows: list[dict]) -> None:
 
 
 def one_step(strata: list[dict], name: str, size: int, depth: int) -> tuple[float, int] | None:
-    """One-step error over every window of the strata (up to 3,000, the same windows for each model
-    and depth) and their number. Errors on the rail are heavy-tailed (a few steps of many sweeps
-    carry much of the mean), so this is the steadier figure: the open-loop h1 over 512 windows has
-    moved by 10-20% against it, more than most gaps between models (docs/LOG.md, session 18)."""
-    from loopwm.eval.adaptive import pooled_error
+    """One-step error over every window of the strata and how many (loopwm.eval.adaptive.strata_error)."""
+    from loopwm.eval.adaptive import strata_error
 
-    return pooled_error([s for s in strata if s["model"] == name and s["size"] == size and s["depth"] == depth])
+    return strata_error(strata, name, size, depth)
 
 
 def best_depth(results: list[dict], name: str, size: int, strata: list[dict] | None = None) -> dict:
     """The result row of the test depth with the lowest one-step error (over the strata's windows
     when they were scored, else the open-loop h1)."""
-    rows = [r for r in results if r["model"] == name and r["size"] == size]
-    steady = {r["depth"]: one_step(strata or [], name, size, r["depth"]) for r in rows}
-    if all(steady.values()):
-        return min(rows, key=lambda r: steady[r["depth"]][0])
-    return min(rows, key=lambda r: r["h1"])
+    from loopwm.eval.adaptive import best_depth_row
+
+    return best_depth_row([r for r in results if r["model"] == name and r["size"] == size], strata or [])
 
 
 def saturation_depth(errors: dict[int, float], tol: float = 0.02, noise: dict[int, float] | None = None) -> int:

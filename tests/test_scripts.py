@@ -115,6 +115,8 @@ def _strata(model, size, depth, cells):
 
 @pytest.mark.parametrize("script", ["depth_study.py", "depth_compare.py"])
 def test_the_steady_one_step_error_weighs_strata_by_windows_and_picks_the_depth(load, script):
+    from loopwm.eval.adaptive import best_depth_row
+
     module = load(next(p for p in SCRIPTS if p.name == script))
     strata = (_strata("looped", 16, 2, {"0": (900, 0.01), "32+": (100, 1.0)})  # mean 0.109
               + _strata("looped", 16, 8, {"0": (900, 0.02), "32+": (100, 0.5)}))  # mean 0.068
@@ -123,11 +125,11 @@ def test_the_steady_one_step_error_weighs_strata_by_windows_and_picks_the_depth(
     assert module.one_step(strata, "looped", 16, 4) is None
     # the open-loop h1 over fewer windows prefers depth 2; all the windows say 8
     results = [{"model": "looped", "size": 16, "depth": 2, "h1": 0.05}, {"model": "looped", "size": 16, "depth": 8, "h1": 0.06}]
-    pick = module.best_depth(results, "looped", 16, strata) if script == "depth_study.py" else module.best_row(results, strata)
+    pick = module.best_depth(results, "looped", 16, strata) if script == "depth_study.py" else best_depth_row(results, strata)
     assert pick["depth"] == 8
     # a depth without strata: fall back to the open-loop h1
     results.append({"model": "looped", "size": 16, "depth": 4, "h1": 0.04})
-    pick = module.best_depth(results, "looped", 16, strata) if script == "depth_study.py" else module.best_row(results, strata)
+    pick = module.best_depth(results, "looped", 16, strata) if script == "depth_study.py" else best_depth_row(results, strata)
     assert pick["depth"] == 4
 
 

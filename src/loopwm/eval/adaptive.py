@@ -76,6 +76,25 @@ def pooled_error(strata: list[dict]) -> tuple[float, int] | None:
     return (sum(row["windows"] * row["error_h1"] for row in strata) / n, n) if n else None
 
 
+def strata_error(strata: list[dict], model: str, size: int, depth: int) -> tuple[float, int] | None:
+    """One model's one-step error over every window its `error_by_sweeps` rows of one world size
+    and test depth cover (tagged "model", "size", "depth"), and how many windows. Errors on the rail
+    are heavy-tailed (a few steps of many sweeps carry much of the mean), so this is steadier than an
+    open-loop h1 over 512 windows, which moved 10-20% against it there (docs/LOG.md, session 18)."""
+    return pooled_error([s for s in strata if s["model"] == model and s["size"] == size and s["depth"] == depth])
+
+
+def best_depth_row(rows: list[dict], strata: list[dict]) -> dict | None:
+    """Of one model's result rows on one world size (one per test depth, with "h1"), the one whose
+    depth has the lowest one-step error over the strata's windows; by "h1" where a depth has none."""
+    if not rows:
+        return None
+    steady = {r["depth"]: strata_error(strata, r["model"], r["size"], r["depth"]) for r in rows}
+    if all(v is not None for v in steady.values()):
+        return min(rows, key=lambda r: steady[r["depth"]][0])
+    return min(rows, key=lambda r: r["h1"])
+
+
 def error_by_sweeps(model, ds, episodes, depths, context: int = 4, max_windows: int = 4096, device="cpu",
                     bins=SWEEP_BINS) -> list[dict]:
     """Mean one-step error in every stratum of the world's solver sweeps (`SWEEP_BINS`), at each

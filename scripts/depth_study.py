@@ -162,7 +162,8 @@ def _train(job: dict) -> dict:
     curve = [(r["step"], r["val/obs"]) for r in records if "val/obs" in r]
     averaged = [(r["step"], r["val_avg/obs"]) for r in records if "val_avg/obs" in r]
     _, meta = read_checkpoint(resolve_checkpoint(job["run"]))
-    return {"model": job["name"], "steps": records[-1]["step"], "cap": job["steps"], "train_seconds": records[-1]["time"],
+    return {"model": job["name"], "steps": records[-1]["step"], "cap": job["steps"], "minutes": job["minutes"],
+            "train_seconds": records[-1]["time"],
             "val_curve": curve, **({"val_avg_curve": averaged} if averaged else {}),
             "stop_reason": meta.get("stop_reason", "steps"),
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
@@ -188,6 +189,12 @@ def datasets(cfg: DepthStudyConfig, sizes: list[int]) -> dict[int, tuple[Path, i
         e = cfg.episodes if n == cfg.n_bodies else cfg.test_episodes or cfg.episodes
         out[n] = (root / f"{short}{n}{suffix}{f'-e{e}' if e != 300 else ''}", e, kwargs)
     return out
+
+
+def trained_as_asked(run: dict, cfg: DepthStudyConfig) -> bool:
+    """Whether a runs.jsonl row was trained with this invocation's budget (step cap and minutes), so
+    that it is kept rather than trained again (rows from before --minutes have none: 0)."""
+    return bool(run) and run.get("cap", run.get("steps")) == cfg.steps and run.get("minutes", 0.0) == cfg.minutes
 
 
 def world_stats(ds) -> dict:
@@ -235,7 +242,7 @@ def main(cfg: DepthStudyConfig) -> None:
              "horizon": cfg.horizon, "seed": cfg.seed, "until_plateau": cfg.until_plateau, "plateau_ema": cfg.plateau_ema,
              "minutes": cfg.minutes, "eval_every": cfg.eval_every,
              "overrides": train_overrides(m, cfg)}
-            for m in cfg.models if runs.get(m, {}).get("cap", runs.get(m, {}).get("steps")) != cfg.steps]
+            for m in cfg.models if not trained_as_asked(runs.get(m, {}), cfg)]
     jobs.sort(key=lambda j: -(2 * cfg.mu_rec if j["model"].kind == "looped" else j["model"].n_deep))  # longest first
     jobs = jobs if "train" in cfg.stages else []
     with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn")) as pool:
@@ -387,7 +394,8 @@ def write_summary(out: Path, cfg: DepthStudyConfig) -> None:
     world = json.loads((out / "world.json").read_text())
     N = cfg.n_bodies
     budget = (f"until validation stops improving by {cfg.until_plateau:.0%} over the last fifth, at most {cfg.steps} steps"
-              if cfg.until_plateau > 0 else f"{cfg.steps} steps each")
+              if cfg.until_plateau > 0 else f"{cfg.minutes:g} minutes each (at most {cfg.steps} steps)" if cfg.minutes > 0
+              else f"{cfg.steps} steps each")
     radius = f" of radius {cfg.rail_radius:g}" if cfg.rail_radius > 0 else ""
     lines = [f"# Depth study: {cfg.env_id}, trained on {N} discs{radius} ({budget}, batch {cfg.batch_size}, "
              f"lr {cfg.lr:g}, context {cfg.context}, horizon {cfg.horizon}, seed {cfg.seed})", "",

@@ -151,3 +151,15 @@ def test_plan_bench_replan_drops_only_the_rows_it_plans_again(load):
     assert bench.kept_rows(rows, cfg) == rows  # a plain re-run resumes: nothing is planned twice
     again = bench.kept_rows(rows, bench.PlanBenchConfig(tasks=["A"], models=["looped"], variants=[], replan=True))
     assert again == [{"task": "B", "world": "looped"}, {"task": "A", "world": "gru"}]
+
+
+def test_depth_study_keeps_a_run_only_when_trained_with_the_budget_asked(load):
+    study = load(next(p for p in SCRIPTS if p.name == "depth_study.py"))
+    cfg = study.DepthStudyConfig(steps=4000)
+    assert study.trained_as_asked({"steps": 4000, "cap": 4000}, cfg)  # a row from before --minutes
+    assert study.trained_as_asked({"steps": 3990}, study.DepthStudyConfig(steps=3990))  # rows without a cap
+    assert not study.trained_as_asked({}, cfg)
+    assert not study.trained_as_asked({"steps": 1500, "cap": 1500}, cfg)
+    timed = study.DepthStudyConfig(steps=10**6, minutes=4.5)
+    assert study.trained_as_asked({"steps": 531, "cap": 10**6, "minutes": 4.5}, timed)
+    assert not study.trained_as_asked({"steps": 531, "cap": 10**6, "minutes": 4.5}, study.DepthStudyConfig(steps=10**6, minutes=9))

@@ -166,7 +166,7 @@ def _train(job: dict) -> dict:
             "train_seconds": records[-1]["time"],
             "val_curve": curve, **({"val_avg_curve": averaged} if averaged else {}),
             "stop_reason": meta.get("stop_reason", "steps"),
-            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+            "device": meta.get("device"),
             # after a plateau's cool-down the last fifth always improves: there the stop reason says it
             "still_improving": None if converge or len(curve) < 5 else not plateaued(curve, 0.02)}
 
@@ -226,6 +226,7 @@ def main(cfg: DepthStudyConfig) -> None:
     data = {n: collect(env_id=cfg.env_id, n_bodies=n, episodes=e, env_kwargs=kwargs, out=str(folder))
             for n, (folder, e, kwargs) in datasets(cfg, sizes).items()}
     world = {n: world_stats(TrajectoryDataset.load(data[n])) for n in sizes}
+    scoring_order = sorted(sizes, key=lambda n: (n != cfg.n_bodies, n))  # the training size first
     # sizes that this invocation does not name keep the statistics an earlier one wrote
     known = json.loads((out / "world.json").read_text()) if (out / "world.json").exists() else {}
     known.update({str(k): v for k, v in world.items()})
@@ -262,7 +263,7 @@ def main(cfg: DepthStudyConfig) -> None:
         runs[name]["params"] = model.param_count()
         runs[name]["core_params"] = model.core_param_count()
         depths = cfg.test_depths if model.cfg.kind == "looped" else [model.cfg.n_deep]
-        for n in sorted(sizes, key=lambda n: (n != cfg.n_bodies, n)):  # the training size first
+        for n in scoring_order:
             if (name, n) in scored:
                 continue
             ds = TrajectoryDataset.load(data[n])
@@ -283,7 +284,7 @@ def main(cfg: DepthStudyConfig) -> None:
     # ---- per-stratum errors again (e.g. for the paired noise added 2026-12-04), replacing earlier rows
     for name in cfg.models if "strata" in cfg.stages else []:
         model, meta = load_model(out / "runs" / name, device)
-        for n in sorted(sizes, key=lambda n: (n != cfg.n_bodies, n)):
+        for n in scoring_order:
             ds = TrajectoryDataset.load(data[n])
             fresh = strata_rows(model, name, ds, scored_episodes(meta, ds, n, cfg), n, cfg, device)
             strata = [s for s in strata if (s["model"], s["size"]) != (name, n)] + fresh

@@ -115,7 +115,8 @@ def test_adaptive_measurements_on_a_tiny_model(tmp_path):
     run = train(TrainConfig(data=str(data), out=str(tmp_path / "run"), steps=2, batch_size=4, context=2, horizon=2,
                             warmup=1, eval_every=10**9, progress=False, device="cpu",
                             model=ModelConfig(d=16, n_heads=2, mu_rec=2.0, exit_gate=True)))
-    model, _ = load_model(run, "cpu")
+    model, meta = load_model(run, "cpu")
+    assert meta["device"] == "cpu"  # the run records where it trained
     ds = TrajectoryDataset.load(data)
     one = one_step_errors(model, ds, [0, 1], context=2, depth=3, max_windows=20)
     assert one["error"].shape == one["iterations"].shape == one["solver_iterations"].shape == (20,)

@@ -52,6 +52,18 @@ def pick_device(requested: str = "auto", local_rank: int | None = None) -> "torc
     return device
 
 
+def device_label(device) -> str:
+    """What a device is, for records: "cpu", or the accelerator's index and name
+    (e.g. "cuda:0 (NVIDIA H200)")."""
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return device.type
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA) from one integer."""
     import torch

@@ -31,7 +31,7 @@ from loopwm.models.world_model import ModelConfig, WorldModel, WorldSpec
 from loopwm.train.average import WeightAverage, check_plateau_ema
 from loopwm.train.deferred import deferred_loss
 from loopwm.train.distributed import Distributed
-from loopwm.utils import LoopWMError, atomic_write_json, atomic_write_text, read_json, seed_everything
+from loopwm.utils import LoopWMError, atomic_write_json, atomic_write_text, device_label, read_json, seed_everything
 
 
 @dataclass
@@ -465,7 +465,8 @@ def _train(cfg: TrainConfig, run_dir: Path, ddp: Distributed) -> Path:
         plateau = {"cooldown_from": cooldown_from, "stop_reason": stop_reason} if cfg.until_plateau > 0 else {}
         return {**model.checkpoint_meta(), **plateau, "numpy_rng": rng.bit_generator.state,
                 "train_seconds": elapsed_before + (time.time() - t0),
-                "data": str(cfg.data), "env_id": ds.env_id, "env_kwargs": ds.env_kwargs, "val_episodes": [int(i) for i in val_idx]}
+                "data": str(cfg.data), "env_id": ds.env_id, "env_kwargs": ds.env_kwargs, "val_episodes": [int(i) for i in val_idx],
+                "device": device_label(device)}  # where the latest stretch of training ran
 
     metrics_path = run_dir / "metrics.jsonl"
     judged = "val/obs" if average is None else "val_avg/obs"  # the curve the plateau rule reads

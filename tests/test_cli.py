@@ -110,6 +110,26 @@ def test_bench_can_tune_the_learning_rate_on_every_world(tmp_path):
         assert {r["lr"] for r in rows if r["world"] == world} == {tuned["best"][world]["looped"]}
 
 
+def test_bench_adding_a_model_keeps_its_familys_tuned_rate(tmp_path):
+    out = tmp_path / "bench"
+    args = ("--out", str(out), "--worlds", "balls", "--seeds", "1", "--test-depths", "1", "--steps", "3", "--episodes", "6",
+            "--max-episode-steps", "30", "--horizon", "10", "--budgets", "steps", "--no-progress", "--device", "cpu",
+            "--lrs", "1e-3", "3e-3", "--workers", "1")
+    loopwm("bench", *args, "--models", "looped", "deep-1")
+    tuned = json.loads((out / "tuning.json").read_text())
+    rate = tuned["best"]["deep"]
+    loopwm("bench", *args, "--models", "deep-2")
+    # deep-2 joins the finished comparison at the rate its family was tuned to: no second sweep on deep-2
+    assert json.loads((out / "tuning.json").read_text()) == tuned
+    assert [p.name for p in (out / "runs" / "balls" / "deep-2").iterdir()] == [f"lr{rate:g}"]
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert {r["model"] for r in rows} == {"looped", "deep-1", "deep-2"}
+    assert {r["lr"] for r in rows if r["model"] == "deep-2"} == {rate}
+    # other rates are another sweep: the family is swept again over them
+    loopwm("bench", *args[:-4], "--lrs", "1e-3", "2e-3", "--workers", "1", "--models", "deep-2")
+    assert set(json.loads((out / "tuning.json").read_text())["h10_error"]["deep"]) == {"0.001", "0.002"}
+
+
 def test_bench_converged_budget_trains_each_model_until_it_stops_improving(tmp_path):
     out = tmp_path / "bench"
     loopwm("bench", "--out", str(out), "--worlds", "balls", "--models", "looped", "deep-1", "--seeds", "1",

@@ -367,11 +367,13 @@ def run_bench(cfg: BenchConfig) -> Path:
     # 1. the same learning-rate sweep for every family (seed 0, equal steps), on the first world or on each
     families = sorted({family(n) for n in suite})
     tuned_on = list(cfg.worlds) if cfg.tune_each_world else [cfg.worlds[0]]
-    tuning: dict[str, dict[str, dict]] = {w: {} for w in tuned_on}
+    tuning = _earlier_tuning(out, cfg, tuned_on, families) if same_as_before else {w: {} for w in tuned_on}
     if len(cfg.lrs) > 1:
         rep = {f: FAMILY_REPRESENTATIVE[f] if FAMILY_REPRESENTATIVE[f] in suite else next(n for n in suite if family(n) == f)
                for f in families}
-        sweep = [job(w, rep[f], lr, 0, "steps") for w in tuned_on for f in families for lr in cfg.lrs]
+        # a family this folder already swept over the same rates keeps its rate: adding deep-16 to a finished
+        # comparison must not sweep the deep family again on deep-16 and move the rate deep-1..8 trained with
+        sweep = [job(w, rep[f], lr, 0, "steps") for w in tuned_on for f in families if f not in tuning[w] for lr in cfg.lrs]
         for j, r in zip(sweep, _run_jobs(sweep, cfg, "lr sweep")):
             tuning[j["world"]].setdefault(family(j["name"]), {})[f"{j['lr']:g}"] = r["errors"][9]
     best_by_world = {w: {f: (float(min(t[f], key=t[f].get)) if f in t else cfg.lrs[0]) for f in families}
@@ -457,6 +459,22 @@ def _same_comparison(out: Path, cfg: BenchConfig) -> bool:
     if differ:
         print(f"results of an earlier run in {out} differ in {', '.join(differ)}: not merged into this report")
     return not differ
+
+
+def _earlier_tuning(out: Path, cfg: BenchConfig, tuned_on: list[str], families: list[str]) -> dict[str, dict[str, dict]]:
+    """The learning-rate sweeps an earlier run of the same comparison in `out` made over exactly the
+    rates of this run, per world this run tunes on and family it needs: {world: {family: {lr: h10}}}."""
+    try:
+        earlier = json.loads((out / "tuning.json").read_text())
+    except (OSError, ValueError):
+        earlier = {}
+    errors = earlier.get("h10_error", {})
+    if "tuned_on" in earlier:  # tuned on one world only
+        errors = {earlier["tuned_on"]: errors}
+    rates = {f"{lr:g}" for lr in cfg.lrs}
+    return {w: {f: dict(errs) for f, errs in errors.get(w, {}).items()
+                if f in families and isinstance(errs, dict) and set(errs) == rates}
+            for w in tuned_on}
 
 
 def _earlier_results(out: Path, now: set[tuple], same_comparison: bool) -> dict:

@@ -9,6 +9,8 @@ two at a time (one per core), two-thread settings alone, so every run has the co
     python scripts/throughput.py --out results/throughput-rail --preset demo --minutes 12 \
         --batches 32 128 256 --two-thread-batches 256 1024 --compile-batches 128   # the demo's setting
     python scripts/throughput.py --out /tmp/tp --minutes 0.3 --episodes 20   # a smoke run
+    python scripts/throughput.py --out OUT --env-id loopwm/Rail-v0 --n-bodies 32 --batches 256 1024 4096 \
+        --two-thread-batches --compile-batches --minutes 1 --workers 1   # one setting at a time (an accelerator)
 
 Writes OUT/throughput.jsonl (one row per setting, with its curve), OUT/summary.md and
 OUT/learning_curves.png. Re-running re-uses finished rows.
@@ -58,6 +60,9 @@ class ThroughputConfig:
     """Times at which the summary reports each setting's validation loss (the last value by then)."""
     summary_only: bool = False
     """Only rewrite summary.md and the plot from throughput.jsonl."""
+    workers: int = 2
+    """One-thread settings trained at once (one per core). Use 1 on an accelerator: processes there
+    take turns on the device, so settings run side by side would time each other."""
     preset: str = "default"
     """"default": the library's default model, world and window on `env_id`; "demo": the demo's world
     (the rail, 16 discs), model, window (context 2, horizon 4) and base learning rate 3e-3 at batch 32,
@@ -91,7 +96,7 @@ def _run(job: dict) -> dict:
     from loopwm.eval.openloop import open_loop
     from loopwm.models.world_model import ModelConfig
     from loopwm.train.loop import TrainConfig, train, validate
-    from loopwm.utils import pick_device
+    from loopwm.utils import device_label, pick_device
 
     from loopwm.demo import DemoConfig, demo_model
     from loopwm.train.loop import plateaued
@@ -125,7 +130,8 @@ def _run(job: dict) -> dict:
     final = validate(model, ds, ds.window_index(val_idx, tcfg.context + tcfg.horizon), tcfg, device)["val/obs"]
     curve.append((train_s, final))
     res = open_loop(model, ds, np.asarray(meta["val_episodes"]), horizon=10, max_windows=512, device=device)
-    return {**{k: job[k] for k in ("name", "batch", "threads", "compile", "lr")}, "steps": steps,
+    return {**{k: job[k] for k in ("name", "batch", "threads", "compile", "lr", "workers")}, "steps": steps,
+            "device": meta.get("device", device_label(device)),
             "train_seconds": train_s, "wall_seconds": round(wall, 1), "steps_per_s": steps / train_s,
             "samples_per_s": steps * job["batch"] / train_s, "steady_samples_per_s": steady * job["batch"],
             "curve": curve, "val_obs_final": final,
@@ -153,7 +159,7 @@ def main(cfg: ThroughputConfig) -> None:
         # steps between validations: about 20 s of training at a rough 0.15 s per 32 samples per thread
         est_step = 0.15 * max(1.0, s["batch"] / 32) ** 0.8 / (1.4 if s["threads"] == 2 and s["batch"] >= 128 else 1.0)
         jobs.append({**s, "data": str(data), "run": str(out / "runs" / s["name"]), "minutes": cfg.minutes,
-                     "kind": cfg.model_kind, "preset": cfg.preset, "eval_every": max(2, int(20 / est_step)),
+                     "kind": cfg.model_kind, "preset": cfg.preset, "workers": cfg.workers, "eval_every": max(2, int(20 / est_step)),
                      "warmup": 200 if s["batch"] <= 32 else max(20, int(200 * 32 / s["batch"]))})
 
     def record(row):
@@ -165,7 +171,7 @@ def main(cfg: ThroughputConfig) -> None:
     one = [j for j in jobs if j["threads"] == 1]
     two = [j for j in jobs if j["threads"] == 2]
     ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=2, mp_context=ctx) as pool:
+    with ProcessPoolExecutor(max_workers=max(1, cfg.workers), mp_context=ctx) as pool:
         for row in pool.map(_run, one):
             record(row)
     with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
@@ -185,6 +191,8 @@ def write_summary(out: Path, cfg: ThroughputConfig) -> None:
     rows.sort(key=lambda r: (r["compile"], r["threads"], r["batch"]))
     lines = [f"# Training throughput ({cfg.env_id}, {cfg.n_bodies} bodies, {cfg.model_kind} model, "
              f"{cfg.preset} preset, {cfg.minutes:g} min per setting)", "",
+             f"Trained on: {', '.join(sorted({r.get('device', 'cpu') for r in rows}))}; "
+             f"one-thread settings trained {' / '.join(sorted({str(r.get('workers', 2)) for r in rows}))} at a time.",
              "Still improving: the last fifth of the run lowered validation loss by more than 2%.", "",
              "| setting | batch | lr | threads | compile | steps | samples/s (steady) | "
              + " | ".join(f"val loss at {m:g} min" for m in cfg.report_minutes)

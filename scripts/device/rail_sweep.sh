@@ -27,17 +27,9 @@ TEST_SIZES=${TEST_SIZES:-"16 32 64"}
 TEST_DEPTHS=${TEST_DEPTHS:-"1 2 4 8 16 32"}
 ROOT=${ROOT:-/tmp/sweep}
 DATA=${DATA:-/tmp/data-rail}
-export PYTHONUNBUFFERED=1
 t0=$(date +%s)
 say() { echo "[$(( $(date +%s) - t0 ))s] $*" | tee -a "$OUT/timeline.log"; }
-
-if ls .whl/*.whl >/dev/null 2>&1; then  # packages the accelerator's image lacks, carried as wheels
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 2
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
-python3 -c "import torch, sys; print(torch.__version__, torch.cuda.is_available()); sys.exit(0 if torch.cuda.is_available() or '${ALLOW_CPU:-}' else 1)" \
-  || { echo "no CUDA device: this sweep is sized for an accelerator (ALLOW_CPU=1 to try it anyway)"; exit 3; }
+source "$(dirname "$0")/setup.sh"
 (command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 > "$OUT/gpu.log" 2>&1) &
 sampler=$!
 

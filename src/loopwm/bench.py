@@ -391,7 +391,7 @@ def run_bench(cfg: BenchConfig) -> Path:
     if same_as_before and not cfg.tune_each_world and earlier.get("tuned_on") == cfg.worlds[0]:
         for key in ("best", "h10_error"):
             summary[key] = {**{f: v for f, v in earlier.get(key, {}).items() if f not in families}, **summary[key]}
-    atomic_write_text(out / "tuning.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out / "tuning.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
 
     # 2. every model, world, seed and budget (sweep runs with the winning rate are reused as they are)
     jobs = [job(w, n, lr_for(w, n), s, b) for w in cfg.worlds for s in range(cfg.seeds) for n in suite for b in cfg.budgets]

@@ -45,6 +45,9 @@ class PhysicsStudyConfig:
     """Episodes per specialist regime; the generalist's mixed data has 3x as many."""
     steps: int = 6000
     """Gradient-step cap per model."""
+    generalist_steps: int = 0
+    """Gradient-step cap of the two models trained on mixed (0: --steps). Three times --steps gives
+    each the three specialists' training together: as many steps per regime as one specialist had."""
     until_plateau: float = 0.02
     """Stop when validation error improved by less than this fraction over the last fifth (0: train the cap)."""
     batch_size: int = 32
@@ -72,7 +75,8 @@ def jobs_for(cfg: PhysicsStudyConfig, data: dict[str, str], out: Path) -> list[d
     models = {**{f"looped-{r}": ("looped", r) for r in REGIMES}, "looped-mixed": ("looped", "mixed"),
               "deep-1-mixed": ("deep-1", "mixed")}
     return [{"name": name, "model": looped if kind == "looped" else ModelConfig(kind="deep", n_deep=1),
-             "data": data[world], "run": str(out / "runs" / name), "steps": cfg.steps, "batch_size": cfg.batch_size,
+             "data": data[world], "run": str(out / "runs" / name),
+             "steps": (cfg.generalist_steps or cfg.steps) if world == "mixed" else cfg.steps, "batch_size": cfg.batch_size,
              "lr": cfg.lr, "context": cfg.context, "horizon": cfg.horizon, "seed": cfg.seed,
              "until_plateau": cfg.until_plateau, "overrides": {}} for name, (kind, world) in models.items()]
 
@@ -98,7 +102,7 @@ def main(cfg: PhysicsStudyConfig) -> None:
 
     runs_path = out / "runs.jsonl"
     runs = {r["model"]: r for r in _read(runs_path)}
-    jobs = [j for j in jobs_for(cfg, data, out) if runs.get(j["name"], {}).get("cap") != cfg.steps]
+    jobs = [j for j in jobs_for(cfg, data, out) if runs.get(j["name"], {}).get("cap") != j["steps"]]
     with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn")) as pool:
         for row in pool.map(_train, jobs):
             runs[row["model"]] = row
@@ -141,8 +145,10 @@ def write_summary(out: Path, cfg: PhysicsStudyConfig) -> None:
         rows = [r for r in results if r["model"] == name and r["regime"] == regime]
         return min(rows, key=lambda r: r["h1"]) if rows else None
 
+    mixed = f"; the two on mixed {cfg.generalist_steps}" if cfg.generalist_steps not in (0, cfg.steps) else ""
     budget = (f"trained until validation stops improving by {cfg.until_plateau:.0%} over the last fifth (at most "
-              f"{cfg.steps} steps)" if cfg.until_plateau > 0 else f"every model trained {cfg.steps} steps")
+              f"{cfg.steps} steps{mixed})" if cfg.until_plateau > 0 else
+              f"{'every model' if not mixed else 'the specialists'} trained {cfg.steps} steps{mixed}")
     lines = [f"# One shared block across physics: {cfg.n_bodies} bodies, {budget}, batch {cfg.batch_size}, lr {cfg.lr}",
              "", "Produced by `python scripts/physics_study.py " + " ".join(sys.argv[1:] or ["--out", str(out)]) + "`. "
              "Errors on each regime's held-out episodes, in that regime's specialist's units (per-feature training "

@@ -142,6 +142,16 @@ def train_overrides(name: str, cfg: DepthStudyConfig) -> dict:
     return {"depth_supervision": cfg.depth_supervision} if name.startswith("looped-ds") else {}
 
 
+def train_job(name: str, model, data: str, run: str, *, steps: int, batch_size: int, lr: float, context: int,
+              horizon: int, seed: int, until_plateau: float = 0.0, plateau_ema: float = 0.0, minutes: float = 0.0,
+              eval_every: int = 0, overrides: dict | None = None) -> dict:
+    """One training job for `_train` (the other studies build theirs here too, so a setting added
+    to the training job cannot leave their jobs without it)."""
+    return {"name": name, "model": model, "data": data, "run": run, "steps": steps, "batch_size": batch_size, "lr": lr,
+            "context": context, "horizon": horizon, "seed": seed, "until_plateau": until_plateau,
+            "plateau_ema": plateau_ema, "minutes": minutes, "eval_every": eval_every, "overrides": overrides or {}}
+
+
 def _train(job: dict) -> dict:
     import torch
 
@@ -238,11 +248,10 @@ def main(cfg: DepthStudyConfig) -> None:
     if "train" not in cfg.stages:
         cfg_models = [m for m in cfg.models if m in runs]
         cfg = replace(cfg, models=cfg_models)
-    jobs = [{"name": m, "model": model_config(m, cfg), "data": str(data[cfg.n_bodies]), "run": str(out / "runs" / m),
-             "steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "context": cfg.context,
-             "horizon": cfg.horizon, "seed": cfg.seed, "until_plateau": cfg.until_plateau, "plateau_ema": cfg.plateau_ema,
-             "minutes": cfg.minutes, "eval_every": cfg.eval_every,
-             "overrides": train_overrides(m, cfg)}
+    jobs = [train_job(m, model_config(m, cfg), str(data[cfg.n_bodies]), str(out / "runs" / m), steps=cfg.steps,
+                      batch_size=cfg.batch_size, lr=cfg.lr, context=cfg.context, horizon=cfg.horizon, seed=cfg.seed,
+                      until_plateau=cfg.until_plateau, plateau_ema=cfg.plateau_ema, minutes=cfg.minutes,
+                      eval_every=cfg.eval_every, overrides=train_overrides(m, cfg))
             for m in cfg.models if not trained_as_asked(runs.get(m, {}), cfg)]
     jobs.sort(key=lambda j: -(2 * cfg.mu_rec if j["model"].kind == "looped" else j["model"].n_deep))  # longest first
     jobs = jobs if "train" in cfg.stages else []

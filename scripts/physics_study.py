@@ -69,16 +69,16 @@ class PhysicsStudyConfig:
 
 
 def jobs_for(cfg: PhysicsStudyConfig, data: dict[str, str], out: Path) -> list[dict]:
+    from depth_study import train_job  # the depth study's training job, run by its _train
     from loopwm.models.world_model import ModelConfig
 
     looped = ModelConfig(kind="looped", mu_rec=4.0)
     models = {**{f"looped-{r}": ("looped", r) for r in REGIMES}, "looped-mixed": ("looped", "mixed"),
               "deep-1-mixed": ("deep-1", "mixed")}
-    return [{"name": name, "model": looped if kind == "looped" else ModelConfig(kind="deep", n_deep=1),
-             "data": data[world], "run": str(out / "runs" / name),
-             "steps": (cfg.generalist_steps or cfg.steps) if world == "mixed" else cfg.steps, "batch_size": cfg.batch_size,
-             "lr": cfg.lr, "context": cfg.context, "horizon": cfg.horizon, "seed": cfg.seed,
-             "until_plateau": cfg.until_plateau, "overrides": {}} for name, (kind, world) in models.items()]
+    return [train_job(name, looped if kind == "looped" else ModelConfig(kind="deep", n_deep=1), data[world],
+                      str(out / "runs" / name), steps=(cfg.generalist_steps or cfg.steps) if world == "mixed" else cfg.steps,
+                      batch_size=cfg.batch_size, lr=cfg.lr, context=cfg.context, horizon=cfg.horizon, seed=cfg.seed,
+                      until_plateau=cfg.until_plateau) for name, (kind, world) in models.items()]
 
 
 def main(cfg: PhysicsStudyConfig) -> None:
@@ -91,7 +91,8 @@ def main(cfg: PhysicsStudyConfig) -> None:
     from loopwm.utils import pick_device
 
     if cfg.quick:
-        cfg = replace(cfg, episodes=12, steps=30, until_plateau=0.0, test_depths=[1, 4])
+        cfg = replace(cfg, episodes=12, steps=30, until_plateau=0.0, test_depths=[1, 4],
+                      generalist_steps=min(cfg.generalist_steps, 90))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "study.json", json.dumps(asdict(cfg), indent=1))

@@ -165,7 +165,8 @@ def test_depth_study_keeps_a_run_only_when_trained_with_the_budget_asked(load):
     assert not study.trained_as_asked({"steps": 531, "cap": 10**6, "minutes": 4.5}, study.DepthStudyConfig(steps=10**6, minutes=9))
 
 
-def test_physics_study_gives_the_generalists_their_own_step_cap(load):
+def test_physics_study_gives_the_generalists_their_own_step_cap(load, monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPTS[0].parent))  # as when run: it imports the depth study beside it
     study = load(next(p for p in SCRIPTS if p.name == "physics_study.py"))
     data = {r: f"/data/{r}" for r in ("balls", "cradle", "chain", "mixed")}
     steps = {j["name"]: j["steps"] for j in study.jobs_for(study.PhysicsStudyConfig(steps=6, generalist_steps=18),
@@ -173,3 +174,7 @@ def test_physics_study_gives_the_generalists_their_own_step_cap(load):
     assert steps == {"looped-balls": 6, "looped-cradle": 6, "looped-chain": 6, "looped-mixed": 18, "deep-1-mixed": 18}
     same = study.jobs_for(study.PhysicsStudyConfig(steps=6), data, Path("/out"))
     assert {j["steps"] for j in same} == {6}  # 0: the generalists train as long as the specialists
+    # built by the depth study's own job maker, whose _train runs them: no setting of it left out
+    depth = load(next(p for p in SCRIPTS if p.name == "depth_study.py"))
+    full = depth.train_job("m", None, "d", "r", steps=1, batch_size=1, lr=1.0, context=1, horizon=1, seed=0)
+    assert all(set(j) == set(full) for j in same)

@@ -60,6 +60,9 @@ class ThroughputConfig:
     """Times at which the summary reports each setting's validation loss (the last value by then)."""
     summary_only: bool = False
     """Only rewrite summary.md and the plot from throughput.jsonl."""
+    eval_every: int = 0
+    """Steps between validations; 0: about every 20 s at this machine's CPU speed (on an accelerator
+    that estimate validates far too often for a batch of thousands: give a number)."""
     workers: int = 2
     """One-thread settings trained at once (one per core). Use 1 on an accelerator: processes there
     take turns on the device, so settings run side by side would time each other."""
@@ -159,7 +162,7 @@ def main(cfg: ThroughputConfig) -> None:
         # steps between validations: about 20 s of training at a rough 0.15 s per 32 samples per thread
         est_step = 0.15 * max(1.0, s["batch"] / 32) ** 0.8 / (1.4 if s["threads"] == 2 and s["batch"] >= 128 else 1.0)
         jobs.append({**s, "data": str(data), "run": str(out / "runs" / s["name"]), "minutes": cfg.minutes,
-                     "kind": cfg.model_kind, "preset": cfg.preset, "workers": cfg.workers, "eval_every": max(2, int(20 / est_step)),
+                     "kind": cfg.model_kind, "preset": cfg.preset, "workers": cfg.workers, "eval_every": cfg.eval_every or max(2, int(20 / est_step)),
                      "warmup": 200 if s["batch"] <= 32 else max(20, int(200 * 32 / s["batch"]))})
 
     def record(row):

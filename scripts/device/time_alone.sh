@@ -17,6 +17,7 @@ BATCHES=${BATCHES:-"256 1024 4096"}
 KINDS=${KINDS:-"looped deep"}
 N_BODIES=${N_BODIES:-32}
 EPISODES=${EPISODES:-300}
+EVAL_EVERY=${EVAL_EVERY:-50}        # steps between validations (the CPU-speed estimate validates too often here)
 mkdir -p "$OUT"
 t0=$(date +%s)
 say() { echo "[$(( $(date +%s) - t0 ))s] $*" | tee -a "$OUT/timeline.log"; }
@@ -29,7 +30,7 @@ for kind in $KINDS; do
   # would eat the minute being timed
   python3 scripts/throughput.py --out "/tmp/time-alone/$kind" --env-id loopwm/Rail-v0 --n-bodies "$N_BODIES" \
     --episodes "$EPISODES" --model-kind "$kind" --minutes "$MINUTES" --batches $BATCHES --two-thread-batches \
-    --compile-batches --workers 1 --report-minutes "$MINUTES" > "$OUT/$kind.log" 2>&1 || { say "$kind failed"; status=1; }
+    --compile-batches --workers 1 --eval-every "$EVAL_EVERY" --report-minutes "$MINUTES" > "$OUT/$kind.log" 2>&1 || { say "$kind failed"; status=1; }
   mkdir -p "$OUT/$kind"
   cp /tmp/time-alone/"$kind"/{summary.md,throughput.jsonl} "$OUT/$kind/" 2>/dev/null
   cat "$OUT/$kind/summary.md" 2>/dev/null

@@ -23,6 +23,7 @@ import math
 import multiprocessing as mp
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -171,16 +172,48 @@ def main(cfg: ThroughputConfig) -> None:
         print(f"{row['name']:>16}: {row['steps']} steps, {row['samples_per_s']:.0f} samples/s, "
               f"val {row['val_obs_final']}, h1 {row['h1']:.4f}, h10 {row['h10']:.4f}", flush=True)
 
-    one = [j for j in jobs if j["threads"] == 1]
-    two = [j for j in jobs if j["threads"] == 2]
-    ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=max(1, cfg.workers), mp_context=ctx) as pool:
-        for row in pool.map(_run, one):
-            record(row)
-    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-        for row in pool.map(_run, two):
-            record(row)
+    failed = {}
+    for group, workers in (([j for j in jobs if j["threads"] == 1], max(1, cfg.workers)),
+                           ([j for j in jobs if j["threads"] == 2], 1)):
+        failed.update(_run_all(group, workers, record))
+    # a setting that cannot run here (a batch too large for memory kills its process) is named in the
+    # summary and tried again by the next invocation; the others still finish
+    atomic_write_text(out / "failed.json", json.dumps(failed, indent=1) + "\n")
     write_summary(out, cfg)
+    if failed:
+        print(f"failed: {', '.join(failed)} (see {out / 'failed.json'})", flush=True)
+
+
+def _run_all(jobs: list[dict], workers: int, record) -> dict[str, str]:
+    """Run jobs `workers` at a time and record each row; returns {name: why} for those that failed."""
+    failed, suspects = {}, []
+
+    def attempt(pool, job):
+        try:
+            record(pool.submit(_run, job).result())
+        except BrokenProcessPool:
+            suspects.append(job)
+        except Exception as exc:  # noqa: BLE001 - reported; the other settings go on
+            failed[job["name"]] = f"{type(exc).__name__}: {exc}"
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        futures = [(j, pool.submit(_run, j)) for j in jobs]
+        for j, fut in futures:
+            try:
+                record(fut.result())
+            except BrokenProcessPool:
+                suspects.append(j)
+            except Exception as exc:  # noqa: BLE001
+                failed[j["name"]] = f"{type(exc).__name__}: {exc}"
+    # a process that dies breaks its whole pool: each job it took down runs again alone, which
+    # finishes the innocent ones and names the one that died
+    again, suspects[:] = list(suspects), []
+    for j in again:
+        with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+            attempt(pool, j)
+    for j in suspects:
+        failed[j["name"]] = "its process was killed; out of memory at this batch?"
+    return failed
 
 
 def _improving(row: dict) -> str:
@@ -190,7 +223,8 @@ def _improving(row: dict) -> str:
 
 
 def write_summary(out: Path, cfg: ThroughputConfig) -> None:
-    rows = [json.loads(x) for x in (out / "throughput.jsonl").read_text().splitlines() if x.strip()]
+    path = out / "throughput.jsonl"
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
     rows.sort(key=lambda r: (r["compile"], r["threads"], r["batch"]))
     lines = [f"# Training throughput ({cfg.env_id}, {cfg.n_bodies} bodies, {cfg.model_kind} model, "
              f"{cfg.preset} preset, {cfg.minutes:g} min per setting)", "",
@@ -207,8 +241,12 @@ def write_summary(out: Path, cfg: ThroughputConfig) -> None:
                      f"{r['steps']} | {r['samples_per_s']:.0f} ({r['steady_samples_per_s']:.0f}) | "
                      + "".join(f"{a[-1] if a else float('nan'):.4f} | " for a in at) +
                      f"{r['val_obs_final']:.4f} | {_improving(r)} | {r['h1']:.4f} | {r['h10']:.4f} |")
-    best = min(rows, key=lambda r: r["h10"])
-    lines += ["", f"Lowest horizon-10 error after {cfg.minutes:g} minutes: **{best['name']}** ({best['h10']:.4f})."]
+    if rows:
+        best = min(rows, key=lambda r: r["h10"])
+        lines += ["", f"Lowest horizon-10 error after {cfg.minutes:g} minutes: **{best['name']}** ({best['h10']:.4f})."]
+    failed = json.loads((out / "failed.json").read_text()) if (out / "failed.json").exists() else {}
+    if failed:
+        lines += ["", "Did not run here: " + "; ".join(f"{name} ({why})" for name, why in failed.items()) + "."]
     atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
     try:
         import matplotlib

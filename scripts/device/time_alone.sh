@@ -8,6 +8,8 @@
 #   OUT=/tmp/out bash scripts/device/time_alone.sh          # about 9 minutes with the defaults
 #   OUT=/tmp/o ALLOW_CPU=1 MINUTES=0.05 BATCHES=8 EPISODES=8 bash scripts/device/time_alone.sh   # smoke run
 #
+# Batch 4096 on 32 discs needs tens of GiB (its process is killed on a 24 GiB CPU machine, and the
+# study names it as failed and goes on); on this machine BATCHES="256 1024" ran (results/time-alone-cpu).
 # Writes OUT/<kind>/summary.md and throughput.jsonl (one row per batch, with its curve and device)
 # and OUT/timeline.log.
 set -u

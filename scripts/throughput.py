@@ -100,7 +100,7 @@ def _run(job: dict) -> dict:
     from loopwm.eval.openloop import open_loop
     from loopwm.models.world_model import ModelConfig
     from loopwm.train.loop import TrainConfig, train, validate
-    from loopwm.utils import device_label, pick_device
+    from loopwm.utils import pick_device
 
     from loopwm.demo import DemoConfig, demo_model
     from loopwm.train.loop import plateaued
@@ -135,7 +135,7 @@ def _run(job: dict) -> dict:
     curve.append((train_s, final))
     res = open_loop(model, ds, np.asarray(meta["val_episodes"]), horizon=10, max_windows=512, device=device)
     return {**{k: job[k] for k in ("name", "batch", "threads", "compile", "lr", "workers")}, "steps": steps,
-            "device": meta.get("device", device_label(device)),
+            "device": meta["device"],  # recorded by the training loop
             "train_seconds": train_s, "wall_seconds": round(wall, 1), "steps_per_s": steps / train_s,
             "samples_per_s": steps * job["batch"] / train_s, "steady_samples_per_s": steady * job["batch"],
             "curve": curve, "val_obs_final": final,
@@ -186,33 +186,27 @@ def main(cfg: ThroughputConfig) -> None:
 
 def _run_all(jobs: list[dict], workers: int, record) -> dict[str, str]:
     """Run jobs `workers` at a time and record each row; returns {name: why} for those that failed."""
-    failed, suspects = {}, []
+    failed, broken = {}, []
 
-    def attempt(pool, job):
+    def settle(job, future):
         try:
-            record(pool.submit(_run, job).result())
+            record(future.result())
         except BrokenProcessPool:
-            suspects.append(job)
+            broken.append(job)
         except Exception as exc:  # noqa: BLE001 - reported; the other settings go on
             failed[job["name"]] = f"{type(exc).__name__}: {exc}"
 
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = [(j, pool.submit(_run, j)) for j in jobs]
-        for j, fut in futures:
-            try:
-                record(fut.result())
-            except BrokenProcessPool:
-                suspects.append(j)
-            except Exception as exc:  # noqa: BLE001
-                failed[j["name"]] = f"{type(exc).__name__}: {exc}"
+        for job, future in [(j, pool.submit(_run, j)) for j in jobs]:
+            settle(job, future)
     # a process that dies breaks its whole pool: each job it took down runs again alone, which
     # finishes the innocent ones and names the one that died
-    again, suspects[:] = list(suspects), []
-    for j in again:
+    suspects = broken[:]
+    broken.clear()
+    for job in suspects:
         with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
-            attempt(pool, j)
-    for j in suspects:
-        failed[j["name"]] = "its process was killed; out of memory at this batch?"
+            settle(job, pool.submit(_run, job))
+    failed.update({job["name"]: "its process was killed; out of memory at this batch?" for job in broken})
     return failed
 
 

@@ -218,3 +218,16 @@ def test_a_model_width_the_heads_do_not_divide_is_refused_with_the_fix(tmp_path)
         TextWorldModel(50, TextModelConfig(d=30, n_heads=4))
     with pytest.raises(LoopWMError, match="--model.copy-pool read or all"):
         TextWorldModel(50, TextModelConfig(copy_pool="some"))
+
+
+def test_a_device_is_chosen_in_one_place_and_named_for_records():
+    from loopwm.utils import device_label, pick_device
+
+    assert pick_device("cpu") == torch.device("cpu")
+    with pytest.raises(LoopWMError, match="unknown device"):
+        pick_device("nonsense")
+    if not torch.cuda.is_available():
+        with pytest.raises(LoopWMError, match="--device cpu"):
+            pick_device("cuda")
+    assert device_label("cpu") == "cpu" and device_label(torch.device("cpu")) == "cpu"
+    assert device_label("meta") == "meta"  # a device type without a torch module of its own

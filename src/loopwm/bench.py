@@ -367,7 +367,11 @@ def run_bench(cfg: BenchConfig) -> Path:
     # 1. the same learning-rate sweep for every family (seed 0, equal steps), on the first world or on each
     families = sorted({family(n) for n in suite})
     tuned_on = list(cfg.worlds) if cfg.tune_each_world else [cfg.worlds[0]]
-    tuning = _earlier_tuning(out, cfg, tuned_on, families) if same_as_before else {w: {} for w in tuned_on}
+    try:  # what an earlier run of this folder tuned: reused below when it is the same comparison
+        earlier = json.loads((out / "tuning.json").read_text()) if same_as_before else {}
+    except (OSError, ValueError):
+        earlier = {}
+    tuning = _earlier_tuning(earlier, cfg, tuned_on, families)
     if len(cfg.lrs) > 1:
         rep = {f: FAMILY_REPRESENTATIVE[f] if FAMILY_REPRESENTATIVE[f] in suite else next(n for n in suite if family(n) == f)
                for f in families}
@@ -384,11 +388,8 @@ def run_bench(cfg: BenchConfig) -> Path:
 
     summary = ({"best": best_by_world, "h10_error": tuning} if cfg.tune_each_world else
                {"best": best_by_world[cfg.worlds[0]], "h10_error": tuning[cfg.worlds[0]], "tuned_on": cfg.worlds[0]})
-    try:  # families an earlier run in this folder tuned and this one did not: keep their rates on record
-        earlier = json.loads((out / "tuning.json").read_text())
-    except (OSError, ValueError):
-        earlier = {}
-    if same_as_before and not cfg.tune_each_world and earlier.get("tuned_on") == cfg.worlds[0]:
+    # families an earlier run in this folder tuned and this one did not: keep their rates on record
+    if not cfg.tune_each_world and earlier.get("tuned_on") == cfg.worlds[0]:
         for key in ("best", "h10_error"):
             summary[key] = {**{f: v for f, v in earlier.get(key, {}).items() if f not in families}, **summary[key]}
     atomic_write_text(out / "tuning.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
@@ -461,13 +462,9 @@ def _same_comparison(out: Path, cfg: BenchConfig) -> bool:
     return not differ
 
 
-def _earlier_tuning(out: Path, cfg: BenchConfig, tuned_on: list[str], families: list[str]) -> dict[str, dict[str, dict]]:
-    """The learning-rate sweeps an earlier run of the same comparison in `out` made over exactly the
-    rates of this run, per world this run tunes on and family it needs: {world: {family: {lr: h10}}}."""
-    try:
-        earlier = json.loads((out / "tuning.json").read_text())
-    except (OSError, ValueError):
-        earlier = {}
+def _earlier_tuning(earlier: dict, cfg: BenchConfig, tuned_on: list[str], families: list[str]) -> dict[str, dict[str, dict]]:
+    """Of an earlier run's tuning.json, the learning-rate sweeps made over exactly the rates of this
+    run, per world this run tunes on and family it needs: {world: {family: {lr: h10}}}."""
     errors = earlier.get("h10_error", {})
     if "tuned_on" in earlier:  # tuned on one world only
         errors = {earlier["tuned_on"]: errors}

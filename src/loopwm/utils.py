@@ -53,15 +53,21 @@ def pick_device(requested: str = "auto", local_rank: int | None = None) -> "torc
 
 
 def device_label(device) -> str:
-    """What a device is, for records: "cpu", or the accelerator's index and name
-    (e.g. "cuda:0 (NVIDIA H200)")."""
+    """What a device is, for records: "cpu", or the accelerator's index and name (e.g. "cuda:0
+    (NVIDIA H200)"), asked of the device's own torch module so that no device type is named here."""
     import torch
 
     device = torch.device(device)
-    if device.type != "cuda":
-        return device.type
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    if device.type == "cpu":
+        return "cpu"
+    try:
+        backend = torch.get_device_module(device)
+    except RuntimeError:  # a device type without a torch module of its own
+        return str(device)
+    index = device.index if device.index is not None else getattr(backend, "current_device", lambda: 0)()
+    label = str(torch.device(device.type, index))
+    name = getattr(backend, "get_device_name", None)  # not every backend can name its device
+    return f"{label} ({name(index)})" if name else label
 
 
 def seed_everything(seed: int) -> None:

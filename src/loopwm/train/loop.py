@@ -460,13 +460,14 @@ def _train(cfg: TrainConfig, run_dir: Path, ddp: Distributed) -> Path:
         # with --until-plateau: the step at which the learning rate began to cool, and why
         cooldown_from, stop_reason = None, "steps"
     curve: list[tuple[int, float]] = []
+    where = device_label(device)  # recorded in each checkpoint: where the latest stretch of training ran
 
     def meta_now() -> dict:
         plateau = {"cooldown_from": cooldown_from, "stop_reason": stop_reason} if cfg.until_plateau > 0 else {}
         return {**model.checkpoint_meta(), **plateau, "numpy_rng": rng.bit_generator.state,
                 "train_seconds": elapsed_before + (time.time() - t0),
                 "data": str(cfg.data), "env_id": ds.env_id, "env_kwargs": ds.env_kwargs, "val_episodes": [int(i) for i in val_idx],
-                "device": device_label(device)}  # where the latest stretch of training ran
+                "device": where}
 
     metrics_path = run_dir / "metrics.jsonl"
     judged = "val/obs" if average is None else "val_avg/obs"  # the curve the plateau rule reads

@@ -93,7 +93,7 @@ class DepthStudyConfig:
     """Models: looped, looped-bptt (gradient through every iteration), looped-ds (depth supervision: the
     prediction after every iteration is scored too, weight --depth-supervision), deep-K (K distinct
     blocks); suffixed -lean without prelude and coda blocks, and with local attention unless suffixed
-    -full (model_config)."""
+    -full (model_config); -dN sets the width (e.g. looped-d32)."""
     test_depths: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 12, 16, 24, 32])
     """Test-time loop counts for the looped models."""
     depth_supervision: float = 0.5
@@ -115,16 +115,22 @@ class DepthStudyConfig:
 
 def model_config(name: str, cfg: DepthStudyConfig):
     """A model from its name: a base (looped, looped-bptt, looped-ds or deep-K), then optional
-    suffixes: -lean (no prelude or coda blocks: the encoder feeds the core directly) and -full (full
-    attention instead of local), in that order, e.g. looped-ds-full, looped-lean-full, deep-4-lean-full."""
+    suffixes: -lean (no prelude or coda blocks: the encoder feeds the core directly), -dN (width N
+    instead of 64: a narrower loop spends fewer parameters for the same number of passes) and -full
+    (full attention instead of local), in that order, e.g. looped-ds-full, looped-d32, deep-4-lean-full."""
     from loopwm.models.world_model import ModelConfig
 
-    base, full, lean = name, False, False
+    base, full, lean, width = name, False, False, {}
     if base.endswith("-full"):
         base, full = base[: -len("-full")], True
+    head, _, last = base.rpartition("-")
+    if head and last[:1] == "d" and last[1:].isdigit():
+        base, width = head, dict(d=int(last[1:]))
+        if width["d"] % 4:
+            raise SystemExit(f"model {name!r}: the width must be a multiple of 4 (the 4 attention heads split it)")
     if base.endswith("-lean"):
         base, lean = base[: -len("-lean")], True
-    shape = dict(attention="full" if full else "local", attn_bias=True, attn_neighbours=2, neighbours=2,
+    shape = dict(attention="full" if full else "local", attn_bias=True, attn_neighbours=2, neighbours=2, **width,
                  **(dict(n_prelude=0, n_coda=0) if lean else {}))
     loop = dict(kind="looped", mu_rec=cfg.mu_rec, depth_max=int(3 * cfg.mu_rec), **shape)
     if base in ("looped", "looped-ds"):  # looped-ds: the same loop; its training scores every iteration
@@ -134,7 +140,7 @@ def model_config(name: str, cfg: DepthStudyConfig):
     if base.startswith("deep-") and base.split("-")[1].isdigit():
         return ModelConfig(kind="deep", n_deep=int(base.split("-")[1]), **shape)
     raise SystemExit(f"unknown model {name!r}: use looped, looped-bptt, looped-ds or deep-K, optionally followed by "
-                     "-lean and then -full")
+                     "-lean, then -dN (width N), then -full")
 
 
 def train_overrides(name: str, cfg: DepthStudyConfig) -> dict:

@@ -178,3 +178,18 @@ def test_physics_study_gives_the_generalists_their_own_step_cap(load, monkeypatc
     depth = load(next(p for p in SCRIPTS if p.name == "depth_study.py"))
     full = depth.train_job("m", None, "d", "r", steps=1, batch_size=1, lr=1.0, context=1, horizon=1, seed=0)
     assert all(set(j) == set(full) for j in same)
+
+
+def test_depth_study_model_names_set_width_locality_and_scaffold(load):
+    study = load(next(p for p in SCRIPTS if p.name == "depth_study.py"))
+    cfg = study.DepthStudyConfig(mu_rec=6)
+    narrow = study.model_config("looped-d32", cfg)
+    assert (narrow.kind, narrow.d, narrow.attention, narrow.n_prelude) == ("looped", 32, "local", 1)
+    both = study.model_config("looped-lean-d48-full", cfg)
+    assert (both.d, both.attention, both.n_prelude, both.n_coda) == (48, "full", 0, 0)
+    stack = study.model_config("deep-4-d32", cfg)
+    assert (stack.kind, stack.n_deep, stack.d) == ("deep", 4, 32)
+    assert study.model_config("looped", cfg).d == 64
+    for bad in ("looped-d30", "looped-x32", "deep-four"):
+        with pytest.raises(SystemExit, match="model"):
+            study.model_config(bad, cfg)

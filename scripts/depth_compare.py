@@ -99,15 +99,25 @@ def shape(model: str) -> tuple[bool, bool]:
     return model.endswith("-full"), "-lean" in model
 
 
-def matching_ratio(rows: list[dict], loop: dict, key: str) -> str:
-    """The smallest stack of the loop's seed and setting within MATCH of the loop's error, as a parameter ratio."""
-    stacks = sorted((r for r in rows if (r["seed"], r["setting"]) == (loop["seed"], loop["setting"])
-                     and r["model"].startswith("deep-") and shape(r["model"]) == shape(loop["model"])),
-                    key=lambda r: r["params"])
-    for s in stacks:
-        if s[key] is not None and s[key] <= (1 + MATCH) * loop[key]:
-            return f"{s['model']} ({s['params'] / loop['params']:.1f}x)"
-    return f"none of {len(stacks)} (largest {stacks[-1]['params'] / loop['params']:.1f}x)" if stacks else "no stack"
+def matching_ratio(rows: list[dict], target: dict, key: str) -> str:
+    """The smallest model of the other family (stacks for a loop, loops for a stack), of the target's seed,
+    setting and attention, within MATCH of the target's error, as a parameter ratio: the larger over the
+    smaller, so a loop matched by a stack of 3x its size reads 3.0x, and so does a stack matched by a loop
+    of a third of its size."""
+    other = "deep-" if target["model"].startswith("looped") else "looped"
+    candidates = sorted((r for r in rows if (r["seed"], r["setting"]) == (target["seed"], target["setting"])
+                         and r["model"].startswith(other) and shape(r["model"]) == shape(target["model"])),
+                        key=lambda r: r["params"])
+    kind = "stack" if other == "deep-" else "loop"
+    for c in candidates:
+        if c[key] is not None and target[key] is not None and c[key] <= (1 + MATCH) * target[key]:
+            ratio = max(c["params"], target["params"]) / min(c["params"], target["params"])
+            fewer = "" if other == "deep-" else (" fewer" if c["params"] < target["params"] else " more")
+            return f"{c['model']} ({ratio:.1f}x{fewer})"
+    if not candidates:
+        return f"no {kind}"
+    edge = candidates[-1] if other == "deep-" else candidates[0]
+    return f"none of {len(candidates)} ({'largest' if other == 'deep-' else 'smallest'} {edge['params'] / target['params']:.2f}x)"
 
 
 def write_summary(cfg: CompareConfig, rows: list[dict]) -> str:
@@ -136,6 +146,17 @@ def write_summary(cfg: CompareConfig, rows: list[dict]) -> str:
         steady = (f"{_fmt(loop['h1s'])} | {matching_ratio(rows, loop, 'h1s')}" if loop["h1s"] is not None else " | ")
         lines.append(f"| {loop['seed']} | {loop['model']} | {loop['params']:,} | {steady} | {loop['h1']:.4f} | {matching_ratio(rows, loop, 'h1')} | "
                      f"{loop['h10']:.4f} | {matching_ratio(rows, loop, 'h10')} |")
+    stacks = [r for r in rows if r["model"].startswith("deep-")]
+    if any(r["model"].startswith("looped") for r in rows) and stacks:
+        lines += ["", f"## The smallest loop (same seed, setting and attention) within {MATCH:.0%} of each stack's error", "",
+                  "Loops of several widths (looped-dN) make this the loop's own parameter curve: the ratio is the stack's "
+                  "parameters over the matching loop's.", "",
+                  "| seed | stack | params | h1 (all) | matched by | h1 | matched by | h10 | matched by |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for stack in sorted(stacks, key=lambda r: (r["seed"], r["params"], r["model"])):
+            steady = (f"{_fmt(stack['h1s'])} | {matching_ratio(rows, stack, 'h1s')}" if stack["h1s"] is not None else " | ")
+            lines.append(f"| {stack['seed']} | {stack['model']} | {stack['params']:,} | {steady} | {stack['h1']:.4f} | "
+                         f"{matching_ratio(rows, stack, 'h1')} | {stack['h10']:.4f} | {matching_ratio(rows, stack, 'h10')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -143,6 +143,23 @@ def test_depth_compare_matches_a_loop_only_with_stacks_of_its_attention_and_scaf
     assert compare.matching_ratio(rows, loop, "h1") == "deep-4-full (3.0x)"
 
 
+def test_depth_compare_reads_the_smallest_loop_that_matches_a_stack(load):
+    compare = load(next(p for p in SCRIPTS if p.name == "depth_compare.py"))
+    row = dict(seed=0, setting="s")
+    stack = {**row, "model": "deep-4", "params": 330, "h1": 0.10}
+    rows = [stack, {**row, "model": "looped-d32", "params": 50, "h1": 0.12},  # too weak
+            {**row, "model": "looped-d48", "params": 110, "h1": 0.1005},  # within 1%: the answer
+            {**row, "model": "looped", "params": 180, "h1": 0.09},
+            {**row, "model": "looped-d16-full", "params": 20, "h1": 0.05},  # full attention: not a match
+            {**{**row, "seed": 1}, "model": "looped-d16", "params": 20, "h1": 0.05}]  # another seed
+    assert compare.matching_ratio(rows, stack, "h1") == "looped-d48 (3.0x fewer)"
+    assert compare.matching_ratio(rows, {**stack, "h1": 0.05}, "h1") == "none of 3 (smallest 0.15x)"
+    summary = compare.write_summary(compare.CompareConfig(), [
+        {**r, "study": "x", "core_params": None, "steps": 1, "stop": "steps", "minutes": 1.0, "depth": 1, "h10": 0.3, "h1s": r["h1"],
+         "other": None, "free": None, "hard": None} for r in rows[:4]])
+    assert "| 0 | deep-4 | 330 | 0.1000 | looped-d48 (3.0x fewer) |" in summary
+
+
 def test_plan_bench_replan_drops_only_the_rows_it_plans_again(load):
     bench = load(next(p for p in SCRIPTS if p.name == "plan_bench.py"))
     rows = [{"task": "A", "world": "looped"}, {"task": "A", "world": "oracle"}, {"task": "B", "world": "looped"},

@@ -160,6 +160,15 @@ def write_summary(cfg: CompareConfig, rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _curves(rows: list[dict]) -> dict[tuple, list[dict]]:
+    """Rows grouped into parameter curves: (family, attention and scaffold, seed) -> the rows."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        family = "looped" if r["model"].startswith("looped") else "deep"
+        groups.setdefault((family, shape(r["model"]), r["seed"]), []).append(r)
+    return groups
+
+
 def plot(cfg: CompareConfig, rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -181,10 +190,15 @@ def plot(cfg: CompareConfig, rows: list[dict], path: Path) -> None:
                 if twins or r is pts[0]:
                     text = f"{model} ({Path(r['study']).name})" if twins else model
                     ax.annotate(text, (r["params"], r[key]), fontsize=7, xytext=(4, 2), textcoords="offset points")
+        # each family's parameter curve (loops of several widths, stacks of several depths), per seed and shape
+        for (family, kind, seed), pts in sorted(_curves(rows).items()):
+            pts = sorted((r["params"], r[key]) for r in pts if r[key] is not None)
+            if len(pts) > 1:
+                ax.plot(*zip(*pts), linestyle="-" if family == "looped" else "--", color="grey", linewidth=0.8, zorder=0)
         ax.set_xscale("log")
         ax.set_xlabel("parameters")
         ax.set_ylabel(f"{key} error, {cfg.size} discs")
-        ax.set_title(f"{key}: error against parameters (marker shape = seed)")
+        ax.set_title(f"{key} (marker: seed; lines: loops solid, stacks dashed)", fontsize=10)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -161,11 +161,12 @@ def write_summary(cfg: CompareConfig, rows: list[dict]) -> str:
 
 
 def _curves(rows: list[dict]) -> dict[tuple, list[dict]]:
-    """Rows grouped into parameter curves: (family, attention and scaffold, seed) -> the rows."""
+    """Rows grouped into parameter curves: (family, attention and scaffold, seed, training setting) -> the
+    rows (a model trained longer in another study is another curve, not a point on this one)."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         family = "looped" if r["model"].startswith("looped") else "deep"
-        groups.setdefault((family, shape(r["model"]), r["seed"]), []).append(r)
+        groups.setdefault((family, shape(r["model"]), r["seed"], r["setting"]), []).append(r)
     return groups
 
 
@@ -175,7 +176,7 @@ def plot(cfg: CompareConfig, rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(13.5, 4.5))
     markers = "osD^v<>"
     for ax, key in zip(axes, ["h1", "h10"]):
         for model in sorted({r["model"] for r in rows}):
@@ -191,7 +192,7 @@ def plot(cfg: CompareConfig, rows: list[dict], path: Path) -> None:
                     text = f"{model} ({Path(r['study']).name})" if twins else model
                     ax.annotate(text, (r["params"], r[key]), fontsize=7, xytext=(4, 2), textcoords="offset points")
         # each family's parameter curve (loops of several widths, stacks of several depths), per seed and shape
-        for (family, kind, seed), pts in sorted(_curves(rows).items()):
+        for (family, *_), pts in sorted(_curves(rows).items()):
             pts = sorted((r["params"], r[key]) for r in pts if r[key] is not None)
             if len(pts) > 1:
                 ax.plot(*zip(*pts), linestyle="-" if family == "looped" else "--", color="grey", linewidth=0.8, zorder=0)
@@ -199,8 +200,8 @@ def plot(cfg: CompareConfig, rows: list[dict], path: Path) -> None:
         ax.set_xlabel("parameters")
         ax.set_ylabel(f"{key} error, {cfg.size} discs")
         ax.set_title(f"{key} (marker: seed; lines: loops solid, stacks dashed)", fontsize=10)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
+    fig.legend(*axes[0].get_legend_handles_labels(), fontsize=7, loc="center right")  # outside the panels: it hid points
+    fig.tight_layout(rect=(0, 0, 0.87, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

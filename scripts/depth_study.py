@@ -137,7 +137,7 @@ def model_config(name: str, cfg: DepthStudyConfig):
         return ModelConfig(**loop)
     if base == "looped-bptt":  # gradients through every iteration, not only the last ceil(mu_rec / 2)
         return ModelConfig(**loop, n_grad=int(3 * cfg.mu_rec))
-    if base.startswith("deep-") and base.split("-")[1].isdigit():
+    if base.startswith("deep-") and base[len("deep-"):].isdigit():  # deep-4-wide must not pass as deep-4
         return ModelConfig(kind="deep", n_deep=int(base.split("-")[1]), **shape)
     raise SystemExit(f"unknown model {name!r}: use looped, looped-bptt, looped-ds or deep-K, optionally followed by "
                      "-lean, then -dN (width N), then -full")

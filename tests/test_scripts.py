@@ -210,6 +210,6 @@ def test_depth_study_model_names_set_width_locality_and_scaffold(load):
     stack = study.model_config("deep-4-d32", cfg)
     assert (stack.kind, stack.n_deep, stack.d) == ("deep", 4, 32)
     assert study.model_config("looped", cfg).d == 64
-    for bad in ("looped-d30", "looped-x32", "deep-four"):
+    for bad in ("looped-d30", "looped-x32", "deep-four", "deep-4-wide", "looped-full-d32"):
         with pytest.raises(SystemExit, match="model"):
             study.model_config(bad, cfg)

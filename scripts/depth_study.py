@@ -126,21 +126,23 @@ def model_config(name: str, cfg: DepthStudyConfig):
     head, _, last = base.rpartition("-")
     if head and last[:1] == "d" and last[1:].isdigit():
         base, width = head, dict(d=int(last[1:]))
-        if width["d"] % 4:
-            raise SystemExit(f"model {name!r}: the width must be a multiple of 4 (the 4 attention heads split it)")
     if base.endswith("-lean"):
         base, lean = base[: -len("-lean")], True
     shape = dict(attention="full" if full else "local", attn_bias=True, attn_neighbours=2, neighbours=2, **width,
                  **(dict(n_prelude=0, n_coda=0) if lean else {}))
     loop = dict(kind="looped", mu_rec=cfg.mu_rec, depth_max=int(3 * cfg.mu_rec), **shape)
     if base in ("looped", "looped-ds"):  # looped-ds: the same loop; its training scores every iteration
-        return ModelConfig(**loop)
-    if base == "looped-bptt":  # gradients through every iteration, not only the last ceil(mu_rec / 2)
-        return ModelConfig(**loop, n_grad=int(3 * cfg.mu_rec))
-    if base.startswith("deep-") and base[len("deep-"):].isdigit():  # deep-4-wide must not pass as deep-4
-        return ModelConfig(kind="deep", n_deep=int(base.split("-")[1]), **shape)
-    raise SystemExit(f"unknown model {name!r}: use looped, looped-bptt, looped-ds or deep-K, optionally followed by "
-                     "-lean, then -dN (width N), then -full")
+        model = ModelConfig(**loop)
+    elif base == "looped-bptt":  # gradients through every iteration, not only the last ceil(mu_rec / 2)
+        model = ModelConfig(**loop, n_grad=int(3 * cfg.mu_rec))
+    elif base.startswith("deep-") and base[len("deep-"):].isdigit():  # deep-4-wide must not pass as deep-4
+        model = ModelConfig(kind="deep", n_deep=int(base[len("deep-"):]), **shape)
+    else:
+        raise SystemExit(f"unknown model {name!r}: use looped, looped-bptt, looped-ds or deep-K, optionally followed by "
+                         "-lean, then -dN (width N), then -full")
+    if model.d % model.n_heads:  # the blocks refuse it too, but only inside a training process, after data collection
+        raise SystemExit(f"model {name!r}: the width {model.d} must be a multiple of its {model.n_heads} attention heads")
+    return model
 
 
 def train_overrides(name: str, cfg: DepthStudyConfig) -> dict:

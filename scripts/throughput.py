@@ -186,27 +186,26 @@ def main(cfg: ThroughputConfig) -> None:
 
 def _run_all(jobs: list[dict], workers: int, record) -> dict[str, str]:
     """Run jobs `workers` at a time and record each row; returns {name: why} for those that failed."""
-    failed, broken = {}, []
+    failed = {}
 
-    def settle(job, future):
+    def settled(job, future) -> bool:
+        """Record a finished job (or why it failed); False when its process pool broke under it."""
         try:
             record(future.result())
         except BrokenProcessPool:
-            broken.append(job)
+            return False
         except Exception as exc:  # noqa: BLE001 - reported; the other settings go on
             failed[job["name"]] = f"{type(exc).__name__}: {exc}"
+        return True
 
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-        for job, future in [(j, pool.submit(_run, j)) for j in jobs]:
-            settle(job, future)
+        suspects = [job for job, future in [(j, pool.submit(_run, j)) for j in jobs] if not settled(job, future)]
     # a process that dies breaks its whole pool: each job it took down runs again alone, which
     # finishes the innocent ones and names the one that died
-    suspects = broken[:]
-    broken.clear()
     for job in suspects:
         with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
-            settle(job, pool.submit(_run, job))
-    failed.update({job["name"]: "its process was killed; out of memory at this batch?" for job in broken})
+            if not settled(job, pool.submit(_run, job)):
+                failed[job["name"]] = "its process was killed; out of memory at this batch?"
     return failed
 
 

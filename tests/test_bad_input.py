@@ -229,5 +229,10 @@ def test_a_device_is_chosen_in_one_place_and_named_for_records():
     if not torch.cuda.is_available():
         with pytest.raises(LoopWMError, match="--device cpu"):
             pick_device("cuda")
+    if not torch.accelerator.is_available():  # any accelerator type asked of a machine without one
+        assert pick_device("auto") == torch.device("cpu")
+        for name in ("cuda:0", "xpu", "mps"):
+            with pytest.raises(LoopWMError, match="no accelerator: use --device cpu"):
+                pick_device(name)
     assert device_label("cpu") == "cpu" and device_label(torch.device("cpu")) == "cpu"
     assert device_label("meta") == "meta"  # a device type without a torch module of its own

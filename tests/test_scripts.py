@@ -213,3 +213,23 @@ def test_depth_study_model_names_set_width_locality_and_scaffold(load):
     for bad in ("looped-d30", "looped-x32", "deep-four", "deep-4-wide", "looped-full-d32"):
         with pytest.raises(SystemExit, match="model"):
             study.model_config(bad, cfg)
+
+
+def test_throughput_names_a_setting_whose_process_dies_and_finishes_the_others(load, tmp_path, monkeypatch):
+    (tmp_path / "fake_throughput_run.py").write_text(
+        "import os\n"
+        "def run(job):\n"
+        "    if job['name'] == 'die':\n"
+        "        os._exit(9)  # as the kernel's out-of-memory killer would\n"
+        "    if job['name'] == 'err':\n"
+        "        raise ValueError('bad')\n"
+        "    return job['name']\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # spawned workers inherit sys.path
+    import fake_throughput_run
+
+    throughput = load(next(p for p in SCRIPTS if p.name == "throughput.py"))
+    monkeypatch.setattr(throughput, "_run", fake_throughput_run.run)
+    rows = []
+    failed = throughput._run_all([{"name": n} for n in ("a", "die", "err", "b")], 2, rows.append)
+    assert sorted(rows) == ["a", "b"]
+    assert set(failed) == {"die", "err"} and "killed" in failed["die"] and "ValueError" in failed["err"]

@@ -32,23 +32,26 @@ class LoopWMError(Exception):
 
 
 def pick_device(requested: str = "auto", local_rank: int | None = None) -> "torch.device":  # noqa: F821 - torch imported lazily
-    """The one place that chooses a device: "auto" gives CUDA when present, else CPU. With
-    `local_rank` (one process of several on a machine), a GPU device becomes that process's own
-    GPU, made current; a CPU device is shared."""
+    """The one place that chooses a device: "auto" gives the machine's accelerator (CUDA, or any
+    other torch knows) when present, else CPU; no device type is named here. With `local_rank` (one
+    process of several on a machine), an accelerator device becomes that process's own, made
+    current; a CPU device is shared."""
     import torch
 
+    accelerator = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
     if requested == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = accelerator or torch.device("cpu")
     else:
         try:
             device = torch.device(requested)
         except RuntimeError as err:
-            raise LoopWMError(f"unknown device {requested!r}: use 'auto', 'cpu' or 'cuda[:N]'") from err
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise LoopWMError(f"device {requested!r} asked for, but CUDA is not available: use --device cpu")
-    if local_rank is not None and device.type == "cuda":
+            raise LoopWMError(f"unknown device {requested!r}: use 'auto', 'cpu' or an accelerator such as 'cuda:0'") from err
+        if device.type not in ("cpu", "meta") and (accelerator is None or device.type != accelerator.type):
+            raise LoopWMError(f"device {requested!r} asked for, but this machine has "
+                              f"{'no accelerator' if accelerator is None else accelerator.type}: use --device cpu or auto")
+    if local_rank is not None and device.type != "cpu":
         device = torch.device(device.type, local_rank)
-        torch.cuda.set_device(device)
+        torch.accelerator.set_device_index(local_rank)
     return device
 
 

@@ -136,7 +136,7 @@ class TrainConfig:
     seed: int = 0
     """Seed for model init, sampling and noise."""
     device: str = "auto"
-    """"auto" (CUDA when present), "cpu" or "cuda[:N]"."""
+    """"auto" (the machine's accelerator when present, else the CPU), "cpu", or an accelerator such as "cuda:0"."""
     threads: int = 0
     """CPU threads for torch (0: torch's default, one per core). Small models gain little from a
     second thread at small batches (docs/LOG.md): one thread each lets two runs share two cores."""

@@ -171,36 +171,45 @@ def _curves(rows: list[dict]) -> dict[tuple, list[dict]]:
 
 
 def plot(cfg: CompareConfig, rows: list[dict], path: Path) -> None:
+    """Error against parameters, one row of panels per training setting (budgets are not mixed on one axis),
+    h1 and h10 side by side; settings are numbered as in the summary."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(13.5, 4.5))
+    settings = sorted({r["setting"] for r in rows})
+    fig, axes = plt.subplots(len(settings), 2, figsize=(13.5, 4.5 * len(settings)), squeeze=False)
     markers = "osD^v<>"
-    for ax, key in zip(axes, ["h1", "h10"]):
-        for model in sorted({r["model"] for r in rows}):
-            pts = [r for r in rows if r["model"] == model]
-            colour = None
-            for r in pts:
-                line = ax.scatter(r["params"], r[key], marker=markers[r["seed"] % len(markers)], color=colour,
-                                  label=model if colour is None else None)
-                colour = line.get_facecolor()[0]
-                # a model run in several studies of one seed (another schedule, another rule) names its study
-                twins = sum(q["seed"] == r["seed"] for q in pts) > 1
-                if twins or r is pts[0]:
-                    text = f"{model} ({Path(r['study']).name})" if twins else model
-                    ax.annotate(text, (r["params"], r[key]), fontsize=7, xytext=(4, 2), textcoords="offset points")
-        # each family's parameter curve (loops of several widths, stacks of several depths), per seed and shape
-        for (family, *_), pts in sorted(_curves(rows).items()):
-            pts = sorted((r["params"], r[key]) for r in pts if r[key] is not None)
-            if len(pts) > 1:
-                ax.plot(*zip(*pts), linestyle="-" if family == "looped" else "--", color="grey", linewidth=0.8, zorder=0)
-        ax.set_xscale("log")
-        ax.set_xlabel("parameters")
-        ax.set_ylabel(f"{key} error, {cfg.size} discs")
-        ax.set_title(f"{key} (marker: seed; lines: loops solid, stacks dashed)", fontsize=10)
-    fig.legend(*axes[0].get_legend_handles_labels(), fontsize=7, loc="center right")  # outside the panels: it hid points
+    colours = {m: f"C{i % 10}" for i, m in enumerate(sorted({r["model"] for r in rows}))}  # one colour per model in every panel
+    for i, setting in enumerate(settings):
+        mine = [r for r in rows if r["setting"] == setting]
+        for ax, key in zip(axes[i], ["h1", "h10"]):
+            for model in sorted({r["model"] for r in mine}):
+                pts = [r for r in mine if r["model"] == model]
+                for r in pts:
+                    ax.scatter(r["params"], r[key], marker=markers[r["seed"] % len(markers)], color=colours[model],
+                               label=model if r is pts[0] else None)
+                    # a model run in several studies of one seed and setting (another rule) names its study
+                    twins = sum(q["seed"] == r["seed"] for q in pts) > 1
+                    if twins or r is pts[0]:
+                        text = f"{model} ({Path(r['study']).name})" if twins else model
+                        ax.annotate(text, (r["params"], r[key]), fontsize=7, xytext=(4, 2), textcoords="offset points")
+            # each family's parameter curve (loops of several widths, stacks of several depths), per seed and shape
+            for (family, *_), pts in sorted(_curves(mine).items()):
+                pts = sorted((r["params"], r[key]) for r in pts if r[key] is not None)
+                if len(pts) > 1:
+                    ax.plot(*zip(*pts), linestyle="-" if family == "looped" else "--", color="grey", linewidth=0.8, zorder=0)
+            ax.set_xscale("log")
+            ax.set_xlabel("parameters")
+            ax.set_ylabel(f"{key} error, {cfg.size} discs")
+            where = f"setting ({i + 1}), " if len(settings) > 1 else ""
+            ax.set_title(f"{key}, {where}marker: seed; lines: loops solid, stacks dashed", fontsize=10)
+    handles = {}
+    for ax in axes.flat:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    fig.legend(handles.values(), handles.keys(), fontsize=7, loc="center right")  # outside the panels: it hid points
     fig.tight_layout(rect=(0, 0, 0.87, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -163,6 +163,22 @@ def test_depth_compare_reads_the_smallest_loop_that_matches_a_stack(load):
     assert sorted(len(v) for v in curves.values()) == [1, 1, 3]  # the longer run is not on the 4,000-step curve
 
 
+def test_depth_compare_plots_each_training_setting_in_its_own_row(load, tmp_path):
+    import matplotlib.image
+
+    compare = load(next(p for p in SCRIPTS if p.name == "depth_compare.py"))
+    base = dict(seed=0, study="x", h10=0.4)
+    rows = [{**base, "setting": "4,000 steps", "model": "looped-d32", "params": 50, "h1": 0.10},
+            {**base, "setting": "4,000 steps", "model": "deep-4", "params": 330, "h1": 0.11}]
+    longer = [{**r, "setting": "10,000 steps", "h1": r["h1"] - 0.02} for r in rows]
+    one, two = tmp_path / "one.png", tmp_path / "two.png"
+    compare.plot(compare.CompareConfig(), rows, one)
+    compare.plot(compare.CompareConfig(), rows + longer, two)
+    h_one, w_one = matplotlib.image.imread(one).shape[:2]
+    h_two, w_two = matplotlib.image.imread(two).shape[:2]
+    assert w_one == w_two and h_two == pytest.approx(2 * h_one, abs=2)  # budgets are not mixed on one axis
+
+
 def test_plan_bench_replan_drops_only_the_rows_it_plans_again(load):
     bench = load(next(p for p in SCRIPTS if p.name == "plan_bench.py"))
     rows = [{"task": "A", "world": "looped"}, {"task": "A", "world": "oracle"}, {"task": "B", "world": "looped"},

@@ -110,6 +110,27 @@ def test_bench_can_tune_the_learning_rate_on_every_world(tmp_path):
         assert {r["lr"] for r in rows if r["world"] == world} == {tuned["best"][world]["looped"]}
 
 
+def test_bench_can_tune_the_learning_rate_of_every_model(tmp_path):
+    out = tmp_path / "bench"
+    loopwm("bench", "--out", str(out), "--worlds", "balls", "--models", "deep-1", "deep-2", "--seeds", "1",
+           "--steps", "3", "--episodes", "6", "--max-episode-steps", "30", "--horizon", "10", "--budgets", "steps",
+           "--no-progress", "--device", "cpu", "--lrs", "1e-3", "3e-3", "--workers", "1", "--tune-each-model")
+    tuned = json.loads((out / "tuning.json").read_text())
+    assert tuned["per"] == "model" and set(tuned["best"]) == {"deep-1", "deep-2"}  # each swept, not the family once
+    assert all(set(errors) == {"0.001", "0.003"} for errors in tuned["h10_error"].values())
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    for model in ("deep-1", "deep-2"):  # each trained at its own winner
+        assert {r["lr"] for r in rows if r["model"] == model} == {tuned["best"][model]}
+        assert sorted(p.name for p in (out / "runs" / "balls" / model).iterdir()) == ["lr0.001", "lr0.003"]
+    # back to one rate per family in the same folder: the per-model rates stay on record beside it
+    loopwm("bench", "--out", str(out), "--worlds", "balls", "--models", "deep-1", "--seeds", "1",
+           "--steps", "3", "--episodes", "6", "--max-episode-steps", "30", "--horizon", "10", "--budgets", "steps",
+           "--no-progress", "--device", "cpu", "--lrs", "1e-3", "3e-3", "--workers", "1")
+    again = json.loads((out / "tuning.json").read_text())
+    assert again["per"] == "family" and set(again["best"]) == {"deep"}
+    assert again["per_model"] == tuned
+
+
 def test_bench_adding_a_model_keeps_its_familys_tuned_rate(tmp_path):
     out = tmp_path / "bench"
     args = ("--out", str(out), "--worlds", "balls", "--seeds", "1", "--test-depths", "1", "--steps", "3", "--episodes", "6",

@@ -17,7 +17,8 @@ Output, under --out:
                       minutes each model trained, and why it stopped)
     curves.jsonl      every run's validation curve (learning_curves.png draws them)
     depth.jsonl       the looped model's horizon-10 error at each test-time iteration count
-    tuning.json       the learning rate kept per model family (per world with --tune-each-world),
+    tuning.json       the learning rate kept per model family (per model with --tune-each-model, per
+                      world with --tune-each-world),
                       with the scores behind it
     scores/           every finished run's scores, validation curve and architecture (small JSON,
                       meant to be committed): a re-run with the same data and settings reuses them
@@ -147,6 +148,10 @@ class BenchConfig:
     """Sweep the learning rates on every world and use each world's own best (costs one sweep per
     world); by default the first world's winners are used everywhere, which can pick a rate that
     diverges on another world."""
+    tune_each_model: bool = False
+    """Sweep the learning rates for every model on its own instead of once per family (one sweep per
+    model): a family's rate is tuned on one member (deep-4) and can be too high for a wider or deeper
+    one. tuning.json is then keyed by model."""
     horizon: int = 50
     """Longest open-loop horizon scored."""
     test_depths: tuple[int, ...] = (1, 2, 4, 8, 12, 16)
@@ -365,33 +370,43 @@ def run_bench(cfg: BenchConfig) -> Path:
                 "cost": _cost(suite[name][0], budget, cfg)}
 
     # 1. the same learning-rate sweep for every family (seed 0, equal steps), on the first world or on each
-    families = sorted({family(n) for n in suite})
+    def rate_key(name: str) -> str:  # who shares a tuned rate: the family, or with --tune-each-model the model alone
+        return name if cfg.tune_each_model else family(name)
+
+    families = sorted({rate_key(n) for n in suite})
     tuned_on = list(cfg.worlds) if cfg.tune_each_world else [cfg.worlds[0]]
     try:  # what an earlier run of this folder tuned: reused below when it is the same comparison
         earlier = json.loads((out / "tuning.json").read_text()) if same_as_before else {}
     except (OSError, ValueError):
         earlier = {}
-    tuning = _earlier_tuning(earlier, cfg, tuned_on, families)
+    per = "model" if cfg.tune_each_model else "family"
+    tuning = _earlier_tuning(_tuning_record(earlier, per), cfg, tuned_on, families)
     if len(cfg.lrs) > 1:
-        rep = {f: FAMILY_REPRESENTATIVE[f] if FAMILY_REPRESENTATIVE[f] in suite else next(n for n in suite if family(n) == f)
+        rep = {f: f if cfg.tune_each_model else
+               FAMILY_REPRESENTATIVE[f] if FAMILY_REPRESENTATIVE[f] in suite else next(n for n in suite if family(n) == f)
                for f in families}
         # a family this folder already swept over the same rates keeps its rate: adding deep-16 to a finished
         # comparison must not sweep the deep family again on deep-16 and move the rate deep-1..8 trained with
         sweep = [job(w, rep[f], lr, 0, "steps") for w in tuned_on for f in families if f not in tuning[w] for lr in cfg.lrs]
         for j, r in zip(sweep, _run_jobs(sweep, cfg, "lr sweep")):
-            tuning[j["world"]].setdefault(family(j["name"]), {})[f"{j['lr']:g}"] = r["errors"][9]
+            tuning[j["world"]].setdefault(rate_key(j["name"]), {})[f"{j['lr']:g}"] = r["errors"][9]
     best_by_world = {w: {f: (float(min(t[f], key=t[f].get)) if f in t else cfg.lrs[0]) for f in families}
                      for w, t in tuning.items()}
 
     def lr_for(world: str, name: str) -> float:
-        return best_by_world[world if cfg.tune_each_world else cfg.worlds[0]][family(name)]
+        return best_by_world[world if cfg.tune_each_world else cfg.worlds[0]][rate_key(name)]
 
     summary = ({"best": best_by_world, "h10_error": tuning} if cfg.tune_each_world else
                {"best": best_by_world[cfg.worlds[0]], "h10_error": tuning[cfg.worlds[0]], "tuned_on": cfg.worlds[0]})
-    # families an earlier run in this folder tuned and this one did not: keep their rates on record
-    if not cfg.tune_each_world and earlier.get("tuned_on") == cfg.worlds[0]:
+    summary["per"] = per
+    # families (or models) an earlier run in this folder tuned and this one did not: keep their rates on record
+    mine = _tuning_record(earlier, per)
+    if not cfg.tune_each_world and mine.get("tuned_on") == cfg.worlds[0]:
         for key in ("best", "h10_error"):
-            summary[key] = {**{f: v for f, v in earlier.get(key, {}).items() if f not in families}, **summary[key]}
+            summary[key] = {**{f: v for f, v in mine.get(key, {}).items() if f not in families}, **summary[key]}
+    other = "model" if per == "family" else "family"
+    if _tuning_record(earlier, other):  # the other mode's rates stay on record beside these
+        summary[f"per_{other}"] = {k: v for k, v in _tuning_record(earlier, other).items() if not k.startswith("per_")}
     atomic_write_text(out / "tuning.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
 
     # 2. every model, world, seed and budget (sweep runs with the winning rate are reused as they are)
@@ -460,6 +475,14 @@ def _same_comparison(out: Path, cfg: BenchConfig) -> bool:
     if differ:
         print(f"results of an earlier run in {out} differ in {', '.join(differ)}: not merged into this report")
     return not differ
+
+
+def _tuning_record(earlier: dict, per: str) -> dict:
+    """Of an earlier tuning.json, the record of rates tuned per family or per model (--tune-each-model):
+    the file holds the last run's mode at its top level and the other mode's record under per_<mode>."""
+    if not earlier:
+        return {}
+    return earlier if earlier.get("per", "family") == per else earlier.get(f"per_{per}", {})
 
 
 def _earlier_tuning(earlier: dict, cfg: BenchConfig, tuned_on: list[str], families: list[str]) -> dict[str, dict[str, dict]]:

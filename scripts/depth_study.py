@@ -19,15 +19,13 @@ Re-running re-uses finished runs and scores.
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import tyro
 
-from loopwm.utils import atomic_write_text
+from loopwm.utils import atomic_write_text, worker_pool
 
 SCORED_EPISODES = 60  # episodes scored on the world sizes a model was not trained on
 
@@ -263,7 +261,7 @@ def main(cfg: DepthStudyConfig) -> None:
             for m in cfg.models if not trained_as_asked(runs.get(m, {}), cfg)]
     jobs.sort(key=lambda j: -(2 * cfg.mu_rec if j["model"].kind == "looped" else j["model"].n_deep))  # longest first
     jobs = jobs if "train" in cfg.stages else []
-    with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn")) as pool:
+    with worker_pool(cfg.workers) as pool:
         for row in pool.map(_train, jobs):
             runs[row["model"]] = row
             _write(runs_path, list(runs.values()))

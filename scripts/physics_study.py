@@ -19,16 +19,14 @@ regime and depth, with the copy-last floor), summary.md. Re-running re-uses fini
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import tyro
 
-from loopwm.utils import atomic_write_text
+from loopwm.utils import atomic_write_text, worker_pool
 
 REGIMES = {"balls": "loopwm/Balls-v0", "cradle": "loopwm/Cradle-v0", "chain": "loopwm/Chain-v0"}
 
@@ -104,7 +102,7 @@ def main(cfg: PhysicsStudyConfig) -> None:
     runs_path = out / "runs.jsonl"
     runs = {r["model"]: r for r in _read(runs_path)}
     jobs = [j for j in jobs_for(cfg, data, out) if runs.get(j["name"], {}).get("cap") != j["steps"]]
-    with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn")) as pool:
+    with worker_pool(cfg.workers) as pool:
         for row in pool.map(_train, jobs):
             runs[row["model"]] = row
             _write(runs_path, list(runs.values()))

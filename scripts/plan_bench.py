@@ -31,15 +31,13 @@ Re-running re-uses finished runs and rows.
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import tyro
 
-from loopwm.utils import atomic_write_json, atomic_write_text
+from loopwm.utils import atomic_write_json, atomic_write_text, worker_pool
 
 
 @dataclass
@@ -202,7 +200,6 @@ def main(cfg: PlanBenchConfig) -> None:
     rows = [json.loads(x) for x in rows_path.read_text().splitlines() if x.strip()] if rows_path.exists() else []
     rows = kept_rows(rows, cfg)
     done = {(r["task"], r["world"]) for r in rows}
-    ctx = mp.get_context("spawn")
     runs = {}
     for task in cfg.tasks:
         short = task.split("/")[-1].split("-")[0].lower()
@@ -211,7 +208,7 @@ def main(cfg: PlanBenchConfig) -> None:
         runs[task] = {m: out / "runs" / short / m for m in cfg.models}
         jobs = [{"name": m, "data": str(data), "run": str(run), "minutes": cfg.minutes, "horizon": cfg.horizon}
                 for m, run in runs[task].items()]  # a finished run resumes and stops at once
-        with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=ctx) as pool:
+        with worker_pool(cfg.workers) as pool:
             for job in pool.map(_train, jobs):
                 print(f"{task} {job['name']}: trained", flush=True)
     # models trained by an earlier run in this folder keep their entries, as their result rows are kept
@@ -249,7 +246,7 @@ def main(cfg: PlanBenchConfig) -> None:
                 model = str(runs[task][model])
             jobs.append({"task": task, "world": world, "plan": {
                 **plan, **settings, "model": model, "env_id": task if model in ("random", "oracle") else ""}})
-    with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=ctx) as pool:
+    with worker_pool(cfg.workers) as pool:
         for row in pool.map(_plan, jobs):
             rows.append(row)
             atomic_write_text(rows_path, "".join(json.dumps(r) + "\n" for r in rows))

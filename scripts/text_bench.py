@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing as mp
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import tyro
 
-from loopwm.utils import atomic_write_json, atomic_write_text
+from loopwm.utils import atomic_write_json, atomic_write_text, worker_pool
 
 
 @dataclass
@@ -117,7 +115,7 @@ def main(cfg: TextBenchConfig) -> None:
         atomic_write_text(out / "summary.md", summary(results, sweep, saved["settings"]))
         plots(results, sweep, out)
         return
-    with ProcessPoolExecutor(min(2, len(jobs)), mp_context=mp.get_context("spawn")) as pool:
+    with worker_pool(min(2, len(jobs))) as pool:
         list(pool.map(_train, jobs))
     import torch
 

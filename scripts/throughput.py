@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing as mp
 import time
-from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import tyro
 
-from loopwm.utils import atomic_write_text
+from loopwm.utils import atomic_write_text, worker_pool
 
 
 @dataclass
@@ -198,12 +196,12 @@ def _run_all(jobs: list[dict], workers: int, record) -> dict[str, str]:
             failed[job["name"]] = f"{type(exc).__name__}: {exc}"
         return True
 
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+    with worker_pool(workers) as pool:
         suspects = [job for job, future in [(j, pool.submit(_run, j)) for j in jobs] if not settled(job, future)]
     # a process that dies breaks its whole pool: each job it took down runs again alone, which
     # finishes the innocent ones and names the one that died
     for job in suspects:
-        with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+        with worker_pool(1) as pool:
             if not settled(job, pool.submit(_run, job)):
                 failed[job["name"]] = "its process was killed; out of memory at this batch?"
     return failed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,6 +159,58 @@ def test_a_run_killed_with_sigkill_resumes(dataset, tmp_path):
     assert meta["step"] == killed_at + 5
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, killed_at + 6))
+
+
+_ORPHAN_SCRIPT = """
+import os, sys, time
+from loopwm.utils import worker_pool
+
+def report(path):
+    with open(path + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(path + ".tmp", path)
+    time.sleep(120)  # a long task, as an hour of training is
+
+if __name__ == "__main__":
+    pool = worker_pool(1)
+    pool.submit(report, sys.argv[1])
+    time.sleep(120)
+"""
+
+
+def test_pool_workers_end_when_the_run_that_started_them_is_killed(tmp_path):
+    """Killing a study mid-run must not leave its workers training on alone (they did for an hour)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script, pid_file = tmp_path / "study.py", tmp_path / "worker.pid"
+    script.write_text(_ORPHAN_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), str(pid_file)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and not pid_file.exists():
+        time.sleep(0.1)
+    assert pid_file.exists(), "the worker never started"
+    worker = int(pid_file.read_text())
+
+    def alive(pid: int) -> bool:  # a zombie nobody has reaped yet counts as gone
+        try:
+            return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] != "Z"
+        except (OSError, IndexError):
+            return False
+
+    assert alive(worker)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline and alive(worker):
+        time.sleep(0.2)
+    gone = not alive(worker)
+    if not gone:
+        os.kill(worker, signal.SIGKILL)
+    assert gone, "a pool worker outlived the killed run"
 
 
 def test_plateau_rule_on_hand_made_curves():

@@ -38,9 +38,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing as mp
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -56,7 +55,7 @@ from loopwm.models.flops import count_step_flops
 from loopwm.models.rssm import RSSMConfig
 from loopwm.models.world_model import ModelConfig
 from loopwm.train.loop import TrainConfig, config_diff, train
-from loopwm.utils import LoopWMError, atomic_write_text, pick_device
+from loopwm.utils import LoopWMError, atomic_write_text, pick_device, worker_pool
 
 WORLD_IDS = {"balls": "loopwm/Balls-v0", "cradle": "loopwm/Cradle-v0", "chain": "loopwm/Chain-v0", "mixed": "loopwm/Mixed-v0"}
 
@@ -322,7 +321,7 @@ def _run_jobs(jobs: list[dict], cfg: BenchConfig, desc: str) -> list[dict]:
             bar.update(1)
     else:
         # spawn, not fork: a forked child would inherit this process's torch thread pool state
-        with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn")) as pool:
+        with worker_pool(cfg.workers) as pool:
             futures = {pool.submit(_train_and_score, jobs[i]): i for i in order}
             try:
                 for fut in as_completed(futures):

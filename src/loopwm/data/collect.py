@@ -369,11 +369,9 @@ def _episodes(env, policy, cfg: "CollectConfig", start: int, kwargs: dict, own_e
     if info_dtypes() is None and e < cfg.episodes:  # the first episode decides which info keys exist
         yield e, run_episode(env, policy, cfg.seed, e, cfg.max_steps, None)
         e += 1
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
+    from loopwm.utils import worker_pool
 
-    pool = ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                               initargs=(cfg.env_id, kwargs, cfg.obs, cfg.pixel_size, cfg.policy))
+    pool = worker_pool(cfg.workers, initializer=_worker_init, initargs=(cfg.env_id, kwargs, cfg.obs, cfg.pixel_size, cfg.policy))
     try:
         jobs = [(cfg.seed, i, cfg.max_steps, info_dtypes()) for i in range(e, cfg.episodes)]
         yield from zip(range(e, cfg.episodes), pool.map(_worker_episode, jobs, chunksize=4))

@@ -36,7 +36,7 @@ import numpy as np
 from loopwm.text import simulators
 from loopwm.text.simulators import SIMULATORS, check_ready
 from loopwm.text.tasks import SPLITS, TWX_DEFAULT
-from loopwm.utils import LoopWMError, atomic_write_json, read_json
+from loopwm.utils import LoopWMError, atomic_write_json, read_json, worker_pool
 
 FORMAT = "loopwm-text-trajectories"
 FORMAT_VERSION = 2  # 2: trajectories list the entities present
@@ -120,14 +120,10 @@ def collect_text(cfg: TextCollectConfig) -> Path:
     header = {"format": FORMAT, "format_version": FORMAT_VERSION, "created_by": f"loopwm {__version__}",
               "simulator": cfg.simulator, "settings": settings, "tasks": tasks, "task_types": {t: task_types[t] for t in tasks}}
     atomic_write_json(manifest_path, {**header, "counts": None})  # a resumed run must ask for the same data
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
     from tqdm import tqdm
 
     t0 = time.time()
-    pool = ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn"), initializer=simulators.worker_init,
-                               initargs=(cfg.simulator, cfg.step_limit))
+    pool = worker_pool(cfg.workers, initializer=simulators.worker_init, initargs=(cfg.simulator, cfg.step_limit))
     try:
         known_path = out / "variations.json"
         known = read_json(known_path, "variation list") if known_path.exists() else {}

@@ -41,6 +41,9 @@ class DemoConfig:
     """Built-in world (or any registered id with (N, F) observations)."""
     n_bodies: int = 16
     """Bodies in the world."""
+    rail_radius: float = 0.0
+    """Disc radius on the rail (0: the world's default, 0.01). Discs may cover at most 70% of the rail,
+    so 32 discs of the default radius leave few free ones; 0.005 keeps gaps between runs."""
     episodes: int = 300
     """Episodes to collect (200 steps each by default)."""
     train_minutes: float = 7.0
@@ -89,7 +92,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     atomic_write_json(out / "demo_config.json", asdict(cfg))
     episode_steps = 60 if cfg.tiny else None
     data_dir = collect(CollectConfig(env_id=cfg.env_id, out=str(out / "data"), episodes=cfg.episodes, seed=cfg.seed,
-                                     n_bodies=cfg.n_bodies, max_episode_steps=episode_steps, progress=cfg.progress))
+                                     n_bodies=cfg.n_bodies, max_episode_steps=episode_steps, progress=cfg.progress),
+                       env_kwargs={"rail_radius": cfg.rail_radius} if cfg.rail_radius else None)
     tcfg = TrainConfig(data=str(data_dir), out=str(out), model=cfg.model, steps=cfg.train_steps, minutes=cfg.train_minutes,
                        batch_size=cfg.batch_size, lr=cfg.lr, depth_supervision=cfg.depth_supervision, context=cfg.context, horizon=cfg.horizon, seed=cfg.seed,
                        device=cfg.device, progress=cfg.progress, eval_every=250 if not cfg.tiny else 2,

@@ -320,7 +320,6 @@ def _run_jobs(jobs: list[dict], cfg: BenchConfig, desc: str) -> list[dict]:
             results[i] = _train_and_score(jobs[i])
             bar.update(1)
     else:
-        # spawn, not fork: a forked child would inherit this process's torch thread pool state
         with worker_pool(cfg.workers) as pool:
             futures = {pool.submit(_train_and_score, jobs[i]): i for i in order}
             try:

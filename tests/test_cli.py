@@ -58,10 +58,11 @@ def test_eval_table_and_exit_rule(trained):
 
 def test_demo_tiny_writes_every_artifact(tmp_path):
     out = tmp_path / "demo"
-    proc = loopwm("demo", "--tiny", "--out", str(out), "--no-progress", "--device", "cpu", "--rail-radius", "0.007")
+    proc = loopwm("demo", "--tiny", "--out", str(out), "--no-progress", "--device", "cpu", "--rail-radius", "0.007", "--threads", "1")
     for name in ("config.json", "metrics.jsonl", "eval.json", "error_vs_horizon.png", "iterations.png", "real_vs_imagined.gif"):
         assert (out / name).exists(), name
     assert json.loads((out / "data" / "manifest.json").read_text())["env_kwargs"]["rail_radius"] == 0.007
+    assert json.loads((out / "config.json").read_text())["threads"] == 1
     assert list((out / "checkpoints").glob("*.safetensors")) and list((out / "checkpoints").glob("*.json"))
     assert "open-loop error at horizon  1" in proc.stdout and "parameters" in proc.stdout
     assert f"loopwm play {out}" in proc.stdout  # it ends with the command that plays its run

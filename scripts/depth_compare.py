@@ -177,11 +177,13 @@ def plot(cfg: CompareConfig, rows: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     settings = sorted({r["setting"] for r in rows})
     fig, axes = plt.subplots(len(settings), 2, figsize=(13.5, 4.5 * len(settings)), squeeze=False)
     markers = "osD^v<>"
-    colours = {m: f"C{i % 10}" for i, m in enumerate(sorted({r["model"] for r in rows}))}  # one colour per model in every panel
+    palette = plt.get_cmap("tab20").colors  # 20 distinct colours: studies often hold more than 10 models
+    colours = {m: palette[i % len(palette)] for i, m in enumerate(sorted({r["model"] for r in rows}))}  # one per model, every panel
     for i, setting in enumerate(settings):
         mine = [r for r in rows if r["setting"] == setting]
         for ax, key in zip(axes[i], ["h1", "h10"]):
@@ -201,6 +203,7 @@ def plot(cfg: CompareConfig, rows: list[dict], path: Path) -> None:
                 if len(pts) > 1:
                     ax.plot(*zip(*pts), linestyle="-" if family == "looped" else "--", color="grey", linewidth=0.8, zorder=0)
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlapped
             ax.set_xlabel("parameters")
             ax.set_ylabel(f"{key} error, {cfg.size} discs")
             where = f"setting ({i + 1}), " if len(settings) > 1 else ""

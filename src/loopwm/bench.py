@@ -160,7 +160,8 @@ class BenchConfig:
     quick: bool = False
     """Reduced suite (one world, one seed, five models, short budgets) that finishes in minutes."""
     device: str = "auto"
-    """"auto", "cpu" or "cuda[:N]"."""
+    """Where to run: "auto" (the accelerator when present, else the CPU), "cpu", or an accelerator device
+    as torch names it (type[:index]); utils.pick_device chooses."""
     progress: bool = True
     """Show progress bars."""
     report_only: bool = False

@@ -75,7 +75,8 @@ class DemoConfig:
     seed: int = 0
     """Seed for collection, training and evaluation."""
     device: str = "auto"
-    """"auto", "cpu" or "cuda[:N]"."""
+    """Where to run: "auto" (the accelerator when present, else the CPU), "cpu", or an accelerator device
+    as torch names it (type[:index]); utils.pick_device chooses."""
     threads: int = 0
     """CPU threads for training (0: torch's default, one per core). On cores other jobs are using, 1 is
     about 3x faster than 2 for this model size."""

@@ -45,7 +45,8 @@ def pick_device(requested: str = "auto", local_rank: int | None = None) -> "torc
         try:
             device = torch.device(requested)
         except RuntimeError as err:
-            raise LoopWMError(f"unknown device {requested!r}: use 'auto', 'cpu' or an accelerator such as 'cuda:0'") from err
+            raise LoopWMError(f"unknown device {requested!r}: use 'auto', 'cpu', or an "
+                              "accelerator device as torch names it (type[:index])") from err
         if device.type not in ("cpu", "meta") and (accelerator is None or device.type != accelerator.type):
             raise LoopWMError(f"device {requested!r} asked for, but this machine has "
                               f"{'no accelerator' if accelerator is None else accelerator.type}: use --device cpu or auto")
@@ -56,7 +57,7 @@ def pick_device(requested: str = "auto", local_rank: int | None = None) -> "torc
 
 
 def device_label(device) -> str:
-    """What a device is, for records: "cpu", or the accelerator's index and name (e.g. "cuda:0
+    """What a device is, for records: "cpu", or the accelerator's index and name (e.g. "<type>:0
     (NVIDIA H200)"), asked of the device's own torch module so that no device type is named here."""
     import torch
 

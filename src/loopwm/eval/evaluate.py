@@ -107,7 +107,8 @@ class EvalConfig:
     seed: int = 12345
     """Seed of the long rollout's start and actions."""
     device: str = "auto"
-    """"auto", "cpu" or "cuda[:N]"."""
+    """Where to run: "auto" (the accelerator when present, else the CPU), "cpu", or an accelerator device
+    as torch names it (type[:index]); utils.pick_device chooses."""
     out: str = ""
     """Folder for eval.json and figures: error vs horizon, iterations per step, and a side-by-side
     real-vs-imagined GIF where frames can be drawn (the built-in world, pixel observations)."""

@@ -75,7 +75,8 @@ class PlanConfig:
     json: bool = False
     """Print the result as one JSON object."""
     device: str = "auto"
-    """"auto", "cpu" or "cuda[:N]"."""
+    """Where to run: "auto" (the accelerator when present, else the CPU), "cpu", or an accelerator device
+    as torch names it (type[:index]); utils.pick_device chooses."""
 
 
 def _open(cfg: PlanConfig, meta: dict | None, render: bool):

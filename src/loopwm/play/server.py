@@ -48,7 +48,8 @@ class PlayConfig:
     frame_size: int = 128
     """Side of the drawn frames in pixels."""
     device: str = "auto"
-    """"auto", "cpu" or "cuda[:N]"."""
+    """Where to run: "auto" (the accelerator when present, else the CPU), "cpu", or an accelerator device
+    as torch names it (type[:index]); utils.pick_device chooses."""
     threads: int = 1
     """Torch CPU threads (one step of a small model is too short to share out; 0: torch's default)."""
 

@@ -70,7 +70,8 @@ class TextEvalConfig:
     out: str = ""
     """Where to write the JSON (empty: RUN/text_eval.json)."""
     device: str = "auto"
-    """"auto", "cpu" or "cuda[:N]" (chosen by pick_device)."""
+    """Where to run: "auto" (the accelerator when present, else the CPU), "cpu", or an accelerator device
+    as torch names it (type[:index]); utils.pick_device chooses."""
 
 
 def lookup_table(trajs) -> dict[str, str]:

@@ -87,7 +87,8 @@ class TextTrainConfig:
     threads: int = 0
     """Torch CPU threads (0: torch's default)."""
     device: str = "auto"
-    """"auto", "cpu" or "cuda[:N]" (chosen by pick_device)."""
+    """Where to run: "auto" (the accelerator when present, else the CPU), "cpu", or an accelerator device
+    as torch names it (type[:index]); utils.pick_device chooses."""
     progress: bool = True
     """Show a progress bar."""
 

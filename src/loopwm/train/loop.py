@@ -136,7 +136,8 @@ class TrainConfig:
     seed: int = 0
     """Seed for model init, sampling and noise."""
     device: str = "auto"
-    """"auto" (the machine's accelerator when present, else the CPU), "cpu", or an accelerator such as "cuda:0"."""
+    """Where to run: "auto" (the accelerator when present, else the CPU), "cpu", or an accelerator device
+    as torch names it (type[:index]); utils.pick_device chooses."""
     threads: int = 0
     """CPU threads for torch (0: torch's default, one per core). Small models gain little from a
     second thread at small batches (docs/LOG.md): one thread each lets two runs share two cores."""

@@ -404,8 +404,9 @@ def run_bench(cfg: BenchConfig) -> Path:
         for key in ("best", "h10_error"):
             summary[key] = {**{f: v for f, v in mine.get(key, {}).items() if f not in families}, **summary[key]}
     other = "model" if per == "family" else "family"
-    if _tuning_record(earlier, other):  # the other mode's rates stay on record beside these
-        summary[f"per_{other}"] = {k: v for k, v in _tuning_record(earlier, other).items() if not k.startswith("per_")}
+    theirs = _tuning_record(earlier, other)
+    if theirs:  # the other mode's rates stay on record beside these
+        summary[f"per_{other}"] = {k: v for k, v in theirs.items() if not k.startswith("per_")}
     atomic_write_text(out / "tuning.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
 
     # 2. every model, world, seed and budget (sweep runs with the winning rate are reused as they are)

@@ -4,7 +4,7 @@ parameter ratio at which a stack matches each loop, and error against parameters
     python scripts/depth_compare.py --studies results/depth-converged results/depth-converged-seed1 \
         results/depth-ds results/depth-ds-seed1 results/depth-lean --out results/depth-compare
 
-Reads only what `scripts/depth_study.py` wrote (runs.jsonl, results.jsonl, strata.jsonl, and the
+Reads only what `scripts/depth_study.py` wrote (runs.jsonl, results.jsonl, strata.jsonl, long.jsonl, and the
 study's seed from study.json or, for older studies, its summary's title); trains and scores nothing.
 Studies compared with each other should share their world and training settings (the title of each
 study's summary.md says them); a loop and a stack count as a pair only within one seed.
@@ -66,6 +66,7 @@ def collect(cfg: CompareConfig) -> list[dict]:
         seed, setting = study_setting(folder)
         runs = {r["model"]: r for r in _read(folder / "runs.jsonl")}
         results, strata = _read(folder / "results.jsonl"), _read(folder / "strata.jsonl")
+        long = {r["model"]: r for r in _read(folder / "long.jsonl") if r["size"] == cfg.size}
         for model, run in runs.items():
             mine = [r for r in results if r["model"] == model and r["size"] == cfg.size]
             if not mine:
@@ -82,6 +83,8 @@ def collect(cfg: CompareConfig) -> list[dict]:
                          "core_params": run.get("core_params"), "steps": run["steps"], "stop": run.get("stop_reason", "steps"),
                          "minutes": run["train_seconds"] / 60, "depth": best["depth"], "h1": best["h1"], "h10": best["h10"],
                          "h1s": one_step(strata, model, cfg.size, best["depth"]),
+                         "long": long.get(model), "h1l": long[model]["h1"] if model in long else None,
+                         "h10l": long[model]["h10"] if model in long else None,
                          "other": other_best, "free": by_sweeps["0"][0] if "0" in by_sweeps else None,
                          "hard": sum(e * n for e, n in hard) / sum(n for _, n in hard) if hard else None})
     return rows
@@ -99,11 +102,26 @@ def shape(model: str) -> tuple[bool, bool]:
     return model.endswith("-full"), "-lean" in model
 
 
+def paired(candidate: dict, target: dict, key: str) -> str:
+    """For the long stage's errors (h1l, h10l): the candidate's gap to the target on the same windows,
+    with two paired standard errors, e.g. ' [+1.8% ± 1.1%]' (empty for other keys or other windows).
+    It says whether a match or a miss by MATCH is measured or inside the noise."""
+    from loopwm.eval.openloop import paired_gap
+
+    a, b = candidate.get("long"), target.get("long")
+    if key not in ("h1l", "h10l") or not a or not b or (a["episodes"], a["windows"]) != (b["episodes"], b["windows"]):
+        return ""
+    window_key = "window_h1" if key == "h1l" else "window_h10"
+    gap, se = paired_gap(a[window_key], b[window_key])
+    return f" [{gap:+.1%} ± {2 * se:.1%}]"
+
+
 def matching_ratio(rows: list[dict], target: dict, key: str) -> str:
     """The smallest model of the other family (stacks for a loop, loops for a stack), of the target's seed,
     setting and attention, within MATCH of the target's error, as a parameter ratio: the larger over the
     smaller, so a loop matched by a stack of 3x its size reads 3.0x, and so does a stack matched by a loop
-    of a third of its size."""
+    of a third of its size. With the long stage's errors each answer carries the paired gap (`paired`):
+    of the match, or, where none matches, of the closest candidate."""
     other = "deep-" if target["model"].startswith("looped") else "looped"
     candidates = sorted((r for r in rows if (r["seed"], r["setting"]) == (target["seed"], target["setting"])
                          and r["model"].startswith(other) and shape(r["model"]) == shape(target["model"])),
@@ -113,50 +131,79 @@ def matching_ratio(rows: list[dict], target: dict, key: str) -> str:
         if c[key] is not None and target[key] is not None and c[key] <= (1 + MATCH) * target[key]:
             ratio = max(c["params"], target["params"]) / min(c["params"], target["params"])
             fewer = "" if other == "deep-" else (" fewer" if c["params"] < target["params"] else " more")
-            return f"{c['model']} ({ratio:.1f}x{fewer})"
+            return f"{c['model']} ({ratio:.1f}x{fewer}){paired(c, target, key)}"
     if not candidates:
         return f"no {kind}"
     edge = candidates[-1] if other == "deep-" else candidates[0]
-    return f"none of {len(candidates)} ({'largest' if other == 'deep-' else 'smallest'} {edge['params'] / target['params']:.2f}x)"
+    text = f"none of {len(candidates)} ({'largest' if other == 'deep-' else 'smallest'} {edge['params'] / target['params']:.2f}x)"
+    scored = [c for c in candidates if c[key] is not None]
+    closest = min(scored, key=lambda c: c[key]) if scored and target[key] is not None else None
+    return text + (f"; closest {closest['model']}{paired(closest, target, key)}" if closest and paired(closest, target, key) else "")
+
+
+LONG_NOTE = ("Long h10: over up to 3,000 windows; in brackets the named model's gap to the row's model on the same "
+             "windows, ± two paired standard errors (a gap inside them is not measured).")
+LABELS = {"h1s": "one-step error (all windows)", "h1": "h1 error (512 windows)",
+          "h10l": "h10 error (up to 3,000 windows)", "h10": "h10 error (512 windows)"}
+
+
+def plotted_keys(rows: list[dict]) -> list[str]:
+    """The errors the plot shows: over the most windows that every row has (else the 512-window ones)."""
+    return [("h1s" if all(r.get("h1s") is not None for r in rows) else "h1"),
+            ("h10l" if all(r.get("h10l") is not None for r in rows) else "h10")]
+
+
+def _long(r: dict) -> str:
+    return f"{r['h1l']:.4f} / {r['h10l']:.4f} ({r['long']['windows']:,})" if r.get("long") else ""
+
+
+def _long_match(rows: list[dict], r: dict) -> str:
+    """The matching columns of the long stage's h10 ('' and '' where it did not run)."""
+    return f" | {r['h10l']:.4f} | {matching_ratio(rows, r, 'h10l')}" if r.get("long") else " | | "
 
 
 def write_summary(cfg: CompareConfig, rows: list[dict]) -> str:
     lines = [f"# Depth studies compared ({', '.join(cfg.studies)})", "",
              f"Error on held-out episodes of {cfg.size} discs, looped models at their best test depth (by the "
              "one-step error over all windows); h1 (all): that error, over up to 3,000 windows, the same for every "
-             "model; h1 and h10: open loop over 512 windows; "
+             "model; h1 and h10: open loop over 512 windows; long h1 / h10: open loop over up to 3,000 windows "
+             "(the study's long stage, where it ran); "
              "core = the shared block and its injection, or the distinct blocks; free flight and steps of 2+ sweeps: "
              "one-step error on those steps (the latter averaged over their windows).", "",
-             "| study | seed | model | params (core) | steps | stopped | train min | depth | h1 (all) | h1 | h10 | free flight | "
-             f"steps of 2+ sweeps | {cfg.other_size} discs h1 (all) / h1 / h10 |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| study | seed | model | params (core) | steps | stopped | train min | depth | h1 (all) | h1 | h10 | long h1 / h10 | "
+             f"free flight | steps of 2+ sweeps | {cfg.other_size} discs h1 (all) / h1 / h10 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["seed"], r["params"], r["model"])):
         core = f" ({r['core_params']:,})" if r["core_params"] else ""
         hard = f"{r['hard']:.4f}" if r["hard"] is not None else ""
         other = (_fmt(r["other"]["h1s"]) + f" / {r['other']['h1']:.4f} / {r['other']['h10']:.4f}") if r["other"] else ""
         free = f"{r['free']:.4f}" if r["free"] is not None else ""
         lines.append(f"| {r['study']} | {r['seed']} | {r['model']} | {r['params']:,}{core} | {r['steps']} | {r['stop']} | "
-                     f"{r['minutes']:.1f} | {r['depth']} | {_fmt(r['h1s'])} | {r['h1']:.4f} | {r['h10']:.4f} | {free} | {hard} | {other} |")
+                     f"{r['minutes']:.1f} | {r['depth']} | {_fmt(r['h1s'])} | {r['h1']:.4f} | {r['h10']:.4f} | {_long(r)} | "
+                     f"{free} | {hard} | {other} |")
     settings = sorted({r["setting"] for r in rows})
     lines += ["", "Settings: " + "; ".join(f"({i + 1}) {t})" for i, t in enumerate(settings)) + "."] if len(settings) > 1 else \
              ["", f"Setting of every study: {settings[0]})."]
     lines += ["", f"## The smallest stack (same seed and setting) within {MATCH:.0%} of each loop's error", "",
-              "| seed | loop | params | h1 (all) | matched by | h1 | matched by | h10 | matched by |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              LONG_NOTE, "",
+              "| seed | loop | params | h1 (all) | matched by | h1 | matched by | h10 | matched by | long h10 | matched by |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for loop in sorted((r for r in rows if r["model"].startswith("looped")), key=lambda r: (r["seed"], r["model"])):
         steady = (f"{_fmt(loop['h1s'])} | {matching_ratio(rows, loop, 'h1s')}" if loop["h1s"] is not None else " | ")
         lines.append(f"| {loop['seed']} | {loop['model']} | {loop['params']:,} | {steady} | {loop['h1']:.4f} | {matching_ratio(rows, loop, 'h1')} | "
-                     f"{loop['h10']:.4f} | {matching_ratio(rows, loop, 'h10')} |")
+                     f"{loop['h10']:.4f} | {matching_ratio(rows, loop, 'h10')}{_long_match(rows, loop)} |")
     stacks = [r for r in rows if r["model"].startswith("deep-")]
     if any(r["model"].startswith("looped") for r in rows) and stacks:
         lines += ["", f"## The smallest loop (same seed, setting and attention) within {MATCH:.0%} of each stack's error", "",
                   "Loops of several widths (looped-dN) make this the loop's own parameter curve: the ratio is the stack's "
-                  "parameters over the matching loop's.", "",
-                  "| seed | stack | params | h1 (all) | matched by | h1 | matched by | h10 | matched by |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "parameters over the matching loop's. " + LONG_NOTE, "",
+                  "| seed | stack | params | h1 (all) | matched by | h1 | matched by | h10 | matched by | long h10 | matched by |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for stack in sorted(stacks, key=lambda r: (r["seed"], r["params"], r["model"])):
             steady = (f"{_fmt(stack['h1s'])} | {matching_ratio(rows, stack, 'h1s')}" if stack["h1s"] is not None else " | ")
             lines.append(f"| {stack['seed']} | {stack['model']} | {stack['params']:,} | {steady} | {stack['h1']:.4f} | "
-                         f"{matching_ratio(rows, stack, 'h1')} | {stack['h10']:.4f} | {matching_ratio(rows, stack, 'h10')} |")
+                         f"{matching_ratio(rows, stack, 'h1')} | {stack['h10']:.4f} | {matching_ratio(rows, stack, 'h10')}"
+                         f"{_long_match(rows, stack)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -186,7 +233,7 @@ def plot(cfg: CompareConfig, rows: list[dict], path: Path) -> None:
     colours = {m: palette[i % len(palette)] for i, m in enumerate(sorted({r["model"] for r in rows}))}  # one per model, every panel
     for i, setting in enumerate(settings):
         mine = [r for r in rows if r["setting"] == setting]
-        for ax, key in zip(axes[i], ["h1", "h10"]):
+        for ax, key in zip(axes[i], plotted_keys(rows)):
             for model in sorted({r["model"] for r in mine}):
                 pts = [r for r in mine if r["model"] == model]
                 for r in pts:
@@ -205,9 +252,9 @@ def plot(cfg: CompareConfig, rows: list[dict], path: Path) -> None:
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlapped
             ax.set_xlabel("parameters")
-            ax.set_ylabel(f"{key} error, {cfg.size} discs")
+            ax.set_ylabel(f"{LABELS[key]}, {cfg.size} discs")
             where = f"setting ({i + 1}), " if len(settings) > 1 else ""
-            ax.set_title(f"{key}, {where}marker: seed; lines: loops solid, stacks dashed", fontsize=10)
+            ax.set_title(f"{key.rstrip('sl')}, {where}marker: seed; lines: loops solid, stacks dashed", fontsize=10)
     handles = {}
     for ax in axes.flat:
         for h, label in zip(*ax.get_legend_handles_labels()):

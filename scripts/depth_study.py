@@ -104,9 +104,17 @@ class DepthStudyConfig:
     """Exit rules measured against fixed depth (token-delta: each disc stops on its own)."""
     exit_sizes: list[int] = field(default_factory=lambda: [16, 32])
     """World sizes the exit rules are measured on (the larger ones need more, and more varied, depth)."""
+    exit_windows: int = 512
+    """Windows each exit rule and fixed depth is scored on (the same for all, so the summary gives each
+    rule's paired gap to fixed round(M) and to the fixed maximum; more windows, tighter gaps)."""
     stages: list[str] = field(default_factory=lambda: ["train", "score", "exits", "summary"])
     """Stages to run (each re-uses what earlier runs finished): train, score, exits, summary, and
-    strata (the per-stratum errors of --models on --test-sizes scored again, replacing theirs)."""
+    strata (the per-stratum errors of --models on --test-sizes scored again, replacing theirs), and
+    long (each of --models, already scored, at its best test depth on the training size over up to
+    --long-windows windows, every window's h1 and h10 kept in long.jsonl for paired comparisons)."""
+    long_windows: int = 3000
+    """Windows the long stage scores (the score stage's h10 is over 512: too few to rank models a
+    few percent apart, as its errors are heavy-tailed)."""
     quick: bool = False
     """A few-minute version for checking the script."""
 
@@ -306,6 +314,29 @@ def main(cfg: DepthStudyConfig) -> None:
             _write(strata_path, strata)
             print(f"strata of {name} on {n} discs scored again", flush=True)
 
+    # ---- h1 and h10 over many windows at the best depth, every window kept: paired comparisons
+    long_path = out / "long.jsonl"
+    long = _read(long_path)
+    for name in cfg.models if "long" in cfg.stages else []:
+        if any(r["model"] == name and r["size"] == cfg.n_bodies and r["asked"] == cfg.long_windows for r in long):
+            continue
+        if not any(r["model"] == name and r["size"] == cfg.n_bodies for r in results):
+            raise SystemExit(f"{name} has no scores on {cfg.n_bodies} discs yet: run the score stage first "
+                             "(the long stage scores it at its best test depth)")
+        model, meta = load_model(out / "runs" / name, device)
+        ds = TrajectoryDataset.load(data[cfg.n_bodies])
+        episodes = scored_episodes(meta, ds, cfg.n_bodies, cfg)
+        depth = best_depth(results, name, cfg.n_bodies, strata)["depth"]
+        res = open_loop(model, ds, episodes, cfg.context, 10, cfg.long_windows, device=device,
+                        depth=depth if model.cfg.kind == "looped" else None)
+        long = [r for r in long if (r["model"], r["size"]) != (name, cfg.n_bodies)] + [
+            {"model": name, "size": cfg.n_bodies, "depth": depth, "asked": cfg.long_windows, "windows": res.windows,
+             "episodes": episode_key(episodes), "h1": float(res.errors[0]), "h10": float(res.errors[9]),
+             "window_h1": [round(float(x), 6) for x in res.window_errors[:, 0]],
+             "window_h10": [round(float(x), 6) for x in res.window_errors[:, 9]]}]
+        _write(long_path, long)
+        print(f"long-scored {name} on {cfg.n_bodies} discs over {res.windows} windows", flush=True)
+
     # ---- adaptive depth: training-free exit rules against fixed depths, per world size
     exits_path = out / "exits.jsonl"
     exits = _read(exits_path)
@@ -321,7 +352,8 @@ def main(cfg: DepthStudyConfig) -> None:
             top = min(16, max(cfg.test_depths))  # error is flat beyond 16 in every run so far; rules stop earlier
             fixed = sorted({d for d in range(1, top + 1) if d <= 8 or d in cfg.test_depths})
             fixed = fixed if (name, n, "fixed") not in done else []
-            for row in exit_sweep(model, ds, episodes, rules, fixed, top, context=cfg.context, device=device):
+            for row in exit_sweep(model, ds, episodes, rules, fixed, top, context=cfg.context, device=device,
+                                  windows=cfg.exit_windows):
                 exits.append({"model": name, "size": n, **row})
             _write(exits_path, exits)
             print(f"exit rules measured for {name} on {n} discs", flush=True)
@@ -333,6 +365,14 @@ def scored_episodes(meta: dict, ds, n: int, cfg: DepthStudyConfig) -> np.ndarray
     """The episodes a model is scored on: its own held-out ones on the training size, else the
     first SCORED_EPISODES (none of which it has seen)."""
     return np.asarray(meta["val_episodes"]) if n == cfg.n_bodies else np.arange(min(len(ds), SCORED_EPISODES))
+
+
+def episode_key(episodes) -> str:
+    """A short fingerprint of the scored episodes: per-window errors of two models pair up only
+    when they were scored on the same episodes (the held-out split follows the training seed)."""
+    import hashlib
+
+    return hashlib.sha1(",".join(str(int(i)) for i in sorted(episodes)).encode()).hexdigest()[:12]
 
 
 def strata_rows(model, name: str, ds, episodes, n: int, cfg: DepthStudyConfig, device) -> list[dict]:
@@ -403,6 +443,71 @@ def study_models(asked: list[str], runs: dict, results: list[dict]) -> list[str]
     return list(dict.fromkeys([*asked, *(m for m in runs if m in scored)]))
 
 
+def long_table(long: list[dict], models: list[str], size: int) -> list[str]:
+    """The long stage's rows as summary lines: each model against the best one on the same windows,
+    as a gap with two paired standard errors (a gap inside them is not measured)."""
+    from loopwm.eval.openloop import paired_gap
+
+    rows = [r for m in models for r in long if r["model"] == m and r["size"] == size]
+    if not rows:
+        return []
+    lines = ["", f"## Over up to {max(r['asked'] for r in rows):,} windows (long stage): each model against the best "
+             "on the same windows (gap ± two paired standard errors)", "",
+             "| model | depth | windows | h1 | vs best h1 | h10 | vs best h10 |", "|---|---|---|---|---|---|---|"]
+    best = {k: min(rows, key=lambda r: r[k]) for k in ("h1", "h10")}
+
+    def gap(r: dict, k: str) -> str:
+        ref = best[k]
+        if r is ref:
+            return "best"
+        if (r["episodes"], r["windows"]) != (ref["episodes"], ref["windows"]):
+            return "other windows"
+        g, se = paired_gap(r[f"window_{k}"], ref[f"window_{k}"])
+        return f"+{g:.1%} ± {2 * se:.1%}"
+
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['depth']} | {r['windows']:,} | {r['h1']:.4f} | {gap(r, 'h1')} | "
+                     f"{r['h10']:.4f} | {gap(r, 'h10')} |")
+    return lines
+
+
+def exits_table(exits: list[dict], N: int) -> list[str]:
+    """The exits stage's rows as summary lines, one table per model and world size: each rule against
+    the fixed depth of its compute, round(M), and against the fixed maximum."""
+    lines = []
+    for name, n in dict.fromkeys((r["model"], r.get("size", N)) for r in exits):
+        rows = [r for r in exits if r["model"] == name and r.get("size", N) == n]
+        fixed = {r["max_depth"]: r for r in rows if r["rule"] == "fixed"}
+        if not fixed:
+            continue
+        top = fixed[max(fixed)]
+        lines += ["", f"## {name}: exit rules against fixed depth ({n} discs; horizon-10 error, iterations per step)", "",
+                  f"Fixed {max(fixed)} iterations: h10 {top['error_h10']:.4f}, h1 {top['error_h1']:.4f}. Compute M is "
+                  "iterations per token (per-token rules: the mean over discs of the iterations that updated each; "
+                  "the others: iterations per scene). In brackets (where scored): the rule's h10 gap to that fixed "
+                  "depth on the same windows, ± two paired standard errors.", "",
+                  "| rule | threshold | M | iterations per scene | h1 | h10 | fixed round(M): h10 | beats round(M) | "
+                  "within 2% of the fixed maximum | rank correlation with solver sweeps |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            if r["rule"] == "fixed":
+                continue
+            M = r.get("mean_token_iterations", r["mean_iterations"])
+            m = max(1, round(M))
+            near = fixed[r["vs_round"]["depth"]] if "vs_round" in r else fixed.get(m) or fixed[min(fixed, key=lambda d: abs(d - m))]
+            ok = r["error_h10"] <= 1.02 * top["error_h10"]
+            beats = r["error_h10"] < near["error_h10"]
+            gap = {k: f" [{r[k]['gap_h10']:+.1%} ± {2 * r[k]['se_h10']:.1%}]" if k in r else "" for k in ("vs_round", "vs_max")}
+            rho = r["iterations_solver_spearman"]
+            rho_tok = r.get("token_iterations_solver_spearman")
+            rho_cell = ("n/a" if rho is None else f"{rho:.2f}") + (f" (per token {rho_tok:.2f})" if _per_token(r["rule"]) and rho_tok is not None else "")
+            lines.append(f"| {r['rule']} | {r['threshold']:g} | {M:.2f} | {r['mean_iterations']:.2f} | {r['error_h1']:.4f} | "
+                         f"{r['error_h10']:.4f} | {near['error_h10']:.4f} (depth {near['max_depth']}) | "
+                         f"{'yes' if beats else 'no'}{gap['vs_round']} | {'yes' if ok else 'no'} ({M / max(fixed):.0%} of its "
+                         f"iterations){gap['vs_max']} | "
+                         f"{rho_cell} |")
+    return lines
+
+
 def write_summary(out: Path, cfg: DepthStudyConfig) -> None:
     runs = {r["model"]: r for r in _read(out / "runs.jsonl")}
     results, strata = _read(out / "results.jsonl"), _read(out / "strata.jsonl")
@@ -438,6 +543,7 @@ def write_summary(out: Path, cfg: DepthStudyConfig) -> None:
         lines.append(f"| {name} | {r['params']:,}{core} | {run['steps']} | {run['train_seconds'] / 60:.1f} | {last} | {stopped} | {r['depth']} | "
                      + (f"{steady[0]:.4f} ({steady[1]:,}) | " if steady else " | ")
                      + f"{r['h1']:.4f} | {r['h10']:.4f} | {r['copy_last_h1']:.3f} / {r['copy_last_h10']:.3f} |")
+    lines += long_table(_read(out / "long.jsonl"), cfg.models, N)
     lines += ["", "Core: the shared block and its injection, or the distinct blocks; the rest (encoder, prelude, "
               "coda, heads) is scaffold every model of the same shape shares, so a stack of K blocks can be at most "
               "(scaffold + K blocks) / (scaffold + 1 block) times the loop's size."]
@@ -507,34 +613,7 @@ def write_summary(out: Path, cfg: DepthStudyConfig) -> None:
                 cell += f" (depth {best['depth']}: {h1(best)} / {best['h10']:.4f})"
             cells.append(cell)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    exits = _read(out / "exits.jsonl") if (out / "exits.jsonl").exists() else []
-    for name, n in dict.fromkeys((r["model"], r.get("size", N)) for r in exits):
-        rows = [r for r in exits if r["model"] == name and r.get("size", N) == n]
-        fixed = {r["max_depth"]: r for r in rows if r["rule"] == "fixed"}
-        if not fixed:
-            continue
-        top = fixed[max(fixed)]
-        lines += ["", f"## {name}: exit rules against fixed depth ({n} discs; horizon-10 error, iterations per step)", "",
-                  f"Fixed {max(fixed)} iterations: h10 {top['error_h10']:.4f}, h1 {top['error_h1']:.4f}. Compute M is "
-                  "iterations per token (per-token rules: the mean over discs of the iterations that updated each; "
-                  "the others: iterations per scene).", "",
-                  "| rule | threshold | M | iterations per scene | h1 | h10 | fixed round(M): h10 | beats round(M) | "
-                  "within 2% of the fixed maximum | rank correlation with solver sweeps |", "|---|---|---|---|---|---|---|---|---|---|"]
-        for r in rows:
-            if r["rule"] == "fixed":
-                continue
-            M = r.get("mean_token_iterations", r["mean_iterations"])
-            m = max(1, round(M))
-            near = fixed.get(m) or fixed[min(fixed, key=lambda d: abs(d - m))]
-            ok = r["error_h10"] <= 1.02 * top["error_h10"]
-            beats = r["error_h10"] < near["error_h10"]
-            rho = r["iterations_solver_spearman"]
-            rho_tok = r.get("token_iterations_solver_spearman")
-            rho_cell = ("n/a" if rho is None else f"{rho:.2f}") + (f" (per token {rho_tok:.2f})" if _per_token(r["rule"]) and rho_tok is not None else "")
-            lines.append(f"| {r['rule']} | {r['threshold']:g} | {M:.2f} | {r['mean_iterations']:.2f} | {r['error_h1']:.4f} | "
-                         f"{r['error_h10']:.4f} | {near['error_h10']:.4f} (depth {near['max_depth']}) | "
-                         f"{'yes' if beats else 'no'} | {'yes' if ok else 'no'} ({M / max(fixed):.0%} of its iterations) | "
-                         f"{rho_cell} |")
+    lines += exits_table(_read(out / "exits.jsonl"), N)
     atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
     plot(out, cfg, results, strata)
 

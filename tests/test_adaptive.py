@@ -128,6 +128,12 @@ def test_adaptive_measurements_on_a_tiny_model(tmp_path):
     assert by[("delta", 1e9)]["mean_iterations"] == 1.0  # always fires: one iteration
     fixed3 = next(r for r in sweep if r["rule"] == "fixed" and r["max_depth"] == 3)
     assert by[("gate", 1.0)]["mean_iterations"] == 3.0 and by[("gate", 1.0)]["error_h10"] == pytest.approx(fixed3["error_h10"])
+    # paired against the fixed depths on the same windows: a rule that never fires is fixed 3, gap 0 exactly
+    assert by[("gate", 1.0)]["vs_round"] == by[("gate", 1.0)]["vs_max"] == {"depth": 3, "gap_h10": 0.0, "se_h10": 0.0}
+    fixed1 = next(r for r in sweep if r["rule"] == "fixed" and r["max_depth"] == 1)
+    always = by[("delta", 1e9)]
+    assert always["vs_round"]["depth"] == 1 and always["vs_round"]["gap_h10"] == pytest.approx(0.0, abs=1e-6)
+    assert always["vs_max"]["gap_h10"] == pytest.approx(fixed1["error_h10"] / fixed3["error_h10"] - 1, rel=1e-4)
     b = ds.batch(ds.windows([0, 1], 5)[:6])
     t = wallclock(model, torch.as_tensor(b["obs"][:, 0]).float(), torch.as_tensor(b["action"]), 3,
                   make_exit_rule("delta", 1e9), batch=4, seconds=0.05)

@@ -114,6 +114,34 @@ def test_open_loop_errors_in_a_reference_models_units(trained):  # noqa: F811 - 
     np.testing.assert_allclose(scaled.floors["copy_last"], own.floors["copy_last"] / 4, rtol=1e-5)
 
 
+def test_open_loop_keeps_every_windows_error_and_they_average_to_the_horizon_errors(trained):  # noqa: F811
+    from loopwm.checkpoint import load_model
+    from loopwm.data import load_dataset
+    from loopwm.eval.openloop import open_loop
+
+    model, meta = load_model(trained / "run", "cpu")
+    ds = load_dataset(trained / "data")
+    res = open_loop(model, ds, np.asarray(meta["val_episodes"]), context=2, horizon=3, max_windows=16, depth=2, batch_size=5)
+    assert res.window_errors.shape == (res.windows, len(res.errors))  # batches of 5 are stitched in order
+    np.testing.assert_allclose(res.window_errors.mean(0), res.errors, rtol=1e-5)
+
+
+def test_paired_gap_removes_the_spread_two_models_share():
+    from loopwm.eval.openloop import paired_gap
+    from loopwm.utils import LoopWMError
+
+    rng = np.random.default_rng(0)
+    hard = rng.lognormal(0.0, 1.5, 3000)  # heavy-tailed, like the rail's windows
+    worse = hard * 1.02 + rng.normal(0, 0.001, 3000)
+    gap, se = paired_gap(worse, hard)
+    assert gap == pytest.approx(0.02, abs=0.001)
+    # unpaired, the spread of either model alone is far wider than 2%: pairing makes it measurable
+    assert 2 * se < 0.005 < hard.std() / np.sqrt(len(hard)) / hard.mean()
+    assert paired_gap(hard, worse)[0] < 0
+    with pytest.raises(LoopWMError, match="same windows"):
+        paired_gap(hard, hard[:10])
+
+
 def test_bench_findings_name_the_smallest_matching_deep_model_at_each_horizon():
     """findings() reads only result rows: with hand-made errors it must name, per horizon, the
     smallest deep stack within the looped model's spread, and the best test-time depth."""

@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SCRIPTS = sorted((Path(__file__).resolve().parents[1] / "scripts").glob("*.py"))
@@ -81,6 +82,22 @@ def test_depth_study_summary_lists_the_models_of_every_invocation(load):
     results = [{"model": "looped"}, {"model": "deep-4"}, {"model": "deep-8"}]
     assert study.study_models(["deep-8"], runs, results) == ["deep-8", "looped", "deep-4"]
     assert study.study_models(["looped", "deep-4"], runs, results) == ["looped", "deep-4"]
+
+
+def test_depth_study_exits_table_says_whether_beating_round_m_is_measured(load):
+    study = load(next(p for p in SCRIPTS if p.name == "depth_study.py"))
+    fixed = [{"model": "looped", "size": 32, "rule": "fixed", "threshold": None, "max_depth": d, "mean_iterations": d,
+              "mean_token_iterations": d, "error_h10": e, "error_h1": e / 4} for d, e in ((2, 0.44), (3, 0.43), (16, 0.42))]
+    rule = {"model": "looped", "size": 32, "rule": "token-delta", "threshold": 0.03, "max_depth": 16, "mean_iterations": 5.0,
+            "mean_token_iterations": 2.6, "error_h10": 0.428, "error_h1": 0.1, "iterations_solver_spearman": 0.5,
+            "token_iterations_solver_spearman": 0.6, "vs_round": {"depth": 3, "gap_h10": -0.0047, "se_h10": 0.004},
+            "vs_max": {"depth": 16, "gap_h10": 0.019, "se_h10": 0.003}}
+    old = {k: v for k, v in rule.items() if not k.startswith("vs_")}  # rows of before session 24: no brackets
+    lines = study.exits_table(fixed + [rule], 32)
+    row = next(line for line in lines if line.startswith("| token-delta"))
+    assert "| 0.4300 (depth 3) | yes [-0.5% ± 0.8%] | yes (16% of its iterations) [+1.9% ± 0.6%] | 0.50 (per token 0.60) |" in row
+    row = next(line for line in study.exits_table(fixed + [old], 32) if line.startswith("| token-delta"))
+    assert "| 0.4300 (depth 3) | yes | yes (16% of its iterations) |" in row
 
 
 def test_depth_study_settings_keep_every_invocation(load, tmp_path):
@@ -161,6 +178,46 @@ def test_depth_compare_reads_the_smallest_loop_that_matches_a_stack(load):
     longer = {**row, "setting": "longer", "model": "looped-d32", "params": 50, "h1": 0.08}
     curves = compare._curves(rows[:4] + [longer])
     assert sorted(len(v) for v in curves.values()) == [1, 1, 3]  # the longer run is not on the 4,000-step curve
+
+
+def _long(h10: list[float], episodes: str = "e0") -> dict:
+    return {"episodes": episodes, "windows": len(h10), "window_h1": [x / 4 for x in h10], "window_h10": h10}
+
+
+def test_depth_compare_says_whether_a_match_on_many_windows_is_measured(load):
+    compare = load(next(p for p in SCRIPTS if p.name == "depth_compare.py"))
+    rng = np.random.default_rng(0)
+    windows = rng.lognormal(0.0, 1.0, 2000)
+    row = dict(seed=0, setting="s")
+
+    def model(name, params, factor, episodes="e0"):
+        errors = list(windows * factor)
+        return {**row, "model": name, "params": params, "h10l": float(np.mean(errors)), "long": _long(errors, episodes)}
+
+    loop = model("looped-d24", 30, 1.0)
+    rows = [loop, model("deep-1", 180, 1.03), model("deep-2", 230, 1.005)]
+    got = compare.matching_ratio(rows, loop, "h10l")
+    assert got.startswith("deep-2 (7.7x) [+0.5% ± ")  # the match, and its gap on the same windows
+    # nothing within 1%: the closest stack's gap says whether the miss is measured
+    got = compare.matching_ratio(rows[:2], loop, "h10l")
+    assert got.startswith("none of 1 (largest 6.00x); closest deep-1 [+3.0% ± ")
+    # stacks scored on other episodes (another seed's split) pair with nothing
+    other = [loop, model("deep-2", 230, 1.005, episodes="e1")]
+    assert compare.matching_ratio(other, loop, "h10l") == "deep-2 (7.7x)"
+    assert compare.plotted_keys([{"h1s": 0.1, "h10l": 0.4}, {"h1s": 0.1}]) == ["h1s", "h10"]
+
+
+def test_depth_study_long_table_pairs_models_scored_on_the_same_windows(load):
+    study = load(next(p for p in SCRIPTS if p.name == "depth_study.py"))
+    base = dict(size=32, depth=4, asked=3000)
+    rows = [{**base, "model": "looped", "h1": 0.10, "h10": 0.40, **_long([0.4, 0.5, 0.3])},
+            {**base, "model": "deep-1", "h1": 0.11, "h10": 0.42, **_long([0.42, 0.52, 0.32])},
+            {**base, "model": "deep-2", "h1": 0.12, "h10": 0.39, **_long([0.39, 0.3, 0.48], "e1")}]
+    lines = study.long_table(rows, ["looped", "deep-1", "deep-2", "deep-4"], 32)
+    assert any(line.startswith("| deep-2 | 4 | 3 | 0.1200 | other windows | 0.3900 | best |") for line in lines)
+    assert any(line.startswith("| looped | 4 | 3 | 0.1000 | best | 0.4000 | other windows |") for line in lines)
+    assert any(line.startswith("| deep-1 | 4 | 3 | 0.1100 | +") for line in lines)
+    assert study.long_table(rows, ["deep-4"], 32) == []
 
 
 def test_depth_compare_plots_each_training_setting_in_its_own_row(load, tmp_path):

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from loopwm.eval.openloop import exit_rule_from, normalised_error, observed_steps, open_loop, spearman
+from loopwm.eval.openloop import exit_rule_from, normalised_error, observed_steps, open_loop, paired_gap, spearman
 
 
 @torch.no_grad()
@@ -129,29 +129,41 @@ def error_by_sweeps(model, ds, episodes, depths, context: int = 4, max_windows: 
 
 
 def exit_sweep(model, ds, episodes, rules: dict[str, list[float]], depths, max_depth: int, context: int = 4,
-               device="cpu") -> list[dict]:
+               device="cpu", windows: int = 512) -> list[dict]:
     """Horizon-10 open-loop error against mean iterations for fixed depths and each rule's thresholds,
     with the rank correlation of one-step iterations against the world's difficulty. Per-token
-    rules also report iterations per token (`mean_token_iterations`), the compute they spend."""
-    rows = []
+    rules also report iterations per token (`mean_token_iterations`), the compute they spend.
+
+    Every rule and depth scores the same `windows`, so each rule's row also carries its paired gap at
+    h10 (openloop.paired_gap: fraction and standard error) to the fixed depth nearest its compute M
+    (`vs_round`; M = iterations per token, the same M as the fixed depths') and to the largest fixed
+    depth (`vs_max`): whether "beats round(M)" and "within 2% of the maximum" are measured or noise."""
+    rows, fixed = [], {}
     for depth in depths:
-        res = open_loop(model, ds, episodes, context, 10, 512, depth=depth, device=device)
+        res = open_loop(model, ds, episodes, context, 10, windows, depth=depth, device=device)
+        fixed[int(depth)] = res.window_errors[:, 9]
         rows.append({"rule": "fixed", "threshold": None, "max_depth": int(depth), "mean_iterations": float(res.iterations.mean()),
                      "mean_token_iterations": float(res.token_iterations.mean()),
-                     "error_h10": float(res.errors[9]), "error_h1": float(res.errors[0])})
+                     "error_h10": float(res.errors[9]), "error_h1": float(res.errors[0]), "windows": res.windows})
     for name, thresholds in rules.items():
         for threshold in thresholds:
             rule = exit_rule_from(name, threshold, model)
-            res = open_loop(model, ds, episodes, context, 10, 512, depth=max_depth, exit_rule=rule, device=device)
+            res = open_loop(model, ds, episodes, context, 10, windows, depth=max_depth, exit_rule=rule, device=device)
             one = one_step_errors(model, ds, episodes, context, depth=max_depth, exit_rule=rule, device=device)
-            rows.append({"rule": name, "threshold": float(threshold), "max_depth": int(max_depth),
-                         "mean_iterations": float(res.iterations.mean()),
-                         "mean_token_iterations": float(res.token_iterations.mean()), "error_h10": float(res.errors[9]),
-                         "error_h1": float(res.errors[0]),
-                         "iterations_event_spearman": spearman(one["iterations"], one.get("contacts", [])),
-                         "iterations_solver_spearman": spearman(one["iterations"], one.get("solver_iterations", [])),
-                         "token_iterations_solver_spearman": spearman(one["token_iterations"],
-                                                                      one.get("solver_iterations", []))})
+            row = {"rule": name, "threshold": float(threshold), "max_depth": int(max_depth),
+                   "mean_iterations": float(res.iterations.mean()),
+                   "mean_token_iterations": float(res.token_iterations.mean()), "error_h10": float(res.errors[9]),
+                   "error_h1": float(res.errors[0]), "windows": res.windows,
+                   "iterations_event_spearman": spearman(one["iterations"], one.get("contacts", [])),
+                   "iterations_solver_spearman": spearman(one["iterations"], one.get("solver_iterations", [])),
+                   "token_iterations_solver_spearman": spearman(one["token_iterations"],
+                                                                one.get("solver_iterations", []))}
+            if len(fixed) and res.windows > 1:
+                m = max(1, round(row["mean_token_iterations"]))
+                for key, depth in (("vs_round", min(fixed, key=lambda d: (abs(d - m), d))), ("vs_max", max(fixed))):
+                    gap, se = paired_gap(res.window_errors[:, 9], fixed[depth])
+                    row[key] = {"depth": depth, "gap_h10": gap, "se_h10": se}
+            rows.append(row)
     return rows
 
 

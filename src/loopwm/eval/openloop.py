@@ -32,6 +32,21 @@ class OpenLoopResult:
     iterations: np.ndarray  # (W, H) loop iterations used per window and imagined step
     windows: int
     token_iterations: np.ndarray  # (W, H) iterations per token (differs for per-token exits)
+    window_errors: np.ndarray | None = None  # (W, H) model error per window: paired comparisons between models
+
+
+def paired_gap(errors, reference) -> tuple[float, float]:
+    """How much higher `errors` are than `reference`, both per window on the same windows (e.g. two
+    models' OpenLoopResult.window_errors at one horizon): the mean difference as a fraction of the
+    reference's mean error, and the standard error of that fraction. Pairing removes the variance
+    the models share (a hard window is hard for both), so gaps of a few percent become measurable
+    where the spread of either model's error alone would hide them."""
+    a, b = np.asarray(errors, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
+        raise LoopWMError(f"paired errors need two equal 1-d arrays of at least 2 windows, got shapes {a.shape} and "
+                          f"{b.shape}: score both models on the same windows")
+    diff, scale = a - b, b.mean()
+    return float(diff.mean() / scale), float(diff.std(ddof=1) / np.sqrt(len(diff)) / scale)
 
 
 def observed_steps(context: int) -> int:
@@ -88,7 +103,7 @@ def open_loop(model, ds, episodes, context: int = 4, horizon: int = 50, max_wind
     sums = torch.zeros(horizon)
     units = model if reference is None else reference
     floor_sums = {}
-    iters, work = [], []
+    iters, work, per_window = [], [], []
     for i in range(0, len(windows), batch_size):
         batch = ds.batch(windows[i : i + batch_size])
         obs = model._as_entities(torch.as_tensor(batch["obs"], device=device).float())  # (B, L+1, N, F)
@@ -96,7 +111,9 @@ def open_loop(model, ds, episodes, context: int = 4, horizon: int = 50, max_wind
         state = model.read(obs[:, : c + 1], act[:, :c], depth, exit_rule)
         _, roll = model.imagine(state, act[:, c : c + horizon], depth=depth, exit_rule=exit_rule, latent=latent)
         true = obs[:, c + 1 : c + horizon + 1]  # (B, H, N, F)
-        sums += normalised_error(units, roll.obs, true).sum(0).cpu()
+        err = normalised_error(units, roll.obs, true).cpu()  # (B, H)
+        sums += err.sum(0)
+        per_window.append(err.numpy())
         for name, pred in floor_predictions(model, obs, c, horizon).items():
             floor_sums[name] = floor_sums.get(name, 0) + normalised_error(units, pred, true).sum(0).cpu()
         iters.append(roll.iterations.cpu().numpy())
@@ -108,6 +125,7 @@ def open_loop(model, ds, episodes, context: int = 4, horizon: int = 50, max_wind
         iterations=np.concatenate(iters, 0),
         windows=n,
         token_iterations=np.concatenate(work, 0),
+        window_errors=np.concatenate(per_window, 0),
     )
 
 

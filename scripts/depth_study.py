@@ -340,7 +340,8 @@ def main(cfg: DepthStudyConfig) -> None:
     # ---- adaptive depth: training-free exit rules against fixed depths, per world size
     exits_path = out / "exits.jsonl"
     exits = _read(exits_path)
-    done = {(r["model"], r.get("size", cfg.n_bodies), r["rule"]) for r in exits}
+    # rows scored on another number of windows (before session 24: 512, no "asked") are scored again
+    done = {(r["model"], r.get("size", cfg.n_bodies), r["rule"]) for r in exits if r.get("asked", 512) == cfg.exit_windows}
     for name in [m for m in cfg.models if m.startswith("looped")] if "exits" in cfg.stages else []:
         model, meta = load_model(out / "runs" / name, device)
         for n in [n for n in cfg.exit_sizes if n in data]:
@@ -350,11 +351,12 @@ def main(cfg: DepthStudyConfig) -> None:
             ds = TrajectoryDataset.load(data[n])
             episodes = scored_episodes(meta, ds, n, cfg)
             top = min(16, max(cfg.test_depths))  # error is flat beyond 16 in every run so far; rules stop earlier
+            # the fixed depths are scored with every batch of rules: each rule is paired with them window by window
             fixed = sorted({d for d in range(1, top + 1) if d <= 8 or d in cfg.test_depths})
-            fixed = fixed if (name, n, "fixed") not in done else []
+            exits = [r for r in exits if (r["model"], r.get("size", cfg.n_bodies)) != (name, n) or r["rule"] not in {*rules, "fixed"}]
             for row in exit_sweep(model, ds, episodes, rules, fixed, top, context=cfg.context, device=device,
                                   windows=cfg.exit_windows):
-                exits.append({"model": name, "size": n, **row})
+                exits.append({"model": name, "size": n, "asked": cfg.exit_windows, **row})
             _write(exits_path, exits)
             print(f"exit rules measured for {name} on {n} discs", flush=True)
     if "summary" in cfg.stages:

@@ -174,7 +174,7 @@ def test_depth_compare_reads_the_smallest_loop_that_matches_a_stack(load):
     summary = compare.write_summary(compare.CompareConfig(), [
         {**r, "study": "x", "core_params": None, "steps": 1, "stop": "steps", "minutes": 1.0, "depth": 1, "h10": 0.3, "h1s": r["h1"],
          "other": None, "free": None, "hard": None} for r in rows[:4]])
-    assert "| 0 | deep-4 | 330 | 0.1000 | looped-d48 (3.0x fewer) |" in summary
+    assert "| 0 | 1 | deep-4 | 330 | 0.1000 | looped-d48 (3.0x fewer) |" in summary
     longer = {**row, "setting": "longer", "model": "looped-d32", "params": 50, "h1": 0.08}
     curves = compare._curves(rows[:4] + [longer])
     assert sorted(len(v) for v in curves.values()) == [1, 1, 3]  # the longer run is not on the 4,000-step curve

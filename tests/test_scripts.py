@@ -26,6 +26,8 @@ def load():
     names = []
 
     def _load(path: Path):
+        if str(path.parent) not in sys.path:  # as when run: a script imports its siblings (depth_report)
+            sys.path.append(str(path.parent))
         spec = importlib.util.spec_from_file_location(f"loopwm_script_{path.stem}", path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module
@@ -65,8 +67,8 @@ def test_a_script_imports_and_its_config_builds_a_command_line(path, load, capsy
         assert tyro.cli(cls, args=[]) == defaults
 
 
-def test_depth_study_saturation_depth_is_the_fewest_iterations_near_the_best(load):
-    study = load(next(p for p in SCRIPTS if p.name == "depth_study.py"))
+def test_depth_report_saturation_depth_is_the_fewest_iterations_near_the_best(load):
+    study = load(next(p for p in SCRIPTS if p.name == "depth_report.py"))
     assert study.saturation_depth({1: 1.0, 2: 0.5, 4: 0.495, 8: 0.49}) == 4  # 0.495 is within 2% of 0.49
     assert study.saturation_depth({1: 1.0, 2: 0.5, 4: 0.495, 8: 0.40}) == 8
     assert study.saturation_depth({1: 0.1, 2: 0.2, 4: 0.3}) == 1  # overthinking: the first pass is the best
@@ -76,16 +78,16 @@ def test_depth_study_saturation_depth_is_the_fewest_iterations_near_the_best(loa
     assert study.saturation_depth({1: 1.0, 2: 0.5, 4: 0.45, 8: 0.40}, noise={4: 0.02}) == 8  # 0.05 > 2 x 0.02
 
 
-def test_depth_study_summary_lists_the_models_of_every_invocation(load):
-    study = load(next(p for p in SCRIPTS if p.name == "depth_study.py"))
+def test_depth_report_summary_lists_the_models_of_every_invocation(load):
+    study = load(next(p for p in SCRIPTS if p.name == "depth_report.py"))
     runs = {"looped": {}, "deep-4": {}, "looped-full": {}}  # looped-full trained, not scored yet
     results = [{"model": "looped"}, {"model": "deep-4"}, {"model": "deep-8"}]
     assert study.study_models(["deep-8"], runs, results) == ["deep-8", "looped", "deep-4"]
     assert study.study_models(["looped", "deep-4"], runs, results) == ["looped", "deep-4"]
 
 
-def test_depth_study_exits_table_says_whether_beating_round_m_is_measured(load):
-    study = load(next(p for p in SCRIPTS if p.name == "depth_study.py"))
+def test_depth_report_exits_table_says_whether_beating_round_m_is_measured(load):
+    study = load(next(p for p in SCRIPTS if p.name == "depth_report.py"))
     fixed = [{"model": "looped", "size": 32, "rule": "fixed", "threshold": None, "max_depth": d, "mean_iterations": d,
               "mean_token_iterations": d, "error_h10": e, "error_h1": e / 4} for d, e in ((2, 0.44), (3, 0.43), (16, 0.42))]
     rule = {"model": "looped", "size": 32, "rule": "token-delta", "threshold": 0.03, "max_depth": 16, "mean_iterations": 5.0,
@@ -98,6 +100,27 @@ def test_depth_study_exits_table_says_whether_beating_round_m_is_measured(load):
     assert "| 0.4300 (depth 3) | yes [-0.5% ± 0.8%] | yes (16% of its iterations) [+1.9% ± 0.6%] | 0.50 (per token 0.60) |" in row
     row = next(line for line in study.exits_table(fixed + [old], 32) if line.startswith("| token-delta"))
     assert "| 0.4300 (depth 3) | yes | yes (16% of its iterations) |" in row
+
+
+def test_depth_report_rewrites_a_summary_from_the_files_alone(load, tmp_path):
+    report = load(next(p for p in SCRIPTS if p.name == "depth_report.py"))
+    settings = {"out": str(tmp_path), "n_bodies": 16, "steps": 40, "seed": 3, "models": ["deep-1"], "test_sizes": [16],
+                "no_longer_a_field": 1, "earlier": []}  # an older or newer study.json: unknown keys are dropped
+    (tmp_path / "study.json").write_text(json.dumps(settings))
+    (tmp_path / "world.json").write_text(json.dumps({"16": {"mean": 1.0, "p50": 0, "p90": 3, "p99": 9, "max": 12,
+                                                            "fraction": {"0": 0.6, "8-15": 0.1}}}))
+    (tmp_path / "runs.jsonl").write_text(json.dumps({"model": "deep-1", "steps": 40, "train_seconds": 60.0,
+                                                     "val_curve": [[20, 0.5], [40, 0.4]]}) + "\n")
+    (tmp_path / "results.jsonl").write_text(json.dumps({"model": "deep-1", "size": 16, "depth": 1, "params": 1234, "h1": 0.1,
+                                                        "h10": 0.4, "copy_last_h1": 0.2, "copy_last_h10": 0.9}) + "\n")
+    report.main(report.ReportConfig(study=str(tmp_path)))
+    text = (tmp_path / "summary.md").read_text()
+    assert text.startswith("# Depth study: loopwm/Rail-v0, trained on 16 discs (40 steps each, batch 64, lr 0.003, "
+                           "context 2, horizon 4, seed 3)")
+    assert "| deep-1 | 1,234 | 40 | 1.0 | 0.5000, 0.4000 | steps | 1 |  | 0.1000 | 0.4000 | 0.200 / 0.900 |" in text
+    assert (tmp_path / "depth_study.png").exists()
+    with pytest.raises(SystemExit, match="no study.json"):
+        report.main(report.ReportConfig(study=str(tmp_path / "missing")))
 
 
 def test_depth_study_settings_keep_every_invocation(load, tmp_path):
@@ -130,7 +153,7 @@ def _strata(model, size, depth, cells):
              "solver_iterations_mean": float(i)} for i, (k, (n, e)) in enumerate(cells.items())]
 
 
-@pytest.mark.parametrize("script", ["depth_study.py", "depth_compare.py"])
+@pytest.mark.parametrize("script", ["depth_report.py", "depth_compare.py"])
 def test_the_steady_one_step_error_weighs_strata_by_windows_and_picks_the_depth(load, script):
     from loopwm.eval.adaptive import best_depth_row
 
@@ -142,11 +165,11 @@ def test_the_steady_one_step_error_weighs_strata_by_windows_and_picks_the_depth(
     assert module.one_step(strata, "looped", 16, 4) is None
     # the open-loop h1 over fewer windows prefers depth 2; all the windows say 8
     results = [{"model": "looped", "size": 16, "depth": 2, "h1": 0.05}, {"model": "looped", "size": 16, "depth": 8, "h1": 0.06}]
-    pick = module.best_depth(results, "looped", 16, strata) if script == "depth_study.py" else best_depth_row(results, strata)
+    pick = module.best_depth(results, "looped", 16, strata) if script == "depth_report.py" else best_depth_row(results, strata)
     assert pick["depth"] == 8
     # a depth without strata: fall back to the open-loop h1
     results.append({"model": "looped", "size": 16, "depth": 4, "h1": 0.04})
-    pick = module.best_depth(results, "looped", 16, strata) if script == "depth_study.py" else best_depth_row(results, strata)
+    pick = module.best_depth(results, "looped", 16, strata) if script == "depth_report.py" else best_depth_row(results, strata)
     assert pick["depth"] == 4
 
 
@@ -207,8 +230,8 @@ def test_depth_compare_says_whether_a_match_on_many_windows_is_measured(load):
     assert compare.plotted_keys([{"h1s": 0.1, "h10l": 0.4}, {"h1s": 0.1}]) == ["h1s", "h10"]
 
 
-def test_depth_study_long_table_pairs_models_scored_on_the_same_windows(load):
-    study = load(next(p for p in SCRIPTS if p.name == "depth_study.py"))
+def test_depth_report_long_table_pairs_models_scored_on_the_same_windows(load):
+    study = load(next(p for p in SCRIPTS if p.name == "depth_report.py"))
     base = dict(size=32, depth=4, asked=3000)
     rows = [{**base, "model": "looped", "h1": 0.10, "h10": 0.40, **_long([0.4, 0.5, 0.3])},
             {**base, "model": "deep-1", "h1": 0.11, "h10": 0.42, **_long([0.42, 0.52, 0.32])},

@@ -101,6 +101,9 @@ class DepthStudyConfig:
     """Training seed."""
     workers: int = 2
     """Training processes at once (one thread each)."""
+    score_threads: int = 2
+    """Torch threads for the scoring stages (score, strata, long, exits); 1 when other jobs share the
+    cores (two threads on busy cores ran about 3x slower than one in training)."""
     exit_rules: list[str] = field(default_factory=lambda: ["delta", "accel", "token-delta"])
     """Exit rules measured against fixed depth (token-delta: each disc stops on its own)."""
     exit_sizes: list[int] = field(default_factory=lambda: [16, 32])
@@ -277,7 +280,7 @@ def main(cfg: DepthStudyConfig) -> None:
             print(f"trained {row['model']}: {row['steps']} steps in {row['train_seconds'] / 60:.1f} min", flush=True)
 
     # ---- scoring: every model on every size; looped models at every test depth
-    torch.set_num_threads(2)
+    torch.set_num_threads(max(1, cfg.score_threads))
     device = pick_device("auto")  # the one place that chooses: CUDA when present
     results_path, strata_path = out / "results.jsonl", out / "strata.jsonl"
     results, strata = _read(results_path), _read(strata_path)

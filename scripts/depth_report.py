@@ -96,16 +96,19 @@ def long_table(long: list[dict], models: list[str], size: int) -> list[str]:
 
 
 def exits_table(exits: list[dict], N: int) -> list[str]:
-    """The exits stage's rows as summary lines, one table per model and world size: each rule against
-    the fixed depth of its compute, round(M), and against the fixed maximum."""
+    """The exits stage's rows as summary lines, one table per model, world size and number of windows:
+    each rule against the fixed depth of its compute, round(M), and against the fixed maximum, both
+    scored on the same windows."""
     lines = []
-    for name, n in dict.fromkeys((r["model"], r.get("size", N)) for r in exits):
-        rows = [r for r in exits if r["model"] == name and r.get("size", N) == n]
+    groups = dict.fromkeys((r["model"], r.get("size", N), r.get("asked", 512)) for r in exits)  # before session 24: 512
+    for name, n, asked in groups:
+        rows = [r for r in exits if (r["model"], r.get("size", N), r.get("asked", 512)) == (name, n, asked)]
         fixed = {r["max_depth"]: r for r in rows if r["rule"] == "fixed"}
         if not fixed:
             continue
         top = fixed[max(fixed)]
-        lines += ["", f"## {name}: exit rules against fixed depth ({n} discs; horizon-10 error, iterations per step)", "",
+        lines += ["", f"## {name}: exit rules against fixed depth ({n} discs, {asked:,} windows; horizon-10 error, "
+                  "iterations per step)", "",
                   f"Fixed {max(fixed)} iterations: h10 {top['error_h10']:.4f}, h1 {top['error_h1']:.4f}. Compute M is "
                   "iterations per token (per-token rules: the mean over discs of the iterations that updated each; "
                   "the others: iterations per scene)." + (" In brackets: the rule's h10 gap to that fixed depth on the "

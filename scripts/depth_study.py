@@ -344,7 +344,7 @@ def main(cfg: DepthStudyConfig) -> None:
     # ---- adaptive depth: training-free exit rules against fixed depths, per world size
     exits_path = out / "exits.jsonl"
     exits = _read(exits_path)
-    # rows scored on another number of windows (before session 24: 512, no "asked") are scored again
+    # a rule counts as done only on this number of windows (rows from before session 24: 512, no "asked")
     done = {(r["model"], r.get("size", cfg.n_bodies), r["rule"]) for r in exits if r.get("asked", 512) == cfg.exit_windows}
     for name in [m for m in cfg.models if m.startswith("looped")] if "exits" in cfg.stages else []:
         model, meta = load_model(out / "runs" / name, device)
@@ -357,7 +357,9 @@ def main(cfg: DepthStudyConfig) -> None:
             top = min(16, max(cfg.test_depths))  # error is flat beyond 16 in every run so far; rules stop earlier
             # the fixed depths are scored with every batch of rules: each rule is paired with them window by window
             fixed = sorted({d for d in range(1, top + 1) if d <= 8 or d in cfg.test_depths})
-            exits = [r for r in exits if (r["model"], r.get("size", cfg.n_bodies)) != (name, n) or r["rule"] not in {*rules, "fixed"}]
+            # rows of another window count stay: the summary pairs each rule with the fixed depths of its own count
+            exits = [r for r in exits if (r["model"], r.get("size", cfg.n_bodies)) != (name, n)
+                     or r["rule"] not in {*rules, "fixed"} or r.get("asked", 512) != cfg.exit_windows]
             for row in exit_sweep(model, ds, episodes, rules, fixed, top, context=cfg.context, device=device,
                                   windows=cfg.exit_windows):
                 exits.append({"model": name, "size": n, "asked": cfg.exit_windows, **row})

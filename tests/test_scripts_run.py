@@ -42,9 +42,16 @@ def test_physics_study_quick(tmp_path):
 
 @pytest.mark.slow
 def test_depth_study_quick(tmp_path):
-    run_script("depth_study.py", "--out", str(tmp_path), "--quick", "--workers", "1")
+    run_script("depth_study.py", "--out", str(tmp_path), "--quick", "--workers", "1", "--stages", "train", "score", "long",
+               "exits", "summary", "--exit-rules", "token-delta", "--exit-windows", "64", "--long-windows", "64")
     assert rows(tmp_path / "runs.jsonl") and rows(tmp_path / "results.jsonl")
-    assert (tmp_path / "summary.md").exists()
+    long = rows(tmp_path / "long.jsonl")
+    assert {r["model"] for r in long} == {"looped", "deep-1"} and all(len(r["window_h10"]) == r["windows"] for r in long)
+    assert all("vs_round" in r for r in rows(tmp_path / "exits.jsonl") if r["rule"] != "fixed")
+    text = (tmp_path / "summary.md").read_text()
+    assert "(long stage)" in text and "64 windows" in text
+    run_script("depth_report.py", "--study", str(tmp_path))  # the report alone rewrites the same summary
+    assert (tmp_path / "summary.md").read_text() == text
 
 
 @pytest.mark.slow

@@ -138,7 +138,8 @@ def matching_ratio(rows: list[dict], target: dict, key: str) -> str:
     text = f"none of {len(candidates)} ({'largest' if other == 'deep-' else 'smallest'} {edge['params'] / target['params']:.2f}x)"
     scored = [c for c in candidates if c[key] is not None]
     closest = min(scored, key=lambda c: c[key]) if scored and target[key] is not None else None
-    return text + (f"; closest {closest['model']}{paired(closest, target, key)}" if closest and paired(closest, target, key) else "")
+    gap = paired(closest, target, key) if closest else ""
+    return text + (f"; closest {closest['model']}{gap}" if gap else "")
 
 
 LONG_NOTE = ("Long h10: over up to 3,000 windows; in brackets the named model's gap to the row's model on the same "

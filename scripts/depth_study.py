@@ -281,7 +281,7 @@ def main(cfg: DepthStudyConfig) -> None:
 
     # ---- scoring: every model on every size; looped models at every test depth
     torch.set_num_threads(max(1, cfg.score_threads))
-    device = pick_device("auto")  # the one place that chooses: CUDA when present
+    device = pick_device("auto")  # the one place that chooses: the accelerator when present
     results_path, strata_path = out / "results.jsonl", out / "strata.jsonl"
     results, strata = _read(results_path), _read(strata_path)
     scored = {(r["model"], r["size"]) for r in results}

@@ -75,7 +75,7 @@ def device_label(device) -> str:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA) from one integer."""
+    """Seed Python, NumPy and torch (CPU and every accelerator) from one integer."""
     import torch
 
     random.seed(seed)

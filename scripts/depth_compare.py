@@ -142,8 +142,8 @@ def matching_ratio(rows: list[dict], target: dict, key: str) -> str:
     return text + (f"; closest {closest['model']}{gap}" if gap else "")
 
 
-LONG_NOTE = ("Long h10: over up to 3,000 windows; in brackets the named model's gap to the row's model on the same "
-             "windows, ± two paired standard errors (a gap inside them is not measured).")
+LONG_NOTE = ("Long h1 and h10: over up to 3,000 windows; in brackets the named model's gap to the row's model on the "
+             "same windows, ± two paired standard errors (a gap inside them is not measured).")
 LABELS = {"h1s": "one-step error (all windows)", "h1": "h1 error (512 windows)",
           "h10l": "h10 error (up to 3,000 windows)", "h10": "h10 error (512 windows)"}
 
@@ -159,8 +159,10 @@ def _long(r: dict) -> str:
 
 
 def _long_match(rows: list[dict], r: dict) -> str:
-    """The matching columns of the long stage's h10 ('' and '' where it did not run)."""
-    return f" | {r['h10l']:.4f} | {matching_ratio(rows, r, 'h10l')}" if r.get("long") else " | | "
+    """The matching columns of the long stage's h1 and h10 (empty where it did not run)."""
+    if not r.get("long"):
+        return " | | | | "
+    return "".join(f" | {r[key]:.4f} | {matching_ratio(rows, r, key)}" for key in ("h1l", "h10l"))
 
 
 def write_summary(cfg: CompareConfig, rows: list[dict]) -> str:
@@ -187,8 +189,8 @@ def write_summary(cfg: CompareConfig, rows: list[dict]) -> str:
              ["", f"Setting of every study: {settings[0]})."]
     lines += ["", f"## The smallest stack (same seed and setting) within {MATCH:.0%} of each loop's error", "",
               LONG_NOTE, "",
-              "| seed | steps | loop | params | h1 (all) | matched by | h1 | matched by | h10 | matched by | long h10 | matched by |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| seed | steps | loop | params | h1 (all) | matched by | h1 | matched by | h10 | matched by | long h1 | matched by "
+              "| long h10 | matched by |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for loop in sorted((r for r in rows if r["model"].startswith("looped")), key=lambda r: (r["seed"], r["steps"], r["model"])):
         steady = (f"{_fmt(loop['h1s'])} | {matching_ratio(rows, loop, 'h1s')}" if loop["h1s"] is not None else " | ")
         lines.append(f"| {loop['seed']} | {loop['steps']} | {loop['model']} | {loop['params']:,} | {steady} | {loop['h1']:.4f} | {matching_ratio(rows, loop, 'h1')} | "
@@ -198,8 +200,8 @@ def write_summary(cfg: CompareConfig, rows: list[dict]) -> str:
         lines += ["", f"## The smallest loop (same seed, setting and attention) within {MATCH:.0%} of each stack's error", "",
                   "Loops of several widths (looped-dN) make this the loop's own parameter curve: the ratio is the stack's "
                   "parameters over the matching loop's. " + LONG_NOTE, "",
-                  "| seed | steps | stack | params | h1 (all) | matched by | h1 | matched by | h10 | matched by | long h10 | matched by |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| seed | steps | stack | params | h1 (all) | matched by | h1 | matched by | h10 | matched by | long h1 | "
+                  "matched by | long h10 | matched by |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for stack in sorted(stacks, key=lambda r: (r["seed"], r["steps"], r["params"], r["model"])):
             steady = (f"{_fmt(stack['h1s'])} | {matching_ratio(rows, stack, 'h1s')}" if stack["h1s"] is not None else " | ")
             lines.append(f"| {stack['seed']} | {stack['steps']} | {stack['model']} | {stack['params']:,} | {steady} | {stack['h1']:.4f} | "

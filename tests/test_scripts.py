@@ -222,7 +222,8 @@ def test_depth_compare_says_whether_a_match_on_many_windows_is_measured(load):
 
     def model(name, params, factor, episodes="e0"):
         errors = list(windows * factor)
-        return {**row, "model": name, "params": params, "h10l": float(np.mean(errors)), "long": _long(errors, episodes)}
+        return {**row, "model": name, "params": params, "h1l": float(np.mean(errors)) / 4, "h10l": float(np.mean(errors)),
+                "long": _long(errors, episodes)}
 
     loop = model("looped-d24", 30, 1.0)
     rows = [loop, model("deep-1", 180, 1.03), model("deep-2", 230, 1.005)]
@@ -235,6 +236,13 @@ def test_depth_compare_says_whether_a_match_on_many_windows_is_measured(load):
     other = [loop, model("deep-2", 230, 1.005, episodes="e1")]
     assert compare.matching_ratio(other, loop, "h10l") == "deep-2 (7.7x)"
     assert compare.plotted_keys([{"h1s": 0.1, "h10l": 0.4}, {"h1s": 0.1}]) == ["h1s", "h10"]
+    # h1 pairs on the windows' own one-step errors, not on their h10
+    assert compare.matching_ratio(rows[:2], loop, "h1l").startswith("none of 1 (largest 6.00x); closest deep-1 [+3.0% ± ")
+    extra = dict(study="x", core_params=None, steps=1, stop="steps", minutes=1.0, depth=1, h1=0.1, h10=0.3, h1s=None,
+                 other=None, free=None, hard=None)
+    summary = compare.write_summary(compare.CompareConfig(), [{**r, **extra} for r in rows])
+    line = next(x for x in summary.splitlines() if x.startswith("| 0 | 1 | looped-d24 |"))
+    assert f"| {loop['h1l']:.4f} | deep-2 (7.7x) [+0.5% ± " in line and f"| {loop['h10l']:.4f} | deep-2 (7.7x) [+0.5% ± " in line
 
 
 def test_depth_report_long_table_pairs_models_scored_on_the_same_windows(load):

@@ -15,7 +15,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from loopwm.data.shards import (MANIFEST, _allow_open_files, _check_shard, _info_dtypes, _read_npz, _release, _starts,
-                                read_manifest, space_from_description)
+                                read_manifest)
 from loopwm.utils import LoopWMError, sha256_file
 
 

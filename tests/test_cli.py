@@ -244,6 +244,29 @@ def test_bench_runs_a_gymnasium_world_and_a_model_subset(tmp_path):
     assert proc.returncode == 2 and "unknown model" in proc.stderr
 
 
+def test_bench_runs_the_rail_world_with_local_attention_and_narrower_loops(tmp_path):
+    out = tmp_path / "bench"
+    loopwm("bench", "--out", str(out), "--worlds", "rail", "--n-bodies", "8", "--rail-radius", "0.005", "--attention", "local",
+           "--loop-widths", "16", "--models", "looped-d16", "deep-1", "--seeds", "1", "--test-depths", "1", "2", "--steps", "3",
+           "--episodes", "6", "--horizon", "10", "--budgets", "steps", "--no-progress", "--device", "cpu", "--lrs", "1e-3",
+           "--workers", "1")
+    manifest = json.loads((out / "data" / "rail-r0.005" / "manifest.json").read_text())
+    assert manifest["env_id"] == "loopwm/Rail-v0" and manifest["env_kwargs"]["rail_radius"] == 0.005
+    models = {p.parts[-4]: json.loads(p.read_text())["model_meta"]["model"] for p in (out / "scores").rglob("steps.json")}
+    assert set(models) == {"looped-d16", "deep-1"} and all(m["attention"] == "local" for m in models.values())
+    assert models["looped-d16"]["d"] == 16 and models["deep-1"]["d"] == 64
+    depth = [json.loads(line) for line in (out / "depth.jsonl").read_text().splitlines()]
+    assert sorted((r["model"], r["depth"]) for r in depth) == [("looped-d16", 1), ("looped-d16", 2)]
+    assert "looped-d16 loop's horizon-1 error" in (out / "findings.md").read_text()
+    assert "looped-d16 loop's best test-time depth" in (out / "findings.md").read_text()
+    for args, says in ((["--attention", "local", "--worlds", "Pendulum-v1"], "needs body positions"),
+                       (["--loop-widths", "10"], "multiple of the 4 attention heads"),
+                       (["--models", "looped-d16"], "needs --loop-widths"),
+                       (["--attention", "sparse"], "unknown --attention")):
+        proc = loopwm("bench", "--out", str(tmp_path / "bad"), *args, check=False)
+        assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, args
+
+
 def test_rail_world_trains_and_evaluates_with_local_attention(tmp_path):
     loopwm("collect", "--env-id", "loopwm/Rail-v0", "--out", str(tmp_path / "data"), "--episodes", "4",
            "--n-bodies", "10", "--max-episode-steps", "40")

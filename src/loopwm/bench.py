@@ -1,6 +1,7 @@
 """`loopwm bench`: train a suite of world models on the same data and score them the same way.
 
-Every model (the looped model, deep transformers of growing depth and width, the RSSM) is trained
+Every model (the looped model, narrower loops with --loop-widths, deep transformers of growing depth
+and width, the RSSM) is trained
 by the same loop on the same episodes, once per budget currency: an equal number of gradient steps,
 an equal wall-clock time, or each until its validation error stops improving (`converged`: the
 last fifth of its training not 2% better than the rest, a cap on steps; see TrainConfig.until_plateau). Each model family gets the same small learning-rate sweep first. All
@@ -16,7 +17,7 @@ Output, under --out:
     results.jsonl     one row per model, world, seed, budget and horizon (with the steps, samples and
                       minutes each model trained, and why it stopped)
     curves.jsonl      every run's validation curve (learning_curves.png draws them)
-    depth.jsonl       the looped model's horizon-10 error at each test-time iteration count
+    depth.jsonl       each loop's horizon-10 error at each test-time iteration count
     tuning.json       the learning rate kept per model family (per model with --tune-each-model, per
                       world with --tune-each-world),
                       with the scores behind it
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from concurrent.futures import as_completed
 from dataclasses import asdict, dataclass, replace
@@ -57,7 +59,13 @@ from loopwm.models.world_model import ModelConfig
 from loopwm.train.loop import TrainConfig, config_diff, train
 from loopwm.utils import LoopWMError, atomic_write_text, pick_device, worker_pool
 
-WORLD_IDS = {"balls": "loopwm/Balls-v0", "cradle": "loopwm/Cradle-v0", "chain": "loopwm/Chain-v0", "mixed": "loopwm/Mixed-v0"}
+WORLD_IDS = {"balls": "loopwm/Balls-v0", "cradle": "loopwm/Cradle-v0", "chain": "loopwm/Chain-v0", "mixed": "loopwm/Mixed-v0",
+             "rail": "loopwm/Rail-v0"}
+# The entity models' attention (looped and deep alike, so that the comparison stays fair). "local" is
+# the depth study's shape: each body attends to its 2 nearest bodies by surface gap and itself, with a
+# learned bias from each pair's geometry, and its token carries its 2 nearest neighbours' relative
+# features, so that an impulse through k bodies needs about k passes (docs/LOG.md, session 18).
+ATTENTION = {"full": {}, "local": dict(attention="local", attn_bias=True, attn_neighbours=2, neighbours=2)}
 
 
 def world_source(world: str, cfg: BenchConfig) -> dict:
@@ -65,8 +73,9 @@ def world_source(world: str, cfg: BenchConfig) -> dict:
     ("balls-pixels"), or any Gymnasium id ("Pendulum-v1", "HalfCheetah-v5")."""
     name, pixels = (world[: -len("-pixels")], True) if world.endswith("-pixels") else (world, False)
     if name in WORLD_IDS:
+        kwargs = {"rail_radius": cfg.rail_radius} if name == "rail" and cfg.rail_radius > 0 else {}
         return {"env_id": WORLD_IDS[name], "n_bodies": cfg.n_bodies, "obs": "pixels" if pixels else "state",
-                "pixel_size": cfg.pixel_size}
+                "pixel_size": cfg.pixel_size, "env_kwargs": kwargs}
     if "/" in name and name.split("/")[0] == "loopwm":
         raise LoopWMError(f"unknown built-in world {name!r}: choose from {', '.join(WORLD_IDS)}")
     return {"env_id": name, "n_bodies": None, "obs": "pixels" if pixels else "state", "pixel_size": cfg.pixel_size,
@@ -74,15 +83,20 @@ def world_source(world: str, cfg: BenchConfig) -> dict:
 CONTEXT = 4  # observed steps before open-loop scoring, equal to training's context
 
 
-def model_suite(quick: bool) -> dict[str, tuple[ModelConfig, RSSMConfig]]:
-    """The looped model; the fixed-depth family it is measured against (same width and heads unless
-    named wide); the DreamerV3-style RSSM; and the deterministic GRU world model (the RSSM without
-    its stochastic state, encoding its own predictions in imagination as the looped model does)."""
-    suite = {"looped": (ModelConfig(kind="looped", mu_rec=4.0), RSSMConfig())}
+def model_suite(quick: bool, attention: str = "full", loop_widths: tuple[int, ...] = ()) -> dict[str, tuple[ModelConfig, RSSMConfig]]:
+    """The looped model, and narrower ones (looped-dN, N wide) for the loop's own parameter curve; the
+    fixed-depth family it is measured against (same width and heads unless named wide); the
+    DreamerV3-style RSSM; and the deterministic GRU world model (the RSSM without its stochastic
+    state, encoding its own predictions in imagination as the looped model does). Every entity model
+    gets the same `attention` (ATTENTION)."""
+    shape = ATTENTION[attention]
+    suite = {"looped": (ModelConfig(kind="looped", mu_rec=4.0, **shape), RSSMConfig())}
+    for width in sorted(set(loop_widths), reverse=True):
+        suite[f"looped-d{width}"] = (ModelConfig(kind="looped", mu_rec=4.0, d=width, **shape), RSSMConfig())
     for n in (1, 4, 8) if quick else (1, 2, 4, 8, 16):
-        suite[f"deep-{n}"] = (ModelConfig(kind="deep", n_deep=n), RSSMConfig())
+        suite[f"deep-{n}"] = (ModelConfig(kind="deep", n_deep=n, **shape), RSSMConfig())
     if not quick:
-        suite["deep-4-wide"] = (ModelConfig(kind="deep", n_deep=4, d=128), RSSMConfig())
+        suite["deep-4-wide"] = (ModelConfig(kind="deep", n_deep=4, d=128, **shape), RSSMConfig())
     suite["rssm"] = (ModelConfig(kind="rssm"), RSSMConfig())
     if not quick:
         suite["gru"] = (ModelConfig(kind="rssm"), RSSMConfig(stoch=0))
@@ -119,6 +133,17 @@ class BenchConfig:
     """Episode cap for Gymnasium worlds (their own limits, e.g. 1000 for MuJoCo, make data slow)."""
     n_bodies: int = 5
     """Bodies per world."""
+    rail_radius: float = 0.0
+    """Disc radius of the rail world (0: its default, 0.01); 32 discs need 0.005 to leave gaps between
+    their runs. Other worlds ignore it."""
+    attention: str = "full"
+    """Attention of every entity model, looped and deep alike: "full", or "local" (each body attends to
+    its nearest bodies, a graph rebuilt every step: the depth study's setting, where an impulse through
+    k bodies needs about k passes). Local needs body positions: the built-in worlds, from state."""
+    loop_widths: tuple[int, ...] = ()
+    """Also train looped models of these widths (looped-dN; the looped model is 64 wide), the loop's
+    own parameter curve: a narrower loop spends fewer parameters on the same passes. Each width must be
+    a multiple of the 4 attention heads."""
     episodes: int = 300
     """Episodes collected per world."""
     seeds: int = 3
@@ -174,9 +199,24 @@ def resolve(cfg: BenchConfig) -> BenchConfig:
                       episodes=min(cfg.episodes, 60), test_depths=(1, 2, 4, 8))
     for world in cfg.worlds:
         world_source(world, cfg)  # raises on unknown built-in names
-    unknown = [m for m in cfg.models if m not in model_suite(cfg.quick)]
+    if cfg.attention not in ATTENTION:
+        raise LoopWMError(f"unknown --attention {cfg.attention!r}: use {' or '.join(ATTENTION)}")
+    if cfg.attention != "full":
+        without = [w for w in cfg.worlds if w not in WORLD_IDS]
+        if without:
+            raise LoopWMError(f"--attention {cfg.attention} needs body positions, which {', '.join(without)} do not "
+                              f"give: use it on the built-in worlds ({', '.join(WORLD_IDS)}) from state, or --attention full")
+    heads = ModelConfig().n_heads
+    if any(w < heads or w % heads for w in cfg.loop_widths):
+        raise LoopWMError(f"--loop-widths {' '.join(map(str, cfg.loop_widths))}: each width must be a positive multiple "
+                          f"of the {heads} attention heads (e.g. 16, 24, 32)")
+    if not (cfg.rail_radius >= 0 and math.isfinite(cfg.rail_radius)):
+        raise LoopWMError(f"--rail-radius must be 0 (the world's default) or a positive radius, got {cfg.rail_radius}")
+    suite = model_suite(cfg.quick, cfg.attention, cfg.loop_widths)
+    unknown = [m for m in cfg.models if m not in suite]
     if unknown:
-        raise LoopWMError(f"unknown model(s) {unknown}: choose from {', '.join(model_suite(cfg.quick))}")
+        raise LoopWMError(f"unknown model(s) {unknown}: choose from {', '.join(suite)}"
+                          + ("" if cfg.loop_widths else " (looped-dN needs --loop-widths N)"))
     bad = [b for b in cfg.budgets if b not in BUDGETS]
     if bad or not cfg.budgets:
         raise LoopWMError(f"unknown budget(s) {bad or cfg.budgets}: use any of {', '.join(BUDGETS)}")
@@ -351,7 +391,8 @@ def run_bench(cfg: BenchConfig) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
-    suite = {k: v for k, v in model_suite(cfg.quick).items() if not cfg.models or k in cfg.models}
+    suite = {k: v for k, v in model_suite(cfg.quick, cfg.attention, cfg.loop_widths).items()
+             if not cfg.models or k in cfg.models}
     same_as_before = _same_comparison(out, cfg)  # read before this run rewrites anything in out
     data = {world: world_data(cfg, world, out) for world in cfg.worlds}
     fingerprints = {world: data_fingerprint(TrajectoryDataset.load(path)) for world, path in data.items()}
@@ -365,7 +406,7 @@ def run_bench(cfg: BenchConfig) -> Path:
                 "steps": cfg.steps, "minutes": cfg.minutes, "horizon": cfg.horizon, "device": cfg.device,
                 "converge_cap": cfg.converge_cap, "converge_tolerance": cfg.converge_tolerance,
                 "converge_eval_every": cfg.converge_eval_every, "converge_ema": cfg.converge_ema,
-                "test_depths": list(cfg.test_depths) if name == "looped" and budget == cfg.budgets[0] else [],
+                "test_depths": list(cfg.test_depths) if family(name) == "looped" and budget == cfg.budgets[0] else [],
                 "cost": _cost(suite[name][0], budget, cfg)}
 
     # 1. the same learning-rate sweep for every family (seed 0, equal steps), on the first world or on each
@@ -425,8 +466,8 @@ def run_bench(cfg: BenchConfig) -> Path:
             act0 = torch.as_tensor(ep["action"][0], device=device)
             timed[(world, name)] = {"flops_per_step": count_step_flops(model, obs0, act0),
                                     "steps_per_s_b1": speed(model, obs0, act0, 1), "steps_per_s_b256": speed(model, obs0, act0, 256)}
-            if name == "looped":
-                timed[(world, "depth_flops")] = {d: count_step_flops(model, obs0, act0, d) for d in cfg.test_depths}
+            if family(name) == "looped":
+                timed[(world, name, "depth_flops")] = {d: count_step_flops(model, obs0, act0, d) for d in cfg.test_depths}
 
     rows, depth_rows, curves = [], [], []
     for j, r in zip(jobs, results):
@@ -442,8 +483,8 @@ def run_bench(cfg: BenchConfig) -> Path:
                        "stop_reason": r["stop_reason"], "train_steps": r["train_steps"],
                        "train_seconds": r["train_seconds"]})
         for depth, err in r["depth_errors"].items():
-            depth_rows.append({"world": j["world"], "seed": j["seed"], "depth": int(depth), "error_h10": err,
-                               "flops_per_step": timed[(j["world"], "depth_flops")][int(depth)]})
+            depth_rows.append({"world": j["world"], "model": j["name"], "seed": j["seed"], "depth": int(depth),
+                               "error_h10": err, "flops_per_step": timed[(j["world"], j["name"], "depth_flops")][int(depth)]})
     kept = _earlier_results(out, {(j["world"], j["name"], j["seed"], j["budget"]) for j in jobs}, same_as_before)
     rows, depth_rows, curves = kept["results"] + rows, kept["depth"] + depth_rows, kept["curves"] + curves
     atomic_write_text(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
@@ -458,7 +499,7 @@ def run_bench(cfg: BenchConfig) -> Path:
 
 # Settings that make two bench runs in one folder the same comparison: rows of runs that differ in
 # any of them are never mixed into one report.
-_COMPARABLE = ("n_bodies", "episodes", "steps", "minutes", "converge_tolerance", "converge_cap", "converge_eval_every",
+_COMPARABLE = ("n_bodies", "rail_radius", "attention", "episodes", "steps", "minutes", "converge_tolerance", "converge_cap", "converge_eval_every",
                "converge_ema", "horizon", "max_episode_steps", "pixel_size", "quick")
 
 
@@ -521,6 +562,9 @@ def _earlier_results(out: Path, now: set[tuple], same_comparison: bool) -> dict:
 def world_data(cfg: BenchConfig, world: str, out: Path) -> Path:
     """The one dataset every model of a world trains on (collected once, reused on re-runs)."""
     src = world_source(world, cfg)
-    return collect(CollectConfig(env_id=src["env_id"], out=str(out / "data" / world), episodes=cfg.episodes,
+    kwargs = src.get("env_kwargs", {})
+    folder = world + "".join(f"-{k.split('_')[-1][0]}{v:g}" for k, v in sorted(kwargs.items()))  # rail-r0.005: its own data
+    return collect(CollectConfig(env_id=src["env_id"], out=str(out / "data" / folder), episodes=cfg.episodes,
                                  n_bodies=src["n_bodies"], obs=src["obs"], pixel_size=src["pixel_size"],
-                                 max_episode_steps=src.get("max_episode_steps"), seed=0, progress=False))
+                                 max_episode_steps=src.get("max_episode_steps"), seed=0, progress=False),
+                   env_kwargs=kwargs)

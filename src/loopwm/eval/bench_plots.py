@@ -56,22 +56,31 @@ def plot_all(rows: list[dict], depth_rows: list[dict], out: Path, curves: list[d
                         capsize=3, label=f"{world}: deep transformers")
             for p in deep:
                 ax.annotate(p[3][5:], (p[0], p[1]), fontsize=6, xytext=(3, 3), textcoords="offset points")
-            for p in pts:
-                if p[3] == "looped":
-                    ax.errorbar(p[0], p[1], p[2], fmt="*", ms=14, color=f"C{i}", label=f"{world}: looped (one shared block)")
+            # the loop's own curve: the looped model and narrower ones (looped-dN), stars joined by a line
+            loops = sorted(p for p in pts if p[3].split("-")[0] == "looped")
+            if loops:
+                ax.errorbar([p[0] for p in loops], [p[1] for p in loops], [p[2] for p in loops], fmt="*-", ms=14,
+                            color=f"C{i}", capsize=3, label=f"{world}: looped (one shared block)")
+            for p in loops[:-1] if len(loops) > 1 else []:  # the widest (64) is "looped"; name the narrower ones
+                ax.annotate(p[3][len("looped-"):], (p[0], p[1]), fontsize=6, xytext=(3, -9), textcoords="offset points")
         ax.set_xscale("log"), ax.set_xlabel("parameters"), ax.set_ylabel("error at horizon 10"), ax.grid(alpha=0.3)
         ax.legend(fontsize=7), ax.set_title(f"Parameter efficiency, equal {budget}")
     fig.tight_layout(), fig.savefig(out / "param_efficiency.png"), plt.close(fig)
     paths.append(out / "param_efficiency.png")
 
-    # 3. iterative latent depth: error versus test-time iterations of one trained looped model
+    # 3. iterative latent depth: error versus test-time iterations of each trained loop (rows of older
+    # benches name no model: they are the looped model's)
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    loops = sorted({r.get("model", "looped") for r in depth_rows}, key=lambda m: (m != "looped", m))
     for world in worlds:
-        sel = [r for r in depth_rows if r["world"] == world]
-        depths = sorted({r["depth"] for r in sel})
-        ax.plot(depths, [np.mean([r["error_h10"] for r in sel if r["depth"] == d]) for d in depths], "o-", label=world)
+        for loop in loops:
+            sel = [r for r in depth_rows if r["world"] == world and r.get("model", "looped") == loop]
+            depths = sorted({r["depth"] for r in sel})
+            if depths:
+                ax.plot(depths, [np.mean([r["error_h10"] for r in sel if r["depth"] == d]) for d in depths], "o-",
+                        label=world if len(loops) == 1 else f"{world}, {loop}")
     ax.set_xlabel("test-time loop iterations"), ax.set_ylabel("error at horizon 10"), ax.grid(alpha=0.3)
-    ax.legend(fontsize=8), ax.set_title("Iterative latent depth (one trained looped model)")
+    ax.legend(fontsize=8), ax.set_title("Iterative latent depth (each trained loop)")
     fig.tight_layout(), fig.savefig(out / "depth_scaling.png"), plt.close(fig)
     paths.append(out / "depth_scaling.png")
 

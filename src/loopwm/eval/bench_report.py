@@ -71,7 +71,7 @@ def markdown_table(rows: list[dict]) -> str:
 def findings(rows: list[dict], depth_rows: list[dict] = ()) -> str:
     """The questions the benchmark exists to answer, answered from the rows (means over seeds)."""
     lines = ["# Findings (computed from results.jsonl; means over seeds, spread in table.md)", ""]
-    if not any(r["model"] == "looped" for r in rows):
+    if not any(r["model"].split("-")[0] == "looped" for r in rows):
         return "\n".join(lines + ["(no looped model in this run: nothing to compare)", ""])
     worlds = sorted({r["world"] for r in rows})
     budgets = [b for b in BUDGETS if any(r["budget"] == b for r in rows)]
@@ -89,41 +89,43 @@ def findings(rows: list[dict], depth_rows: list[dict] = ()) -> str:
         for world in worlds:
             params = {r["model"]: r["params"] for r in rows if r["world"] == world}  # sizes depend on the world
             deep = sorted((params[m], m) for m in params if m.startswith("deep"))
-            for h in (1, 10):
-                looped, spread = _mean_error(rows, world, budget, "looped", h)
-                if math.isnan(looped):
-                    continue
-                # "matches": within one standard deviation (over seeds) of the looped model's error
-                match = [(p, m) for p, m in deep if _mean_error(rows, world, budget, m, h)[0] <= looped + spread]
-                if match:
-                    p, m = match[0]
-                    lines.append(f"- {world}: the smallest deep transformer that matches the looped model's horizon-{h} error "
-                                 f"({looped:.4f} ± {spread:.4f}) is {m} ({_mean_error(rows, world, budget, m, h)[0]:.4f}), "
-                                 f"with {p / params['looped']:.2f}x the looped model's parameters.")
-                elif deep:
-                    biggest = deep[-1]
-                    lines.append(f"- {world}: no deep transformer up to {biggest[1]} ({biggest[0] / params['looped']:.1f}x the "
-                                 f"parameters) reaches the looped model's horizon-{h} error ({looped:.4f}).")
-                else:
-                    lines.append(f"- {world}: looped model horizon-{h} error {looped:.4f}.")
-            by_depth: dict[int, list[float]] = {}
-            for d in depth_rows:
-                if d["world"] == world:
-                    by_depth.setdefault(int(d["depth"]), []).append(d["error_h10"])
-            best = sorted((float(np.mean(v)), k) for k, v in by_depth.items())  # means over seeds
-            if best and budget == budgets[0]:  # the depth curve is measured on the first budget's runs
-                # the curve is scored on every window long enough for horizon 10, the table on those
-                # long enough for the longest horizon: compare depths within the curve only
-                its = [r["iterations"] for r in rows if r["world"] == world and r["model"] == "looped" and r["budget"] == budget]
-                trained = round(float(np.mean(its))) if its else None
-                at_trained = f"; {float(np.mean(by_depth[trained])):.4f} at the {trained} it trained with" \
-                    if trained in by_depth else ""
-                lines.append(f"  The looped model's best test-time depth at h10: {best[0][1]} iterations "
-                             f"({best[0][0]:.4f}{at_trained}; scored on every window that reaches horizon 10).")
+            for loop in sorted((m for m in params if m.split("-")[0] == "looped"), key=_order):  # looped, then narrower
+                name = "looped model" if loop == "looped" else f"{loop} loop"
+                for h in (1, 10):
+                    looped, spread = _mean_error(rows, world, budget, loop, h)
+                    if math.isnan(looped):
+                        continue
+                    # "matches": within one standard deviation (over seeds) of the looped model's error
+                    match = [(p, m) for p, m in deep if _mean_error(rows, world, budget, m, h)[0] <= looped + spread]
+                    if match:
+                        p, m = match[0]
+                        lines.append(f"- {world}: the smallest deep transformer that matches the {name}'s horizon-{h} error "
+                                     f"({looped:.4f} ± {spread:.4f}) is {m} ({_mean_error(rows, world, budget, m, h)[0]:.4f}), "
+                                     f"with {p / params[loop]:.2f}x the {name}'s parameters.")
+                    elif deep:
+                        biggest = deep[-1]
+                        lines.append(f"- {world}: no deep transformer up to {biggest[1]} ({biggest[0] / params[loop]:.1f}x the "
+                                     f"{name}'s parameters) reaches its horizon-{h} error ({looped:.4f}).")
+                    else:
+                        lines.append(f"- {world}: {name} horizon-{h} error {looped:.4f}.")
+                by_depth: dict[int, list[float]] = {}
+                for d in depth_rows:  # rows of older benches name no model: they are the looped model's
+                    if d["world"] == world and d.get("model", "looped") == loop:
+                        by_depth.setdefault(int(d["depth"]), []).append(d["error_h10"])
+                best = sorted((float(np.mean(v)), k) for k, v in by_depth.items())  # means over seeds
+                if best and budget == budgets[0]:  # the depth curve is measured on the first budget's runs
+                    # the curve is scored on every window long enough for horizon 10, the table on those
+                    # long enough for the longest horizon: compare depths within the curve only
+                    its = [r["iterations"] for r in rows if r["world"] == world and r["model"] == loop and r["budget"] == budget]
+                    trained = round(float(np.mean(its))) if its else None
+                    at_trained = f"; {float(np.mean(by_depth[trained])):.4f} at the {trained} it trained with" \
+                        if trained in by_depth else ""
+                    lines.append(f"  The {name}'s best test-time depth at h10: {best[0][1]} iterations "
+                                 f"({best[0][0]:.4f}{at_trained}; scored on every window that reaches horizon 10).")
             for other, label in (("rssm", "the RSSM"), ("gru", "the GRU world model"),
                                  ("rssm-eq", "the RSSM at about equal parameters"),
                                  ("gru-eq", "the GRU world model at about equal parameters")):
-                if other not in params:
+                if other not in params or "looped" not in params:
                     continue
                 parts = []
                 for h in horizons:
@@ -158,6 +160,8 @@ def findings(rows: list[dict], depth_rows: list[dict] = ()) -> str:
 def _order(name: str) -> tuple:
     if name == "looped":
         return (0, 0)
+    if name.startswith("looped-d") and name[len("looped-d"):].isdigit():  # narrower loops after it, widest first
+        return (0, 1, -int(name[len("looped-d"):]))
     if name.startswith("deep-"):
         parts = name.split("-")
         return (1, int(parts[1]), len(parts))

@@ -1,10 +1,10 @@
 """`loopwm bench`: train a suite of world models on the same data and score them the same way.
 
 Every model (the looped model, narrower loops with --loop-widths, deep transformers of growing depth
-and width, the RSSM) is trained
-by the same loop on the same episodes, once per budget currency: an equal number of gradient steps,
-an equal wall-clock time, or each until its validation error stops improving (`converged`: the
-last fifth of its training not 2% better than the rest, a cap on steps; see TrainConfig.until_plateau). Each model family gets the same small learning-rate sweep first. All
+and width, the RSSM) is trained by the same loop on the same episodes, once per budget currency: an
+equal number of gradient steps, an equal wall-clock time, or each until its validation error stops
+improving (`converged`: the last fifth of its training not 2% better than the rest, a cap on steps;
+see TrainConfig.until_plateau). Each model family gets the same small learning-rate sweep first. All
 are scored by the same open-loop code on the same held-out episodes; FLOPs and imagined steps per
 second are measured at the end, side by side in this one process with nothing else running.
 

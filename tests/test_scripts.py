@@ -245,6 +245,20 @@ def test_depth_compare_says_whether_a_match_on_many_windows_is_measured(load):
     assert f"| {loop['h1l']:.4f} | deep-2 (7.7x) [+0.5% ± " in line and f"| {loop['h10l']:.4f} | deep-2 (7.7x) [+0.5% ± " in line
 
 
+def test_depth_difficulty_finds_where_a_gap_sits_by_the_worlds_difficulty(load):
+    difficulty = load(next(p for p in SCRIPTS if p.name == "depth_difficulty.py"))
+    rng = np.random.default_rng(0)
+    sweeps = rng.permutation(np.repeat([0.0, 5.0, 10.0, 30.0], 1000))
+    loop = rng.lognormal(0.0, 0.5, 4000) * (1 + sweeps / 20)
+    stack = loop * np.where(sweeps == 30, 1.10, 1.0) * rng.normal(1.0, 0.01, 4000)  # 10% worse on the hardest quarter only
+    groups = difficulty.quantile_gaps(stack, loop, sweeps, 4)
+    assert [(g["lo"], g["hi"], g["windows"]) for g in groups] == [(0, 0, 1000), (5, 5, 1000), (10, 10, 1000), (30, 30, 1000)]
+    assert all(abs(g["gap"]) < 3 * g["se"] for g in groups[:3])  # level where they are the same
+    assert abs(groups[-1]["gap"] - 0.10) < 0.01 and groups[-1]["gap"] > 10 * groups[-1]["se"]
+    with pytest.raises(SystemExit, match="at least 2 per bin"):
+        difficulty.quantile_gaps(stack[:5], loop[:5], sweeps[:5], 4)
+
+
 def test_depth_report_long_table_pairs_models_scored_on_the_same_windows(load):
     study = load(next(p for p in SCRIPTS if p.name == "depth_report.py"))
     base = dict(size=32, depth=4, asked=3000)

@@ -52,6 +52,10 @@ def test_depth_study_quick(tmp_path):
     assert "(long stage)" in text and "64 windows" in text
     run_script("depth_report.py", "--study", str(tmp_path))  # the report alone rewrites the same summary
     assert (tmp_path / "summary.md").read_text() == text
+    # the long stage's windows read back from the data, ranked by the world's sweeps
+    size = json.loads((tmp_path / "study.json").read_text())["n_bodies"]
+    run_script("depth_difficulty.py", "--studies", str(tmp_path), "--out", str(tmp_path), "--size", str(size), "--bins", "2")
+    assert "| 0 | 20 | looped | deep-1 |" in (tmp_path / "difficulty.md").read_text()
 
 
 @pytest.mark.slow

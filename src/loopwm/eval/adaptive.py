@@ -17,7 +17,8 @@ import time
 import numpy as np
 import torch
 
-from loopwm.eval.openloop import exit_rule_from, normalised_error, observed_steps, open_loop, paired_gap, spearman
+from loopwm.eval.openloop import (exit_rule_from, normalised_error, observed_steps, open_loop, paired_gap, spearman,
+                                 spread_windows)
 
 
 @torch.no_grad()
@@ -26,8 +27,7 @@ def one_step_errors(model, ds, episodes, context: int = 4, depth: int | None = N
     """Per-window error of the prediction one step after `context` real observations, the iterations
     it used, and the world's contact and solver-iteration counts for that step (W,) each."""
     c = observed_steps(context)  # the model reads o_0 .. o_c and predicts o_{c+1}, as open_loop's horizon 1
-    windows = ds.windows(episodes, c + 1)
-    windows = windows[np.unique(np.linspace(0, len(windows) - 1, min(max_windows, len(windows))).astype(int))]
+    windows = spread_windows(ds, episodes, c + 1, max_windows)
     batch = ds.batch(windows)
     obs = model._as_entities(torch.as_tensor(batch["obs"], device=device).float())  # (W, C+1, N, F)
     act = torch.as_tensor(batch["action"], device=device)  # (W, C, ...)

@@ -49,6 +49,15 @@ def paired_gap(errors, reference) -> tuple[float, float]:
     return float(diff.mean() / scale), float(diff.std(ddof=1) / np.sqrt(len(diff)) / scale)
 
 
+def spread_windows(ds, episodes, length: int, max_windows: int) -> np.ndarray:
+    """Up to `max_windows` windows of `length` transitions, spread evenly over all those of `episodes`
+    (rows as from `ds.windows`). Every scorer picks its windows here, so two scorings of the same
+    episodes, length and count meet on the same windows, window by window (paired comparisons, and
+    the world's own difficulty of each scored window read back from the data)."""
+    windows = ds.windows(episodes, length)
+    return windows[np.unique(np.linspace(0, len(windows) - 1, min(max_windows, len(windows))).astype(int))]
+
+
 def observed_steps(context: int) -> int:
     """Real transitions the model reads after its first observation: context - 1."""
     if context < 1:
@@ -98,8 +107,7 @@ def open_loop(model, ds, episodes, context: int = 4, horizon: int = 50, max_wind
         raise LoopWMError(f"held-out episodes last at most {longest} steps: none is left to predict after a context of "
                           f"{context} observations; collect longer episodes or lower --context")
     horizon = min(horizon, longest - c)
-    windows = ds.windows(episodes, c + horizon)
-    windows = windows[np.unique(np.linspace(0, len(windows) - 1, min(max_windows, len(windows))).astype(int))]
+    windows = spread_windows(ds, episodes, c + horizon, max_windows)
     sums = torch.zeros(horizon)
     units = model if reference is None else reference
     floor_sums = {}

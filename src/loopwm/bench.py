@@ -123,7 +123,7 @@ class BenchConfig:
     out: str = "results/bench"
     """Folder for results.jsonl, table.md, findings.md and the plots (runs go to OUT/runs)."""
     worlds: tuple[str, ...] = ("balls", "chain")
-    """Worlds to benchmark: built-in regimes (balls, cradle, chain, mixed), the same from frames
+    """Worlds to benchmark: built-in regimes (balls, cradle, chain, mixed, rail), the same from frames
     (balls-pixels), or any Gymnasium id (CartPole-v1, Pendulum-v1, HalfCheetah-v5)."""
     models: tuple[str, ...] = ()
     """Subset of the model suite to run (e.g. looped deep-4 rssm); empty runs all of it."""

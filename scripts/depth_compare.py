@@ -185,26 +185,30 @@ def write_summary(cfg: CompareConfig, rows: list[dict]) -> str:
                      f"{r['minutes']:.1f} | {r['depth']} | {_fmt(r['h1s'])} | {r['h1']:.4f} | {r['h10']:.4f} | {_long(r)} | "
                      f"{free} | {hard} | {other} |")
     settings = sorted({r["setting"] for r in rows})
+
+    def budget(r: dict) -> str:  # its steps, and with several settings the setting's number
+        return f"{r['steps']}" + (f" ({settings.index(r['setting']) + 1})" if len(settings) > 1 else "")
+
     lines += ["", "Settings: " + "; ".join(f"({i + 1}) {t})" for i, t in enumerate(settings)) + "."] if len(settings) > 1 else \
              ["", f"Setting of every study: {settings[0]})."]
     lines += ["", f"## The smallest stack (same seed and setting) within {MATCH:.0%} of each loop's error", "",
               LONG_NOTE, "",
-              "| seed | steps | loop | params | h1 (all) | matched by | h1 | matched by | h10 | matched by | long h1 | matched by "
+              f"| seed | steps{' (setting)' if len(settings) > 1 else ''} | loop | params | h1 (all) | matched by | h1 | matched by | h10 | matched by | long h1 | matched by "
               "| long h10 | matched by |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for loop in sorted((r for r in rows if r["model"].startswith("looped")), key=lambda r: (r["seed"], r["steps"], r["model"])):
+    for loop in sorted((r for r in rows if r["model"].startswith("looped")), key=lambda r: (r["seed"], r["steps"], r["setting"], r["model"])):
         steady = (f"{_fmt(loop['h1s'])} | {matching_ratio(rows, loop, 'h1s')}" if loop["h1s"] is not None else " | ")
-        lines.append(f"| {loop['seed']} | {loop['steps']} | {loop['model']} | {loop['params']:,} | {steady} | {loop['h1']:.4f} | {matching_ratio(rows, loop, 'h1')} | "
+        lines.append(f"| {loop['seed']} | {budget(loop)} | {loop['model']} | {loop['params']:,} | {steady} | {loop['h1']:.4f} | {matching_ratio(rows, loop, 'h1')} | "
                      f"{loop['h10']:.4f} | {matching_ratio(rows, loop, 'h10')}{_long_match(rows, loop)} |")
     stacks = [r for r in rows if r["model"].startswith("deep-")]
     if any(r["model"].startswith("looped") for r in rows) and stacks:
         lines += ["", f"## The smallest loop (same seed, setting and attention) within {MATCH:.0%} of each stack's error", "",
                   "Loops of several widths (looped-dN) make this the loop's own parameter curve: the ratio is the stack's "
                   "parameters over the matching loop's. " + LONG_NOTE, "",
-                  "| seed | steps | stack | params | h1 (all) | matched by | h1 | matched by | h10 | matched by | long h1 | "
+                  f"| seed | steps{' (setting)' if len(settings) > 1 else ''} | stack | params | h1 (all) | matched by | h1 | matched by | h10 | matched by | long h1 | "
                   "matched by | long h10 | matched by |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for stack in sorted(stacks, key=lambda r: (r["seed"], r["steps"], r["params"], r["model"])):
+        for stack in sorted(stacks, key=lambda r: (r["seed"], r["steps"], r["setting"], r["params"], r["model"])):
             steady = (f"{_fmt(stack['h1s'])} | {matching_ratio(rows, stack, 'h1s')}" if stack["h1s"] is not None else " | ")
-            lines.append(f"| {stack['seed']} | {stack['steps']} | {stack['model']} | {stack['params']:,} | {steady} | {stack['h1']:.4f} | "
+            lines.append(f"| {stack['seed']} | {budget(stack)} | {stack['model']} | {stack['params']:,} | {steady} | {stack['h1']:.4f} | "
                          f"{matching_ratio(rows, stack, 'h1')} | {stack['h10']:.4f} | {matching_ratio(rows, stack, 'h10')}"
                          f"{_long_match(rows, stack)} |")
     return "\n".join(lines) + "\n"

@@ -114,19 +114,24 @@ def pairs(rows: list[dict]) -> list[tuple[dict, dict]]:
 def write_summary(cfg: DifficultyConfig, found: list[tuple[dict, dict, dict]]) -> str:
     from loopwm.eval.openloop import paired_gap
 
+    settings = sorted({loop["setting"] for loop, _, _ in found})
+    several = len(settings) > 1
     lines = [f"# Loop against stack by the world's difficulty ({', '.join(cfg.studies)})", "",
              f"{cfg.size} discs, long stage (up to 3,000 windows). Each loop against the stack of its seed, setting and "
              "attention closest to it at long h10, on the same windows, ranked by the world's solver sweeps (h10: summed "
              f"over the ten predicted steps; h1: of the one predicted step) and cut into {cfg.bins} groups of equal size, "
              "easiest first. Each cell: the stack's error above the loop's in that group, ± two paired standard errors "
              "(positive: the loop is better), and in brackets the group's sweeps.", ""]
+    if several:
+        lines += ["Settings: " + "; ".join(f"({i + 1}) {t})" for i, t in enumerate(settings)) + ".", ""]
     for key, title in (("h10", "h10"), ("h1", "h1")):
-        lines += [f"## {title}", "", "| seed | steps | loop | stack | all windows | " +
+        lines += [f"## {title}", "", f"| seed | steps{' (setting)' if several else ''} | loop | stack | all windows | " +
                   " | ".join(f"group {i + 1}" for i in range(cfg.bins)) + " |", "|---" * (5 + cfg.bins) + "|"]
         for loop, stack, groups in found:
             whole = paired_gap(stack["long"][f"window_{key}"], loop["long"][f"window_{key}"])
             cells = [f"{g['gap']:+.1%} ± {2 * g['se']:.1%} ({g['lo']:.0f}-{g['hi']:.0f})" for g in groups[key]]
-            lines.append(f"| {loop['seed']} | {loop['steps']} | {loop['model']} | {stack['model']} | "
+            steps = f"{loop['steps']}" + (f" ({settings.index(loop['setting']) + 1})" if several else "")
+            lines.append(f"| {loop['seed']} | {steps} | {loop['model']} | {stack['model']} | "
                          f"{whole[0]:+.1%} ± {2 * whole[1]:.1%} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)

@@ -15,15 +15,14 @@ scores nothing.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import tyro
 
 from depth_compare import CompareConfig, collect, shape
-from depth_study import DepthStudyConfig, datasets, episode_key
+from depth_study import datasets, episode_key, study_settings
 from loopwm.utils import atomic_write_text
 
 HORIZON = 10  # the long stage scores h1 and h10 on windows of context + 10 steps
@@ -71,11 +70,8 @@ def window_difficulty(study: Path, size: int, seed: int, long_row: dict, data_ro
     from loopwm.eval.openloop import observed_steps, spread_windows
     from loopwm.train.loop import TrainConfig
 
-    settings = json.loads((study / "study.json").read_text())
-    known = {f.name for f in fields(DepthStudyConfig)}
-    cfg = DepthStudyConfig(**{k: v for k, v in settings.items() if k in known})
-    if data_root:
-        cfg.data_root = data_root
+    cfg = study_settings(study)
+    cfg = replace(cfg, data_root=data_root or cfg.data_root)
     folder = datasets(cfg, [size])[size][0]
     if not folder.exists():
         raise SystemExit(f"{study}: its dataset {folder} is not here; collect it again (the study's own command "

@@ -9,7 +9,7 @@ every invocation; run this to rewrite it after a change to the report, without l
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import tyro
@@ -296,14 +296,12 @@ def plot(out: Path, cfg, results: list[dict], strata: list[dict]) -> None:
 
 
 def main(cfg: ReportConfig) -> None:
-    from depth_study import DepthStudyConfig  # the settings' defaults: study.json of older studies lacks newer fields
+    from depth_study import study_settings  # imported here: depth_study imports this module
 
     folder = Path(cfg.study)
     if not (folder / "study.json").exists() or not (folder / "world.json").exists():
         raise SystemExit(f"{folder} has no study.json and world.json: point --study at a folder scripts/depth_study.py wrote")
-    saved = json.loads((folder / "study.json").read_text())
-    known = {f.name for f in fields(DepthStudyConfig)}
-    write_summary(folder, DepthStudyConfig(**{k: v for k, v in saved.items() if k in known}))
+    write_summary(folder, study_settings(folder))
     print(f"wrote {folder / 'summary.md'}")
 
 

@@ -19,7 +19,7 @@ solver sweeps), world.json (the sweep distribution of every world size), summary
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +121,13 @@ class DepthStudyConfig:
     few percent apart, as its errors are heavy-tailed)."""
     quick: bool = False
     """A few-minute version for checking the script."""
+
+
+def study_settings(folder: Path) -> DepthStudyConfig:
+    """A study's settings as its study.json records them; fields added since take their defaults."""
+    saved = json.loads((Path(folder) / "study.json").read_text())
+    known = {f.name for f in fields(DepthStudyConfig)}
+    return DepthStudyConfig(**{k: v for k, v in saved.items() if k in known})
 
 
 def model_config(name: str, cfg: DepthStudyConfig):

@@ -563,7 +563,7 @@ def world_data(cfg: BenchConfig, world: str, out: Path) -> Path:
     """The one dataset every model of a world trains on (collected once, reused on re-runs)."""
     src = world_source(world, cfg)
     kwargs = src.get("env_kwargs", {})
-    folder = world + "".join(f"-{k.split('_')[-1][0]}{v:g}" for k, v in sorted(kwargs.items()))  # rail-r0.005: its own data
+    folder = world + (f"-r{kwargs['rail_radius']:g}" if "rail_radius" in kwargs else "")  # rail-r0.005: its own data
     return collect(CollectConfig(env_id=src["env_id"], out=str(out / "data" / folder), episodes=cfg.episodes,
                                  n_bodies=src["n_bodies"], obs=src["obs"], pixel_size=src["pixel_size"],
                                  max_episode_steps=src.get("max_episode_steps"), seed=0, progress=False),

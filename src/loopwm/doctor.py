@@ -57,9 +57,12 @@ def check_torch() -> list[Check]:
         return [Check("torch", "broken", f"cannot import: {err}", 'pip install "torch==2.13.0"')]
     checks = [Check("torch", "ok", f"{torch.__version__}, {torch.get_num_threads()} threads "
                     f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), {os.cpu_count()} CPUs")]
-    if torch.cuda.is_available():
-        names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
-        checks.append(Check("cuda", "ok", f"{torch.cuda.device_count()} device(s): {names}"))
+    from loopwm.utils import device_label, pick_device
+
+    device = pick_device("auto")  # what training would run on: the one place that chooses
+    if device.type != "cpu":
+        count = torch.accelerator.device_count()
+        checks.append(Check("cuda", "ok", f"training runs on {device_label(device)}; {count} device(s)"))
     else:
         built = torch.version.cuda
         checks.append(Check("cuda", "missing", "no CUDA device: training runs on the CPU" +

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from loopwm.eval.bench_report import is_loop
 from loopwm.eval.plots import _plt
 
 
@@ -57,7 +58,7 @@ def plot_all(rows: list[dict], depth_rows: list[dict], out: Path, curves: list[d
             for p in deep:
                 ax.annotate(p[3][5:], (p[0], p[1]), fontsize=6, xytext=(3, 3), textcoords="offset points")
             # the loop's own curve: the looped model and narrower ones (looped-dN), stars joined by a line
-            loops = sorted(p for p in pts if p[3].split("-")[0] == "looped")
+            loops = sorted(p for p in pts if is_loop(p[3]))
             if loops:
                 ax.errorbar([p[0] for p in loops], [p[1] for p in loops], [p[2] for p in loops], fmt="*-", ms=14,
                             color=f"C{i}", capsize=3, label=f"{world}: looped (one shared block)")

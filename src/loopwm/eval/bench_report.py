@@ -14,6 +14,11 @@ from loopwm.utils import LoopWMError, atomic_write_text
 BUDGETS = ("steps", "wallclock", "converged")
 
 
+def is_loop(model: str) -> bool:
+    """The looped model or a narrower one (looped-dN)."""
+    return model.split("-")[0] == "looped"
+
+
 def write_reports(out: Path) -> str:
     """table.md, findings.md and the plots, from results.jsonl and depth.jsonl in `out`."""
     from loopwm.eval.bench_plots import plot_all
@@ -71,7 +76,7 @@ def markdown_table(rows: list[dict]) -> str:
 def findings(rows: list[dict], depth_rows: list[dict] = ()) -> str:
     """The questions the benchmark exists to answer, answered from the rows (means over seeds)."""
     lines = ["# Findings (computed from results.jsonl; means over seeds, spread in table.md)", ""]
-    if not any(r["model"].split("-")[0] == "looped" for r in rows):
+    if not any(is_loop(r["model"]) for r in rows):
         return "\n".join(lines + ["(no looped model in this run: nothing to compare)", ""])
     worlds = sorted({r["world"] for r in rows})
     budgets = [b for b in BUDGETS if any(r["budget"] == b for r in rows)]
@@ -89,7 +94,7 @@ def findings(rows: list[dict], depth_rows: list[dict] = ()) -> str:
         for world in worlds:
             params = {r["model"]: r["params"] for r in rows if r["world"] == world}  # sizes depend on the world
             deep = sorted((params[m], m) for m in params if m.startswith("deep"))
-            for loop in sorted((m for m in params if m.split("-")[0] == "looped"), key=_order):  # looped, then narrower
+            for loop in sorted((m for m in params if is_loop(m)), key=_order):  # looped, then narrower
                 name = "looped model" if loop == "looped" else f"{loop} loop"
                 for h in (1, 10):
                     looped, spread = _mean_error(rows, world, budget, loop, h)

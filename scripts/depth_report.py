@@ -25,6 +25,12 @@ class ReportConfig:
     """A folder written by scripts/depth_study.py."""
 
 
+
+def horizon_text(cfg) -> str:
+    """The training horizon as the title states it, with the curriculum and loss weighting when set."""
+    text = f"{cfg.horizon_start} then {cfg.horizon} over the last {cfg.horizon_final:.0%}" if cfg.horizon_start > 0 else f"{cfg.horizon}"
+    return text + (f", {cfg.step_weighting} step weighting" if cfg.step_weighting != "mean" else "")
+
 def _per_token(rule: str) -> bool:
     """Whether an exit rule answers for each disc on its own (fixed depth and unknown names: no)."""
     from loopwm.models.exits import EXIT_RULES
@@ -148,7 +154,7 @@ def write_summary(out: Path, cfg) -> None:
               else f"{cfg.steps} steps each")
     radius = f" of radius {cfg.rail_radius:g}" if cfg.rail_radius > 0 else ""
     lines = [f"# Depth study: {cfg.env_id}, trained on {N} discs{radius} ({budget}, batch {cfg.batch_size}, "
-             f"lr {cfg.lr:g}, context {cfg.context}, horizon {cfg.horizon}, seed {cfg.seed})", "",
+             f"lr {cfg.lr:g}, context {cfg.context}, horizon {horizon_text(cfg)}, seed {cfg.seed})", "",
              "## The worlds: solver sweeps per step", "",
              "| discs | mean | median | p90 | p99 | max | free flight (0) | 8+ sweeps |", "|---|---|---|---|---|---|---|---|"]
     for n, w in sorted(world.items(), key=lambda kv: int(kv[0])):

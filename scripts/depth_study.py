@@ -85,6 +85,14 @@ class DepthStudyConfig:
     """Observed steps per training window, and before scoring."""
     horizon: int = 4
     """Imagined steps per training window (scoring goes to 10)."""
+    horizon_start: int = 0
+    """Horizon curriculum (TrainConfig.horizon_start): imagined steps per window for the first part
+    of training, --horizon only over the last --horizon-final of it (0: --horizon throughout)."""
+    horizon_final: float = 0.25
+    """With --horizon-start: the fraction of training at the full --horizon."""
+    step_weighting: str = "mean"
+    """How a window's predicted steps add up in the loss (TrainConfig.step_weighting): mean or
+    balanced (each step's relative improvement counts alike)."""
     mu_rec: float = 8.0
     """Mean training loop count of the looped models."""
     models: list[str] = field(default_factory=lambda: ["looped", "deep-1", "deep-2", "deep-4", "deep-8", "looped-full",
@@ -164,7 +172,8 @@ def model_config(name: str, cfg: DepthStudyConfig):
 
 def train_overrides(name: str, cfg: DepthStudyConfig) -> dict:
     """Training settings a model variant changes (the rest is the same for every model)."""
-    return {"depth_supervision": cfg.depth_supervision} if name.startswith("looped-ds") else {}
+    shared = {"horizon_start": cfg.horizon_start, "horizon_final": cfg.horizon_final, "step_weighting": cfg.step_weighting}
+    return {**shared, **({"depth_supervision": cfg.depth_supervision} if name.startswith("looped-ds") else {})}
 
 
 def train_job(name: str, model, data: str, run: str, *, steps: int, batch_size: int, lr: float, context: int,

@@ -423,3 +423,51 @@ def test_standard_reward_error_weighs_like_one_observed_value(dataset, tmp_path)
         assert added == pytest.approx(scale * terms[units, 2.0][1], rel=1e-4)
     std = model.reward_std
     assert terms["standard", 2.0][1] == pytest.approx(terms["raw", 2.0][1] / std**2, rel=1e-4)
+
+
+def test_horizon_curriculum_trains_short_windows_first_then_the_full_horizon(dataset, tmp_path):
+    run = train(tiny_cfg(dataset, tmp_path / "run", steps=8, horizon=3, horizon_start=1, horizon_final=0.25))
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    # the step taken at fraction f = step / steps uses the full horizon once f >= 0.75
+    assert [r["train/horizon"] for r in records] == [1] * 6 + [3] * 2
+    assert all(r["val/obs"] > 0 for r in records if "val/obs" in r)  # validation keeps the full windows
+    cropped = loop.crop_windows({"obs": np.zeros((2, 6, 4, 7)), "action": np.zeros((2, 5, 2)), "reward": np.zeros((2, 5))}, 3)
+    assert cropped["obs"].shape == (2, 4, 4, 7) and cropped["action"].shape == (2, 3, 2) and cropped["reward"].shape == (2, 3)
+
+
+def test_balanced_step_weighting_keeps_the_loss_and_reweights_the_gradient(dataset, tmp_path):
+    """The balanced loss has the plain mean's value; its gradient weighs each step by the mean error over
+    that step's own, so on a one-step window it is the plain gradient, and on a long one it is not."""
+    from loopwm.checkpoint import load_model
+    from loopwm.data import TrajectoryDataset
+
+    train(tiny_cfg(dataset, tmp_path / "run", steps=1))
+    model, _ = load_model(tmp_path / "run")
+    ds = TrajectoryDataset.load(dataset)
+
+    def loss_and_grad(length: int, weighting: str):
+        batch = loop.to_tensors(ds.batch(ds.windows(range(ds.episodes), length)[:4]), "cpu")
+        cfg = tiny_cfg(dataset, tmp_path / "run", obs_noise=0.0, step_weighting=weighting, context=1)
+        model.zero_grad()
+        torch.manual_seed(0)
+        loss, info = loop.sequence_loss(model, batch, cfg)
+        loss.backward()
+        return loss.item(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    for length in (1, 6):
+        (mean_loss, mean_grad), (bal_loss, bal_grad) = loss_and_grad(length, "mean"), loss_and_grad(length, "balanced")
+        assert bal_loss == pytest.approx(mean_loss, rel=1e-5)
+        same = torch.allclose(bal_grad, mean_grad, rtol=1e-4, atol=1e-7)
+        assert same == (length == 1)
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(step_weighting="log"), "step-weighting"),
+    (dict(horizon_start=5), "horizon-start"),
+    (dict(horizon_start=1, horizon_final=0.0), "horizon-final"),
+    (dict(horizon_start=1, until_plateau=0.02), "until-plateau"),
+    (dict(horizon_start=1, objective="dd"), "objective dd"),
+])
+def test_curriculum_and_weighting_settings_are_checked(dataset, tmp_path, settings, message):
+    with pytest.raises(LoopWMError, match=message):
+        train(tiny_cfg(dataset, tmp_path / "run", **settings))

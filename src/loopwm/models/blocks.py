@@ -35,7 +35,15 @@ class SelfAttention(nn.Module):
         H = self.n_heads
         q, k, v = self.qkv(x).view(B, N, 3, H, D // H).permute(2, 0, 3, 1, 4)  # 3 x (B, H, N, D/H)
         bias = nbhd.attn_bias(self.geom_bias) if nbhd is not None else None  # (B, 1 or H, N, N) or None
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, H, N, D/H)
+        if bias is None:
+            y = F.scaled_dot_product_attention(q, k, v)  # (B, H, N, D/H)
+        else:
+            # written out: with an additive mask, torch's CPU attention takes a generic path that
+            # also guards against rows with nothing to read (which ours never have: every token
+            # reads itself); this is the same arithmetic in fewer kernels (docs/LOG.md, session 26)
+            scores = torch.baddbmm(bias.expand(B, H, N, N).reshape(B * H, N, N), q.reshape(B * H, N, D // H),
+                                   k.reshape(B * H, N, D // H).transpose(1, 2), alpha=(D // H) ** -0.5)  # (B*H, N, N)
+            y = torch.bmm(scores.softmax(dim=-1), v.reshape(B * H, N, D // H)).view(B, H, N, D // H)  # (B, H, N, D/H)
         y = y.transpose(1, 2).reshape(B, N, D)  # (B, N, D)
         return self.proj(y)
 

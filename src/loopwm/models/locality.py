@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 BIG = 1e6
 
@@ -76,53 +77,72 @@ def token_mask(adj: torch.Tensor, n_extra: int, entities_read_globals: bool = Fa
 
 
 def relative_geometry(pairs: PairGeometry, step_scale: torch.Tensor, n_extra: int) -> torch.Tensor:
-    """Per-pair features for a learned attention bias, (B, L, L, P + 1): the unit direction from
-    query i to key j, and their surface gap in units of a typical step (clipped at 10). Zero for
-    pairs that involve a global or action token, and for i = j. With them a head can prefer the
-    neighbour on one side, or the touching one, which plain dot-product attention over absolute
-    features finds hard."""
+    """Per-pair features for a learned attention bias, (B, P + 1, L, L), feature-first: the unit
+    direction from query i to key j, and their surface gap in units of a typical step (clipped at
+    10). Zero for pairs that involve a global or action token, and for i = j. With them a head can
+    prefer the neighbour on one side, or the touching one, which plain dot-product attention over
+    absolute features finds hard. Feature-first, so the per-head bias is one matrix product that
+    lands in the (B, H, L, L) layout attention reads, with no transposing copy."""
     B, N, _, P = pairs.rel.shape
-    eye = torch.eye(N, dtype=torch.bool, device=pairs.rel.device)[None, :, :, None]
-    unit = pairs.rel / pairs.dist[..., None]  # (B, N, N, P)
-    gap = pairs.gap[..., None].clamp(min=0.0, max=10.0 * step_scale) / step_scale  # (B, N, N, 1)
+    eye = torch.eye(N, dtype=torch.bool, device=pairs.rel.device)
+    unit = pairs.rel.permute(0, 3, 1, 2) / pairs.dist[:, None]  # (B, P, N, N)
+    gap = pairs.gap[:, None].clamp(min=0.0, max=10.0 * step_scale) / step_scale  # (B, 1, N, N)
     # zero, and no gradient, on the diagonal: there rel = 0 over a clamped distance, whose huge
     # derivative would only cancel out after rounding away the gradients of everything else
-    pair = torch.cat([unit, gap], dim=-1).masked_fill(eye, 0.0)  # (B, N, N, P+1)
-    geom = pairs.rel.new_zeros(B, N + n_extra, N + n_extra, P + 1)
-    geom[:, :N, :N] = pair
-    return geom
+    pair = torch.cat([unit, gap], dim=1).masked_fill(eye, 0.0)  # (B, P+1, N, N)
+    if n_extra == 0:
+        return pair
+    return F.pad(pair, (0, n_extra, 0, n_extra))  # (B, P+1, L, L): zero rows and columns for the extra tokens
 
 
 class Neighbourhood:
     """One step's attention context, shared by every block and loop iteration of that step:
-    `mask` (B, 1, L, L) bool or None (full attention), `geom` (B, L, L, P+1) or None (no bias)."""
+    `mask` (B, 1, L, L) bool or None (full attention), `geom` (B, P+1, L, L) or None (no bias)."""
 
     def __init__(self, mask: torch.Tensor | None, geom: torch.Tensor | None):
         self.mask, self.geom = mask, geom
-        self._bias: dict[tuple[int, bool], torch.Tensor] = {}
+        self._bias: dict[int, torch.Tensor] = {}
 
-    def attn_bias(self, geom_bias: nn.Module | None) -> torch.Tensor | None:
-        """What `scaled_dot_product_attention` takes as attn_mask for a block with this bias layer:
-        the mask alone, or the learned per-head bias (B, H, L, L) with masked pairs at -inf. Kept
-        per layer and grad mode, so the shared block computes it once per step, not per iteration."""
-        if geom_bias is None or self.geom is None:
-            return self.mask
-        key = (id(geom_bias), torch.is_grad_enabled())  # a bias built without grad must not serve one with
-        if key not in self._bias:
-            bias = geom_bias(self.geom).permute(0, 3, 1, 2)  # (B, L, L, H) -> (B, H, L, L)
+    def attn_bias(self, geom_bias: nn.Linear | None) -> torch.Tensor | None:
+        """The additive attention bias of a block with this bias layer: (B, 1 or H, L, L) float,
+        -inf where the mask forbids a pair (every row keeps its own token), or None for plain full
+        attention. Built once per layer and step, then shared by every iteration of that step: in
+        training with gradient even when first asked for inside an iteration that runs without it
+        (the truncated window's early iterations), so the later ones reuse it rather than build it
+        again."""
+        if (geom_bias is None or self.geom is None) and self.mask is None:
+            return None
+        key = id(geom_bias)
+        cached = self._bias.get(key)
+        want_grad = torch.is_grad_enabled() or (geom_bias is not None and geom_bias.training)
+        if cached is not None and (cached.requires_grad or not want_grad or not self._needs_grad(geom_bias)):
+            return cached
+        with torch.set_grad_enabled(want_grad):
+            if geom_bias is not None and self.geom is not None:
+                B, Q, L, _ = self.geom.shape
+                bias = torch.matmul(geom_bias.weight, self.geom.flatten(2))  # (H, Q) @ (B, Q, L*L) -> (B, H, L*L)
+                bias = (bias + geom_bias.bias[:, None]).view(B, -1, L, L)  # (B, H, L, L)
+            else:
+                bias = torch.zeros(self.mask.shape, dtype=torch.get_default_dtype(), device=self.mask.device)
             if self.mask is not None:
-                bias = bias.masked_fill(~self.mask, float("-inf"))  # every row keeps its own token
-            self._bias[key] = bias
-        return self._bias[key]
+                bias = bias.masked_fill(~self.mask, float("-inf"))
+        self._bias[key] = bias
+        return bias
+
+    def _needs_grad(self, geom_bias: nn.Linear | None) -> bool:
+        return (geom_bias is not None and geom_bias.weight.requires_grad) or (self.geom is not None and self.geom.requires_grad)
 
     def take(self, rows: torch.Tensor) -> "Neighbourhood":
-        """The context of a subset of the batch (rows still iterating)."""
-        return Neighbourhood(None if self.mask is None else self.mask[rows], None if self.geom is None else self.geom[rows])
+        """The context of a subset of the batch (rows still iterating); it slices the biases
+        already built rather than building them again."""
+        part = Neighbourhood(None if self.mask is None else self.mask[rows], None if self.geom is None else self.geom[rows])
+        part._bias = {key: bias[rows] for key, bias in self._bias.items()}
+        return part
 
     def crop(self, n: int) -> "Neighbourhood":
         """The context of the first n tokens (the state slots, without the action token)."""
         return Neighbourhood(None if self.mask is None else self.mask[:, :, :n, :n],
-                             None if self.geom is None else self.geom[:, :n, :n])
+                             None if self.geom is None else self.geom[:, :, :n, :n])
 
     def repeat(self, times: int) -> "Neighbourhood":
         """The context of `times` stacked copies of the batch ((times*B, ...), copy-major)."""

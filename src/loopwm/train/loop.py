@@ -85,6 +85,21 @@ class TrainConfig:
     horizon 1 in our runs (it never saw a carried state built from that many observations)."""
     horizon: int = 8
     """Open-loop imagined steps after the context, with the model's predictions fed back."""
+    horizon_start: int = 0
+    """Horizon curriculum: imagined steps per window for the first part of training, --horizon
+    being reached only for the last `horizon_final` of it (0: --horizon throughout). Short windows
+    are cheap and teach the one-step map; the long ones at the end teach the model to live with its
+    own predictions. Windows are drawn at the full length in both phases (the same windows, cropped)."""
+    horizon_final: float = 0.25
+    """With --horizon-start: the fraction of training (by steps, or by minutes under a wall-clock
+    budget) at the full --horizon."""
+    step_weighting: str = "mean"
+    """How the predicted steps of a window add up in the observation loss. "mean": each step's
+    normalised error as it is, so over a long horizon the late steps, whose errors are several times
+    the first one's, carry most of the gradient. "balanced": each step's error weighted by the
+    window mean over that step's own batch-mean error (weights without gradient), so a relative
+    improvement counts the same at every horizon, as in a mean of logs, while the loss keeps its
+    value and scale beside the reward and continuation terms."""
     objective: str = "sequence"
     """"sequence": every imagined step decoded and scored; "dd": deferred decoding (roll K actions
     in latent space, decode only the last; see loopwm.train.deferred), validated the same way at K_max."""
@@ -267,6 +282,33 @@ def plateau_phase(cfg, step: int, cooldown_from: int | None, stop_reason: str) -
     return cooldown_from, stop_reason, None if step >= cooldown_from + length else (step - cooldown_from) / length
 
 
+def horizon_now(cfg: TrainConfig, fraction: float) -> int:
+    """The imagined steps of this step's windows under the horizon curriculum (--horizon-start)."""
+    if cfg.horizon_start <= 0 or fraction >= 1.0 - cfg.horizon_final:
+        return cfg.horizon
+    return cfg.horizon_start
+
+
+def crop_windows(batch: dict[str, np.ndarray], length: int) -> dict[str, np.ndarray]:
+    """The first `length` steps of every window (observations keep one more: o_0 .. o_length)."""
+    return {key: arr[:, : length + 1] if key == "obs" else arr[:, :length] for key, arr in batch.items()}
+
+
+def check_training_settings(cfg: TrainConfig) -> None:
+    if cfg.step_weighting not in ("mean", "balanced"):
+        raise LoopWMError(f"unknown --step-weighting {cfg.step_weighting!r}: use mean or balanced")
+    if cfg.horizon_start < 0 or cfg.horizon_start > cfg.horizon:
+        raise LoopWMError(f"--horizon-start {cfg.horizon_start} must lie between 1 and --horizon {cfg.horizon} (0: no curriculum)")
+    if cfg.horizon_start > 0 and not 0.0 < cfg.horizon_final <= 1.0:
+        raise LoopWMError(f"--horizon-final {cfg.horizon_final} is a fraction of training: use a value in (0, 1]")
+    if cfg.horizon_start > 0 and cfg.until_plateau > 0:
+        raise LoopWMError("--horizon-start switches at a fraction of a known length; with --until-plateau the length is "
+                          "not known in advance: use --steps or --minutes")
+    if cfg.objective == "dd" and (cfg.horizon_start > 0 or cfg.step_weighting != "mean"):
+        raise LoopWMError("--horizon-start and --step-weighting shape the sequence objective; --objective dd has its own "
+                          "schedule (--dd-interval)")
+
+
 def to_tensors(batch: dict[str, np.ndarray], device) -> dict[str, torch.Tensor]:
     return {k: torch.as_tensor(v, device=device) for k, v in batch.items()}
 
@@ -302,17 +344,20 @@ def sequence_loss(model: WorldModel, batch: dict[str, torch.Tensor], cfg: TrainC
     pred = torch.stack(preds, dim=1)  # (B, L, N, F)
     err = ((pred - obs[:, 1:]) / model.std_safe) ** 2 * model.dynamic  # (B, L, N, F)
     obs_loss = err.sum(-1).mean() / model.dynamic.sum()
+    per_step = err.sum(-1).mean(dim=(0, 2)) / model.dynamic.sum()  # (L,)
+    obs_term = obs_loss
+    if cfg.step_weighting == "balanced":  # each step weighted by mean error / its own error (no gradient through the weights)
+        obs_term = (per_step * (obs_loss / per_step.clamp(min=1e-12)).detach()).mean()
     reward_loss = reward_error(model, torch.stack(rewards, 1), batch["reward"], cfg.reward_units)
     cont_target = 1.0 - batch["terminated"].float()
     cont_loss = F.binary_cross_entropy_with_logits(torch.stack(conts, 1), cont_target)
     reward_scale = cfg.reward_weight * reward_loss_scale(model, obs.shape[2], cfg.reward_units)
-    loss = obs_loss + reward_scale * reward_loss + cfg.cont_weight * cont_loss
+    loss = obs_term + reward_scale * reward_loss + cfg.cont_weight * cont_loss
     aux_loss = torch.stack(aux).sum() / L if aux else torch.zeros(())
     loss = loss + aux_loss
     deep_loss = torch.stack(deep_terms).mean() if deep_terms else torch.zeros(())
     gate_term = torch.stack(gate_terms).mean() if gate_terms else torch.zeros(())
     loss = loss + cfg.depth_supervision * deep_loss + cfg.gate_weight * gate_term
-    per_step = err.sum(-1).mean(dim=(0, 2)) / model.dynamic.sum()  # (L,)
     return loss, {"loss": loss.item(), "obs": obs_loss.item(), "reward": reward_loss.item(), "cont": cont_loss.item(),
                   "aux": aux_loss.item(), "every_iteration": deep_loss.item(), "gate": gate_term.item(),
                   "obs_first": per_step[0].item(), "obs_last": per_step[-1].item()}
@@ -412,6 +457,7 @@ def _train(cfg: TrainConfig, run_dir: Path, ddp: Distributed) -> Path:
     if cfg.batch_size % ddp.world:
         raise LoopWMError(f"--batch-size {cfg.batch_size} is the global batch and must divide among {ddp.world} processes")
     check_plateau_ema(cfg.plateau_ema, cfg.until_plateau)
+    check_training_settings(cfg)
     ds = TrajectoryDataset.load(cfg.data, mmap=cfg.mmap)
     train_idx, val_idx = ds.split(cfg.val_fraction, seed=cfg.seed)
     window = cfg.horizon + cfg.context
@@ -508,7 +554,11 @@ def _train(cfg: TrainConfig, run_dir: Path, ddp: Distributed) -> Path:
             for group in opt.param_groups:
                 group["lr"] = lr
             pick = train_windows.take(rng.integers(0, len(train_windows), cfg.batch_size))  # the global batch
-            batch = to_tensors(ds.batch(ddp.shard(pick)), device)  # this process's slice of it
+            windows = ds.batch(ddp.shard(pick))  # this process's slice of it
+            imagined = horizon_now(cfg, fraction)
+            if imagined < cfg.horizon:
+                windows = crop_windows(windows, cfg.context + imagined)
+            batch = to_tensors(windows, device)
             objective.step = step
             loss, info = runner(batch)
             if not ddp.all_finite(loss):
@@ -529,6 +579,8 @@ def _train(cfg: TrainConfig, run_dir: Path, ddp: Distributed) -> Path:
                 bar.set_postfix(loss=f"{info['loss']:.4f}", refresh=False)
             record = {"step": step, "time": round(elapsed_before + time.time() - t0, 3), "lr": lr,
                       "grad_norm": float(grad_norm), **{f"train/{k}": v for k, v in info.items()}}
+            if cfg.horizon_start > 0:
+                record["train/horizon"] = imagined
             if step % 10 == 0:
                 ds.release()  # pages of mapped shards past batches read: resident memory stays bounded
             if step % cfg.eval_every == 0 and len(val_windows) > 0 and ddp.main:

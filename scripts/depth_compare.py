@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -211,7 +212,36 @@ def write_summary(cfg: CompareConfig, rows: list[dict]) -> str:
             lines.append(f"| {stack['seed']} | {budget(stack)} | {stack['model']} | {stack['params']:,} | {steady} | {stack['h1']:.4f} | "
                          f"{matching_ratio(rows, stack, 'h1')} | {stack['h10']:.4f} | {matching_ratio(rows, stack, 'h10')}"
                          f"{_long_match(rows, stack)} |")
+    lines += training_variants(rows, settings)
     return "\n".join(lines) + "\n"
+
+
+def training_variants(rows: list[dict], settings: list[str]) -> list[str]:
+    """The same model, seed and steps trained under other settings (a longer horizon, a curriculum, ...),
+    each against the setting most of the studies share, on the same windows."""
+    if len(settings) < 2:
+        return []
+    usual = Counter(r["setting"] for r in rows).most_common(1)[0][0]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["seed"], r["model"], r["steps"]), []).append(r)
+    lines = []
+    for (seed, model, steps), group in sorted(groups.items()):
+        base = next((r for r in group if r["setting"] == usual), None)
+        if base is None or len(group) < 2:
+            continue
+        for r in sorted(group, key=lambda r: (r is not base, settings.index(r["setting"]))):
+            against = " (the usual)" if r is base else ""
+            gaps = ["", ""] if r is base or not r.get("long") else [paired(r, base, key) for key in ("h1l", "h10l")]
+            long = f"{r['h1l']:.4f}{gaps[0]} | {r['h10l']:.4f}{gaps[1]}" if r.get("long") else " | "
+            lines.append(f"| {seed} | {model} | {steps} | ({settings.index(r['setting']) + 1}){against} | {r['minutes']:.1f} | "
+                         f"{_fmt(r['h1s'])} | {long} |")
+    if not lines:
+        return []
+    return ["", f"## Training settings against the usual one ({settings.index(usual) + 1}): the same model, seed and steps", "",
+            "Gaps are to the usual setting's model on the same windows (+: worse), ± two paired standard errors.", "",
+            "| seed | model | steps | setting | train min | h1 (all) | long h1 | long h10 |", "|---|---|---|---|---|---|---|---|",
+            *lines]
 
 
 def _curves(rows: list[dict]) -> dict[tuple, list[dict]]:

@@ -245,6 +245,28 @@ def test_depth_compare_says_whether_a_match_on_many_windows_is_measured(load):
     assert f"| {loop['h1l']:.4f} | deep-2 (7.7x) [+0.5% ± " in line and f"| {loop['h10l']:.4f} | deep-2 (7.7x) [+0.5% ± " in line
 
 
+def test_depth_compare_sets_training_variants_against_the_usual_setting(load):
+    compare = load(next(p for p in SCRIPTS if p.name == "depth_compare.py"))
+    rng = np.random.default_rng(1)
+    windows = rng.lognormal(0.0, 1.0, 2000)
+
+    def model(name, setting, factor, seed=0):
+        errors = list(windows * factor)
+        return {"seed": seed, "setting": setting, "model": name, "params": 30, "steps": 4000, "minutes": 10.0,
+                "h1s": 0.1, "h1l": float(np.mean(errors)) / 4, "h10l": float(np.mean(errors)), "long": _long(errors, "e0")}
+
+    rows = [model("looped", "horizon 4", 1.0), model("deep-1", "horizon 4", 1.1), model("looped", "curriculum", 0.97),
+            model("looped", "horizon 4", 1.0, seed=1), model("deep-2", "curriculum", 1.0)]
+    settings = sorted({r["setting"] for r in rows})
+    lines = compare.training_variants(rows, settings)
+    assert "against the usual one (2)" in lines[0 + 1]  # horizon 4: the setting most rows share
+    table = [x for x in lines if x.startswith("| 0 |") or x.startswith("| 1 |")]
+    # only seed 0's loop has a variant; deep-2 has no usual-setting twin and seed 1 no variant
+    assert [x.split(" | ")[1:4] for x in table] == [["looped", "4000", "(2) (the usual)"], ["looped", "4000", "(1)"]]
+    assert "[-3.0% ± " in table[1]
+    assert compare.training_variants(rows[:2], ["horizon 4"]) == []
+
+
 def test_depth_difficulty_finds_where_a_gap_sits_by_the_worlds_difficulty(load):
     difficulty = load(next(p for p in SCRIPTS if p.name == "depth_difficulty.py"))
     rng = np.random.default_rng(0)

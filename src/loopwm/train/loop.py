@@ -99,7 +99,9 @@ class TrainConfig:
     the first one's, carry most of the gradient. "balanced": each step's error weighted by the
     window mean over that step's own batch-mean error (weights without gradient), so a relative
     improvement counts the same at every horizon, as in a mean of logs, while the loss keeps its
-    value and scale beside the reward and continuation terms."""
+    value and scale beside the reward and continuation terms. On the 32-disc rail at horizon 10 it
+    kept less of the one-step error than --horizon-start 4 did and lost most of the horizon-10 gain
+    (docs/LOG.md, session 26): the curriculum is the better way to a long horizon there."""
     objective: str = "sequence"
     """"sequence": every imagined step decoded and scored; "dd": deferred decoding (roll K actions
     in latent space, decode only the last; see loopwm.train.deferred), validated the same way at K_max."""

@@ -150,6 +150,7 @@ def test_hello_describes_the_controls(player):
 
 
 def test_a_gymnasium_world_plays_with_its_own_renderer_and_discrete_keys(tmp_path):
+    pytest.importorskip("pygame", reason="CartPole's renderer needs the classic extra: pip install 'loopwm[classic]'")
     from loopwm.data import CollectConfig, collect
     from loopwm.models.world_model import ModelConfig
     from loopwm.train.loop import TrainConfig, train

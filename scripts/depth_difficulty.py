@@ -107,10 +107,12 @@ def pairs(rows: list[dict]) -> list[tuple[dict, dict]]:
     return out
 
 
-def write_summary(cfg: DifficultyConfig, found: list[tuple[dict, dict, dict]]) -> str:
+def write_summary(cfg: DifficultyConfig, found: list[tuple[dict, dict, dict]], settings: list[str] | None = None) -> str:
+    """`settings`: every setting of the studies read, so that they are numbered as depth_compare numbers
+    them over the same studies (default: only those of the loops found)."""
     from loopwm.eval.openloop import paired_gap
 
-    settings = sorted({loop["setting"] for loop, _, _ in found})
+    settings = settings or sorted({loop["setting"] for loop, _, _ in found})
     several = len(settings) > 1
     lines = [f"# Loop against stack by the world's difficulty ({', '.join(cfg.studies)})", "",
              f"{cfg.size} discs, long stage (up to 3,000 windows). Each loop against the stack of its seed, setting and "
@@ -144,7 +146,7 @@ def main(cfg: DifficultyConfig) -> None:
     if not found:
         raise SystemExit(f"no loop and stack of one seed and setting with long-stage rows in {cfg.studies}: run "
                          "scripts/depth_study.py --stages long on them first")
-    text = write_summary(cfg, found)
+    text = write_summary(cfg, found, sorted({r["setting"] for r in rows}))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "difficulty.md", text)

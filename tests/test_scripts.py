@@ -267,6 +267,19 @@ def test_depth_compare_sets_training_variants_against_the_usual_setting(load):
     assert compare.training_variants(rows[:2], ["horizon 4"]) == []
 
 
+def test_depth_difficulty_numbers_settings_as_depth_compare_does(load):
+    difficulty = load(next(p for p in SCRIPTS if p.name == "depth_difficulty.py"))
+    h = list(np.linspace(1.0, 2.0, 40))
+    loop = {"seed": 0, "steps": 4000, "model": "looped", "setting": "c", "long": _long(h)}
+    stack = {"model": "deep-1", "long": _long([x * 1.1 for x in h])}
+    groups = {key: [{"gap": 0.1, "se": 0.01, "lo": 0, "hi": 9}] for key in ("h10", "h1")}
+    cfg = difficulty.DifficultyConfig(studies=["x"], bins=1)
+    # "a" and "b" belong to studies with no pair here: the loop's setting keeps its number among all three
+    text = difficulty.write_summary(cfg, [(loop, stack, groups)], ["a", "b", "c"])
+    assert "(3) c)" in text and "| 0 | 4000 (3) | looped | deep-1 |" in text
+    assert "Settings" not in difficulty.write_summary(cfg, [(loop, stack, groups)])  # one setting: no numbers
+
+
 def test_depth_difficulty_finds_where_a_gap_sits_by_the_worlds_difficulty(load):
     difficulty = load(next(p for p in SCRIPTS if p.name == "depth_difficulty.py"))
     rng = np.random.default_rng(0)

@@ -232,7 +232,7 @@ def training_variants(rows: list[dict], settings: list[str]) -> list[str]:
             continue
         for r in sorted(group, key=lambda r: (r is not base, settings.index(r["setting"]))):
             against = " (the usual)" if r is base else ""
-            gaps = ["", ""] if r is base or not r.get("long") else [paired(r, base, key) for key in ("h1l", "h10l")]
+            gaps = ["", ""] if r is base else [paired(r, base, key) for key in ("h1l", "h10l")]  # "" without long rows
             long = f"{r['h1l']:.4f}{gaps[0]} | {r['h10l']:.4f}{gaps[1]}" if r.get("long") else " | "
             lines.append(f"| {seed} | {model} | {steps} | ({settings.index(r['setting']) + 1}){against} | {r['minutes']:.1f} | "
                          f"{_fmt(r['h1s'])} | {long} |")

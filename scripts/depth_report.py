@@ -25,11 +25,11 @@ class ReportConfig:
     """A folder written by scripts/depth_study.py."""
 
 
-
 def horizon_text(cfg) -> str:
     """The training horizon as the title states it, with the curriculum and loss weighting when set."""
     text = f"{cfg.horizon_start} then {cfg.horizon} over the last {cfg.horizon_final:.0%}" if cfg.horizon_start > 0 else f"{cfg.horizon}"
     return text + (f", {cfg.step_weighting} step weighting" if cfg.step_weighting != "mean" else "")
+
 
 def _per_token(rule: str) -> bool:
     """Whether an exit rule answers for each disc on its own (fixed depth and unknown names: no)."""

@@ -226,7 +226,7 @@ def test_doctor_reports_every_part_with_a_fix_for_problems():
     proc = loopwm("doctor", "--json", "--no-render", check=False)
     assert proc.returncode in (0, 1)  # 1 only when something is broken
     checks = {c["name"]: c for c in json.loads(proc.stdout)}
-    assert {"loopwm", "python", "torch", "cuda", "gymnasium", "mujoco", "java", "headless GL", "disk"} <= set(checks)
+    assert {"loopwm", "python", "torch", "accelerator", "gymnasium", "mujoco", "java", "headless GL", "disk"} <= set(checks)
     assert checks["torch"]["status"] == "ok" and "threads" in checks["torch"]["detail"]
     assert all(c["fix"] for c in checks.values() if c["status"] != "ok")  # every problem comes with a fix
     assert proc.returncode == (1 if any(c["status"] == "broken" for c in checks.values()) else 0)

@@ -431,8 +431,14 @@ def test_horizon_curriculum_trains_short_windows_first_then_the_full_horizon(dat
     # the step taken at fraction f = step / steps uses the full horizon once f >= 0.75
     assert [r["train/horizon"] for r in records] == [1] * 6 + [3] * 2
     assert all(r["val/obs"] > 0 for r in records if "val/obs" in r)  # validation keeps the full windows
-    cropped = loop.crop_windows({"obs": np.zeros((2, 6, 4, 7)), "action": np.zeros((2, 5, 2)), "reward": np.zeros((2, 5))}, 3)
-    assert cropped["obs"].shape == (2, 4, 4, 7) and cropped["action"].shape == (2, 3, 2) and cropped["reward"].shape == (2, 3)
+    # a short window is the full window's first steps (observations keep one more: o_0 .. o_length)
+    from loopwm.data import TrajectoryDataset
+
+    ds = TrajectoryDataset.load(dataset)
+    rows = ds.windows(range(ds.episodes), 5)[:2]
+    full, short = ds.batch(rows), ds.batch(rows[:, :2], length=3)
+    assert short["obs"].shape[:2] == (2, 4) and short["action"].shape[:2] == (2, 3) and short["reward"].shape == (2, 3)
+    assert all(np.array_equal(short[k], full[k][:, : short[k].shape[1]]) for k in full)
 
 
 def test_balanced_step_weighting_keeps_the_loss_and_reweights_the_gradient(dataset, tmp_path):

@@ -57,17 +57,17 @@ def check_torch() -> list[Check]:
         return [Check("torch", "broken", f"cannot import: {err}", 'pip install "torch==2.13.0"')]
     checks = [Check("torch", "ok", f"{torch.__version__}, {torch.get_num_threads()} threads "
                     f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), {os.cpu_count()} CPUs")]
-    from loopwm.utils import device_label, pick_device
+    from loopwm.utils import accelerator_build, device_label, pick_device
 
     device = pick_device("auto")  # what training would run on: the one place that chooses
     if device.type != "cpu":
         count = torch.accelerator.device_count()
-        checks.append(Check("cuda", "ok", f"training runs on {device_label(device)}; {count} device(s)"))
+        checks.append(Check("accelerator", "ok", f"training runs on {device_label(device)}; {count} device(s)"))
     else:
-        built = torch.version.cuda
-        checks.append(Check("cuda", "missing", "no CUDA device: training runs on the CPU" +
-                            (f" (this torch was built for CUDA {built})" if built else " (CPU build of torch)"),
-                            "for a GPU, install the CUDA build of torch 2.13.0 that matches your driver"))
+        built = accelerator_build()
+        checks.append(Check("accelerator", "missing", "no accelerator: training runs on the CPU" +
+                            (f" (this torch was built for {built})" if built else " (CPU build of torch)"),
+                            "for a GPU, install the torch 2.13.0 build that matches your driver"))
     try:
         x = torch.randn(64, 64)
         ok = bool(torch.isfinite(x @ x).all())

@@ -56,6 +56,17 @@ def pick_device(requested: str = "auto", local_rank: int | None = None) -> "torc
     return device
 
 
+def accelerator_build() -> str | None:
+    """The accelerator toolkit this torch was built for (e.g. "CUDA 12.8", "ROCm 6.4"), or None for a
+    CPU build: what `loopwm doctor` says when `pick_device` finds no accelerator."""
+    import torch
+
+    for toolkit, version in (("CUDA", torch.version.cuda), ("ROCm", getattr(torch.version, "hip", None))):
+        if version:
+            return f"{toolkit} {version}"
+    return None
+
+
 def device_label(device) -> str:
     """What a device is, for records: "cpu", or the accelerator's index and name (e.g. "<type>:0
     (NVIDIA H200)"), asked of the device's own torch module so that no device type is named here."""

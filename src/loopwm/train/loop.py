@@ -291,11 +291,6 @@ def horizon_now(cfg: TrainConfig, fraction: float) -> int:
     return cfg.horizon_start
 
 
-def crop_windows(batch: dict[str, np.ndarray], length: int) -> dict[str, np.ndarray]:
-    """The first `length` steps of every window (observations keep one more: o_0 .. o_length)."""
-    return {key: arr[:, : length + 1] if key == "obs" else arr[:, :length] for key, arr in batch.items()}
-
-
 def check_training_settings(cfg: TrainConfig) -> None:
     if cfg.step_weighting not in ("mean", "balanced"):
         raise LoopWMError(f"unknown --step-weighting {cfg.step_weighting!r}: use mean or balanced")
@@ -556,11 +551,8 @@ def _train(cfg: TrainConfig, run_dir: Path, ddp: Distributed) -> Path:
             for group in opt.param_groups:
                 group["lr"] = lr
             pick = train_windows.take(rng.integers(0, len(train_windows), cfg.batch_size))  # the global batch
-            windows = ds.batch(ddp.shard(pick))  # this process's slice of it
-            imagined = horizon_now(cfg, fraction)
-            if imagined < cfg.horizon:
-                windows = crop_windows(windows, cfg.context + imagined)
-            batch = to_tensors(windows, device)
+            imagined = horizon_now(cfg, fraction)  # the curriculum reads each window's first steps only
+            batch = to_tensors(ds.batch(ddp.shard(pick)[:, :2], length=cfg.context + imagined), device)  # this process's slice
             objective.step = step
             loss, info = runner(batch)
             if not ddp.all_finite(loss):

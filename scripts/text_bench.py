@@ -59,6 +59,9 @@ class TextBenchConfig:
     """The decoders read only the latent state tokens (TextModelConfig.decoder_reads_context and
     decoder_reads_actions off); with --copy the pointer may still point into the context and the
     actions (copy_pool "all"), chosen by a query that has seen only the state and the reply so far."""
+    numbers: bool = False
+    """Give every model number features (TextModelConfig.numbers): digit tokens also carry the value
+    of their number and their place in it."""
     split_digits: bool = True
     """One token per digit (False: BPE merges digits, as in the first committed run)."""
     models: list[str] = field(default_factory=lambda: ["looped", "deep"])
@@ -85,7 +88,7 @@ def _train(job: dict) -> str:
     model = TextModelConfig(kind=job["kind"], mu_rec=job["mu_rec"], n_deep=max(1, round(job["mu_rec"])),
                             max_context=job["max_context"], max_target=job["max_target"], copy=job["copy"],
                             decoder_reads_context=not job["state_only"], decoder_reads_actions=not job["state_only"],
-                            copy_pool="all" if job["state_only"] else "read")
+                            copy_pool="all" if job["state_only"] else "read", numbers=job.get("numbers", False))
     if job["quick"]:
         model.d, model.n_state = 32, 4
     train_text(TextTrainConfig(data=job["data"], out=job["run"], model=model, threads=1, progress=False,
@@ -104,7 +107,8 @@ def main(cfg: TextBenchConfig) -> None:
     jobs = [{"kind": m, "mu_rec": cfg.mu_rec, "data": cfg.data, "run": str(out / "runs" / m), "minutes": minutes,
              "steps": cfg.steps, "split_digits": cfg.split_digits, "quick": cfg.quick, "until_plateau": cfg.until_plateau,
              "max_context": cfg.max_context, "max_target": cfg.max_target, "eval_every": cfg.eval_every,
-             "bucket": cfg.bucket, "copy": cfg.copy, "state_only": cfg.state_only} for m in cfg.models]
+             "bucket": cfg.bucket, "copy": cfg.copy, "state_only": cfg.state_only, "numbers": cfg.numbers}
+            for m in cfg.models]
     if cfg.report_only:
         saved = json.loads((out / "results.json").read_text())
         results = {k: saved["models"][k] for k in sorted(saved["models"], key=lambda k: (cfg.models.index(k) if k in cfg.models else len(cfg.models), k))}
@@ -137,6 +141,7 @@ def main(cfg: TextBenchConfig) -> None:
     settings = {"minutes": minutes, "steps": cfg.steps, "split_digits": cfg.split_digits, "mu_rec": cfg.mu_rec,
                 "data": cfg.data, "until_plateau": cfg.until_plateau, "max_context": cfg.max_context,
                 "max_target": cfg.max_target, "bucket": cfg.bucket, "copy": cfg.copy, "state_only": cfg.state_only,
+                "numbers": cfg.numbers,
                 "state_starts": cfg.state_starts}
     atomic_write_json(out / "results.json", {"models": results, "depth_sweep": {str(k): v for k, v in sweep.items()},
                                              "settings": settings})
@@ -178,7 +183,8 @@ def summary(results: dict, sweep: dict, settings: dict) -> str:
     lines = [f"# Text world benchmark: {simulator} ({data})", "", budget,
              f"Context {settings.get('max_context', 192)} tokens, observations written up to "
              f"{settings.get('max_target', 128)} tokens{'; a copy head (pointer-generator) in every model' if settings.get('copy') else ''}"
-            f"{'; the decoders read only the latent state' + (' (the copy head points into the context and actions)' if settings.get('copy') else '') if settings.get('state_only') else ''}.",
+            f"{'; the decoders read only the latent state' + (' (the copy head points into the context and actions)' if settings.get('copy') else '') if settings.get('state_only') else ''}"
+            f"{'; number features on digit tokens (their number value and place)' if settings.get('numbers') else ''}.",
              ""]
     for kind, r in results.items():
         t = r["train"]

@@ -59,8 +59,9 @@ def test_entity_f1_finds_whole_names_longest_first():
 ROOMS = ("kitchen", "hallway", "garden")
 
 
-def toy_trajectory(rng, split, variation, task, length=10):
-    """A small deterministic world: three rooms joined by doors that must be opened first."""
+def toy_trajectory(rng, split, variation, task, length=10, clock=False):
+    """A small deterministic world: three rooms joined by doors that must be opened first (`clock`:
+    each move also tells the time, a number that counts the steps)."""
     here, open_doors = "hallway", set()
     desc = lambda: (f"This room is called the {here}. In it, you see: a table. Doors: "  # noqa: E731
                     + ", ".join(f"door to {r} ({'open' if r in open_doors else 'closed'})" for r in ROOMS if r != here))
@@ -77,7 +78,7 @@ def toy_trajectory(rng, split, variation, task, length=10):
         else:
             action = f"go to {other}"
             if other in open_doors:
-                here, obs = other, f"You move to the {other}."
+                here, obs = other, f"You move to the {other}." + (f" The clock reads {7 * len(steps)}." if clock else "")
             else:
                 obs = f"The door to the {other} is closed."
         steps.append({"action": action, "observation": obs if obs is not None else desc(), "score": 0, "done": False})
@@ -86,7 +87,7 @@ def toy_trajectory(rng, split, variation, task, length=10):
             "observation": first, "steps": steps, "entities": ["door to " + r for r in ROOMS] + list(ROOMS) + ["table"]}
 
 
-def make_toy_corpus(out, n_train=24, n_dev=3, n_test=4, seed=0):
+def make_toy_corpus(out, n_train=24, n_dev=3, n_test=4, seed=0, clock=False):
     from loopwm.text.collect import FORMAT, FORMAT_VERSION
 
     rng = np.random.default_rng(seed)
@@ -94,7 +95,7 @@ def make_toy_corpus(out, n_train=24, n_dev=3, n_test=4, seed=0):
     for split, n in (("train", n_train), ("dev", n_dev), ("test", n_test)):
         for i in range(n):
             task = ("find-plant", "boil")[i % 2]
-            t = toy_trajectory(rng, split, v, task)
+            t = toy_trajectory(rng, split, v, task, clock=clock)
             path = out / "trajectories" / split / task / f"v{v:04d}-gold.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(t))
@@ -168,7 +169,16 @@ def tiny_model(kind="looped", vocab=400, **kw):
     cfg = TextModelConfig(kind=kind, d=32, n_heads=2, n_state=4, n_context_layers=1, n_decoder_layers=1, mu_rec=3,
                           n_deep=3, max_context=48, max_action=6, max_target=16, **kw)
     torch.manual_seed(0)
-    return TextWorldModel(vocab, cfg).eval()
+    model = TextWorldModel(vocab, cfg).eval()
+    if cfg.numbers:  # a third of the vocabulary digits, and features that are not yet zero
+        model.set_digits(DIGIT_STRINGS[:vocab])
+        with torch.no_grad():
+            for w in (model.number_proj.weight, model.number_place.weight):
+                w.normal_(0, 0.5)
+    return model
+
+
+DIGIT_STRINGS = ["<pad>", "<bos>", "<eos>", "<sep>"] + [str(i % 10) if i % 3 == 0 else f"w{i}" for i in range(4, 400)]
 
 
 def random_batch(B=3, L=20, K=2, A=5, T=9, vocab=400, seed=0):
@@ -185,7 +195,7 @@ STATE_ONLY_POINTER = dict(copy=True, copy_pool="all", decoder_reads_context=Fals
 
 
 @pytest.mark.parametrize("kind,kw", [("looped", {}), ("deep", {}), ("looped", {"copy": True}),
-                                     ("deep", STATE_ONLY_POINTER)])
+                                     ("deep", STATE_ONLY_POINTER), ("looped", {"numbers": True, **STATE_ONLY_POINTER})])
 def test_shapes_and_padding_never_leaks_into_other_samples(kind, kw):
     model = tiny_model(kind, **kw)
     context, actions, target = random_batch()
@@ -307,9 +317,9 @@ def test_the_decoder_can_read_the_actions_and_old_checkpoints_still_load():
     rebuilt.load_state_dict(blind.state_dict())
 
 
-@pytest.mark.parametrize("copy", [False, True])
-def test_cached_generation_equals_teacher_forced_argmax(copy):
-    model = tiny_model(copy=copy)
+@pytest.mark.parametrize("kw", [{}, {"copy": True}, {"numbers": True}])
+def test_cached_generation_equals_teacher_forced_argmax(kw):
+    model = tiny_model(**kw)
     context, actions, _ = random_batch()
     _, memory, _ = model.imagine(context, actions, depth=2)
     out = model.generate(memory, bos=1, eos=2, max_len=8)  # (B, <= 8)
@@ -319,6 +329,48 @@ def test_cached_generation_equals_teacher_forced_argmax(copy):
     assert torch.equal(steps[~finished], out[~finished])
 
 
+def test_number_values_read_whole_numbers_and_written_prefixes():
+    from loopwm.text.model import number_values
+
+    strings = ["", *map(str, range(10)), "%", " ", "42"]  # ids 1-10 are the digits, 13 a merged pair
+    value = torch.tensor([int(t) if t.isdigit() else -1 for t in strings])
+    count = torch.tensor([len(t) if t.isdigit() else 0 for t in strings])
+    ids = torch.tensor([[12, 6, 4, 11, 12, 2, 12, 13, 1, 12, 10, 10, 10]])  # " 53% 1 420 999"
+    v, place, is_digit = number_values(ids, value, count, causal=False)
+    assert v[0].tolist() == [0, 53, 53, 0, 0, 1, 0, 420, 420, 0, 999, 999, 999]
+    assert place[0].tolist() == [0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 2, 1, 0]  # 0 for units
+    v, place, _ = number_values(ids, value, count, causal=True)
+    assert v[0].tolist() == [0, 5, 53, 0, 0, 1, 0, 42, 420, 0, 9, 99, 999]  # only what is written so far
+    assert place[0].tolist() == [0, 1, 2, 0, 0, 1, 0, 2, 3, 0, 1, 2, 3]
+    assert is_digit[0].tolist() == [t.isdigit() for t in (strings[i] for i in ids[0].tolist())]
+
+
+def test_number_features_start_at_zero_see_values_and_never_leak_from_later_digits():
+    plain, numbers = tiny_model(), tiny_model(numbers=True)
+    context, actions, target = random_batch()
+    target[:, 2:6] = torch.tensor([6, 9, 12, 15])  # digits in the reply: 2 of the 4 tokens
+    with torch.no_grad():
+        numbers.number_proj.weight.zero_()
+        numbers.number_place.weight.zero_()
+        numbers.load_state_dict(plain.state_dict(), strict=False)
+        same = numbers.loss(context, actions, target, depth=2)[0]
+        torch.testing.assert_close(same, plain.loss(context, actions, target, depth=2)[0])  # zero: the plain model
+        numbers.number_proj.weight.normal_(0, 0.5)
+        _, memory, _ = numbers.imagine(context, actions, depth=2)
+        scores = numbers.decode(memory, target)
+        later = target.clone()
+        later[:, 3] = 27  # the second digit of a written number changes: earlier positions cannot see it
+        changed = numbers.decode(memory, later)
+        torch.testing.assert_close(changed[:, :3], scores[:, :3])
+        assert not torch.allclose(changed[:, 3:], scores[:, 3:])
+        context[:, 1:5] = torch.tensor([5, 6, 9, 5])  # the number 69, between two words, in every context
+        read = numbers.embed_tokens(context)
+        context[:, 3] = 12  # 62: its first digit, the same token, now reads another value
+        again = numbers.embed_tokens(context)
+        assert not torch.allclose(again[:, 2], read[:, 2])
+        torch.testing.assert_close(again[:, 4:], read[:, 4:])
+
+
 # ----- the commands -----
 def tiny_text_train(toy, run, *extra: str) -> list[str]:
     """`loopwm text train` on the toy world with a model small enough for a test, plus `extra`."""
@@ -326,6 +378,23 @@ def tiny_text_train(toy, run, *extra: str) -> list[str]:
             "--model.n-heads", "2", "--model.n-state", "4", "--model.n-decoder-layers", "1", "--model.max-context",
             "64", "--model.max-target", "32", "--batch-size", "8", "--eval-every", "10", "--dev-samples", "8",
             "--threads", "1", "--no-progress", "--lr", "3e-3", "--warmup", "5", *extra]
+
+
+@needs_tokenizers
+def test_number_features_train_save_and_load_with_the_tokenizers_digits(tmp_path, capsys):
+    from loopwm.text.train import load_text_run
+
+    run, toy = tmp_path / "run", make_toy_corpus(tmp_path / "data", clock=True)
+    assert main(tiny_text_train(toy, run, "--model.numbers", "--steps", "12")) == 0
+    model, enc, _, _ = load_text_run(run)
+    digits = [i for i, t in enumerate(enc.token_strings()) if t.isdigit()]
+    assert len(digits) == 10 and sorted(model.digit_value[digits].tolist()) == list(range(10))
+    assert int((model.digit_value >= 0).sum()) == 10  # nothing else counts as a digit
+    assert float(model.number_proj.weight.detach().abs().sum()) > 0  # trained away from its zero start
+    capsys.readouterr()
+    assert main(["text", "eval", str(run), "--json", "--max-starts", "4", "--actions", "2", "--batch-size", "4",
+                 "--state-starts", "0"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_samples"] == 4
 
 
 @needs_tokenizers

@@ -131,6 +131,10 @@ class Encoder:
     def vocab_size(self) -> int:
         return self.tok.get_vocab_size()
 
+    def token_strings(self) -> list[str]:
+        """Each token id's text (what it decodes to on its own)."""
+        return [self.tok.decode([i]) for i in range(self.vocab_size)]
+
     def ids(self, text: str) -> list[int]:
         got = self._cache.get(text)
         if got is None:

@@ -6,6 +6,7 @@
         h_k, z_k = LoopedCore([h_{k-1}; E[a_k] + P + t_act], z_{k-1})   the shared block, T times
     o_K   = Dec(<bos> ..., memory = [h_K; x_ctx; a_1..K])   (B, T, V)   written after the last action only
     with copy: p(w) = g p_vocab(w) + (1 - g) sum_{m: id_m = w} attn_m   a pointer into the context and actions
+    with numbers: E[w] + N(value, place) on every digit token       numbers read as quantities
 
 The looped core is the same `LoopedCore` as the physics models (prelude, contractive injection,
 the one shared block, coda; exit rules, truncated gradients, per-sample depth); `kind="deep"`
@@ -91,6 +92,14 @@ class TextModelConfig:
     """Context tokens kept (the most recent; the task description always)."""
     max_action: int = 16
     """Tokens per action."""
+    numbers: bool = False
+    """Number features: each digit token's embedding also carries the value of the number it belongs
+    to (sines and cosines of the value over periods of 10, 100 and 1,000, and its logarithm) and its
+    place in that number, so readings such as "approximately 53% down the plane" or "57 degrees" are
+    read as quantities, not only as digit symbols. In the context and the actions a digit knows its whole
+    number (and its place from the right: units, tens, ...); in the reply being written it knows only the
+    digits written so far (the value of the prefix, its place from the left), so nothing leaks from later
+    tokens. Added through zero-initialised layers: a new model starts as the same model without them."""
     max_target: int = 320
     """Tokens of the decoded observation (longer ones are cut, and cannot match exactly). 320 covers
     all but 0.1% of ScienceWorld's replies (a `look around` runs to 310) and all of
@@ -101,6 +110,40 @@ class TextModelConfig:
 
     def resolved_n_grad(self) -> int:
         return self.n_grad or max(1, math.ceil(self.mu_rec / 2))
+
+
+NUMBER_PERIODS = (10.0, 100.0, 1000.0)  # the value's phase over these periods: its last 1, 2, 3 digits
+MAX_PLACE = 8  # places of a digit within its number told apart (later ones share the last)
+
+
+def number_values(ids: torch.Tensor, digit_value: torch.Tensor, digit_count: torch.Tensor, causal: bool):
+    """For token ids (B, N): the value of the number each digit token belongs to (B, N) float64, its
+    place in it (B, N) long, and which tokens are digits (B, N) bool. A number is a run of consecutive
+    all-digit tokens. `causal`: the value of the digits up to and including this one and the place
+    counted from the left (1 = the first digit), as a reply being written knows them; else the whole
+    number's value and the place from the right (0 = units)."""
+    B, N = ids.shape
+    dv, cnt = digit_value[ids], digit_count[ids]  # (B, N), (B, N)
+    is_digit = dv >= 0
+    pos = torch.arange(N, device=ids.device).expand(B, N)  # (B, N)
+    prev = F.pad(is_digit[:, :-1], (1, 0), value=False)
+    start = is_digit & ~prev  # the first token of each number
+    start_pos = torch.where(start, pos, 0).cummax(1).values  # (B, N) where this token's number begins
+    c = (cnt * is_digit).cumsum(1)  # (B, N) digits seen so far
+    e = c - c.gather(1, start_pos) + cnt.gather(1, start_pos)  # (B, N) digits of this number up to here
+    e = torch.where(is_digit, e, 0)
+    term = torch.where(is_digit, dv.double() * torch.pow(10.0, -e.double()), 0.0)  # d_j 10^-E_j
+    s = term.cumsum(1)
+    prefix = torch.pow(10.0, e.double()) * (s - s.gather(1, start_pos) + term.gather(1, start_pos))  # (B, N)
+    prefix = torch.where(is_digit, prefix.round(), 0.0)
+    if causal:
+        return prefix, e.clamp(0, MAX_PLACE), is_digit
+    nxt = F.pad(is_digit[:, 1:], (0, 1), value=False)
+    end = is_digit & ~nxt  # the last token of each number
+    end_pos = torch.where(end, pos, N - 1).flip(1).cummin(1).values.flip(1)  # (B, N) where it ends
+    whole = prefix.gather(1, end_pos)
+    place = (e.gather(1, end_pos) - e).clamp(0, MAX_PLACE - 1)  # 0 for the units digit
+    return torch.where(is_digit, whole, 0.0), torch.where(is_digit, place, 0), is_digit
 
 
 class Memory(NamedTuple):
@@ -230,12 +273,39 @@ class TextWorldModel(nn.Module):
         self.decoder_norm = nn.LayerNorm(d)
         nn.init.normal_(self.embed.weight, std=0.02)
         nn.init.normal_(self.pos.weight, std=0.02)
+        if cfg.numbers:  # zero-initialised: the model starts as it would without number features
+            # token id -> its value when it is all digits (-1 otherwise) and how many digits it has;
+            # filled from the tokenizer by `set_digits` and saved with the weights
+            self.register_buffer("digit_value", torch.full((vocab_size,), -1, dtype=torch.long))
+            self.register_buffer("digit_count", torch.zeros(vocab_size, dtype=torch.long))
+            self.number_proj = nn.Linear(len(NUMBER_PERIODS) * 2 + 1, d)
+            self.number_place = nn.Embedding(2 * MAX_PLACE, d)  # from the right (read), from the left (written)
+            for w in (self.number_proj.weight, self.number_proj.bias, self.number_place.weight):
+                nn.init.zeros_(w)
         if cfg.copy:  # created last, so the rest starts as the same model would without it
             self.copy_norm = nn.LayerNorm(d)
             self.copy_query = nn.Linear(d, d, bias=False)
             self.copy_key = nn.Linear(d, d, bias=False)
             self.copy_gate = nn.Linear(d, 1)  # logit of g, the weight of the vocabulary
             nn.init.constant_(self.copy_gate.bias, cfg.copy_gate_init)
+
+    def set_digits(self, token_strings: list[str]) -> None:
+        """Fill the number tables from the tokenizer: `token_strings[i]` is token i's text."""
+        values = [int(t) if t.isascii() and t.isdigit() else -1 for t in token_strings]
+        counts = [len(t) if v >= 0 else 0 for t, v in zip(token_strings, values)]
+        self.digit_value.copy_(torch.tensor(values[: self.vocab_size]))
+        self.digit_count.copy_(torch.tensor(counts[: self.vocab_size]))
+
+    def embed_tokens(self, ids: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        """Token embeddings (B, N, d), with the number features where `numbers` is on."""
+        e = self.embed(ids)  # (B, N, d)
+        if not self.cfg.numbers:
+            return e
+        value, place, is_digit = number_values(ids, self.digit_value, self.digit_count, causal)  # (B, N) x 3
+        angle = value[..., None] * (2 * math.pi / value.new_tensor(NUMBER_PERIODS))  # (B, N, P)
+        feats = torch.cat([angle.sin(), angle.cos(), (value[..., None] + 1).log10() / 4], -1).to(e.dtype)  # (B, N, 2P+1)
+        extra = self.number_proj(feats) + self.number_place(place + (MAX_PLACE if causal else 0))  # (B, N, d)
+        return e + extra * is_digit[..., None]
 
     @property
     def reads_beyond_state(self) -> bool:
@@ -247,7 +317,7 @@ class TextWorldModel(nn.Module):
         """Context ids (B, L), 0-padded -> state tokens h (B, S, d), memory (B, L, d), its validity (B, L)."""
         B, L = context.shape
         valid = context != 0  # (B, L)
-        x = self.embed(context) + self.pos.weight[:L]  # (B, L, d)
+        x = self.embed_tokens(context) + self.pos.weight[:L]  # (B, L, d)
         x = self.context_norm(self.context_encoder(x, Neighbourhood(key_mask(valid), None)))  # (B, L, d)
         q = self.state_queries.expand(B, -1, -1)  # (B, S, d)
         h = self.read(q, x, key_mask(valid, q.shape[1]))  # (B, S, d)
@@ -264,7 +334,7 @@ class TextWorldModel(nn.Module):
         """State (B, S, d), carried loop state or None, action ids (B, A) -> h, z, used (B,), work (B,)."""
         B, S, _ = h.shape
         A = action.shape[1]
-        a = self.embed(action) + self.pos.weight[:A] + self.action_type  # (B, A, d)
+        a = self.embed_tokens(action) + self.pos.weight[:A] + self.action_type  # (B, A, d)
         x = torch.cat([h, a], dim=1)  # (B, S + A, d)
         valid = torch.cat([torch.ones(B, S, dtype=torch.bool, device=h.device), action != 0], dim=1)  # (B, S + A)
         nbhd = Neighbourhood(key_mask(valid), None)
@@ -301,7 +371,8 @@ class TextWorldModel(nn.Module):
         if self.decoder_sees_actions:
             K, A = actions.shape[1:]
             back = torch.arange(K - 1, -1, -1, device=h.device).clamp(max=15)  # (K,) 0 for the last action
-            a = self.embed(actions) + self.pos.weight[:A] + self.action_index(back)[:, None]  # (B, K, A, d)
+            a = self.embed_tokens(actions.reshape(B * K, A)).view(B, K, A, -1)  # (B, K, A, d)
+            a = a + self.pos.weight[:A] + self.action_index(back)[:, None]  # (B, K, A, d)
             parts.append((self.cfg.decoder_reads_actions, a.reshape(B, K * A, -1), actions.reshape(B, K * A)))  # (B, K*A, d)
         parts.sort(key=lambda p: not p[0])  # read parts first (stable: the order above otherwise)
         ids = torch.cat([p[2] for p in parts], dim=1)  # (B, M)
@@ -312,11 +383,16 @@ class TextWorldModel(nn.Module):
                       None if n_read == ids.shape[1] else n_read)  # (B, M, d), (B, M), (B, M)
 
     def decode_hidden(self, memory: Memory, tokens: torch.Tensor, caches: list | None = None, offset: int = 0,
-                      kvs: list | None = None) -> torch.Tensor:
+                      kvs: list | None = None, history: torch.Tensor | None = None) -> torch.Tensor:
         """The decoder's normalised output (B, T, d) for input ids (B, T), teacher-forced (or cached,
-        one position at a time)."""
+        one position at a time; `history` (B, offset + T) is then every input so far, which the number
+        features of a digit being continued need)."""
         T = tokens.shape[1]
-        y = self.embed(tokens) + self.pos.weight[offset:offset + T]  # (B, T, d)
+        if self.cfg.numbers and history is not None:
+            y = self.embed_tokens(history, causal=True)[:, -T:]  # (B, T, d)
+        else:
+            y = self.embed_tokens(tokens, causal=True)  # (B, T, d)
+        y = y + self.pos.weight[offset:offset + T]  # (B, T, d)
         x, valid = memory.read()  # (B, R, d), (B, R)
         mask = key_mask(valid, T)  # (B, 1, T, R)
         kvs = kvs or [block.memory(x) for block in self.decoder]
@@ -347,9 +423,10 @@ class TextWorldModel(nn.Module):
                                F.logsigmoid(-gate)[..., None] + p_copy.log())  # (B, T, V)
 
     def decode(self, memory: Memory, tokens: torch.Tensor, caches: list | None = None, offset: int = 0,
-               kvs: list | None = None, keys: torch.Tensor | None = None) -> torch.Tensor:
+               kvs: list | None = None, keys: torch.Tensor | None = None,
+               history: torch.Tensor | None = None) -> torch.Tensor:
         """Next-token scores (B, T, V) for input ids (B, T)."""
-        return self.next_token_scores(self.decode_hidden(memory, tokens, caches, offset, kvs), memory, keys)
+        return self.next_token_scores(self.decode_hidden(memory, tokens, caches, offset, kvs, history), memory, keys)
 
     def loss(self, context, actions, target, n_grad: int | None = None, hide_state: bool = False,
              depth: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -389,7 +466,8 @@ class TextWorldModel(nn.Module):
         token = torch.full((B, 1), bos, dtype=torch.long, device=device)
         out, done = [], torch.zeros(B, dtype=torch.bool, device=device)
         for t in range(max_len):
-            scores = self.decode(memory, token, caches, offset=t, kvs=kvs, keys=keys)  # (B, 1, V)
+            history = torch.cat([torch.full_like(token, bos)] + out, 1) if self.cfg.numbers else None  # (B, t + 1)
+            scores = self.decode(memory, token, caches, offset=t, kvs=kvs, keys=keys, history=history)  # (B, 1, V)
             token = scores[:, -1].argmax(-1, keepdim=True)  # (B, 1)
             token = token.masked_fill(done[:, None], 0)
             out.append(token)

@@ -212,7 +212,10 @@ def train_text(cfg: TextTrainConfig) -> Path:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
-    model = TextWorldModel(enc.vocab_size, m).to(device)
+    model = TextWorldModel(enc.vocab_size, m)
+    if m.numbers:
+        model.set_digits(enc.token_strings())
+    model = model.to(device)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.99))
     rng = np.random.default_rng(cfg.seed)
     average = WeightAverage(model, cfg.plateau_ema) if cfg.plateau_ema > 0 else None

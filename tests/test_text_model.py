@@ -392,9 +392,14 @@ def test_number_features_train_save_and_load_with_the_tokenizers_digits(tmp_path
     assert int((model.digit_value >= 0).sum()) == 10  # nothing else counts as a digit
     assert float(model.number_proj.weight.detach().abs().sum()) > 0  # trained away from its zero start
     capsys.readouterr()
+    preds = tmp_path / "predictions.jsonl"
     assert main(["text", "eval", str(run), "--json", "--max-starts", "4", "--actions", "2", "--batch-size", "4",
-                 "--state-starts", "0"]) == 0
-    assert json.loads(capsys.readouterr().out)["n_samples"] == 4
+                 "--state-starts", "0", "--predictions", str(preds)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    lines = [json.loads(x) for x in preds.read_text().splitlines()]
+    assert result["n_samples"] == len(lines) == 4 and all(len(r["actions"]) == 2 for r in lines)
+    numeric = [r for r in lines if any(ch.isdigit() for ch in r["reference"])]  # the clock's readings
+    assert result["rows"]["numbers"]["n"] == len(numeric)
 
 
 @needs_tokenizers

@@ -9,15 +9,17 @@ and decodes the observation after the K-th; the scores at the largest K are the 
 paper's "five consecutive actions"), the others its Step 1..5 table. Two baselines are scored by
 the same code on the same samples: `copy` repeats the last observation of the context, `lookup`
 answers with the observation that most often followed the last action's string in the training
-split (copying when the action was never seen). Rows for `look around` steps and for the
-simulator's ambiguity prompts are reported on their own as well as inside the totals: there the
-answer depends on the state of the world, not on a template. A uniform sample holds few of them, so
+split (copying when the action was never seen). Rows for `look around` steps, for the
+simulator's ambiguity prompts and for replies that hold a number (readings such as "a brick
+approximately 53% down the plane") are reported on their own as well as inside the totals: there
+the answer depends on the state of the world, not on a template. A uniform sample holds few of them, so
 a second sample of start points whose last reply is one of these rows (`--state-starts` of each) is
 scored as well, at the largest number of actions (`state_rows`).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections import Counter, defaultdict
@@ -32,7 +34,7 @@ from loopwm.models.exits import make_exit_rule
 from loopwm.text.corpus import STATE_ROWS, Batcher, Sample, eval_starts, load_trajectories, state_row, state_starts
 from loopwm.text.metrics import entity_pattern, score_group
 from loopwm.text.train import load_text_run, mean_loss
-from loopwm.utils import LoopWMError, atomic_write_json, pick_device
+from loopwm.utils import LoopWMError, atomic_write_json, atomic_write_text, pick_device
 
 METRICS = ("em", "f1", "bleu4", "entity")
 
@@ -69,6 +71,9 @@ class TextEvalConfig:
     """Print one JSON object instead of tables."""
     out: str = ""
     """Where to write the JSON (empty: RUN/text_eval.json)."""
+    predictions: str = ""
+    """Also write every reply decoded after the largest number of actions, with its reference, to this
+    JSON-lines file (empty: none), for reading the errors one by one."""
     device: str = "auto"
     """Where to run: "auto" (the accelerator when present, else the CPU), "cpu", or an accelerator device
     as torch names it (type[:index]); utils.pick_device chooses."""
@@ -98,6 +103,8 @@ def score(samples: list[Sample], predictions: list[str], trajs, patterns) -> dic
         groups[trajs[s.traj].type].append(j)
     which = [state_row(trajs[s.traj], s.t, s.k) for s in samples]
     rows = {name: [j for j, w in enumerate(which) if w == name] for name in STATE_ROWS}
+    # replies that hold a number: a reading (a position, a temperature) the world's state decides
+    rows["numbers"] = [j for j, ref in enumerate(refs) if any(ch.isdigit() for ch in ref)]
 
     def of(idx):
         return score_group([predictions[j] for j in idx], [refs[j] for j in idx], [patterns[samples[j].traj] for j in idx])
@@ -162,6 +169,8 @@ def evaluate_text(cfg: TextEvalConfig) -> dict:
                          "examples": [{"task": trajs[s.traj].task, "action": trajs[s.traj].actions[s.t + k - 1],
                                        "reference": trajs[s.traj].observations[s.t + k], "prediction": p}
                                       for s, p in list(zip(samples, preds))[:5]]}
+        if cfg.predictions and k == k_max:
+            by_actions[k]["predictions"] = preds
     state = {}
     for name, row_starts in state_starts(trajs, k_max, cfg.state_starts, cfg.seed).items() if cfg.state_starts else ():
         samples = [Sample(i, t, k_max) for i, t in row_starts]
@@ -172,6 +181,12 @@ def evaluate_text(cfg: TextEvalConfig) -> dict:
         state[name] = {who: score_group(a, refs, pats) for who, a in answers.items()}
     reliance = state_reliance(model, batcher, [Sample(i, t, k_max) for i, t in starts], depth, cfg.batch_size, device)
     head = by_actions[k_max]
+    if cfg.predictions:
+        lines = [json.dumps({"task": trajs[i].task, "type": trajs[i].type, "variation": trajs[i].variation,
+                             "t": t, "actions": trajs[i].actions[t:t + k_max],
+                             "reference": trajs[i].observations[t + k_max], "prediction": p})
+                 for (i, t), p in zip(starts, head.pop("predictions"))]
+        atomic_write_text(Path(cfg.predictions), "\n".join(lines) + "\n")
     # references longer than the decoder may write can never match exactly: say how many there are
     cut = sum(len(enc.ids(trajs[i].observations[t + k_max])) + 1 > m.max_target for i, t in starts)
     result = {

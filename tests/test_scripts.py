@@ -393,3 +393,24 @@ def test_throughput_names_a_setting_whose_process_dies_and_finishes_the_others(l
     failed = throughput._run_all([{"name": n} for n in ("a", "die", "err", "b")], 2, rows.append)
     assert sorted(rows) == ["a", "b"]
     assert set(failed) == {"die", "err"} and "killed" in failed["die"] and "ValueError" in failed["err"]
+
+
+def test_text_paired_pairs_two_models_on_the_same_starts(load, tmp_path, capsys):
+    module = load(SCRIPTS[0].parent / "text_paired.py")
+
+    def write(name, predictions):
+        rows = [{"task": "incline", "type": "Incline", "variation": 1, "t": t, "actions": ["look at plane"],
+                 "reference": ref, "prediction": p} for t, (ref, p) in enumerate(predictions)]
+        (tmp_path / name).write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+        return str(tmp_path / name)
+
+    refs = ["a brick 12% down", "a brick 14% down", "The door is open.", "a brick 17% down"]
+    a = write("a.jsonl", [(r, p) for r, p in zip(refs, ["a brick 11% down", "a brick 14% down", "The door is open.", "x"])])
+    b = write("b.jsonl", [(r, p) for r, p in zip(refs, ["a brick 12% down", "a brick 14% down", "the door is  open.", "y"])])
+    assert module.main([a, b]) == 0
+    out = capsys.readouterr().out
+    assert "| overall | 4 | 50.0 | 75.0 | +25.0 (25.0) |" in out  # one start flips: mean 0.25, SE 0.5 / 2
+    assert "| numbers | 3 | 33.3 | 66.7 | +33.3 (33.3) |" in out
+    other = write("c.jsonl", [(r + " more", r) for r in refs])
+    with pytest.raises(SystemExit, match="different start points"):
+        module.main([a, other])

@@ -1,0 +1,71 @@
+"""Two text world models on the same test starts, paired: exact match of each and the difference with
+its standard error, overall, per task type and on the rows that need the world's state.
+
+    loopwm text eval RUN_A --actions 5 --state-starts 0 --predictions A.jsonl
+    loopwm text eval RUN_B --actions 5 --state-starts 0 --predictions B.jsonl
+    python scripts/text_paired.py A.jsonl B.jsonl            # markdown table on stdout
+
+Both files must hold the same start points (the same data, split, --max-starts and --seed), which is
+checked. The standard error of a paired difference of exact matches counts the starts where the
+two models disagree, so it is far smaller than that of two independent samples.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from loopwm.text.metrics import exact_match
+
+
+def read(path: str) -> list[dict]:
+    try:
+        return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    except (OSError, json.JSONDecodeError) as err:
+        sys.exit(f"{path}: not a predictions file from `loopwm text eval --predictions` ({err})")
+
+
+def groups(rows: list[dict]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = defaultdict(list)
+    for j, r in enumerate(rows):
+        out["overall"].append(j)
+        out[r["type"]].append(j)
+        if any(ch.isdigit() for ch in r["reference"]):
+            out["numbers"].append(j)
+        if r["actions"][-1].strip().lower() == "look around":
+            out["look around"].append(j)
+    return out
+
+
+def paired(a: list[bool], b: list[bool]) -> tuple[float, float]:
+    """Mean of b - a in percentage points and its standard error."""
+    d = [float(y) - float(x) for x, y in zip(a, b)]
+    n = len(d)
+    mean = sum(d) / n
+    var = sum((x - mean) ** 2 for x in d) / max(n - 1, 1)
+    return 100 * mean, 100 * math.sqrt(var / n)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        sys.exit("usage: python scripts/text_paired.py A.jsonl B.jsonl")
+    a, b = read(argv[0]), read(argv[1])
+    key = [(r["task"], r["variation"], r["t"]) for r in a]
+    if key != [(r["task"], r["variation"], r["t"]) for r in b] or any(x["reference"] != y["reference"] for x, y in zip(a, b)):
+        sys.exit("the two files hold different start points or references: score both runs on the same data, split and seed")
+    hit_a = [exact_match(r["prediction"], r["reference"]) for r in a]
+    hit_b = [exact_match(r["prediction"], r["reference"]) for r in b]
+    print("| rows | n | EM A | EM B | B - A (paired SE) |\n|---|---|---|---|---|")
+    for name, idx in sorted(groups(a).items(), key=lambda g: (g[0] != "overall", g[0] not in ("numbers", "look around"), g[0])):
+        ea = 100 * sum(hit_a[j] for j in idx) / len(idx)
+        eb = 100 * sum(hit_b[j] for j in idx) / len(idx)
+        diff, se = paired([hit_a[j] for j in idx], [hit_b[j] for j in idx])
+        print(f"| {name} | {len(idx)} | {ea:.1f} | {eb:.1f} | {diff:+.1f} ({se:.1f}) |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -117,7 +117,7 @@ MAX_PLACE = 8  # places of a digit within its number told apart (later ones shar
 
 
 def number_values(ids: torch.Tensor, digit_value: torch.Tensor, digit_count: torch.Tensor, causal: bool):
-    """For token ids (B, N): the value of the number each digit token belongs to (B, N) float64, its
+    """For token ids (B, N): the value of the number each digit token belongs to (B, N) float32, its
     place in it (B, N) long, and which tokens are digits (B, N) bool. A number is a run of consecutive
     all-digit tokens. `causal`: the value of the digits up to and including this one and the place
     counted from the left (1 = the first digit), as a reply being written knows them; else the whole
@@ -132,10 +132,14 @@ def number_values(ids: torch.Tensor, digit_value: torch.Tensor, digit_count: tor
     c = (cnt * is_digit).cumsum(1)  # (B, N) digits seen so far
     e = c - c.gather(1, start_pos) + cnt.gather(1, start_pos)  # (B, N) digits of this number up to here
     e = torch.where(is_digit, e, 0)
-    term = torch.where(is_digit, dv.double() * torch.pow(10.0, -e.double()), 0.0)  # d_j 10^-E_j
-    s = term.cumsum(1)
-    prefix = torch.pow(10.0, e.double()) * (s - s.gather(1, start_pos) + term.gather(1, start_pos))  # (B, N)
-    prefix = torch.where(is_digit, prefix.round(), 0.0)
+    # prefix_t = prefix_{t-1} * 10^{digits of token t} + value of token t, inside a number: one pass per
+    # token of the longest number, in float32 (every device has it; exact below 2^24)
+    own = torch.where(is_digit, dv.float(), 0.0)  # (B, N)
+    scale = torch.pow(10.0, cnt.float())  # (B, N)
+    longest = int((pos - start_pos + 1)[is_digit].max()) if bool(is_digit.any()) else 0
+    prefix = own
+    for _ in range(min(longest, 12) - 1):
+        prefix = torch.where(prev & is_digit, F.pad(prefix[:, :-1], (1, 0)) * scale + own, own)  # (B, N)
     if causal:
         return prefix, e.clamp(0, MAX_PLACE), is_digit
     nxt = F.pad(is_digit[:, 1:], (0, 1), value=False)

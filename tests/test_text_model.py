@@ -343,6 +343,9 @@ def test_number_values_read_whole_numbers_and_written_prefixes():
     assert v[0].tolist() == [0, 5, 53, 0, 0, 1, 0, 42, 420, 0, 9, 99, 999]  # only what is written so far
     assert place[0].tolist() == [0, 1, 2, 0, 0, 1, 0, 2, 3, 0, 1, 2, 3]
     assert is_digit[0].tolist() == [t.isdigit() for t in (strings[i] for i in ids[0].tolist())]
+    long = torch.tensor([[12, 2, 3, 4, 5, 6, 7, 8, 12]])  # 1234567: exact in float32
+    assert number_values(long, value, count, causal=False)[0][0, 1:8].tolist() == [1234567.0] * 7
+    assert number_values(long, value, count, causal=True)[0][0, 5:8].tolist() == [12345.0, 123456.0, 1234567.0]
 
 
 def test_number_features_start_at_zero_see_values_and_never_leak_from_later_digits():

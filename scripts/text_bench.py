@@ -66,6 +66,9 @@ class TextBenchConfig:
     """One token per digit (False: BPE merges digits, as in the first committed run)."""
     models: list[str] = field(default_factory=lambda: ["looped", "deep"])
     """Models to train and score."""
+    seed: int = 0
+    """Seed of every model's initialisation, sampling and loop counts (TextTrainConfig.seed); the test
+    starts scored stay the same, so runs of two seeds pair with scripts/text_paired.py."""
     mu_rec: float = 4.0
     """Mean loop count of the looped model; the deep one gets this many distinct blocks."""
     max_starts: int = 400
@@ -94,7 +97,7 @@ def _train(job: dict) -> str:
     train_text(TextTrainConfig(data=job["data"], out=job["run"], model=model, threads=1, progress=False,
                                minutes=0.0 if job["steps"] else job["minutes"], steps=job["steps"] or 10**7,
                                split_digits=job["split_digits"], eval_every=50 if job["quick"] else job["eval_every"], bucket=job["bucket"],
-                               until_plateau=job["until_plateau"]))
+                               until_plateau=job["until_plateau"], seed=job.get("seed", 0)))
     return job["run"]
 
 
@@ -107,7 +110,8 @@ def main(cfg: TextBenchConfig) -> None:
     jobs = [{"kind": m, "mu_rec": cfg.mu_rec, "data": cfg.data, "run": str(out / "runs" / m), "minutes": minutes,
              "steps": cfg.steps, "split_digits": cfg.split_digits, "quick": cfg.quick, "until_plateau": cfg.until_plateau,
              "max_context": cfg.max_context, "max_target": cfg.max_target, "eval_every": cfg.eval_every,
-             "bucket": cfg.bucket, "copy": cfg.copy, "state_only": cfg.state_only, "numbers": cfg.numbers}
+             "bucket": cfg.bucket, "copy": cfg.copy, "state_only": cfg.state_only, "numbers": cfg.numbers,
+             "seed": cfg.seed}
             for m in cfg.models]
     if cfg.report_only:
         saved = json.loads((out / "results.json").read_text())
@@ -141,7 +145,7 @@ def main(cfg: TextBenchConfig) -> None:
     settings = {"minutes": minutes, "steps": cfg.steps, "split_digits": cfg.split_digits, "mu_rec": cfg.mu_rec,
                 "data": cfg.data, "until_plateau": cfg.until_plateau, "max_context": cfg.max_context,
                 "max_target": cfg.max_target, "bucket": cfg.bucket, "copy": cfg.copy, "state_only": cfg.state_only,
-                "numbers": cfg.numbers,
+                "numbers": cfg.numbers, "seed": cfg.seed,
                 "state_starts": cfg.state_starts}
     atomic_write_json(out / "results.json", {"models": results, "depth_sweep": {str(k): v for k, v in sweep.items()},
                                              "settings": settings})

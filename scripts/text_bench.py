@@ -91,13 +91,13 @@ def _train(job: dict) -> str:
     model = TextModelConfig(kind=job["kind"], mu_rec=job["mu_rec"], n_deep=max(1, round(job["mu_rec"])),
                             max_context=job["max_context"], max_target=job["max_target"], copy=job["copy"],
                             decoder_reads_context=not job["state_only"], decoder_reads_actions=not job["state_only"],
-                            copy_pool="all" if job["state_only"] else "read", numbers=job.get("numbers", False))
+                            copy_pool="all" if job["state_only"] else "read", numbers=job["numbers"])
     if job["quick"]:
         model.d, model.n_state = 32, 4
     train_text(TextTrainConfig(data=job["data"], out=job["run"], model=model, threads=1, progress=False,
                                minutes=0.0 if job["steps"] else job["minutes"], steps=job["steps"] or 10**7,
                                split_digits=job["split_digits"], eval_every=50 if job["quick"] else job["eval_every"], bucket=job["bucket"],
-                               until_plateau=job["until_plateau"], seed=job.get("seed", 0)))
+                               until_plateau=job["until_plateau"], seed=job["seed"]))
     return job["run"]
 
 

@@ -18,6 +18,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from loopwm.text.corpus import has_number, is_look_around
 from loopwm.text.metrics import exact_match
 
 
@@ -33,9 +34,9 @@ def groups(rows: list[dict]) -> dict[str, list[int]]:
     for j, r in enumerate(rows):
         out["overall"].append(j)
         out[r["type"]].append(j)
-        if any(ch.isdigit() for ch in r["reference"]):
+        if has_number(r["reference"]):
             out["numbers"].append(j)
-        if r["actions"][-1].strip().lower() == "look around":
+        if is_look_around(r["actions"][-1]):
             out["look around"].append(j)
     return out
 

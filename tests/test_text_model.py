@@ -346,6 +346,12 @@ def test_number_values_read_whole_numbers_and_written_prefixes():
     long = torch.tensor([[12, 2, 3, 4, 5, 6, 7, 8, 12]])  # 1234567: exact in float32
     assert number_values(long, value, count, causal=False)[0][0, 1:8].tolist() == [1234567.0] * 7
     assert number_values(long, value, count, causal=True)[0][0, 5:8].tolist() == [12345.0, 123456.0, 1234567.0]
+    from loopwm.text.model import NUMBER_TOKENS
+
+    run = torch.tensor([[12] + [2, 3, 4] * 7])  # a 21-digit run: read from its last NUMBER_TOKENS tokens
+    full = number_values(run, value, count, causal=True)
+    window = number_values(run[:, -(NUMBER_TOKENS + 1):], value, count, causal=True)  # what generation keeps
+    assert full[0][0, -1] == window[0][0, -1] and full[1][0, -1] == window[1][0, -1]
 
 
 def test_number_features_start_at_zero_see_values_and_never_leak_from_later_digits():

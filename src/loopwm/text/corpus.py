@@ -70,6 +70,11 @@ def is_ambiguity(observation: str) -> bool:
     return observation.strip().lower().startswith(AMBIGUOUS)
 
 
+def has_number(observation: str) -> bool:
+    """Whether a reply holds a number: a reading (a position, a temperature) the world's state decides."""
+    return any(ch.isdigit() for ch in observation)
+
+
 STATE_ROWS = ("look around", "ambiguity")
 
 

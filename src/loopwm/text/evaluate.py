@@ -31,7 +31,8 @@ import torch
 import tyro
 
 from loopwm.models.exits import make_exit_rule
-from loopwm.text.corpus import STATE_ROWS, Batcher, Sample, eval_starts, load_trajectories, state_row, state_starts
+from loopwm.text.corpus import (STATE_ROWS, Batcher, Sample, eval_starts, has_number, load_trajectories, state_row,
+                                state_starts)
 from loopwm.text.metrics import entity_pattern, score_group
 from loopwm.text.train import load_text_run, mean_loss
 from loopwm.utils import LoopWMError, atomic_write_json, atomic_write_text, pick_device
@@ -103,8 +104,7 @@ def score(samples: list[Sample], predictions: list[str], trajs, patterns) -> dic
         groups[trajs[s.traj].type].append(j)
     which = [state_row(trajs[s.traj], s.t, s.k) for s in samples]
     rows = {name: [j for j, w in enumerate(which) if w == name] for name in STATE_ROWS}
-    # replies that hold a number: a reading (a position, a temperature) the world's state decides
-    rows["numbers"] = [j for j, ref in enumerate(refs) if any(ch.isdigit() for ch in ref)]
+    rows["numbers"] = [j for j, ref in enumerate(refs) if has_number(ref)]
 
     def of(idx):
         return score_group([predictions[j] for j in idx], [refs[j] for j in idx], [patterns[samples[j].traj] for j in idx])
@@ -169,8 +169,8 @@ def evaluate_text(cfg: TextEvalConfig) -> dict:
                          "examples": [{"task": trajs[s.traj].task, "action": trajs[s.traj].actions[s.t + k - 1],
                                        "reference": trajs[s.traj].observations[s.t + k], "prediction": p}
                                       for s, p in list(zip(samples, preds))[:5]]}
-        if cfg.predictions and k == k_max:
-            by_actions[k]["predictions"] = preds
+        if k == k_max:
+            head_predictions = preds
     state = {}
     for name, row_starts in state_starts(trajs, k_max, cfg.state_starts, cfg.seed).items() if cfg.state_starts else ():
         samples = [Sample(i, t, k_max) for i, t in row_starts]
@@ -185,7 +185,7 @@ def evaluate_text(cfg: TextEvalConfig) -> dict:
         lines = [json.dumps({"task": trajs[i].task, "type": trajs[i].type, "variation": trajs[i].variation,
                              "t": t, "actions": trajs[i].actions[t:t + k_max],
                              "reference": trajs[i].observations[t + k_max], "prediction": p})
-                 for (i, t), p in zip(starts, head.pop("predictions"))]
+                 for (i, t), p in zip(starts, head_predictions)]
         atomic_write_text(Path(cfg.predictions), "\n".join(lines) + "\n")
     # references longer than the decoder may write can never match exactly: say how many there are
     cut = sum(len(enc.ids(trajs[i].observations[t + k_max])) + 1 > m.max_target for i, t in starts)

@@ -114,6 +114,7 @@ class TextModelConfig:
 
 NUMBER_PERIODS = (10.0, 100.0, 1000.0)  # the value's phase over these periods: its last 1, 2, 3 digits
 MAX_PLACE = 8  # places of a digit within its number told apart (later ones share the last)
+NUMBER_TOKENS = 12  # a number's value is read from at most its last 12 tokens
 
 
 def number_values(ids: torch.Tensor, digit_value: torch.Tensor, digit_count: torch.Tensor, causal: bool):
@@ -133,12 +134,12 @@ def number_values(ids: torch.Tensor, digit_value: torch.Tensor, digit_count: tor
     e = c - c.gather(1, start_pos) + cnt.gather(1, start_pos)  # (B, N) digits of this number up to here
     e = torch.where(is_digit, e, 0)
     # prefix_t = prefix_{t-1} * 10^{digits of token t} + value of token t, inside a number: one pass per
-    # token of the longest number, in float32 (every device has it; exact below 2^24)
+    # token of the longest number (at most NUMBER_TOKENS), in float32 (every device has it; exact below 2^24)
     own = torch.where(is_digit, dv.float(), 0.0)  # (B, N)
     scale = torch.pow(10.0, cnt.float())  # (B, N)
     longest = int((pos - start_pos + 1)[is_digit].max()) if bool(is_digit.any()) else 0
     prefix = own
-    for _ in range(min(longest, 12) - 1):
+    for _ in range(min(longest, NUMBER_TOKENS) - 1):
         prefix = torch.where(prev & is_digit, F.pad(prefix[:, :-1], (1, 0)) * scale + own, own)  # (B, N)
     if causal:
         return prefix, e.clamp(0, MAX_PLACE), is_digit
@@ -389,8 +390,8 @@ class TextWorldModel(nn.Module):
     def decode_hidden(self, memory: Memory, tokens: torch.Tensor, caches: list | None = None, offset: int = 0,
                       kvs: list | None = None, history: torch.Tensor | None = None) -> torch.Tensor:
         """The decoder's normalised output (B, T, d) for input ids (B, T), teacher-forced (or cached,
-        one position at a time; `history` (B, offset + T) is then every input so far, which the number
-        features of a digit being continued need)."""
+        one position at a time; `history` then ends with the T inputs and holds at least NUMBER_TOKENS
+        before them where there are, which the number features of a digit being continued need)."""
         T = tokens.shape[1]
         if self.cfg.numbers and history is not None:
             y = self.embed_tokens(history, causal=True)[:, -T:]  # (B, T, d)
@@ -469,12 +470,14 @@ class TextWorldModel(nn.Module):
         keys = self.copy_keys(memory) if self.cfg.copy else None
         token = torch.full((B, 1), bos, dtype=torch.long, device=device)
         out, done = [], torch.zeros(B, dtype=torch.bool, device=device)
+        history = token if self.cfg.numbers else None  # (B, 1): what the number features read
         for t in range(max_len):
-            history = torch.cat([torch.full_like(token, bos)] + out, 1) if self.cfg.numbers else None  # (B, t + 1)
             scores = self.decode(memory, token, caches, offset=t, kvs=kvs, keys=keys, history=history)  # (B, 1, V)
             token = scores[:, -1].argmax(-1, keepdim=True)  # (B, 1)
             token = token.masked_fill(done[:, None], 0)
             out.append(token)
+            if history is not None:  # the latest inputs only: a number reads no further back
+                history = torch.cat([history, token], 1)[:, -(NUMBER_TOKENS + 1):]  # (B, <= NUMBER_TOKENS + 1)
             done = done | (token[:, 0] == eos)
             if bool(done.all()):
                 break

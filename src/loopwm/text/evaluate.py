@@ -1,4 +1,4 @@
-"""`loopwm text eval RUN`: the paper's protocol on held-out variations, beside two baselines.
+"""`loopwm text eval RUN`: the paper's protocol on held-out variations, beside four baselines.
 
     loopwm text eval runs/sciworld                 # tables: per task type, and Step 1..5
     loopwm text eval runs/sciworld --json          # one JSON object (also written to RUN/text_eval.json)
@@ -6,14 +6,12 @@
 From a fixed, seeded sample of start points in the test split (the simulator's own test
 variations, never trained on), the model reads the context, takes K = 1..5 actions in latent space
 and decodes the observation after the K-th; the scores at the largest K are the headline (the
-paper's "five consecutive actions"), the others its Step 1..5 table. Two baselines are scored by
-the same code on the same samples: `copy` repeats the last observation of the context, `lookup`
-answers with the observation that most often followed the last action's string in the training
-split (copying when the action was never seen). Rows for `look around` steps, for the
-simulator's ambiguity prompts and for replies that hold a number (readings such as "a brick
-approximately 53% down the plane") are reported on their own as well as inside the totals: there
-the answer depends on the state of the world, not on a template. A uniform sample holds few of them, so
-a second sample of start points whose last reply is one of these rows (`--state-starts` of each) is
+paper's "five consecutive actions"), the others its Step 1..5 table. The baselines of
+`loopwm.text.baselines` (copy, lookup, recall, trend) are scored by the same code on the same
+samples. Rows for `look around` steps, for the simulator's ambiguity prompts and for replies that
+hold a number (readings such as "a brick approximately 53% down the plane") are reported on their
+own as well as inside the totals: there the answer depends on the state of the world, not on a
+template. A uniform sample holds few of them, so a second sample of start points whose last reply is one of these rows (`--state-starts` of each) is
 scored as well, at the largest number of actions (`state_rows`).
 """
 
@@ -22,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -31,6 +29,7 @@ import torch
 import tyro
 
 from loopwm.models.exits import make_exit_rule
+from loopwm.text.baselines import BASELINES, baseline_answers, lookup_table
 from loopwm.text.corpus import (STATE_ROWS, Batcher, Sample, eval_starts, has_number, load_trajectories, state_row,
                                 state_starts)
 from loopwm.text.metrics import entity_pattern, score_group
@@ -78,22 +77,6 @@ class TextEvalConfig:
     device: str = "auto"
     """Where to run: "auto" (the accelerator when present, else the CPU), "cpu", or an accelerator device
     as torch names it (type[:index]); utils.pick_device chooses."""
-
-
-def lookup_table(trajs) -> dict[str, str]:
-    """Action string -> the observation that most often followed it in these trajectories."""
-    seen: dict[str, Counter] = defaultdict(Counter)
-    for traj in trajs:
-        for action, obs in zip(traj.actions, traj.observations[1:]):
-            seen[action][obs] += 1
-    return {a: c.most_common(1)[0][0] for a, c in seen.items()}
-
-
-def baseline_answers(samples: list[Sample], trajs, table: dict[str, str]) -> dict[str, list[str]]:
-    """The two baselines' replies: `copy` the context's last observation, `lookup` the table's reply
-    to the last action (copying when the action was never seen in training)."""
-    last = [trajs[s.traj].observations[s.t] for s in samples]
-    return {"copy": last, "lookup": [table.get(trajs[s.traj].actions[s.t + s.k - 1], o) for s, o in zip(samples, last)]}
 
 
 def score(samples: list[Sample], predictions: list[str], trajs, patterns) -> dict:
@@ -164,8 +147,9 @@ def evaluate_text(cfg: TextEvalConfig) -> dict:
         samples = [Sample(i, t, k) for i, t in starts]
         preds, iters = predict(model, enc, batcher, samples, depth, exit_rule, cfg.batch_size, device)
         base = baseline_answers(samples, trajs, table)
-        by_actions[k] = {"model": score(samples, preds, trajs, patterns), "copy": score(samples, base["copy"], trajs, patterns),
-                         "lookup": score(samples, base["lookup"], trajs, patterns), "iterations_per_step": iters,
+        by_actions[k] = {"model": score(samples, preds, trajs, patterns),
+                         **{name: score(samples, base[name], trajs, patterns) for name in BASELINES},
+                         "iterations_per_step": iters,
                          "examples": [{"task": trajs[s.traj].task, "action": trajs[s.traj].actions[s.t + k - 1],
                                        "reference": trajs[s.traj].observations[s.t + k], "prediction": p}
                                       for s, p in list(zip(samples, preds))[:5]]}
@@ -195,10 +179,10 @@ def evaluate_text(cfg: TextEvalConfig) -> dict:
         "exit_rule": cfg.exit, "threshold": cfg.threshold if exit_rule is not None else None,
         "iterations_per_step": head["iterations_per_step"],
         "overall": head["model"]["overall"], "per_task": head["model"]["per_task"], "rows": head["model"]["rows"],
-        "baselines": {"copy": head["copy"], "lookup": head["lookup"]}, "state_rows": state,
+        "baselines": {name: head[name] for name in BASELINES}, "state_rows": state,
         "state_reliance": reliance,
-        "by_actions": {str(k): {"overall": v["model"]["overall"], "copy": v["copy"]["overall"],
-                                "lookup": v["lookup"]["overall"], "rows": v["model"]["rows"],
+        "by_actions": {str(k): {"overall": v["model"]["overall"], **{name: v[name]["overall"] for name in BASELINES},
+                                "rows": v["model"]["rows"],
                                 "iterations_per_step": v["iterations_per_step"]} for k, v in by_actions.items()},
         "examples": head["examples"], "seconds": round(time.time() - t0, 1),
     }
@@ -214,37 +198,42 @@ def _fmt(x: float) -> str:
 def format_text_table(r: dict) -> str:
     """The paper's layout: one row per task type, EM / F1 / BLEU-4 / entity for the model, EM of the baselines."""
     w = max([14] + [len(t) + 1 for t in r["per_task"]])  # the name column fits the dataset's types
+    base = r["baselines"]
+    names = [n for n in BASELINES if n in base]  # results written before a baseline existed lack it
+    heads = "".join(f"{n + ' EM':>{max(8, len(n) + 4)}}" for n in names)
     lines = [f"{r['kind']} text world model, {r['params']:,} parameters, {r['iterations_per_step']:.2f} loop iterations "
              f"per action; {r['n_samples']} {r['split']} samples, {r['actions']} actions before decoding (percent)"
              + (f"; {r['cut_references']} references longer than the model may write (never an exact match)"
                 if r.get("cut_references") else ""),
-             f"{'type':<{w}}{'n':>5} {'EM':>6}{'F1':>6}{'BLEU4':>6}{'Ent':>6} | {'copy EM':>8}{'lookup EM':>10}"]
+             f"{'type':<{w}}{'n':>5} {'EM':>6}{'F1':>6}{'BLEU4':>6}{'Ent':>6} |{heads}"]
 
-    def row(name, s, c, lk):
+    def ems(scores: list[dict]) -> str:
+        return "".join(f"{_fmt(c['em']):>{max(8, len(n) + 4)}}" for n, c in zip(names, scores))
+
+    def row(name, s, group, key=None):
         lines.append(f"{name:<{w}}{s['n']:>5} " + "".join(f"{_fmt(s[m]):>6}" for m in METRICS)
-                     + f" | {_fmt(c['em']):>8}{_fmt(lk['em']):>10}")
+                     + " |" + ems([base[n][group][key] if key else base[n][group] for n in names]))
 
-    base = r["baselines"]
     for t, s in r["per_task"].items():
-        row(t, s, base["copy"]["per_task"][t], base["lookup"]["per_task"][t])
-    row("overall", r["overall"], base["copy"]["overall"], base["lookup"]["overall"])
+        row(t, s, "per_task", t)
+    row("overall", r["overall"], "overall")
     for name, s in r["rows"].items():
-        row(name, s, base["copy"]["rows"][name], base["lookup"]["rows"][name])
+        row(name, s, "rows", name)
     if r.get("state_rows"):
         lines += ["", f"state-tracking starts (their own sample, {r['actions']} actions): model EM / F1 / entity, "
-                      "then the baselines' EM / F1"]
+                      "then each baseline's EM / F1"]
         for name, s in r["state_rows"].items():
-            m, c, lk = s["model"], s["copy"], s["lookup"]
+            m = s["model"]
             lines.append(f"{name:<{w}}{m['n']:>5} {_fmt(m['em'])} /{_fmt(m['f1'])} /{_fmt(m['entity'])} | "
-                         f"copy {_fmt(c['em'])} /{_fmt(c['f1'])} | lookup {_fmt(lk['em'])} /{_fmt(lk['f1'])}")
+                         + " | ".join(f"{n} {_fmt(s[n]['em'])} /{_fmt(s[n]['f1'])}" for n in names if n in s))
     if r.get("state_reliance"):
         sr = r["state_reliance"]
         lines += ["", f"teacher-forced loss {sr['nll']:.3f}; with the latent state hidden from the decoder "
                       f"{sr['nll_state_hidden']:.3f} (how much the prediction relies on the state)"]
     lines.append("")
-    lines.append(f"{'actions':<8}{'EM':>6}{'F1':>6}{'BLEU4':>6}{'Ent':>6}{'iters':>7} | {'copy EM':>8}{'lookup EM':>10}")
+    lines.append(f"{'actions':<8}{'EM':>6}{'F1':>6}{'BLEU4':>6}{'Ent':>6}{'iters':>7} |{heads}")
     for k, v in r["by_actions"].items():
         o = v["overall"]
         lines.append(f"{'step ' + k:<8}" + "".join(f"{_fmt(o[m]):>6}" for m in METRICS)
-                     + f"{v['iterations_per_step']:>7.2f} | {_fmt(v['copy']['em']):>8}{_fmt(v['lookup']['em']):>10}")
+                     + f"{v['iterations_per_step']:>7.2f} |" + ems([v[n] for n in names]))
     return "\n".join(lines)

@@ -1,0 +1,59 @@
+"""The text baselines on hand-built trajectories: what each may read, and the replies it gives."""
+
+from loopwm.text.baselines import BASELINES, TREND_REPLIES, baseline_answers, extrapolate, lookup_table, template
+from loopwm.text.corpus import Sample, Trajectory
+
+
+def traj(actions, observations):
+    return Trajectory(task="t", type="Incline", split="test", variation=0, kind="gold", task_description="d",
+                      observations=observations, actions=actions, entities=[])
+
+
+def gauge(v):
+    return f"the gauge reads {v} units"
+
+
+def test_template_masks_numbers_not_names():
+    assert template("a brick approximately 53% down plane 2, at -4.5 degrees") == \
+        "a brick approximately #% down plane #, at # degrees"
+    assert template("room2 and x-ray") == "room2 and x-ray"  # digits inside a word are not readings
+
+
+def test_recall_reads_only_the_context_and_falls_back_to_the_lookup():
+    acts = ["look", "open door", "look", "open door", "look"]
+    obs = ["start", "room A", "done", "room B", "already open", "room C"]
+    tr = [traj(acts, obs)]
+    table = {"look": "a room", "open door": "The door is now open."}
+    # context o_0..o_2, then a_3 = look, a_4 = open door: the last look in the context saw room A
+    ans = baseline_answers([Sample(0, 2, 1), Sample(0, 2, 2), Sample(0, 0, 1)], tr, table)
+    assert ans["recall"] == ["room A", "done", "a room"]  # nothing seen from o_0 alone: the lookup's reply
+    assert ans["copy"] == ["done", "done", "start"]
+    assert ans["lookup"] == ["a room", "The door is now open.", "a room"]
+    assert set(ans) == set(BASELINES) and all(len(v) == 3 for v in ans.values())
+
+
+def test_trend_reads_a_line_through_the_readings_at_the_step_asked():
+    acts = ["read"] * 6
+    obs = ["start", gauge(10), gauge(12), "the gauge is broken", gauge(16), gauge(18), gauge(20)]
+    tr = [traj(acts, obs)]
+    # context o_0..o_4: readings 10, 12, 16 at steps 1, 2, 4 (the reply of another wording is skipped)
+    ans = baseline_answers([Sample(0, 4, 2)], tr, {})
+    assert ans["recall"] == [gauge(16)] and ans["trend"] == [gauge(20)]
+    assert extrapolate([(1, gauge(3)), (2, gauge(4))], 10) == gauge(12)
+    assert extrapolate([(1, "at 1.5 and 7"), (3, "at 2.5 and 7")], 5) == "at 3.5 and 7"  # decimals kept
+    assert extrapolate([(1, gauge(-2)), (2, gauge(-4))], 3) == gauge(-6)
+    assert extrapolate([(1, gauge(3))], 5) is None  # one reading has no trend
+    assert extrapolate([(1, "no reading"), (2, "no reading")], 5) is None
+    only_one = baseline_answers([Sample(0, 1, 1)], tr, {})
+    assert only_one["trend"] == only_one["recall"] == [gauge(10)]
+
+
+def test_trend_fits_the_last_readings_only():
+    values = [500] * 3 + [10 * i for i in range(TREND_REPLIES)]  # a start off the line, then TREND_REPLIES on it
+    readings = [(j, gauge(v)) for j, v in enumerate(values, start=1)]
+    assert extrapolate(readings, len(values) + 2) == gauge(10 * (TREND_REPLIES + 1))
+
+
+def test_lookup_table_takes_the_most_frequent_reply():
+    trs = [traj(["a", "a", "b"], ["o", "x", "y", "z"]), traj(["a"], ["o", "y"])]
+    assert lookup_table(trs) == {"a": "y", "b": "z"}

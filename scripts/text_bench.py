@@ -3,8 +3,9 @@
 Both models share the tokenizer settings, the encoder, the decoder and the data; the looped one
 runs its one shared block `mu_rec` times per action, the deep one `n_deep = mu_rec` distinct blocks
 once. Each trains for the same wall-clock minutes (one thread each, side by side), then both are
-scored on the simulator's test variations with 1 to 5 actions before decoding, beside the copy and
-lookup baselines, and the looped one again at other test-time loop counts.
+scored on the simulator's test variations with 1 to 5 actions before decoding, beside the
+baselines of loopwm.text.baselines (copy, lookup, recall, trend), and the looped one again at other
+test-time loop counts.
 
     loopwm text collect --out data/sciworld                       # about 20-40 minutes on 2 cores
     python scripts/text_bench.py --data data/sciworld --out results/text --minutes 40
@@ -30,7 +31,7 @@ from loopwm.utils import atomic_write_json, atomic_write_text, worker_pool
 
 @dataclass
 class TextBenchConfig:
-    """Looped against deep text world models on ScienceWorld, with the copy and lookup baselines."""
+    """Looped against deep text world models on ScienceWorld, with the baselines that need no training."""
 
     data: str = "data/sciworld"
     """Text dataset from loopwm text collect."""
@@ -221,8 +222,11 @@ def plots(results: dict, sweep: dict, out: Path) -> None:
             ax.plot([int(k) for k in ks], [r["by_actions"][k]["overall"][metric] for k in ks], "o-", label=kind)
         first = next(iter(results.values()))
         ks = sorted(first["by_actions"], key=int)
-        for base, style in (("copy", ":"), ("lookup", "--")):
-            ax.plot([int(k) for k in ks], [first["by_actions"][k][base][metric] for k in ks], style, color="grey", label=base)
+        for base, style, colour in (("copy", ":", "grey"), ("lookup", "--", "grey"), ("recall", "-.", "tab:orange"),
+                                    ("trend", ":", "tab:green")):
+            if base in first["by_actions"][ks[0]]:  # results from before a baseline existed lack it
+                ax.plot([int(k) for k in ks], [first["by_actions"][k][base][metric] for k in ks], linestyle=style,
+                        color=colour, label=base)
         ax.set_xlabel("actions before decoding")
         ax.set_title(name)
         ax.set_ylim(0, 100)

@@ -436,7 +436,7 @@ def test_text_train_resumes_and_eval_reports_the_papers_fields(toy, tmp_path, ca
     assert 0 < sr["nll"] < sr["nll_state_hidden"] < 50
     looks = result["state_rows"]["look around"]
     assert looks["model"]["n"] == looks["lookup"]["n"] == 3 and result["state_rows"]["ambiguity"]["model"]["n"] == 0
-    assert set(result["baselines"]) == set(looks) - {"model"} == {"copy", "lookup", "recall", "trend"}
+    assert set(result["baselines"]) == set(looks) - {"model"} == {"copy", "lookup", "recall", "trend", "trend-context"}
     for key in ("overall", "per_task", "n_samples", "iterations_per_step", "params", "baselines", "by_actions"):
         assert key in result
     assert set(result["per_task"]) <= {"Find", "Boil"} and result["n_samples"] == 6

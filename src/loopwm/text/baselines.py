@@ -10,6 +10,8 @@
   last few replies to the same action that share the recall's wording (numbers aside), read at the
   step being predicted. The floor for readings that change at a steady rate (a block sliding down a
   plane, a pot heating up); the recall when there are fewer than two such replies.
+- `trend-context` (with a model's Batcher): the trend from the transitions the model's own context
+  window holds whole, so a model is compared with what it was given to read.
 
 A model that only beats `lookup` knows the templates; one that beats `recall` and `trend` tracks
 the world's state as well as the history in front of it does.
@@ -22,7 +24,7 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
-from loopwm.text.corpus import Sample, Trajectory
+from loopwm.text.corpus import Batcher, Sample, Trajectory
 
 # a number in a reply: digits with an optional fraction and sign (not a hyphen inside a word)
 NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?")
@@ -46,10 +48,10 @@ def template(text: str) -> str:
     return NUMBER.sub("#", text)
 
 
-def earlier_replies(traj: Trajectory, t: int, action: str) -> list[tuple[int, str]]:
+def earlier_replies(traj: Trajectory, t: int, action: str, first: int = 1) -> list[tuple[int, str]]:
     """(step, reply) for every time `action` was taken within the context o_0 .. o_t, oldest first;
-    step j means the reply is o_j."""
-    return [(i + 1, traj.observations[i + 1]) for i in range(t) if traj.actions[i] == action]
+    step j means the reply is o_j (only steps from `first` on)."""
+    return [(i + 1, traj.observations[i + 1]) for i in range(first - 1, t) if traj.actions[i] == action]
 
 
 def extrapolate(replies: list[tuple[int, str]], step: int) -> str | None:
@@ -69,21 +71,32 @@ def extrapolate(replies: list[tuple[int, str]], step: int) -> str | None:
     return NUMBER.sub(lambda _: next(texts), last)
 
 
-def baseline_answers(samples: list[Sample], trajs: list[Trajectory], table: dict[str, str]) -> dict[str, list[str]]:
-    """Each baseline's reply to each sample (the observation after a_{t+k}, from the context o_0 .. o_t)."""
-    out: dict[str, list[str]] = {"copy": [], "lookup": [], "recall": [], "trend": []}
+def trend_answer(traj: Trajectory, s: Sample, fallback: str, first: int = 1) -> str:
+    """The trend baseline's reply from the steps `first` .. t of the context."""
+    replies = earlier_replies(traj, s.t, traj.actions[s.t + s.k - 1], first)
+    if not replies:
+        return fallback
+    guess = extrapolate(replies, s.t + s.k)
+    return replies[-1][1] if guess is None else guess
+
+
+def baseline_answers(samples: list[Sample], trajs: list[Trajectory], table: dict[str, str],
+                     batcher: Batcher | None = None) -> dict[str, list[str]]:
+    """Each baseline's reply to each sample (the observation after a_{t+k}, from the context o_0 .. o_t);
+    with a model's `batcher`, `trend-context` as well."""
+    out: dict[str, list[str]] = {name: [] for name in BASELINES if batcher is not None or name != "trend-context"}
     for s in samples:
         traj = trajs[s.traj]
         last_obs, action = traj.observations[s.t], traj.actions[s.t + s.k - 1]
         looked_up = table.get(action, last_obs)
         replies = earlier_replies(traj, s.t, action)
-        recalled = replies[-1][1] if replies else looked_up
-        trend = extrapolate(replies, s.t + s.k) if replies else None
         out["copy"].append(last_obs)
         out["lookup"].append(looked_up)
-        out["recall"].append(recalled)
-        out["trend"].append(recalled if trend is None else trend)
+        out["recall"].append(replies[-1][1] if replies else looked_up)
+        out["trend"].append(trend_answer(traj, s, looked_up))
+        if batcher is not None:
+            out["trend-context"].append(trend_answer(traj, s, looked_up, batcher.first_whole_step(traj, s.t)))
     return out
 
 
-BASELINES = ("copy", "lookup", "recall", "trend")
+BASELINES = ("copy", "lookup", "recall", "trend", "trend-context")

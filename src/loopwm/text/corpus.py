@@ -201,13 +201,29 @@ class Batcher:
         self.enc, self.trajs = enc, trajs
         self.max_context, self.max_action, self.max_target = max_context, max_action, max_target
 
-    def context_ids(self, traj: Trajectory, t: int) -> list[int]:
+    def _task_and_pieces(self, traj: Trajectory, t: int) -> tuple[list[int], list[list[int]]]:
         task = self.enc.ids(traj.task_description.strip())[: self.max_context // 4] + [self.enc.sep]
         # o_0 once, then each transition: pieces are cached, so long trajectories cost little
         pieces = [self.enc.ids(traj.observations[0])]
         for i in range(t):
             pieces.append(self.enc.ids(f"\n> {traj.actions[i]}\n"))
             pieces.append(self.enc.ids(traj.observations[i + 1]))
+        return task, pieces
+
+    def first_whole_step(self, traj: Trajectory, t: int) -> int:
+        """The oldest step j whose action a_j and reply o_j the context of o_0 .. o_t holds whole: what
+        the model can read of the episode (t + 1 when not even the last transition fits)."""
+        task, pieces = self._task_and_pieces(traj, t)
+        room, first = self.max_context - len(task), t + 1
+        for j in range(t, 0, -1):  # pieces[2j - 1] is a_j, pieces[2j] is o_j
+            room -= len(pieces[2 * j]) + len(pieces[2 * j - 1])
+            if room < 0:
+                break
+            first = j
+        return first
+
+    def context_ids(self, traj: Trajectory, t: int) -> list[int]:
+        task, pieces = self._task_and_pieces(traj, t)
         room = self.max_context - len(task)
         tail: list[int] = []
         for piece in reversed(pieces):  # newest first, until the budget is spent

@@ -7,12 +7,13 @@ From a fixed, seeded sample of start points in the test split (the simulator's o
 variations, never trained on), the model reads the context, takes K = 1..5 actions in latent space
 and decodes the observation after the K-th; the scores at the largest K are the headline (the
 paper's "five consecutive actions"), the others its Step 1..5 table. The baselines of
-`loopwm.text.baselines` (copy, lookup, recall, trend) are scored by the same code on the same
-samples. Rows for `look around` steps, for the simulator's ambiguity prompts and for replies that
-hold a number (readings such as "a brick approximately 53% down the plane") are reported on their
-own as well as inside the totals: there the answer depends on the state of the world, not on a
-template. A uniform sample holds few of them, so a second sample of start points whose last reply is one of these rows (`--state-starts` of each) is
-scored as well, at the largest number of actions (`state_rows`).
+`loopwm.text.baselines` (copy, lookup, recall, trend, and trend from the model's own context window)
+are scored by the same code on the same samples. Rows for `look around` steps, for the simulator's
+ambiguity prompts and for replies that hold a number (readings such as "a brick approximately 53%
+down the plane") are reported on their own as well as inside the totals: there the answer depends on
+the state of the world, not on a template. A uniform sample holds few of them, so a second sample
+of start points whose last reply is one of these rows (`--state-starts` of each) is scored as well,
+at the largest number of actions (`state_rows`).
 """
 
 from __future__ import annotations
@@ -146,7 +147,7 @@ def evaluate_text(cfg: TextEvalConfig) -> dict:
     for k in sorted(set(cfg.actions)):
         samples = [Sample(i, t, k) for i, t in starts]
         preds, iters = predict(model, enc, batcher, samples, depth, exit_rule, cfg.batch_size, device)
-        base = baseline_answers(samples, trajs, table)
+        base = baseline_answers(samples, trajs, table, batcher)
         by_actions[k] = {"model": score(samples, preds, trajs, patterns),
                          **{name: score(samples, base[name], trajs, patterns) for name in BASELINES},
                          "iterations_per_step": iters,
@@ -161,7 +162,7 @@ def evaluate_text(cfg: TextEvalConfig) -> dict:
         preds, _ = predict(model, enc, batcher, samples, depth, exit_rule, cfg.batch_size, device)
         refs = [trajs[s.traj].observations[s.t + k_max] for s in samples]
         pats = [patterns[s.traj] for s in samples]
-        answers = {"model": preds, **baseline_answers(samples, trajs, table)}
+        answers = {"model": preds, **baseline_answers(samples, trajs, table, batcher)}
         state[name] = {who: score_group(a, refs, pats) for who, a in answers.items()}
     reliance = state_reliance(model, batcher, [Sample(i, t, k_max) for i, t in starts], depth, cfg.batch_size, device)
     head = by_actions[k_max]

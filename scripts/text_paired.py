@@ -4,6 +4,7 @@ its standard error, overall, per task type and on the rows that need the world's
     loopwm text eval RUN_A --actions 5 --state-starts 0 --predictions A.jsonl
     loopwm text eval RUN_B --actions 5 --state-starts 0 --predictions B.jsonl
     python scripts/text_paired.py A.jsonl B.jsonl            # markdown table on stdout
+    python scripts/text_paired.py --against trend B.jsonl    # a baseline (A) against the model in B.jsonl
 
 Both files must hold the same start points (the same data, split, --max-starts and --seed), which is
 checked. The standard error of a paired difference of exact matches counts the starts where the
@@ -50,10 +51,23 @@ def paired(a: list[bool], b: list[bool]) -> tuple[float, float]:
     return 100 * mean, 100 * math.sqrt(var / n)
 
 
+def baseline_rows(rows: list[dict], name: str, path: str) -> list[dict]:
+    """The rows with a baseline's reply (written beside the model's by `text eval --predictions`) as the prediction."""
+    try:
+        return [{**r, "prediction": r["baselines"][name]} for r in rows]
+    except KeyError:
+        names = sorted(rows[0].get("baselines", {})) if rows else []
+        sys.exit(f"{path} holds no {name!r} baseline replies ({', '.join(names) or 'none: re-run text eval --predictions'})")
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        sys.exit("usage: python scripts/text_paired.py A.jsonl B.jsonl")
-    a, b = read(argv[0]), read(argv[1])
+    if len(argv) == 3 and argv[0] == "--against":
+        b = read(argv[2])
+        a = baseline_rows(b, argv[1], argv[2])
+    elif len(argv) == 2:
+        a, b = read(argv[0]), read(argv[1])
+    else:
+        sys.exit("usage: python scripts/text_paired.py A.jsonl B.jsonl, or --against BASELINE B.jsonl")
     key = [(r["task"], r["variation"], r["t"]) for r in a]
     if key != [(r["task"], r["variation"], r["t"]) for r in b] or any(x["reference"] != y["reference"] for x, y in zip(a, b)):
         sys.exit("the two files hold different start points or references: score both runs on the same data, split and seed")

@@ -414,3 +414,12 @@ def test_text_paired_pairs_two_models_on_the_same_starts(load, tmp_path, capsys)
     other = write("c.jsonl", [(r + " more", r) for r in refs])
     with pytest.raises(SystemExit, match="different start points"):
         module.main([a, other])
+    rows = [json.loads(x) for x in Path(b).read_text().splitlines()]  # text eval writes each baseline's reply too
+    for r, trend in zip(rows, ["a brick 12% down", "a brick 13% down", "The door is open.", "a brick 17% down"]):
+        r["baselines"] = {"trend": trend}
+    Path(b).write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    capsys.readouterr()
+    assert module.main(["--against", "trend", b]) == 0  # the trend (A) against the model (B)
+    assert "| overall | 4 | 75.0 | 75.0 | +0.0 (40.8) |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no 'recall' baseline replies"):
+        module.main(["--against", "recall", b])

@@ -407,6 +407,7 @@ def test_number_features_train_save_and_load_with_the_tokenizers_digits(tmp_path
     result = json.loads(capsys.readouterr().out)
     lines = [json.loads(x) for x in preds.read_text().splitlines()]
     assert result["n_samples"] == len(lines) == 4 and all(len(r["actions"]) == 2 for r in lines)
+    assert all(set(r["baselines"]) == set(result["baselines"]) for r in lines)  # for text_paired.py --against
     numeric = [r for r in lines if any(ch.isdigit() for ch in r["reference"])]  # the clock's readings
     assert result["rows"]["numbers"]["n"] == len(numeric)
 

@@ -73,8 +73,9 @@ class TextEvalConfig:
     out: str = ""
     """Where to write the JSON (empty: RUN/text_eval.json)."""
     predictions: str = ""
-    """Also write every reply decoded after the largest number of actions, with its reference, to this
-    JSON-lines file (empty: none), for reading the errors one by one."""
+    """Also write every reply decoded after the largest number of actions, with its reference and each
+    baseline's reply, to this JSON-lines file (empty: none), for reading the errors one by one and for
+    scripts/text_paired.py."""
     device: str = "auto"
     """Where to run: "auto" (the accelerator when present, else the CPU), "cpu", or an accelerator device
     as torch names it (type[:index]); utils.pick_device chooses."""
@@ -155,7 +156,7 @@ def evaluate_text(cfg: TextEvalConfig) -> dict:
                                        "reference": trajs[s.traj].observations[s.t + k], "prediction": p}
                                       for s, p in list(zip(samples, preds))[:5]]}
         if k == k_max:
-            head_predictions = preds
+            head_predictions, head_baselines = preds, base
     state = {}
     for name, row_starts in state_starts(trajs, k_max, cfg.state_starts, cfg.seed).items() if cfg.state_starts else ():
         samples = [Sample(i, t, k_max) for i, t in row_starts]
@@ -169,8 +170,9 @@ def evaluate_text(cfg: TextEvalConfig) -> dict:
     if cfg.predictions:
         lines = [json.dumps({"task": trajs[i].task, "type": trajs[i].type, "variation": trajs[i].variation,
                              "t": t, "actions": trajs[i].actions[t:t + k_max],
-                             "reference": trajs[i].observations[t + k_max], "prediction": p})
-                 for (i, t), p in zip(starts, head_predictions)]
+                             "reference": trajs[i].observations[t + k_max], "prediction": p,
+                             "baselines": {name: replies[j] for name, replies in head_baselines.items()}})
+                 for j, ((i, t), p) in enumerate(zip(starts, head_predictions))]
         atomic_write_text(Path(cfg.predictions), "\n".join(lines) + "\n")
     # references longer than the decoder may write can never match exactly: say how many there are
     cut = sum(len(enc.ids(trajs[i].observations[t + k_max])) + 1 > m.max_target for i, t in starts)

@@ -423,3 +423,7 @@ def test_text_paired_pairs_two_models_on_the_same_starts(load, tmp_path, capsys)
     assert "| overall | 4 | 75.0 | 75.0 | +0.0 (40.8) |" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no 'recall' baseline replies"):
         module.main(["--against", "recall", b])
+    rows = [{"type": "Find", "actions": ["look around"], "reference": "Ambiguous request: 0: a, 1: a"},
+            {"type": "Find", "actions": ["focus on a"], "reference": "Ambiguous request: 0: a, 1: a"}]
+    assert dict(module.groups(rows)) == {"overall": [0, 1], "Find": [0, 1], "numbers": [0, 1],
+                                         "look around": [0], "ambiguity": [1]}  # text eval's rows

@@ -26,6 +26,7 @@ import numpy as np
 
 from loopwm.text.corpus import Batcher, Sample, Trajectory
 
+BASELINES = ("copy", "lookup", "recall", "trend", "trend-context")  # in the order text eval prints them
 # a number in a reply: digits with an optional fraction and sign (not a hyphen inside a word)
 NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?")
 # earlier replies a trend line is fitted through (the most recent ones). Chosen on the dev split at 5
@@ -98,5 +99,3 @@ def baseline_answers(samples: list[Sample], trajs: list[Trajectory], table: dict
             out["trend-context"].append(trend_answer(traj, s, looked_up, batcher.first_whole_step(traj, s.t)))
     return out
 
-
-BASELINES = ("copy", "lookup", "recall", "trend", "trend-context")

@@ -1,4 +1,4 @@
-"""`loopwm text eval RUN`: the paper's protocol on held-out variations, beside four baselines.
+"""`loopwm text eval RUN`: the paper's protocol on held-out variations, beside baselines that need no training.
 
     loopwm text eval runs/sciworld                 # tables: per task type, and Step 1..5
     loopwm text eval runs/sciworld --json          # one JSON object (also written to RUN/text_eval.json)

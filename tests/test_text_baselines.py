@@ -1,6 +1,13 @@
 """The text baselines on hand-built trajectories: what each may read, and the replies it gives."""
 
-from loopwm.text.baselines import BASELINES, TREND_REPLIES, baseline_answers, extrapolate, lookup_table, template
+from loopwm.text.baselines import (
+    BASELINES,
+    TREND_REPLIES,
+    baseline_answers,
+    extrapolate,
+    lookup_table,
+    template,
+)
 from loopwm.text.corpus import Sample, Trajectory
 
 

@@ -19,7 +19,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from loopwm.text.corpus import has_number, is_ambiguity, is_look_around
+from loopwm.text.corpus import STATE_ROWS, has_number, reply_row
 from loopwm.text.metrics import exact_match
 
 
@@ -37,10 +37,9 @@ def groups(rows: list[dict]) -> dict[str, list[int]]:
         out[r["type"]].append(j)
         if has_number(r["reference"]):
             out["numbers"].append(j)
-        if is_look_around(r["actions"][-1]):
-            out["look around"].append(j)
-        elif is_ambiguity(r["reference"]):  # text eval's rows: a look around is never counted twice
-            out["ambiguity"].append(j)
+        row = reply_row(r["actions"][-1], r["reference"])  # text eval's rows
+        if row is not None:
+            out[row].append(j)
     return out
 
 
@@ -76,7 +75,7 @@ def main(argv: list[str]) -> int:
     hit_a = [exact_match(r["prediction"], r["reference"]) for r in a]
     hit_b = [exact_match(r["prediction"], r["reference"]) for r in b]
     print("| rows | n | EM A | EM B | B - A (paired SE) |\n|---|---|---|---|---|")
-    for name, idx in sorted(groups(a).items(), key=lambda g: (g[0] != "overall", g[0] not in ("numbers", "look around", "ambiguity"), g[0])):
+    for name, idx in sorted(groups(a).items(), key=lambda g: (g[0] != "overall", g[0] not in ("numbers", *STATE_ROWS), g[0])):
         ea = 100 * sum(hit_a[j] for j in idx) / len(idx)
         eb = 100 * sum(hit_b[j] for j in idx) / len(idx)
         diff, se = paired([hit_a[j] for j in idx], [hit_b[j] for j in idx])

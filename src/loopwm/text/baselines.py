@@ -49,10 +49,10 @@ def template(text: str) -> str:
     return NUMBER.sub("#", text)
 
 
-def earlier_replies(traj: Trajectory, t: int, action: str, first: int = 1) -> list[tuple[int, str]]:
+def earlier_replies(traj: Trajectory, t: int, action: str) -> list[tuple[int, str]]:
     """(step, reply) for every time `action` was taken within the context o_0 .. o_t, oldest first;
-    step j means the reply is o_j (only steps from `first` on)."""
-    return [(i + 1, traj.observations[i + 1]) for i in range(first - 1, t) if traj.actions[i] == action]
+    step j means the reply is o_j."""
+    return [(i + 1, traj.observations[i + 1]) for i in range(t) if traj.actions[i] == action]
 
 
 def extrapolate(replies: list[tuple[int, str]], step: int) -> str | None:
@@ -72,12 +72,12 @@ def extrapolate(replies: list[tuple[int, str]], step: int) -> str | None:
     return NUMBER.sub(lambda _: next(texts), last)
 
 
-def trend_answer(traj: Trajectory, s: Sample, fallback: str, first: int = 1) -> str:
-    """The trend baseline's reply from the steps `first` .. t of the context."""
-    replies = earlier_replies(traj, s.t, traj.actions[s.t + s.k - 1], first)
+def trend_answer(replies: list[tuple[int, str]], step: int, fallback: str) -> str:
+    """The trend baseline's reply at `step` from these earlier replies: the fallback when there are
+    none, the last one when they hold no line."""
     if not replies:
         return fallback
-    guess = extrapolate(replies, s.t + s.k)
+    guess = extrapolate(replies, step)
     return replies[-1][1] if guess is None else guess
 
 
@@ -94,8 +94,9 @@ def baseline_answers(samples: list[Sample], trajs: list[Trajectory], table: dict
         out["copy"].append(last_obs)
         out["lookup"].append(looked_up)
         out["recall"].append(replies[-1][1] if replies else looked_up)
-        out["trend"].append(trend_answer(traj, s, looked_up))
+        out["trend"].append(trend_answer(replies, s.t + s.k, looked_up))
         if batcher is not None:
-            out["trend-context"].append(trend_answer(traj, s, looked_up, batcher.first_whole_step(traj, s.t)))
+            first = batcher.first_whole_step(traj, s.t)
+            out["trend-context"].append(trend_answer([r for r in replies if r[0] >= first], s.t + s.k, looked_up))
     return out
 

@@ -78,14 +78,19 @@ def has_number(observation: str) -> bool:
 STATE_ROWS = ("look around", "ambiguity")
 
 
-def state_row(traj: Trajectory, t: int, k: int) -> str | None:
-    """Which state-tracking row the reply after a_{t+k} belongs to, if any: a `look around` (the room
-    as it is now) or an ambiguity prompt (the objects that answer to a name right now)."""
-    if is_look_around(traj.actions[t + k - 1]):
+def reply_row(action: str, reply: str) -> str | None:
+    """Which state-tracking row a reply to `action` belongs to, if any: a `look around` (the room as it
+    is now) or an ambiguity prompt (the objects that answer to a name right now)."""
+    if is_look_around(action):
         return "look around"
-    if is_ambiguity(traj.observations[t + k]):
+    if is_ambiguity(reply):
         return "ambiguity"
     return None
+
+
+def state_row(traj: Trajectory, t: int, k: int) -> str | None:
+    """The state-tracking row of the reply after a_{t+k}, if any (reply_row)."""
+    return reply_row(traj.actions[t + k - 1], traj.observations[t + k])
 
 
 # ----- tokenizer -----

@@ -203,7 +203,8 @@ def format_text_table(r: dict) -> str:
     w = max([14] + [len(t) + 1 for t in r["per_task"]])  # the name column fits the dataset's types
     base = r["baselines"]
     names = [n for n in BASELINES if n in base]  # results written before a baseline existed lack it
-    heads = "".join(f"{n + ' EM':>{max(8, len(n) + 4)}}" for n in names)
+    widths = [max(8, len(n) + 4) for n in names]  # a column fits its name
+    heads = "".join(f"{n + ' EM':>{wd}}" for n, wd in zip(names, widths))
     lines = [f"{r['kind']} text world model, {r['params']:,} parameters, {r['iterations_per_step']:.2f} loop iterations "
              f"per action; {r['n_samples']} {r['split']} samples, {r['actions']} actions before decoding (percent)"
              + (f"; {r['cut_references']} references longer than the model may write (never an exact match)"
@@ -211,7 +212,7 @@ def format_text_table(r: dict) -> str:
              f"{'type':<{w}}{'n':>5} {'EM':>6}{'F1':>6}{'BLEU4':>6}{'Ent':>6} |{heads}"]
 
     def ems(scores: list[dict]) -> str:
-        return "".join(f"{_fmt(c['em']):>{max(8, len(n) + 4)}}" for n, c in zip(names, scores))
+        return "".join(f"{_fmt(c['em']):>{wd}}" for wd, c in zip(widths, scores))
 
     def row(name, s, group, key=None):
         lines.append(f"{name:<{w}}{s['n']:>5} " + "".join(f"{_fmt(s[m]):>6}" for m in METRICS)

@@ -4,6 +4,7 @@ from loopwm.text.baselines import (
     BASELINES,
     TREND_REPLIES,
     baseline_answers,
+    episode_hints,
     extrapolate,
     lookup_table,
     template,
@@ -69,7 +70,7 @@ def test_lookup_table_takes_the_most_frequent_reply():
 class CharEncoder:
     """One token per character: enough for the Batcher's window arithmetic."""
 
-    sep = 0
+    sep, bos, eos = 0, 1, 2
 
     def ids(self, text):
         return [ord(c) for c in text]
@@ -99,3 +100,37 @@ def test_first_whole_step_matches_the_context_window():
     first = narrow.first_whole_step(tr, 6)
     assert first == 6 and ans["trend-context"] == [gauge(60)]  # one reading in the window: its recall
     assert ans["trend"] == [gauge(80)]
+
+
+def test_episode_hints_read_only_the_context_newest_first_with_their_distance():
+    acts = ["read", "open", "read", "read", "open", "read"]
+    obs = ["start", gauge(10), "opened", gauge(12), gauge(14), "already open", gauge(18)]
+    tr = traj(acts, obs)
+    replies = episode_hints("replies", 16)
+    # context o_0..o_4, then a_5 = open, a_6 = read: the reply after a_6 (step 6) is predicted
+    assert replies(tr, 4, 2) == [(2, gauge(14)), (3, gauge(12)), (5, gauge(10))]
+    assert episode_hints("replies", 2)(tr, 4, 2) == [(2, gauge(14)), (3, gauge(12))]  # the newest ones
+    assert replies(tr, 4, 1) == [(3, "opened")]  # a_5 = open was taken once before, at step 2
+    assert replies(tr, 0, 1) == []  # nothing seen yet
+    assert episode_hints("trend", 16)(tr, 4, 2) == [(0, gauge(16))]  # the line through 10, 12, 14 at steps 1, 3, 4
+    assert episode_hints("trend", 16)(tr, 4, 2)[0][1] == baseline_answers([Sample(0, 4, 2)], [tr], {})["trend"][0]
+    assert episode_hints("none", 16) is None
+
+
+def test_batched_hints_keep_the_newest_within_the_token_budget():
+    from loopwm.text.corpus import Batcher
+
+    acts = ["read"] * 6
+    obs = ["start"] + [gauge(10 * i) for i in range(1, 7)]  # each reply is 24 characters
+    tr = traj(acts, obs)
+    batcher = Batcher(CharEncoder(), [tr], 400, 16, 64, hints=episode_hints("replies", 16), hint_tokens=50)
+    arrays = batcher.hint_arrays([Sample(0, 4, 1), Sample(0, 1, 1), Sample(0, 0, 1)])
+    ids, pos, tags = arrays["hints"], arrays["hint_pos"], arrays["hint_tags"]
+    assert ids.shape == pos.shape == tags.shape == (3, 48)
+    first = "".join(map(chr, ids[0][ids[0] > 0]))
+    assert first == gauge(40) + gauge(30)  # two whole replies fit in 50 tokens, the third does not
+    assert list(tags[0]) == [1] * 24 + [2] * 24 and pos[0, 24] == 0 and pos[0, 47] == 23
+    assert "".join(map(chr, ids[1][ids[1] > 0])) == gauge(10) and (ids[2] == 0).all()  # none before o_1
+    tight = Batcher(CharEncoder(), [tr], 400, 16, 64, hints=episode_hints("replies", 16), hint_tokens=8)
+    assert "".join(map(chr, tight.hint_arrays([Sample(0, 4, 1)])["hints"][0])) == gauge(40)[:8]  # the newest, cut
+    assert "hints" not in Batcher(CharEncoder(), [tr], 400, 16, 64).batch([Sample(0, 4, 1)])

@@ -451,6 +451,18 @@ def test_text_train_resumes_and_eval_reports_the_papers_fields(toy, tmp_path, ca
     assert (run / "text_eval.json").exists()
     assert main(["text", "eval", str(run), "--max-starts", "4", "--actions", "2", "--exit", "delta", "--depth", "6"]) == 0
     assert "overall" in capsys.readouterr().out
+    # the baselines alone, without a model: the same samples, the same scores
+    out = tmp_path / "baselines.json"
+    assert main(["text", "baselines", str(toy), "--json", "--max-starts", "6", "--actions", "1", "3",
+                 "--state-starts", "3", "--out", str(out)]) == 0
+    alone = json.loads(capsys.readouterr().out)
+    assert alone == json.loads(out.read_text()) and alone["n_samples"] == 6
+    assert alone["baselines"] == {n: b for n, b in result["baselines"].items() if n != "trend-context"}
+    assert alone["by_actions"]["1"]["recall"] == result["by_actions"]["1"]["recall"]
+    assert alone["state_rows"]["look around"]["trend"] == looks["trend"]
+    assert main(["text", "baselines", str(toy), "--max-starts", "6", "--actions", "1", "3"]) == 0
+    table = capsys.readouterr().out
+    assert "overall" in table and "step 3" in table and "trend EM" in table
 
 
 @needs_tokenizers
@@ -459,6 +471,11 @@ def test_text_commands_name_bad_input(tmp_path, capsys):
     assert "not a text dataset" in capsys.readouterr().err
     assert main(["text", "eval", str(tmp_path / "nothing")]) == 2
     assert "no such run" in capsys.readouterr().err
+    assert main(["text", "baselines", str(tmp_path / "nowhere")]) == 2
+    assert "not a text dataset" in capsys.readouterr().err
+    toy = make_toy_corpus(tmp_path / "data", n_train=4, n_dev=1, n_test=1)
+    assert main(tiny_text_train(toy, tmp_path / "r", "--model.hints", "future", "--steps", "1")) == 2
+    assert "use --model.hints none, replies or trend" in capsys.readouterr().err
 
 
 @needs_tokenizers
@@ -511,3 +528,52 @@ def test_bucketed_batches_draw_the_same_samples_grouped_by_target_length():
     spans = sorted((min(map(length, b)), max(map(length, b))) for b in batches)
     assert all(hi <= lo for (_, hi), (lo, _) in zip(spans, spans[1:]))  # no overlap: like lengths together
     assert len(draw_batches(np.random.default_rng(3), pool, 2, 5, 1, length)) == 1
+
+
+# ----- episode hints -----
+def random_hints(B=3, H=7, vocab=400, seed=2):
+    """Row 0: two hints (4 and 3 tokens, tags 2 and 5); row 1: one of 4 tokens; row 2: none."""
+    from loopwm.text.model import Hints
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, vocab, (B, H), generator=g)
+    ids[1, 4:], ids[2] = 0, 0
+    pos = torch.tensor([[0, 1, 2, 3, 0, 1, 2]] * B)
+    tags = torch.tensor([[2] * 4 + [5] * 3] * B)
+    return Hints(ids, pos * (ids != 0), tags * (ids != 0))
+
+
+@pytest.mark.parametrize("kw", [{"hints": "replies"}, {"hints": "trend", "numbers": True, **STATE_ONLY_POINTER}])
+def test_hints_are_required_read_per_sample_and_change_only_their_row(kw):
+    from loopwm.text.model import Hints
+
+    model = tiny_model(**kw)
+    assert model.reads_beyond_state  # hiding the state leaves the hints: state_reliance measures it
+    context, actions, target = random_batch()
+    hints = random_hints()
+    with pytest.raises(ValueError, match="hints"):
+        model.imagine(context, actions, depth=2)
+    _, memory, _ = model.imagine(context, actions, depth=2, hints=hints)
+    logits = model.decode(memory, target)
+    for b in range(3):  # batched equals per-sample, each row cut to its own length
+        L, A = int((context[b] != 0).sum()), int((actions[b, 0] != 0).sum())
+        H = max(1, int((hints.ids[b] != 0).sum()))
+        own = Hints(*(x[b:b + 1, :H] for x in hints))
+        _, m1, _ = model.imagine(context[b:b + 1, :L], actions[b:b + 1, :, :A], depth=2, hints=own)
+        torch.testing.assert_close(model.decode(m1, target[b:b + 1]), logits[b:b + 1], atol=2e-5, rtol=1e-4)
+    farther = hints._replace(tags=hints.tags.masked_fill(hints.ids[:, :] != 0, 9))  # the same text from further back
+    changed = model.decode(model.imagine(context, actions, depth=2, hints=farther)[1], target)
+    assert not torch.allclose(changed[:2], logits[:2]) and torch.equal(changed[2], logits[2])
+
+
+@needs_tokenizers
+@pytest.mark.parametrize("hints", ["replies", "trend"])
+def test_a_model_with_hints_trains_and_evaluates(hints, tmp_path, capsys):
+    run, toy = tmp_path / "run", make_toy_corpus(tmp_path / "data", clock=True)
+    assert main(tiny_text_train(toy, run, "--model.hints", hints, "--model.copy", "--steps", "12")) == 0
+    capsys.readouterr()
+    assert main(["text", "eval", str(run), "--json", "--max-starts", "4", "--actions", "1", "2",
+                 "--batch-size", "4", "--state-starts", "2"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n_samples"] == 4 and set(result["by_actions"]) == {"1", "2"}
+    assert set(result["state_reliance"]) == {"nll", "nll_state_hidden"}

@@ -8,7 +8,7 @@
     loopwm plan     act in the real environment by planning with a world model (or the true simulator)
     loopwm value    fit a terminal value for the planner from a dataset's rewards
     loopwm play     drive the real world and the model's imagined one side by side in the browser
-    loopwm text     text worlds: text collect (ScienceWorld trajectories), text train, text eval
+    loopwm text     text worlds: text collect (ScienceWorld trajectories), text train, text eval, text baselines
     loopwm import   turn a Minari dataset into a loopwm dataset (loopwm import minari PATH_OR_ID --out DIR)
     loopwm export   write a loopwm dataset as a Minari dataset (loopwm export minari DATA --dataset-id ID)
 """
@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     from loopwm.play.server import PlayConfig, run_play
     from loopwm.text import TextCommand
     from loopwm.text.collect import TextCollectConfig, collect_text
-    from loopwm.text.evaluate import TextEvalConfig, evaluate_text, format_text_table
+    from loopwm.text.evaluate import (TextBaselinesConfig, TextEvalConfig, evaluate_text, format_baselines_table,
+                                      format_text_table, score_baselines)
     from loopwm.text.train import TextTrainConfig, train_text
     from loopwm.train.loop import TrainConfig, train
 
@@ -87,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         elif isinstance(cfg, TextEvalConfig):
             result = evaluate_text(cfg)
             print(json.dumps(result) if cfg.json else format_text_table(result))
+        elif isinstance(cfg, TextBaselinesConfig):
+            result = score_baselines(cfg)
+            print(json.dumps(result) if cfg.json else format_baselines_table(result))
         elif isinstance(cfg, ValueConfig):
             out = fit_value(cfg)
             meta = read_json(out / "value.json", "value metadata")

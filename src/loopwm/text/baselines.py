@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
+from typing import Callable
 
 import numpy as np
 
 from loopwm.text.corpus import Batcher, Sample, Trajectory
+from loopwm.text.model import HINT_KINDS
+from loopwm.utils import LoopWMError
 
 BASELINES = ("copy", "lookup", "recall", "trend", "trend-context")  # in the order text eval prints them
 # a number in a reply: digits with an optional fraction and sign (not a hyphen inside a word)
@@ -100,3 +103,30 @@ def baseline_answers(samples: list[Sample], trajs: list[Trajectory], table: dict
             out["trend-context"].append(trend_answer([r for r in replies if r[0] >= first], s.t + s.k, looked_up))
     return out
 
+
+
+
+def episode_hints(kind: str, n_replies: int) -> Callable[[Trajectory, int, int], list[tuple[int, str]]] | None:
+    """What a model configured with `hints` (TextModelConfig) is given from the whole episode, beyond its
+    context window: a function (trajectory, t, k) -> [(tag, text)] for the sample whose context ends with
+    o_t and whose target is the reply after a_{t+k}, read from o_0 .. o_t only.
+
+    - "replies": the replies the last action a_{t+k} got earlier in this episode, newest first, at most
+      `n_replies`; each tagged with how many steps before the predicted reply it came (t + k - j for o_j),
+      which is what a reading's rate needs.
+    - "trend": the trend baseline's reply, tagged 0: the model then learns where to trust it.
+    Nothing when the action was not taken before (None for "none")."""
+    if kind not in HINT_KINDS:
+        raise LoopWMError(f"unknown hints {kind!r}: use --model.hints {', '.join(HINT_KINDS[:-1])} or {HINT_KINDS[-1]}")
+    if kind == "none":
+        return None
+
+    def hints(traj: Trajectory, t: int, k: int) -> list[tuple[int, str]]:
+        replies = earlier_replies(traj, t, traj.actions[t + k - 1])
+        if not replies:
+            return []
+        if kind == "trend":
+            return [(0, trend_answer(replies, t + k, replies[-1][1]))]
+        return [(t + k - j, text) for j, text in reversed(replies[-n_replies:])]
+
+    return hints

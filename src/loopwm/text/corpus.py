@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -200,11 +201,15 @@ def state_starts(trajs: list[Trajectory], k_max: int, per_row: int, seed: int) -
 class Batcher:
     """Token tensors for a list of samples that share K: contexts left-truncated to `max_context`
     (the task description always kept in front), actions cut at `max_action`, targets at
-    `max_target` (with BOS in front and EOS after, where it fits)."""
+    `max_target` (with BOS in front and EOS after, where it fits). With a `hints` source
+    (`baselines.episode_hints`), each batch also holds the hint texts, newest first, within
+    `hint_tokens` tokens in all (the first cut to fit, the rest whole or left out)."""
 
-    def __init__(self, enc: Encoder, trajs: list[Trajectory], max_context: int, max_action: int, max_target: int):
+    def __init__(self, enc: Encoder, trajs: list[Trajectory], max_context: int, max_action: int, max_target: int,
+                 hints: Callable[[Trajectory, int, int], list[tuple[int, str]]] | None = None, hint_tokens: int = 256):
         self.enc, self.trajs = enc, trajs
         self.max_context, self.max_action, self.max_target = max_context, max_action, max_target
+        self.hints, self.hint_tokens = hints, hint_tokens
 
     def _task_and_pieces(self, traj: Trajectory, t: int) -> tuple[list[int], list[list[int]]]:
         task = self.enc.ids(traj.task_description.strip())[: self.max_context // 4] + [self.enc.sep]
@@ -264,7 +269,38 @@ class Batcher:
             for j, a in enumerate(acts[b]):
                 actions[b, j, : len(a)] = a
             target[b, : len(tgt[b])] = tgt[b]
-        return {"context": context, "actions": actions, "target": target}
+        out = {"context": context, "actions": actions, "target": target}
+        if self.hints is not None:
+            out.update(self.hint_arrays(samples))
+        return out
+
+    def hint_ids(self, sample: Sample) -> list[tuple[int, list[int]]]:
+        """(tag, token ids) of each hint of a sample, within the token budget."""
+        out, room = [], self.hint_tokens
+        for tag, text in self.hints(self.trajs[sample.traj], sample.t, sample.k):
+            ids = self.enc.ids(text) or [self.enc.sep]
+            if len(ids) > room:
+                if not out:  # the newest hint is always given, cut to the budget
+                    out.append((tag, ids[:room]))
+                break
+            out.append((tag, ids))
+            room -= len(ids)
+        return out
+
+    def hint_arrays(self, samples: list[Sample]) -> dict[str, np.ndarray]:
+        """`hints` (B, H) ids, 0-padded; `hint_pos` (B, H) each token's place within its hint; `hint_tags`
+        (B, H) its hint's tag. H is at least 1, so a batch without any hint still has the arrays."""
+        rows = [self.hint_ids(s) for s in samples]
+        H = max([1] + [sum(len(ids) for _, ids in row) for row in rows])
+        hints, pos, tags = (np.zeros((len(samples), H), np.int64) for _ in range(3))
+        for b, row in enumerate(rows):
+            at = 0
+            for tag, ids in row:
+                hints[b, at:at + len(ids)] = ids
+                pos[b, at:at + len(ids)] = np.arange(len(ids))
+                tags[b, at:at + len(ids)] = tag
+                at += len(ids)
+        return {"hints": hints, "hint_pos": pos, "hint_tags": tags}
 
 
 def tokenizer_corpus(trajs: list[Trajectory]):

@@ -2,6 +2,7 @@
 
     loopwm text eval runs/sciworld                 # tables: per task type, and Step 1..5
     loopwm text eval runs/sciworld --json          # one JSON object (also written to RUN/text_eval.json)
+    loopwm text baselines data/sciworld            # the baselines alone, before any model is trained
 
 From a fixed, seeded sample of start points in the test split (the simulator's own test
 variations, never trained on), the model reads the context, takes K = 1..5 actions in latent space
@@ -34,7 +35,8 @@ from loopwm.text.baselines import BASELINES, baseline_answers, lookup_table
 from loopwm.text.corpus import (STATE_ROWS, Batcher, Sample, eval_starts, has_number, load_trajectories, state_row,
                                 state_starts)
 from loopwm.text.metrics import entity_pattern, score_group
-from loopwm.text.train import load_text_run, mean_loss
+from loopwm.text.model import batch_hints
+from loopwm.text.train import load_text_run, mean_loss, text_batcher
 from loopwm.utils import LoopWMError, atomic_write_json, atomic_write_text, pick_device
 
 METRICS = ("em", "f1", "bleu4", "entity")
@@ -81,6 +83,97 @@ class TextEvalConfig:
     as torch names it (type[:index]); utils.pick_device chooses."""
 
 
+@dataclass
+class TextBaselinesConfig:
+    """Score the baselines that need no training on a text dataset: what a model must beat, known
+    before one is trained. The same samples and scoring as `loopwm text eval` (whose trend-context
+    column needs a model's window and is printed there only)."""
+
+    data: Annotated[str, tyro.conf.Positional]
+    """Text dataset from loopwm text collect."""
+    split: str = "test"
+    """Split to score: test (held-out variations) or dev."""
+    max_starts: int = 400
+    """Start points sampled (seeded, as text eval draws them); each is scored after every number of actions (0: all)."""
+    actions: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    """Numbers of actions fed before the reply (the largest is the headline)."""
+    state_starts: int = 200
+    """Start points whose last reply is a state-tracking row, up to this many of each (0: none), as in text eval."""
+    seed: int = 0
+    """Seed of the start-point samples."""
+    json: bool = False
+    """Print one JSON object instead of tables."""
+    out: str = ""
+    """Also write the JSON here (empty: nowhere)."""
+
+
+def check_protocol(split: str, actions: list[int]) -> None:
+    if split not in ("test", "dev"):
+        raise LoopWMError(f"--split {split!r}: score on test (held-out variations) or dev")
+    if not actions or min(actions) < 1:
+        raise LoopWMError("--actions needs numbers of at least 1, e.g. --actions 1 2 3 4 5")
+
+
+def score_baselines(cfg: TextBaselinesConfig) -> dict:
+    """Every baseline's scores on the dataset: at the largest number of actions per task type and row,
+    overall at each number of actions, and on the state-tracking starts."""
+    check_protocol(cfg.split, cfg.actions)
+    trajs = load_trajectories(cfg.data, cfg.split)
+    k_max = max(cfg.actions)
+    starts = eval_starts(trajs, k_max, cfg.max_starts, cfg.seed)
+    if not starts:
+        raise LoopWMError(f"no {cfg.split} trajectory of {cfg.data} has {k_max} actions; lower --actions")
+    table = lookup_table(load_trajectories(cfg.data, "train"))
+    patterns = [entity_pattern(t.entities) for t in trajs]
+    by_actions = {}
+    for k in sorted(set(cfg.actions)):
+        samples = [Sample(i, t, k) for i, t in starts]
+        answers = baseline_answers(samples, trajs, table)
+        by_actions[k] = {name: score(samples, replies, trajs, patterns) for name, replies in answers.items()}
+    state = {}
+    for name, row_starts in state_starts(trajs, k_max, cfg.state_starts, cfg.seed).items() if cfg.state_starts else ():
+        samples = [Sample(i, t, k_max) for i, t in row_starts]
+        refs = [trajs[s.traj].observations[s.t + k_max] for s in samples]
+        pats = [patterns[s.traj] for s in samples]
+        state[name] = {who: score_group(a, refs, pats) for who, a in baseline_answers(samples, trajs, table).items()}
+    result = {"data": str(cfg.data), "split": cfg.split, "actions": k_max, "n_samples": len(starts),
+              "baselines": by_actions[k_max], "state_rows": state,
+              "by_actions": {str(k): {name: v["overall"] for name, v in got.items()} for k, got in by_actions.items()}}
+    if cfg.out:
+        atomic_write_json(Path(cfg.out), result)
+    return result
+
+
+def format_baselines_table(r: dict) -> str:
+    """One row per task type and per row, EM / F1 of each baseline; then Step 1..5 EM."""
+    base = r["baselines"]
+    names = list(base)
+    first = base[names[0]]
+    w = max([14] + [len(t) + 1 for t in first["per_task"]])
+    lines = [f"baselines (no training) on {r['data']}: {r['n_samples']} {r['split']} samples, {r['actions']} actions "
+             "before the reply; EM / token F1 (percent)",
+             f"{'type':<{w}}{'n':>5} |" + "".join(f"{n:>15}" for n in names)]
+
+    def row(label, pick):
+        cells = [pick(base[n]) for n in names]
+        lines.append(f"{label:<{w}}{cells[0]['n']:>5} |" + "".join(f"{_fmt(c['em'])} /{_fmt(c['f1'])}".rjust(15) for c in cells))
+
+    for t in first["per_task"]:
+        row(t, lambda b, t=t: b["per_task"][t])
+    row("overall", lambda b: b["overall"])
+    for name in first["rows"]:
+        row(name, lambda b, name=name: b["rows"][name])
+    if r.get("state_rows"):
+        lines += ["", f"state-tracking starts (their own sample, {r['actions']} actions)"]
+        for name, s in r["state_rows"].items():
+            lines.append(f"{name:<{w}}{s[names[0]]['n']:>5} |" + "".join(
+                f"{_fmt(s[n]['em'])} /{_fmt(s[n]['f1'])}".rjust(15) for n in names))
+    lines += ["", f"{'actions':<{w}}{'':>5} |" + "".join(f"{n + ' EM':>15}" for n in names)]
+    for k, v in r["by_actions"].items():
+        lines.append(f"{'step ' + k:<{w}}{'':>5} |" + "".join(f"{_fmt(v[n]['em']):>15}" for n in names))
+    return "\n".join(lines)
+
+
 def score(samples: list[Sample], predictions: list[str], trajs, patterns) -> dict:
     """Overall, per task type, and the two state-tracking rows."""
     refs = [trajs[s.traj].observations[s.t + s.k] for s in samples]
@@ -105,7 +198,8 @@ def predict(model, enc, batcher: Batcher, samples: list[Sample], depth: int, exi
     for lo in range(0, len(samples), batch_size):
         chunk = samples[lo:lo + batch_size]
         batch = {k: torch.as_tensor(v, device=device) for k, v in batcher.batch(chunk).items()}
-        _, memory, used = model.imagine(batch["context"], batch["actions"], depth=depth, exit_rule=exit_rule)
+        _, memory, used = model.imagine(batch["context"], batch["actions"], depth=depth, exit_rule=exit_rule,
+                                        hints=batch_hints(batch))
         ids = model.generate(memory, enc.bos, enc.eos, model.cfg.max_target)
         out += [enc.text(row) for row in ids.tolist()]
         iters.append(used.float())
@@ -123,10 +217,7 @@ def state_reliance(model, batcher: Batcher, samples: list[Sample], depth: int, b
 
 
 def evaluate_text(cfg: TextEvalConfig) -> dict:
-    if cfg.split not in ("test", "dev"):
-        raise LoopWMError(f"--split {cfg.split!r}: score on test (held-out variations) or dev")
-    if not cfg.actions or min(cfg.actions) < 1:
-        raise LoopWMError("--actions needs numbers of at least 1, e.g. --actions 1 2 3 4 5")
+    check_protocol(cfg.split, cfg.actions)
     device = pick_device(cfg.device)
     model, enc, _, train_cfg = load_text_run(cfg.run, device)
     data = cfg.data or train_cfg["data"]
@@ -137,7 +228,7 @@ def evaluate_text(cfg: TextEvalConfig) -> dict:
         raise LoopWMError(f"no {cfg.split} trajectory of {data} has {k_max} actions; lower --actions")
     table = lookup_table(load_trajectories(data, "train"))
     m = model.cfg
-    batcher = Batcher(enc, trajs, m.max_context, m.max_action, m.max_target)
+    batcher = text_batcher(enc, trajs, m)
     patterns = [entity_pattern(t.entities) for t in trajs]
     depth = cfg.depth or m.resolved_eval_depth()
     exit_rule = None if cfg.exit == "fixed" else make_exit_rule(cfg.exit, cfg.threshold, model=model)

@@ -100,6 +100,17 @@ class TextModelConfig:
     number (and its place from the right: units, tens, ...); in the reply being written it knows only the
     digits written so far (the value of the prefix, its place from the left), so nothing leaks from later
     tokens. Added through zero-initialised layers: a new model starts as the same model without them."""
+    hints: str = "none"
+    """What the decoder is also given from the whole episode, beyond the context window (computed
+    from o_0 .. o_t only, by `baselines.episode_hints`): "none"; "replies", the replies the last
+    action got earlier in the episode, newest first, each marked by how many steps before the
+    predicted one it came (the history a reading's rate is read from); "trend", the trend baseline's
+    reply, for a model that learns where to trust it (then it is not a pure world model: report it
+    beside the trend). The decoder reads them and the copy head may point at them."""
+    hint_replies: int = 16
+    """Earlier replies given with hints "replies" (the newest ones)."""
+    hint_tokens: int = 256
+    """Tokens of hints at most (the newest hint is cut to fit; older ones that do not fit are left out)."""
     max_target: int = 320
     """Tokens of the decoded observation (longer ones are cut, and cannot match exactly). 320 covers
     all but 0.1% of ScienceWorld's replies (a `look around` runs to 310) and all of
@@ -115,6 +126,24 @@ class TextModelConfig:
 NUMBER_PERIODS = (10.0, 100.0, 1000.0)  # the value's phase over these periods: its last 1, 2, 3 digits
 MAX_PLACE = 8  # places of a digit within its number told apart (later ones share the last)
 NUMBER_TOKENS = 12  # a number's value is read from at most its last 12 tokens
+
+
+HINT_KINDS = ("none", "replies", "trend")  # what `hints` may be (baselines.episode_hints makes them)
+MAX_HINT_TAG = 63  # a hint's tag: 0 for a proposal, else the steps between it and the reply (capped)
+
+
+class Hints(NamedTuple):
+    """Episode hints of a batch (`Batcher.hint_arrays`): ids (B, H) 0-padded, each token's place within
+    its hint (B, H), and its hint's tag (B, H)."""
+
+    ids: torch.Tensor
+    pos: torch.Tensor
+    tags: torch.Tensor
+
+
+def batch_hints(batch: dict) -> Hints | None:
+    """The hints of a batch of tensors, if it has them."""
+    return Hints(batch["hints"], batch["hint_pos"], batch["hint_tags"]) if "hints" in batch else None
 
 
 def number_values(ids: torch.Tensor, digit_value: torch.Tensor, digit_count: torch.Tensor, causal: bool):
@@ -255,6 +284,10 @@ class TextWorldModel(nn.Module):
             raise LoopWMError(f"unknown text model kind {cfg.kind!r}: use --model.kind looped or deep")
         if cfg.copy_pool not in ("read", "all"):
             raise LoopWMError(f"unknown copy pool {cfg.copy_pool!r}: use --model.copy-pool read or all")
+        if cfg.hints not in HINT_KINDS:
+            raise LoopWMError(f"unknown hints {cfg.hints!r}: use --model.hints none, replies or trend")
+        if cfg.hint_replies < 1 or cfg.hint_tokens < 1:
+            raise LoopWMError("--model.hint-replies and --model.hint-tokens must be at least 1")
         self.cfg, self.vocab_size = cfg, vocab_size
         d = cfg.d
         pool_all = cfg.copy and cfg.copy_pool == "all"
@@ -262,7 +295,8 @@ class TextWorldModel(nn.Module):
         self.decoder_sees_context = cfg.decoder_reads_context or pool_all
         self.decoder_sees_actions = cfg.decoder_reads_actions or pool_all
         self.embed = nn.Embedding(vocab_size, d)
-        self.pos = nn.Embedding(max(cfg.max_context, cfg.max_action, cfg.max_target + 1), d)
+        hint_span = cfg.hint_tokens if cfg.hints != "none" else 0
+        self.pos = nn.Embedding(max(cfg.max_context, cfg.max_action, cfg.max_target + 1, hint_span), d)
         self.action_type = nn.Parameter(torch.zeros(d))  # marks action tokens in the loop's input
         if self.decoder_sees_actions:  # in the decoder's memory: which action, counted from the last
             self.action_index = nn.Embedding(16, d)
@@ -274,6 +308,8 @@ class TextWorldModel(nn.Module):
             self.core = LoopedCore(d, cfg.n_heads, mlp_ratio=cfg.mlp_ratio, init_decay=cfg.init_decay)
         else:
             self.core = DeepCore(d, cfg.n_heads, cfg.n_deep, mlp_ratio=cfg.mlp_ratio)
+        if cfg.hints != "none":  # in the decoder's memory: how far back the hint came from
+            self.hint_tag = nn.Embedding(MAX_HINT_TAG + 1, d)
         self.decoder = nn.ModuleList(DecoderBlock(d, cfg.n_heads, cfg.mlp_ratio) for _ in range(cfg.n_decoder_layers))
         self.decoder_norm = nn.LayerNorm(d)
         nn.init.normal_(self.embed.weight, std=0.02)
@@ -314,8 +350,8 @@ class TextWorldModel(nn.Module):
 
     @property
     def reads_beyond_state(self) -> bool:
-        """Whether the decoder cross-attends to anything besides the state tokens (context or actions)."""
-        return self.cfg.decoder_reads_context or self.cfg.decoder_reads_actions
+        """Whether the decoder cross-attends to anything besides the state tokens (context, actions, hints)."""
+        return self.cfg.decoder_reads_context or self.cfg.decoder_reads_actions or self.cfg.hints != "none"
 
     # ----- context -> state -----
     def encode(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -346,9 +382,10 @@ class TextWorldModel(nn.Module):
         return self.core(x, S, z, depth, n_grad, exit_rule, nbhd=nbhd)
 
     def imagine(self, context: torch.Tensor, actions: torch.Tensor, depth: int | torch.Tensor | None = None,
-                exit_rule: ExitRule | None = None, n_grad: int | None = None):
+                exit_rule: ExitRule | None = None, n_grad: int | None = None, hints: Hints | None = None):
         """Context (B, L) and K actions (B, K, A) -> final state h (B, S, d), the decoder's `Memory`,
-        and the iterations run per action (B, K). No observation is decoded on the way."""
+        and the iterations run per action (B, K). No observation is decoded on the way. `hints`: the
+        batch's episode hints, which a model with `hints` set needs."""
         h, x, _ = self.encode(context)
         B, K = actions.shape[:2]
         z, used = None, []
@@ -363,12 +400,12 @@ class TextWorldModel(nn.Module):
                 d_k = torch.full((B,), int(d_k), dtype=torch.long, device=h.device)
             h, z, n_used, _ = self.step(h, z, actions[:, k], d_k, exit_rule, n_grad)
             used.append(n_used)
-        return h, self.decoder_memory(h, x, context, actions), torch.stack(used, dim=1)  # (B, K)
+        return h, self.decoder_memory(h, x, context, actions, hints), torch.stack(used, dim=1)  # (B, K)
 
     # ----- state -> observation text -----
-    def decoder_memory(self, h, x, context, actions) -> Memory:
-        """The decoder's memory: the state tokens, then the context and the actions it reads (by config),
-        then those only the copy head points at."""
+    def decoder_memory(self, h, x, context, actions, hints: Hints | None = None) -> Memory:
+        """The decoder's memory: the state tokens, then the context, the actions and the hints it reads
+        (by config), then those only the copy head points at."""
         B, S, _ = h.shape
         parts = [(True, h, torch.zeros(B, S, dtype=torch.long, device=h.device))]  # (read, vectors, ids)
         if self.decoder_sees_context:
@@ -379,6 +416,13 @@ class TextWorldModel(nn.Module):
             a = self.embed_tokens(actions.reshape(B * K, A)).view(B, K, A, -1)  # (B, K, A, d)
             a = a + self.pos.weight[:A] + self.action_index(back)[:, None]  # (B, K, A, d)
             parts.append((self.cfg.decoder_reads_actions, a.reshape(B, K * A, -1), actions.reshape(B, K * A)))  # (B, K*A, d)
+        if self.cfg.hints != "none":
+            if hints is None:
+                raise ValueError(f"this model reads episode hints ({self.cfg.hints!r}): batch with a Batcher "
+                                 "that has them (text_batcher) and pass batch_hints(batch)")
+            tags = hints.tags.clamp(0, MAX_HINT_TAG)
+            e = self.embed_tokens(hints.ids) + self.pos(hints.pos) + self.hint_tag(tags)  # (B, H, d)
+            parts.append((True, e, hints.ids))
         parts.sort(key=lambda p: not p[0])  # read parts first (stable: the order above otherwise)
         ids = torch.cat([p[2] for p in parts], dim=1)  # (B, M)
         valid = ids != 0
@@ -434,11 +478,11 @@ class TextWorldModel(nn.Module):
         return self.next_token_scores(self.decode_hidden(memory, tokens, caches, offset, kvs, history), memory, keys)
 
     def loss(self, context, actions, target, n_grad: int | None = None, hide_state: bool = False,
-             depth: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+             depth: int | None = None, hints: Hints | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy of the observation after the last action (pad positions ignored), and the
         iterations used per action (B, K). `hide_state` masks the latent state tokens out of what the
         decoder reads: how much the loss rises measures how much the prediction relies on the state."""
-        _, memory, used = self.imagine(context, actions, depth=depth, n_grad=n_grad)
+        _, memory, used = self.imagine(context, actions, depth=depth, n_grad=n_grad, hints=hints)
         if hide_state:
             if not self.reads_beyond_state:
                 raise ValueError("hide_state needs a decoder that reads more than the state tokens")

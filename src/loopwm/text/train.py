@@ -23,7 +23,8 @@ import torch
 from loopwm.checkpoint import load_model, resolve_checkpoint, resume, save_checkpoint
 from loopwm.text.corpus import Batcher, Encoder, Sample, all_starts, eval_starts, load_tokenizer, load_trajectories, \
     need_tokenizers, tokenizer_corpus, train_tokenizer
-from loopwm.text.model import TextModelConfig, TextWorldModel
+from loopwm.text.baselines import episode_hints
+from loopwm.text.model import TextModelConfig, TextWorldModel, batch_hints
 from loopwm.train.average import WeightAverage, check_plateau_ema
 from loopwm.train.loop import _truncate_metrics, lr_at, param_groups, plateau_phase, plateaued  # the physics models' schedule
 from loopwm.utils import LoopWMError, atomic_save, atomic_write_json, pick_device, read_json, seed_everything
@@ -102,6 +103,12 @@ def checkpoint_meta(model: TextWorldModel) -> dict:
     return {"kind": f"text-{model.cfg.kind}", "model": asdict(model.cfg), "spec": {"vocab_size": model.vocab_size}}
 
 
+def text_batcher(enc: Encoder, trajs: list, m: TextModelConfig) -> Batcher:
+    """The batches a model of this config reads: its window, action and reply sizes, and its hints."""
+    return Batcher(enc, trajs, m.max_context, m.max_action, m.max_target,
+                   hints=episode_hints(m.hints, m.hint_replies), hint_tokens=m.hint_tokens)
+
+
 def build_text_model(meta: dict) -> TextWorldModel:
     if meta.get("kind") not in KINDS:
         raise LoopWMError(f"this checkpoint holds a {meta.get('kind')!r} model, not a text world model; "
@@ -149,7 +156,7 @@ def mean_loss(model: TextWorldModel, batcher: Batcher, samples: list[Sample], de
         for lo in range(0, len(same), batch_size):
             chunk = same[lo:lo + batch_size]
             batch = {key: torch.as_tensor(v, device=device) for key, v in batcher.batch(chunk).items()}
-            loss, _ = model.loss(batch["context"], batch["actions"], batch["target"], **loss_kw)
+            loss, _ = model.loss(batch["context"], batch["actions"], batch["target"], hints=batch_hints(batch), **loss_kw)
             total += float(loss) * len(chunk)
     return total / max(len(samples), 1)
 
@@ -201,8 +208,8 @@ def train_text(cfg: TextTrainConfig) -> Path:
         atomic_save(tok_path, lambda tmp: tok.save(str(tmp)))
     enc = Encoder(load_tokenizer(tok_path))
     m = cfg.model
-    batcher = Batcher(enc, train_trajs, m.max_context, m.max_action, m.max_target)
-    dev_batcher = Batcher(enc, dev_trajs or train_trajs, m.max_context, m.max_action, m.max_target)
+    batcher = text_batcher(enc, train_trajs, m)
+    dev_batcher = text_batcher(enc, dev_trajs or train_trajs, m)
     starts = {k: all_starts(train_trajs, k) for k in range(1, cfg.max_actions + 1)}
     if not starts[cfg.max_actions]:
         raise LoopWMError(f"no training trajectory has {cfg.max_actions} actions; lower --max-actions")
@@ -265,7 +272,8 @@ def train_text(cfg: TextTrainConfig) -> Path:
                 queue = draw_batches(rng, starts[k], k, cfg.batch_size, cfg.bucket, batcher.target_length)
             samples = queue.pop()
             batch = {key: torch.as_tensor(v, device=device) for key, v in batcher.batch(samples).items()}
-            loss, used = model.loss(batch["context"], batch["actions"], batch["target"], n_grad=n_grad)
+            loss, used = model.loss(batch["context"], batch["actions"], batch["target"], n_grad=n_grad,
+                                    hints=batch_hints(batch))
             if not torch.isfinite(loss):
                 raise LoopWMError(f"the loss became {float(loss)} at step {step}; lower --lr (now {cfg.lr})")
             opt.zero_grad(set_to_none=True)

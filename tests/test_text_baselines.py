@@ -134,3 +134,6 @@ def test_batched_hints_keep_the_newest_within_the_token_budget():
     tight = Batcher(CharEncoder(), [tr], 400, 16, 64, hints=episode_hints("replies", 16), hint_tokens=8)
     assert "".join(map(chr, tight.hint_arrays([Sample(0, 4, 1)])["hints"][0])) == gauge(40)[:8]  # the newest, cut
     assert "hints" not in Batcher(CharEncoder(), [tr], 400, 16, 64).batch([Sample(0, 4, 1)])
+    ended = Batcher(CharEncoder(), [tr], 400, 16, 64, hints=episode_hints("replies", 16), hint_tokens=50, hint_end=2)
+    row = list(ended.hint_arrays([Sample(0, 4, 1)])["hints"][0])
+    assert row == [ord(c) for c in gauge(40)] + [2] + [ord(c) for c in gauge(30)] + [2]  # each hint closed

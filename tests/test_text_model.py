@@ -249,6 +249,30 @@ def test_the_copy_head_mixes_a_pointer_into_the_memory_with_the_vocabulary():
         assert float(p[b][:, outside].max()) < 1e-6 and len(present) > 1
 
 
+def test_copy_follow_starts_as_the_same_model_and_continues_a_span():
+    plain, follow = tiny_model(copy=True), tiny_model(copy=True, copy_follow=True)
+    for name, p in plain.state_dict().items():  # created last: the rest starts the same
+        torch.testing.assert_close(follow.state_dict()[name], p)
+    context, actions, target = random_batch()
+    target[:, 1:5] = context[0, 2:6]  # the reply copies a span of the first context
+    torch.testing.assert_close(follow.loss(context, actions, target, depth=2)[0],
+                               plain.loss(context, actions, target, depth=2)[0])  # zero bonus: the same loss
+    _, memory, _ = follow.imagine(context, actions, depth=2)
+    y = follow.decode_hidden(memory, target[:, :-1])
+    with torch.no_grad():
+        follow.copy_follow.bias.fill_(30.0)
+        attn, _ = follow.copy_attention(y, memory, follow.copy_keys(memory), target[:, :-1])  # (B, T-1, M)
+    ids = memory.ids[0]
+    for t in (1, 2, 3):  # having written context token j, the pointer moves to token j + 1
+        written = int(target[0, t])
+        after = [m for m in range(1, ids.shape[0]) if int(ids[m - 1]) == written and int(ids[m])]
+        assert float(attn[0, t, after].sum()) > 0.99
+    with pytest.raises(ValueError, match="tokens just written"):
+        follow.copy_attention(y, memory, follow.copy_keys(memory))
+    with pytest.raises(LoopWMError, match="--model.copy"):
+        tiny_model(copy_follow=True)
+
+
 def test_a_state_only_decoder_may_point_into_text_it_does_not_read():
     from loopwm.text.model import Memory
 
@@ -317,9 +341,13 @@ def test_the_decoder_can_read_the_actions_and_old_checkpoints_still_load():
     rebuilt.load_state_dict(blind.state_dict())
 
 
-@pytest.mark.parametrize("kw", [{}, {"copy": True}, {"numbers": True}])
+@pytest.mark.parametrize("kw", [{}, {"copy": True}, {"numbers": True}, {"copy": True, "copy_follow": True}])
 def test_cached_generation_equals_teacher_forced_argmax(kw):
     model = tiny_model(**kw)
+    if model.cfg.copy_follow:  # a bonus that matters, so the cached path must pass the tokens written
+        with torch.no_grad():
+            model.copy_follow.bias.fill_(3.0)
+            model.copy_gate.bias.fill_(-3.0)
     context, actions, _ = random_batch()
     _, memory, _ = model.imagine(context, actions, depth=2)
     out = model.generate(memory, bos=1, eos=2, max_len=8)  # (B, <= 8)

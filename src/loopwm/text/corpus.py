@@ -203,13 +203,15 @@ class Batcher:
     (the task description always kept in front), actions cut at `max_action`, targets at
     `max_target` (with BOS in front and EOS after, where it fits). With a `hints` source
     (`baselines.episode_hints`), each batch also holds the hint texts, newest first, within
-    `hint_tokens` tokens in all (the first cut to fit, the rest whole or left out)."""
+    `hint_tokens` tokens in all (the first cut to fit, the rest whole or left out), each ending with
+    `hint_end` where that is given."""
 
     def __init__(self, enc: Encoder, trajs: list[Trajectory], max_context: int, max_action: int, max_target: int,
-                 hints: Callable[[Trajectory, int, int], list[tuple[int, str]]] | None = None, hint_tokens: int = 256):
+                 hints: Callable[[Trajectory, int, int], list[tuple[int, str]]] | None = None, hint_tokens: int = 256,
+                 hint_end: int | None = None):
         self.enc, self.trajs = enc, trajs
         self.max_context, self.max_action, self.max_target = max_context, max_action, max_target
-        self.hints, self.hint_tokens = hints, hint_tokens
+        self.hints, self.hint_tokens, self.hint_end = hints, hint_tokens, hint_end
 
     def _task_and_pieces(self, traj: Trajectory, t: int) -> tuple[list[int], list[list[int]]]:
         task = self.enc.ids(traj.task_description.strip())[: self.max_context // 4] + [self.enc.sep]
@@ -278,7 +280,7 @@ class Batcher:
         """(tag, token ids) of each hint of a sample, within the token budget."""
         out, room = [], self.hint_tokens
         for tag, text in self.hints(self.trajs[sample.traj], sample.t, sample.k):
-            ids = self.enc.ids(text) or [self.enc.sep]
+            ids = (self.enc.ids(text) or [self.enc.sep]) + ([] if self.hint_end is None else [self.hint_end])
             if len(ids) > room:
                 if not out:  # the newest hint is always given, cut to the budget
                     out.append((tag, ids[:room]))

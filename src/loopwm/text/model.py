@@ -88,6 +88,12 @@ class TextModelConfig:
     """Starting logit of the copy head's gate (the vocabulary's weight g = sigmoid of it). 0, an even
     mix, is what was measured (results/text-v4-copy): it costs up to log 2 nats a token at first and
     the model catches up with the plain one by about step 3,000. 3 would start nearly shut (g = 0.95)."""
+    copy_follow: bool = False
+    """The copy head may continue a span: a memory token whose predecessor is the token just written
+    gets a bonus in the pointer's scores, weighed by a learned function of the decoder's state (zero
+    at the start, so a new model starts as the same model without it). Pointer attention alone does not
+    know where in a span it is, and loops ("a substance called tin substance called ..."). Hints then
+    end with <eos>, so a copied hint can be closed by pointing at its end."""
     max_context: int = 192
     """Context tokens kept (the most recent; the task description always)."""
     max_action: int = 16
@@ -286,6 +292,8 @@ class TextWorldModel(nn.Module):
             raise LoopWMError(f"unknown copy pool {cfg.copy_pool!r}: use --model.copy-pool read or all")
         if cfg.hints not in HINT_KINDS:
             raise LoopWMError(f"unknown hints {cfg.hints!r}: use --model.hints none, replies or trend")
+        if cfg.copy_follow and not cfg.copy:
+            raise LoopWMError("--model.copy-follow continues the copy head's spans: add --model.copy")
         if cfg.hint_replies < 1 or cfg.hint_tokens < 1:
             raise LoopWMError("--model.hint-replies and --model.hint-tokens must be at least 1")
         self.cfg, self.vocab_size = cfg, vocab_size
@@ -329,6 +337,10 @@ class TextWorldModel(nn.Module):
             self.copy_key = nn.Linear(d, d, bias=False)
             self.copy_gate = nn.Linear(d, 1)  # logit of g, the weight of the vocabulary
             nn.init.constant_(self.copy_gate.bias, cfg.copy_gate_init)
+            if cfg.copy_follow:  # the pointer's bonus for the token after the one just written
+                self.copy_follow = nn.Linear(d, 1)
+                nn.init.zeros_(self.copy_follow.weight)
+                nn.init.zeros_(self.copy_follow.bias)
 
     def set_digits(self, token_strings: list[str]) -> None:
         """Fill the number tables from the tokenizer: `token_strings[i]` is token i's text."""
@@ -452,20 +464,31 @@ class TextWorldModel(nn.Module):
     def copy_keys(self, memory: Memory) -> torch.Tensor:
         return self.copy_key(self.copy_norm(memory.x))  # (B, M, d)
 
-    def copy_attention(self, y: torch.Tensor, memory: Memory, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def copy_attention(self, y: torch.Tensor, memory: Memory, keys: torch.Tensor,
+                       written: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Where the copy head points, (B, T, M) over the memory's tokens with an id, and the gate's
-        logit (B, T): log g = logsigmoid(it) weighs the vocabulary, log(1 - g) = logsigmoid(-it) the copy."""
+        logit (B, T): log g = logsigmoid(it) weighs the vocabulary, log(1 - g) = logsigmoid(-it) the copy.
+        `written` (B, T): the decoder's input at each position (the token just written), which
+        `copy_follow` needs."""
         scores = self.copy_query(y) @ keys.transpose(1, 2) / math.sqrt(y.shape[-1])  # (B, T, M)
+        if self.cfg.copy_follow:
+            if written is None:
+                raise ValueError("a copy head with copy_follow needs the tokens just written")
+            before = F.pad(memory.ids[:, :-1], (1, 0))  # (B, M): the token before each memory token
+            follows = (before[:, None, :] == written[..., None]) & (before != 0)[:, None, :]  # (B, T, M)
+            scores = scores + self.copy_follow(y) * follows  # (B, T, 1) * (B, T, M)
         scores = scores.masked_fill((memory.ids == 0)[:, None, :], torch.finfo(scores.dtype).min)
         return scores.softmax(-1), self.copy_gate(y)[..., 0]
 
-    def next_token_scores(self, y: torch.Tensor, memory: Memory, keys: torch.Tensor | None = None) -> torch.Tensor:
+    def next_token_scores(self, y: torch.Tensor, memory: Memory, keys: torch.Tensor | None = None,
+                          written: torch.Tensor | None = None) -> torch.Tensor:
         """Decoder output (B, T, d) -> scores over the vocabulary (B, T, V) whose argmax is the next token:
-        the logits, or with the copy head the log-probabilities of the mixed distribution."""
+        the logits, or with the copy head the log-probabilities of the mixed distribution. `written`:
+        the input ids (B, T) the outputs came from."""
         logits = y @ self.embed.weight.T  # (B, T, V), tied
         if not self.cfg.copy:
             return logits
-        attn, gate = self.copy_attention(y, memory, self.copy_keys(memory) if keys is None else keys)
+        attn, gate = self.copy_attention(y, memory, self.copy_keys(memory) if keys is None else keys, written)
         B, T, M = attn.shape
         p_copy = attn.new_zeros(B, T, logits.shape[-1]).scatter_add_(2, memory.ids[:, None].expand(B, T, M), attn)
         return torch.logaddexp(F.logsigmoid(gate)[..., None] + logits.log_softmax(-1),
@@ -475,7 +498,8 @@ class TextWorldModel(nn.Module):
                kvs: list | None = None, keys: torch.Tensor | None = None,
                history: torch.Tensor | None = None) -> torch.Tensor:
         """Next-token scores (B, T, V) for input ids (B, T)."""
-        return self.next_token_scores(self.decode_hidden(memory, tokens, caches, offset, kvs, history), memory, keys)
+        y = self.decode_hidden(memory, tokens, caches, offset, kvs, history)  # (B, T, d)
+        return self.next_token_scores(y, memory, keys, written=tokens)
 
     def loss(self, context, actions, target, n_grad: int | None = None, hide_state: bool = False,
              depth: int | None = None, hints: Hints | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -496,7 +520,7 @@ class TextWorldModel(nn.Module):
         if not self.cfg.copy:
             return F.cross_entropy(logits, nxt[keep]), used
         # the mixture's probability of the right token, without spreading the copy over the vocabulary
-        attn, gate = self.copy_attention(y, memory, self.copy_keys(memory))  # (B, T-1, M), (B, T-1)
+        attn, gate = self.copy_attention(y, memory, self.copy_keys(memory), target[:, :-1])  # (B, T-1, M), (B, T-1)
         hit = (memory.ids[:, None, :] == nxt[..., None])  # (B, T-1, M): memory tokens equal to the target
         p_copy = (attn * hit).sum(-1)[keep]  # (N,)
         log_vocab = -F.cross_entropy(logits, nxt[keep], reduction="none")  # (N,)

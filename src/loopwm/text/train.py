@@ -106,7 +106,8 @@ def checkpoint_meta(model: TextWorldModel) -> dict:
 def text_batcher(enc: Encoder, trajs: list, m: TextModelConfig) -> Batcher:
     """The batches a model of this config reads: its window, action and reply sizes, and its hints."""
     return Batcher(enc, trajs, m.max_context, m.max_action, m.max_target,
-                   hints=episode_hints(m.hints, m.hint_replies), hint_tokens=m.hint_tokens)
+                   hints=episode_hints(m.hints, m.hint_replies), hint_tokens=m.hint_tokens,
+                   hint_end=enc.eos if m.copy_follow else None)
 
 
 def build_text_model(meta: dict) -> TextWorldModel:

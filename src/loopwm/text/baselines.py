@@ -26,8 +26,7 @@ from typing import Callable
 import numpy as np
 
 from loopwm.text.corpus import Batcher, Sample, Trajectory
-from loopwm.text.model import HINT_KINDS
-from loopwm.utils import LoopWMError
+from loopwm.text.model import check_hint_kind
 
 BASELINES = ("copy", "lookup", "recall", "trend", "trend-context")  # in the order text eval prints them
 # a number in a reply: digits with an optional fraction and sign (not a hyphen inside a word)
@@ -104,8 +103,6 @@ def baseline_answers(samples: list[Sample], trajs: list[Trajectory], table: dict
     return out
 
 
-
-
 def episode_hints(kind: str, n_replies: int) -> Callable[[Trajectory, int, int], list[tuple[int, str]]] | None:
     """What a model configured with `hints` (TextModelConfig) is given from the whole episode, beyond its
     context window: a function (trajectory, t, k) -> [(tag, text)] for the sample whose context ends with
@@ -116,8 +113,7 @@ def episode_hints(kind: str, n_replies: int) -> Callable[[Trajectory, int, int],
       which is what a reading's rate needs.
     - "trend": the trend baseline's reply, tagged 0: the model then learns where to trust it.
     Nothing when the action was not taken before (None for "none")."""
-    if kind not in HINT_KINDS:
-        raise LoopWMError(f"unknown hints {kind!r}: use --model.hints {', '.join(HINT_KINDS[:-1])} or {HINT_KINDS[-1]}")
+    check_hint_kind(kind)
     if kind == "none":
         return None
 

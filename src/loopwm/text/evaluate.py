@@ -25,7 +25,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 import torch
 import tyro
@@ -114,17 +114,39 @@ def check_protocol(split: str, actions: list[int]) -> None:
         raise LoopWMError("--actions needs numbers of at least 1, e.g. --actions 1 2 3 4 5")
 
 
+class Protocol(NamedTuple):
+    """What every scoring of a dataset split shares: its trajectories, the seeded start points, the
+    largest number of actions, the lookup table fitted on the training split, and entity patterns."""
+
+    trajs: list
+    starts: list[tuple[int, int]]
+    k_max: int
+    table: dict[str, str]
+    patterns: list
+
+
+def load_protocol(data, split: str, actions: list[int], max_starts: int, seed: int) -> Protocol:
+    trajs = load_trajectories(data, split)
+    k_max = max(actions)
+    starts = eval_starts(trajs, k_max, max_starts, seed)
+    if not starts:
+        raise LoopWMError(f"no {split} trajectory of {data} has {k_max} actions; lower --actions")
+    return Protocol(trajs, starts, k_max, lookup_table(load_trajectories(data, "train")),
+                    [entity_pattern(t.entities) for t in trajs])
+
+
+def score_state_starts(samples: list[Sample], answers: dict[str, list[str]], trajs, patterns) -> dict:
+    """Each answerer's scores (score_group) on a sample of state-tracking starts."""
+    refs = [trajs[s.traj].observations[s.t + s.k] for s in samples]
+    pats = [patterns[s.traj] for s in samples]
+    return {who: score_group(a, refs, pats) for who, a in answers.items()}
+
+
 def score_baselines(cfg: TextBaselinesConfig) -> dict:
     """Every baseline's scores on the dataset: at the largest number of actions per task type and row,
     overall at each number of actions, and on the state-tracking starts."""
     check_protocol(cfg.split, cfg.actions)
-    trajs = load_trajectories(cfg.data, cfg.split)
-    k_max = max(cfg.actions)
-    starts = eval_starts(trajs, k_max, cfg.max_starts, cfg.seed)
-    if not starts:
-        raise LoopWMError(f"no {cfg.split} trajectory of {cfg.data} has {k_max} actions; lower --actions")
-    table = lookup_table(load_trajectories(cfg.data, "train"))
-    patterns = [entity_pattern(t.entities) for t in trajs]
+    trajs, starts, k_max, table, patterns = load_protocol(cfg.data, cfg.split, cfg.actions, cfg.max_starts, cfg.seed)
     by_actions = {}
     for k in sorted(set(cfg.actions)):
         samples = [Sample(i, t, k) for i, t in starts]
@@ -133,9 +155,7 @@ def score_baselines(cfg: TextBaselinesConfig) -> dict:
     state = {}
     for name, row_starts in state_starts(trajs, k_max, cfg.state_starts, cfg.seed).items() if cfg.state_starts else ():
         samples = [Sample(i, t, k_max) for i, t in row_starts]
-        refs = [trajs[s.traj].observations[s.t + k_max] for s in samples]
-        pats = [patterns[s.traj] for s in samples]
-        state[name] = {who: score_group(a, refs, pats) for who, a in baseline_answers(samples, trajs, table).items()}
+        state[name] = score_state_starts(samples, baseline_answers(samples, trajs, table), trajs, patterns)
     result = {"data": str(cfg.data), "split": cfg.split, "actions": k_max, "n_samples": len(starts),
               "baselines": by_actions[k_max], "state_rows": state,
               "by_actions": {str(k): {name: v["overall"] for name, v in got.items()} for k, got in by_actions.items()}}
@@ -221,15 +241,9 @@ def evaluate_text(cfg: TextEvalConfig) -> dict:
     device = pick_device(cfg.device)
     model, enc, _, train_cfg = load_text_run(cfg.run, device)
     data = cfg.data or train_cfg["data"]
-    trajs = load_trajectories(data, cfg.split)
-    k_max = max(cfg.actions)
-    starts = eval_starts(trajs, k_max, cfg.max_starts, cfg.seed)
-    if not starts:
-        raise LoopWMError(f"no {cfg.split} trajectory of {data} has {k_max} actions; lower --actions")
-    table = lookup_table(load_trajectories(data, "train"))
+    trajs, starts, k_max, table, patterns = load_protocol(data, cfg.split, cfg.actions, cfg.max_starts, cfg.seed)
     m = model.cfg
     batcher = text_batcher(enc, trajs, m)
-    patterns = [entity_pattern(t.entities) for t in trajs]
     depth = cfg.depth or m.resolved_eval_depth()
     exit_rule = None if cfg.exit == "fixed" else make_exit_rule(cfg.exit, cfg.threshold, model=model)
     if m.kind == "deep" and exit_rule is not None:
@@ -252,10 +266,8 @@ def evaluate_text(cfg: TextEvalConfig) -> dict:
     for name, row_starts in state_starts(trajs, k_max, cfg.state_starts, cfg.seed).items() if cfg.state_starts else ():
         samples = [Sample(i, t, k_max) for i, t in row_starts]
         preds, _ = predict(model, enc, batcher, samples, depth, exit_rule, cfg.batch_size, device)
-        refs = [trajs[s.traj].observations[s.t + k_max] for s in samples]
-        pats = [patterns[s.traj] for s in samples]
         answers = {"model": preds, **baseline_answers(samples, trajs, table, batcher)}
-        state[name] = {who: score_group(a, refs, pats) for who, a in answers.items()}
+        state[name] = score_state_starts(samples, answers, trajs, patterns)
     reliance = state_reliance(model, batcher, [Sample(i, t, k_max) for i, t in starts], depth, cfg.batch_size, device)
     head = by_actions[k_max]
     if cfg.predictions:

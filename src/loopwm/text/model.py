@@ -138,6 +138,11 @@ HINT_KINDS = ("none", "replies", "trend")  # what `hints` may be (baselines.epis
 MAX_HINT_TAG = 63  # a hint's tag: 0 for a proposal, else the steps between it and the reply (capped)
 
 
+def check_hint_kind(kind: str) -> None:
+    if kind not in HINT_KINDS:
+        raise LoopWMError(f"unknown hints {kind!r}: use --model.hints {', '.join(HINT_KINDS[:-1])} or {HINT_KINDS[-1]}")
+
+
 class Hints(NamedTuple):
     """Episode hints of a batch (`Batcher.hint_arrays`): ids (B, H) 0-padded, each token's place within
     its hint (B, H), and its hint's tag (B, H)."""
@@ -290,8 +295,7 @@ class TextWorldModel(nn.Module):
             raise LoopWMError(f"unknown text model kind {cfg.kind!r}: use --model.kind looped or deep")
         if cfg.copy_pool not in ("read", "all"):
             raise LoopWMError(f"unknown copy pool {cfg.copy_pool!r}: use --model.copy-pool read or all")
-        if cfg.hints not in HINT_KINDS:
-            raise LoopWMError(f"unknown hints {cfg.hints!r}: use --model.hints none, replies or trend")
+        check_hint_kind(cfg.hints)
         if cfg.copy_follow and not cfg.copy:
             raise LoopWMError("--model.copy-follow continues the copy head's spans: add --model.copy")
         if cfg.hint_replies < 1 or cfg.hint_tokens < 1:

@@ -63,6 +63,11 @@ class TextBenchConfig:
     numbers: bool = False
     """Give every model number features (TextModelConfig.numbers): digit tokens also carry the value
     of their number and their place in it."""
+    hints: str = "none"
+    """Episode hints every model's decoder reads (TextModelConfig.hints): none, replies (the last
+    action's earlier replies) or trend (the trend baseline's reply: a model on top of a baseline)."""
+    copy_follow: bool = False
+    """Let the copy head continue the span it is copying (TextModelConfig.copy_follow; needs --copy)."""
     split_digits: bool = True
     """One token per digit (False: BPE merges digits, as in the first committed run)."""
     models: list[str] = field(default_factory=lambda: ["looped", "deep"])
@@ -85,16 +90,33 @@ class TextBenchConfig:
     """Redraw summary.md and the plots from the evaluations already written (no training or scoring)."""
 
 
-def _train(job: dict) -> str:
+def _model_config(job: dict):
     from loopwm.text.model import TextModelConfig
-    from loopwm.text.train import TextTrainConfig, train_text
 
     model = TextModelConfig(kind=job["kind"], mu_rec=job["mu_rec"], n_deep=max(1, round(job["mu_rec"])),
                             max_context=job["max_context"], max_target=job["max_target"], copy=job["copy"],
                             decoder_reads_context=not job["state_only"], decoder_reads_actions=not job["state_only"],
-                            copy_pool="all" if job["state_only"] else "read", numbers=job["numbers"])
+                            copy_pool="all" if job["state_only"] else "read", numbers=job["numbers"],
+                            hints=job["hints"], copy_follow=job["copy_follow"])
     if job["quick"]:
         model.d, model.n_state = 32, 4
+    return model
+
+
+def _check(cfg: TextBenchConfig) -> None:
+    """Refuse settings the models would refuse, before two workers start on them."""
+    from loopwm.text.model import check_hint_kind
+    from loopwm.utils import LoopWMError
+
+    check_hint_kind(cfg.hints)
+    if cfg.copy_follow and not cfg.copy:
+        raise LoopWMError("--copy-follow continues the copy head's spans: add --copy")
+
+
+def _train(job: dict) -> str:
+    from loopwm.text.train import TextTrainConfig, train_text
+
+    model = _model_config(job)
     train_text(TextTrainConfig(data=job["data"], out=job["run"], model=model, threads=1, progress=False,
                                minutes=0.0 if job["steps"] else job["minutes"], steps=job["steps"] or 10**7,
                                split_digits=job["split_digits"], eval_every=50 if job["quick"] else job["eval_every"], bucket=job["bucket"],
@@ -105,6 +127,7 @@ def _train(job: dict) -> str:
 def main(cfg: TextBenchConfig) -> None:
     from loopwm.text.evaluate import TextEvalConfig, evaluate_text, format_text_table
 
+    _check(cfg)
     out = Path(cfg.out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     minutes = 1.0 if cfg.quick else cfg.minutes
@@ -112,7 +135,7 @@ def main(cfg: TextBenchConfig) -> None:
              "steps": cfg.steps, "split_digits": cfg.split_digits, "quick": cfg.quick, "until_plateau": cfg.until_plateau,
              "max_context": cfg.max_context, "max_target": cfg.max_target, "eval_every": cfg.eval_every,
              "bucket": cfg.bucket, "copy": cfg.copy, "state_only": cfg.state_only, "numbers": cfg.numbers,
-             "seed": cfg.seed}
+             "seed": cfg.seed, "hints": cfg.hints, "copy_follow": cfg.copy_follow}
             for m in cfg.models]
     if cfg.report_only:
         saved = json.loads((out / "results.json").read_text())
@@ -146,7 +169,7 @@ def main(cfg: TextBenchConfig) -> None:
     settings = {"minutes": minutes, "steps": cfg.steps, "split_digits": cfg.split_digits, "mu_rec": cfg.mu_rec,
                 "data": cfg.data, "until_plateau": cfg.until_plateau, "max_context": cfg.max_context,
                 "max_target": cfg.max_target, "bucket": cfg.bucket, "copy": cfg.copy, "state_only": cfg.state_only,
-                "numbers": cfg.numbers, "seed": cfg.seed,
+                "numbers": cfg.numbers, "seed": cfg.seed, "hints": cfg.hints, "copy_follow": cfg.copy_follow,
                 "state_starts": cfg.state_starts}
     atomic_write_json(out / "results.json", {"models": results, "depth_sweep": {str(k): v for k, v in sweep.items()},
                                              "settings": settings})
@@ -189,7 +212,8 @@ def summary(results: dict, sweep: dict, settings: dict) -> str:
              f"Context {settings.get('max_context', 192)} tokens, observations written up to "
              f"{settings.get('max_target', 128)} tokens{'; a copy head (pointer-generator) in every model' if settings.get('copy') else ''}"
             f"{'; the decoders read only the latent state' + (' (the copy head points into the context and actions)' if settings.get('copy') else '') if settings.get('state_only') else ''}"
-            f"{'; number features on digit tokens (their number value and place)' if settings.get('numbers') else ''}.",
+            f"{'; number features on digit tokens (their number value and place)' if settings.get('numbers') else ''}"
+            f"{_hint_words(settings)}.",
              ""]
     for kind, r in results.items():
         t = r["train"]
@@ -207,6 +231,13 @@ def summary(results: dict, sweep: dict, settings: dict) -> str:
             lines.append(f"| {depth} | {cell(o['em'])} | {cell(o['f1'])} | {cell(o['bleu4'])} | {cell(o['entity'])} | "
                          f"{cell(rows['look around']['em'])} | {cell(rows['ambiguity']['em'])} |")
     return "\n".join(lines) + "\n"
+
+
+def _hint_words(settings: dict) -> str:
+    hints = settings.get("hints", "none")
+    words = {"none": "", "replies": "; the decoders also read the last action's earlier replies (episode hints)",
+             "trend": "; the decoders also read the trend baseline's reply (a model on top of a baseline)"}.get(hints, f"; hints {hints}")
+    return words + ("; the copy head may continue the span it copies (copy-follow)" if settings.get("copy_follow") else "")
 
 
 def plots(results: dict, sweep: dict, out: Path) -> None:

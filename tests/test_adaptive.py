@@ -275,3 +275,52 @@ def test_fixed_depth_path_equals_the_general_loop_in_evaluation_and_per_sample_d
     with torch.no_grad():
         _, alone = model.imagine(model.initial(obs[1:2, 0]), act[1:2], depth=5)
     torch.testing.assert_close(mixed.obs[1], alone.obs[0])  # the depth-5 sample as if it ran alone
+
+
+def test_settling_is_each_tokens_last_move_and_tracking_it_changes_nothing_else():
+    model = small_model(mu_rec=3.0)
+    model.train()
+    obs = random_obs(2, 2)
+    action = torch.zeros(2, model.spec.action_dim)
+
+    def run(report: bool, depth: list[int]):
+        model.report_settling = report
+        torch.manual_seed(1)  # the loop's initial state is a random draw in training: the same one each run
+        return model.step(model.initial(obs[:, 0]), action, depth=torch.tensor(depth))
+
+    plain_state, plain = run(False, [3, 2])  # samples of different depths: each read at its own last iteration
+    state, out = run(True, [3, 2])
+    assert "settle" not in plain and out["settle"].shape == (2, state.z.shape[1])
+    assert torch.equal(plain["obs"], out["obs"]) and torch.equal(plain_state.z, state.z)
+    before, _ = run(False, [2, 1])  # the same loops stopped one iteration earlier
+    by_hand = (state.z - before.z).norm(dim=-1) / state.z.norm(dim=-1)  # (B, N_h)
+    assert torch.allclose(out["settle"], by_hand, rtol=1e-5, atol=1e-7)
+    assert (out["settle"] > 0).all()
+
+
+def test_settle_weight_adds_its_term_and_is_refused_where_there_is_no_loop(tmp_path):
+    from loopwm.train.loop import sequence_loss
+
+    model = small_model(mu_rec=3.0)
+    model.train()
+    batch = {"obs": random_obs(2, 4), "action": torch.zeros(2, 3, model.spec.action_dim),
+             "reward": torch.zeros(2, 3), "terminated": torch.zeros(2, 3)}
+    torch.manual_seed(0)
+    base, logs0 = sequence_loss(model, batch, TrainConfig(context=2, horizon=2))
+    model.report_settling = True
+    torch.manual_seed(0)
+    with_term, logs = sequence_loss(model, batch, TrainConfig(context=2, horizon=2, settle_weight=0.5))
+    assert logs0["settle"] == 0.0 and logs["settle"] > 0
+    assert with_term.item() == pytest.approx(base.item() + 0.5 * logs["settle"], rel=1e-5)
+    with_term.backward()
+    assert model.core.core.blocks[0].mlp.fc1.weight.grad.abs().sum() > 0
+    data = collect(env_id="loopwm/Cradle-v0", n_bodies=4, max_episode_steps=20, out=str(tmp_path / "data"),
+                   episodes=4, progress=False)
+    common = dict(data=str(data), steps=2, batch_size=4, context=2, horizon=2, warmup=1, eval_every=10**9,
+                  progress=False, device="cpu")
+    with pytest.raises(LoopWMError, match="--model.kind looped"):
+        train(TrainConfig(out=str(tmp_path / "deep"), settle_weight=0.1, model=ModelConfig(d=16, n_heads=2, kind="deep"), **common))
+    with pytest.raises(LoopWMError, match="0 \\(off\\) or positive"):
+        train(TrainConfig(out=str(tmp_path / "neg"), settle_weight=-1.0, model=ModelConfig(d=16, n_heads=2), **common))
+    run = train(TrainConfig(out=str(tmp_path / "run"), settle_weight=0.1, model=ModelConfig(d=16, n_heads=2, mu_rec=2.0), **common))
+    assert '"train/settle"' in (run / "metrics.jsonl").read_text().splitlines()[0]

@@ -427,3 +427,49 @@ def test_text_paired_pairs_two_models_on_the_same_starts(load, tmp_path, capsys)
             {"type": "Find", "actions": ["focus on a"], "reference": "Ambiguous request: 0: a, 1: a"}]
     assert dict(module.groups(rows)) == {"overall": [0, 1], "Find": [0, 1], "numbers": [0, 1],
                                          "look around": [0], "ambiguity": [1]}  # text eval's rows
+
+
+def test_text_bench_passes_hints_and_copy_follow_to_both_models_and_refuses_follow_without_copy(load):
+    from loopwm.utils import LoopWMError
+
+    bench = load(next(p for p in SCRIPTS if p.stem == "text_bench"))
+    cfg = bench.TextBenchConfig(copy=True, state_only=True, hints="trend", copy_follow=True)
+    job = {"kind": "deep", "mu_rec": cfg.mu_rec, "max_context": cfg.max_context, "max_target": cfg.max_target,
+           "copy": cfg.copy, "state_only": cfg.state_only, "numbers": cfg.numbers, "hints": cfg.hints,
+           "copy_follow": cfg.copy_follow, "quick": True}
+    model = bench._model_config(job)
+    assert (model.kind, model.hints, model.copy_follow, model.copy_pool) == ("deep", "trend", True, "all")
+    assert "trend baseline" in bench._hint_words({"hints": "trend", "copy_follow": True})
+    with pytest.raises(LoopWMError, match="add --copy"):
+        bench._check(bench.TextBenchConfig(copy_follow=True))
+    with pytest.raises(LoopWMError, match="hints"):
+        bench._check(bench.TextBenchConfig(hints="everything"))
+
+
+def test_text_table_lays_models_beside_the_paper_and_refuses_mismatched_starts(load, tmp_path):
+    from loopwm.utils import LoopWMError
+
+    tt = load(next(p for p in SCRIPTS if p.stem == "text_table"))
+
+    def result(em: float, n: int = 3, with_trend: bool = True) -> dict:
+        scores = lambda e: {"em": e, "f1": 90.0, "bleu4": 70.0, "entity": 80.0}  # noqa: E731
+        base = {"lookup": {"overall": scores(10.0), "per_task": {"Incline": {**scores(10.0), "n": 2}}}}
+        if with_trend:
+            base["trend"] = {"overall": scores(60.0), "per_task": {"Incline": {**scores(75.0), "n": 2}}}
+        return {"params": 1, "n_samples": n, "actions": 5, "overall": scores(em),
+                "per_task": {"Incline": {**scores(em + 1), "n": 2}, "Boil": {**scores(em - 1), "n": 1}}, "baselines": base}
+
+    (tmp_path / "old.json").write_text(json.dumps(result(40.0, with_trend=False)))
+    (tmp_path / "new.json").write_text(json.dumps(result(66.0)))
+    text = tt.main(tt.TextTableConfig(runs=[f"old={tmp_path / 'old.json'}", f"hinted={tmp_path / 'new.json'}"],
+                                      hinted=["hinted"], baselines=["trend", "lookup"], out=str(tmp_path / "t.md")))
+    incline = next(line for line in text.splitlines() if line.startswith("| Incline"))
+    assert incline.split("|")[2:-1] == [" 2 ", " 59.3 ", " 34.0 ", " 41.0 ", " 67.0 ", " 75.0 ", " 10.0 "]  # trend from new.json
+    assert "hinted (reads the trend's reply)" in text and (tmp_path / "t.md").read_text() == text
+    (tmp_path / "other.json").write_text(json.dumps(result(50.0, n=4)))
+    with pytest.raises(LoopWMError, match="same test starts"):
+        tt.main(tt.TextTableConfig(runs=[f"a={tmp_path / 'old.json'}", f"b={tmp_path / 'other.json'}"], baselines=["lookup"]))
+    with pytest.raises(LoopWMError, match="no file has the baseline 'trend'"):
+        tt.main(tt.TextTableConfig(runs=[f"a={tmp_path / 'old.json'}"]))
+    with pytest.raises(LoopWMError, match="LABEL=PATH"):
+        tt.main(tt.TextTableConfig(runs=["nolabel"]))

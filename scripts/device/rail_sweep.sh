@@ -21,8 +21,10 @@ BATCH=${BATCH:-256}
 MU_REC=${MU_REC:-6}
 SEEDS=${SEEDS:-"0 1"}
 PARALLEL=${PARALLEL:-4}               # trainers at once (more share the GPU by time slicing)
-MODELS_0=${MODELS_0:-"looped-full deep-1-full deep-2-full deep-4-full deep-8-full looped deep-1 deep-2 deep-4 deep-8"}
-MODELS_1=${MODELS_1:-"looped-full deep-4-full"}
+# the narrow local loops (looped-d24: 28k parameters, looped-d32: 48k) are the ones the depth study
+# compares (README, "Where depth can pay"); every stack in both seeds, so each loop has its match
+MODELS_0=${MODELS_0:-"looped-d24 looped-d32 looped deep-1 deep-2 deep-4 deep-8 looped-full deep-4-full"}
+MODELS_1=${MODELS_1:-"looped-d24 looped-d32 deep-1 deep-2 deep-4 deep-8"}
 TEST_SIZES=${TEST_SIZES:-"16 32 64"}
 TEST_DEPTHS=${TEST_DEPTHS:-"1 2 4 8 16 32"}
 ROOT=${ROOT:-/tmp/sweep}

@@ -311,6 +311,7 @@ class WorldModel(Dynamics, nn.Module):
         self.consistency = nn.Linear(d, d) if cfg.consistency_head else None  # g(h) -> embedding space
         self._register_norm_buffers(spec)
         self.supervise_every_iteration = False  # set by training when it weights every iteration's error
+        self.report_settling = False  # set by training when it penalises the loop state's last move (settle_weight)
 
     # ----- normalisation constants (buffers, saved in the checkpoint) -----
     def _register_norm_buffers(self, spec: WorldSpec) -> None:
@@ -481,7 +482,8 @@ class WorldModel(Dynamics, nn.Module):
         if exit_rule is not None and exit_rule.reads_predictions:
             exit_rule.bind(self._readout_for(nbhd, B, N, P))
         # per-iteration outputs, for the gate's training signal and for depth supervision
-        per_iteration = [] if (self.training and (self.cfg.exit_gate or self.supervise_every_iteration)) else None
+        decode_each = self.training and (self.cfg.exit_gate or self.supervise_every_iteration)
+        per_iteration = [] if (decode_each or (self.training and self.report_settling)) else None
         h, z, used, work = self.core(x, self.n_state_tokens(N), z0, depth, n_grad, exit_rule, per_iteration, nbhd)  # (B, N_h, d) x2
         pred = self._decode(obs, self.obs_head(h[:, :P]))  # (B, N, F)
         pooled = h.mean(dim=1)  # (B, d)
@@ -492,7 +494,13 @@ class WorldModel(Dynamics, nn.Module):
             "iterations": used,
             "token_iterations": work,
         }
-        if per_iteration:  # decode the state after every iteration, and ask the gate at each one
+        if per_iteration and self.report_settling:
+            # each token's relative move in its sample's last iteration, what the token-delta exit reads
+            zs = torch.stack(per_iteration)  # (T+1, B, N_h, d)
+            rows = torch.arange(B, device=obs.device)
+            last, before = zs[used, rows], zs[(used - 1).clamp(min=0), rows]  # (B, N_h, d) each
+            out["settle"] = (last - before).norm(dim=-1) / (last.norm(dim=-1) + 1e-8)  # (B, N_h)
+        if per_iteration and decode_each:  # decode the state after every iteration, and ask the gate at each one
             zs = torch.stack(per_iteration)  # (T+1, B, N_h, d): the starting state, then one per iteration
             T = zs.shape[0] - 1
             state_nbhd = nbhd.crop(self.n_state_tokens(N)).repeat(T) if nbhd is not None else None

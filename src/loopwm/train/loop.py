@@ -133,6 +133,11 @@ class TrainConfig:
     """Weight of the mean observation loss of the prediction decoded after EVERY loop iteration
     (looped models): rewards good predictions at every depth, which is what lets an exit rule stop
     early without losing accuracy."""
+    settle_weight: float = 0.0
+    """Weight of a settling penalty (looped models): each state token's relative move in the loop's last
+    iteration, ||z_T - z_(T-1)|| / ||z_T||, averaged over tokens and steps. The token-delta exit rule
+    stops a token when that move is small, so the penalty teaches tokens with nothing left to compute
+    to stand still, while the prediction loss keeps the others moving. 0: off."""
     gate_weight: float = 1.0
     """Weight of the exit gate's loss (models built with --model.exit-gate)."""
     gate_tolerance: float = 0.02
@@ -321,7 +326,7 @@ def sequence_loss(model: WorldModel, batch: dict[str, torch.Tensor], cfg: TrainC
         noise = torch.randn(obs.shape, device=obs.device, generator=gen) * cfg.obs_noise * model.std_safe * model.dynamic
         inputs = obs + noise
     state = model.initial(inputs[:, 0])
-    preds, rewards, conts, aux, deep_terms, gate_terms = [], [], [], [], [], []
+    preds, rewards, conts, aux, deep_terms, gate_terms, settle_terms = [], [], [], [], [], [], []
     for t in range(L):
         state, out = model.step(state, actions[:, t])
         if "aux_loss" in out:  # model-specific terms, e.g. the RSSM's KL and reconstruction
@@ -331,6 +336,8 @@ def sequence_loss(model: WorldModel, batch: dict[str, torch.Tensor], cfg: TrainC
             deep_terms.append(per_iter.mean())
             if "gate" in out:
                 gate_terms.append(gate_loss(per_iter, out["gate"], cfg.gate_tolerance, cfg.gate_entropy))
+        if "settle" in out:
+            settle_terms.append(out["settle"].mean())
         preds.append(out["obs"])
         rewards.append(out["reward"])
         conts.append(out["cont_logit"])
@@ -354,9 +361,10 @@ def sequence_loss(model: WorldModel, batch: dict[str, torch.Tensor], cfg: TrainC
     loss = loss + aux_loss
     deep_loss = torch.stack(deep_terms).mean() if deep_terms else torch.zeros(())
     gate_term = torch.stack(gate_terms).mean() if gate_terms else torch.zeros(())
-    loss = loss + cfg.depth_supervision * deep_loss + cfg.gate_weight * gate_term
+    settle = torch.stack(settle_terms).mean() if settle_terms else torch.zeros(())
+    loss = loss + cfg.depth_supervision * deep_loss + cfg.gate_weight * gate_term + cfg.settle_weight * settle
     return loss, {"loss": loss.item(), "obs": obs_loss.item(), "reward": reward_loss.item(), "cont": cont_loss.item(),
-                  "aux": aux_loss.item(), "every_iteration": deep_loss.item(), "gate": gate_term.item(),
+                  "aux": aux_loss.item(), "every_iteration": deep_loss.item(), "gate": gate_term.item(), "settle": settle.item(),
                   "obs_first": per_step[0].item(), "obs_last": per_step[-1].item()}
 
 
@@ -489,6 +497,13 @@ def _train(cfg: TrainConfig, run_dir: Path, ddp: Distributed) -> Path:
         if cfg.model.kind != "looped":
             raise LoopWMError("--depth-supervision weights every loop iteration: use it with --model.kind looped")
         model.supervise_every_iteration = True
+    if cfg.settle_weight < 0:
+        raise LoopWMError(f"--settle-weight {cfg.settle_weight} must be 0 (off) or positive")
+    if cfg.settle_weight > 0:
+        if cfg.model.kind != "looped" or cfg.objective != "sequence":
+            raise LoopWMError("--settle-weight penalises the loop state's last move: use it with --model.kind looped "
+                              "and --objective sequence")
+        model.report_settling = True
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.99))
     rng = np.random.default_rng(cfg.seed)
     step, elapsed_before = 0, 0.0

@@ -6,7 +6,7 @@ the overall token F1, BLEU-4 and entity F1, with the baselines from the first fi
 
     python scripts/text_table.py --runs "state only=results/text-v6-numbers-state/eval-looped-5actions.json" \
         "trend hint + follow=results/text-v8-numbers-state-hints-trend-follow/eval-looped-5actions.json" \
-        --hinted "trend hint + follow" --out results/text-paper-table.md
+        --hinted "trend hint + follow" --out results/text-paper-table/table.md
 
 The paper's figures are on its own data set (about 500 test samples, never released), so its
 columns are read beside ours, not against them; a model marked with --hinted reads a baseline's

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -322,5 +323,10 @@ def test_settle_weight_adds_its_term_and_is_refused_where_there_is_no_loop(tmp_p
         train(TrainConfig(out=str(tmp_path / "deep"), settle_weight=0.1, model=ModelConfig(d=16, n_heads=2, kind="deep"), **common))
     with pytest.raises(LoopWMError, match="0 \\(off\\) or positive"):
         train(TrainConfig(out=str(tmp_path / "neg"), settle_weight=-1.0, model=ModelConfig(d=16, n_heads=2), **common))
-    run = train(TrainConfig(out=str(tmp_path / "run"), settle_weight=0.1, model=ModelConfig(d=16, n_heads=2, mu_rec=2.0), **common))
-    assert '"train/settle"' in (run / "metrics.jsonl").read_text().splitlines()[0]
+    with pytest.raises(LoopWMError, match="--settle-from"):
+        train(TrainConfig(out=str(tmp_path / "late"), settle_weight=0.1, settle_from=1.5, model=ModelConfig(d=16, n_heads=2), **common))
+    common["steps"] = 4
+    run = train(TrainConfig(out=str(tmp_path / "run"), settle_weight=0.1, settle_from=0.5,
+                            model=ModelConfig(d=16, n_heads=2, mu_rec=2.0), **common))
+    settle = [json.loads(line)["train/settle"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert settle[:2] == [0.0, 0.0] and all(v > 0 for v in settle[2:])  # the penalty starts halfway

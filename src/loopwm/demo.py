@@ -62,6 +62,8 @@ class DemoConfig:
     settle_weight: float = 0.0
     """Weight of the settling penalty (TrainConfig.settle_weight): tokens with nothing left to compute
     learn to stand still, which the token-delta exit rule reads (0: off)."""
+    settle_from: float = 0.0
+    """With --settle-weight: the fraction of training after which the penalty applies (0: throughout)."""
     context: int = 2
     """Observed steps per training window."""
     horizon: int = 4
@@ -102,7 +104,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                                      n_bodies=cfg.n_bodies, max_episode_steps=episode_steps, progress=cfg.progress),
                        env_kwargs={"rail_radius": cfg.rail_radius} if cfg.rail_radius else None)
     tcfg = TrainConfig(data=str(data_dir), out=str(out), model=cfg.model, steps=cfg.train_steps, minutes=cfg.train_minutes,
-                       batch_size=cfg.batch_size, lr=cfg.lr, depth_supervision=cfg.depth_supervision, settle_weight=cfg.settle_weight, context=cfg.context, horizon=cfg.horizon, seed=cfg.seed,
+                       batch_size=cfg.batch_size, lr=cfg.lr, depth_supervision=cfg.depth_supervision, settle_weight=cfg.settle_weight, settle_from=cfg.settle_from, context=cfg.context, horizon=cfg.horizon, seed=cfg.seed,
                        device=cfg.device, threads=cfg.threads, progress=cfg.progress, eval_every=250 if not cfg.tiny else 2,
                        ckpt_every=250 if not cfg.tiny else 2)
     train(tcfg)

@@ -137,7 +137,12 @@ class TrainConfig:
     """Weight of a settling penalty (looped models): each state token's relative move in the loop's last
     iteration, ||z_T - z_(T-1)|| / ||z_T||, averaged over tokens and steps. The token-delta exit rule
     stops a token when that move is small, so the penalty teaches tokens with nothing left to compute
-    to stand still, while the prediction loss keeps the others moving. 0: off."""
+    to stand still, while the prediction loss keeps the others moving. 0: off. Measured on the demo
+    (docs/LOG.md, session 30): the exits follow the world's difficulty more closely and use half the
+    iterations, at a cost in accuracy that grows with the weight."""
+    settle_from: float = 0.0
+    """With --settle-weight: the fraction of training (by steps, or by minutes under a wall-clock budget)
+    after which the penalty applies, so the loop first learns the dynamics unhindered (0: throughout)."""
     gate_weight: float = 1.0
     """Weight of the exit gate's loss (models built with --model.exit-gate)."""
     gate_tolerance: float = 0.02
@@ -305,6 +310,11 @@ def check_training_settings(cfg: TrainConfig) -> None:
         raise LoopWMError(f"--horizon-final {cfg.horizon_final} is a fraction of training: use a value in (0, 1]")
     if cfg.horizon_start > 0 and cfg.until_plateau > 0:
         raise LoopWMError("--horizon-start switches at a fraction of a known length; with --until-plateau the length is "
+                          "not known in advance: use --steps or --minutes")
+    if not 0.0 <= cfg.settle_from < 1.0:
+        raise LoopWMError(f"--settle-from {cfg.settle_from} is a fraction of training: use a value in [0, 1)")
+    if cfg.settle_from > 0 and cfg.until_plateau > 0:
+        raise LoopWMError("--settle-from switches at a fraction of a known length; with --until-plateau the length is "
                           "not known in advance: use --steps or --minutes")
     if cfg.objective == "dd" and (cfg.horizon_start > 0 or cfg.step_weighting != "mean"):
         raise LoopWMError("--horizon-start and --step-weighting shape the sequence objective; --objective dd has its own "
@@ -567,6 +577,8 @@ def _train(cfg: TrainConfig, run_dir: Path, ddp: Distributed) -> Path:
                 group["lr"] = lr
             pick = train_windows.take(rng.integers(0, len(train_windows), cfg.batch_size))  # the global batch
             imagined = horizon_now(cfg, fraction)  # the curriculum reads each window's first steps only
+            if cfg.settle_weight > 0:
+                model.report_settling = fraction >= cfg.settle_from
             batch = to_tensors(ds.batch(ddp.shard(pick)[:, :2], length=cfg.context + imagined), device)  # this process's slice
             objective.step = step
             loss, info = runner(batch)

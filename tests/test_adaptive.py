@@ -325,6 +325,8 @@ def test_settle_weight_adds_its_term_and_is_refused_where_there_is_no_loop(tmp_p
         train(TrainConfig(out=str(tmp_path / "neg"), settle_weight=-1.0, model=ModelConfig(d=16, n_heads=2), **common))
     with pytest.raises(LoopWMError, match="--settle-from"):
         train(TrainConfig(out=str(tmp_path / "late"), settle_weight=0.1, settle_from=1.5, model=ModelConfig(d=16, n_heads=2), **common))
+    with pytest.raises(LoopWMError, match="give it a --settle-weight"):
+        train(TrainConfig(out=str(tmp_path / "late"), settle_from=0.5, model=ModelConfig(d=16, n_heads=2), **common))
     common["steps"] = 4
     run = train(TrainConfig(out=str(tmp_path / "run"), settle_weight=0.1, settle_from=0.5,
                             model=ModelConfig(d=16, n_heads=2, mu_rec=2.0), **common))

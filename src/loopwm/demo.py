@@ -104,7 +104,8 @@ def run_demo(cfg: DemoConfig) -> dict:
                                      n_bodies=cfg.n_bodies, max_episode_steps=episode_steps, progress=cfg.progress),
                        env_kwargs={"rail_radius": cfg.rail_radius} if cfg.rail_radius else None)
     tcfg = TrainConfig(data=str(data_dir), out=str(out), model=cfg.model, steps=cfg.train_steps, minutes=cfg.train_minutes,
-                       batch_size=cfg.batch_size, lr=cfg.lr, depth_supervision=cfg.depth_supervision, settle_weight=cfg.settle_weight, settle_from=cfg.settle_from, context=cfg.context, horizon=cfg.horizon, seed=cfg.seed,
+                       batch_size=cfg.batch_size, lr=cfg.lr, depth_supervision=cfg.depth_supervision,
+                       settle_weight=cfg.settle_weight, settle_from=cfg.settle_from, context=cfg.context, horizon=cfg.horizon, seed=cfg.seed,
                        device=cfg.device, threads=cfg.threads, progress=cfg.progress, eval_every=250 if not cfg.tiny else 2,
                        ckpt_every=250 if not cfg.tiny else 2)
     train(tcfg)

@@ -313,6 +313,8 @@ def check_training_settings(cfg: TrainConfig) -> None:
                           "not known in advance: use --steps or --minutes")
     if not 0.0 <= cfg.settle_from < 1.0:
         raise LoopWMError(f"--settle-from {cfg.settle_from} is a fraction of training: use a value in [0, 1)")
+    if cfg.settle_from > 0 and cfg.settle_weight == 0:
+        raise LoopWMError("--settle-from says when the settling penalty starts: give it a --settle-weight too")
     if cfg.settle_from > 0 and cfg.until_plateau > 0:
         raise LoopWMError("--settle-from switches at a fraction of a known length; with --until-plateau the length is "
                           "not known in advance: use --steps or --minutes")

@@ -93,8 +93,7 @@ def table(results: dict[str, dict], hinted: list[str], baselines: list[str], pap
     # sample counts per type, from a model's result, or a baseline's where only baselines were given
     per_task = next((r["per_task"] for r in results.values() if "per_task" in r), None) or next(iter(found.values()))["per_task"]
     counts = {"overall": first["n_samples"]} | {t: v["n"] for t, v in per_task.items()}
-    columns = [(("*" + name + "*") if paper else name, {t: dict(zip(METRICS, v)) for t, v in rows.items()})
-               for name, rows in (PAPER.items() if paper else [])]
+    columns = [(f"*{name}*", {t: dict(zip(METRICS, v)) for t, v in rows.items()}) for name, rows in PAPER.items()] if paper else []
     columns += [(label + (" (reads the trend's reply)" if label in hinted else ""),
                  {**r["per_task"], "overall": r["overall"]}) for label, r in results.items() if "params" in r]
     columns += [(b + " (baseline)", {**v["per_task"], "overall": v["overall"]}) for b, v in found.items()]

@@ -494,14 +494,13 @@ class WorldModel(Dynamics, nn.Module):
             "iterations": used,
             "token_iterations": work,
         }
-        if per_iteration and self.report_settling:
+        zs = torch.stack(per_iteration) if per_iteration else None  # (T+1, B, N_h, d): the start, then each iteration
+        if zs is not None and self.report_settling:
             # each token's relative move in its sample's last iteration, what the token-delta exit reads
-            zs = torch.stack(per_iteration)  # (T+1, B, N_h, d)
             rows = torch.arange(B, device=obs.device)
             last, before = zs[used, rows], zs[(used - 1).clamp(min=0), rows]  # (B, N_h, d) each
             out["settle"] = (last - before).norm(dim=-1) / (last.norm(dim=-1) + 1e-8)  # (B, N_h)
-        if per_iteration and decode_each:  # decode the state after every iteration, and ask the gate at each one
-            zs = torch.stack(per_iteration)  # (T+1, B, N_h, d): the starting state, then one per iteration
+        if zs is not None and decode_each:  # decode the state after every iteration, and ask the gate at each one
             T = zs.shape[0] - 1
             state_nbhd = nbhd.crop(self.n_state_tokens(N)).repeat(T) if nbhd is not None else None
             hs = self.core.readout(zs[1:].flatten(0, 1), state_nbhd)  # (T*B, N_h, d)

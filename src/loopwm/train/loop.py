@@ -311,6 +311,11 @@ def check_training_settings(cfg: TrainConfig) -> None:
     if cfg.horizon_start > 0 and cfg.until_plateau > 0:
         raise LoopWMError("--horizon-start switches at a fraction of a known length; with --until-plateau the length is "
                           "not known in advance: use --steps or --minutes")
+    if cfg.settle_weight < 0:
+        raise LoopWMError(f"--settle-weight {cfg.settle_weight} must be 0 (off) or positive")
+    if cfg.settle_weight > 0 and (cfg.model.kind != "looped" or cfg.objective != "sequence"):
+        raise LoopWMError("--settle-weight penalises the loop state's last move: use it with --model.kind looped "
+                          "and --objective sequence")
     if not 0.0 <= cfg.settle_from < 1.0:
         raise LoopWMError(f"--settle-from {cfg.settle_from} is a fraction of training: use a value in [0, 1)")
     if cfg.settle_from > 0 and cfg.settle_weight == 0:
@@ -509,13 +514,6 @@ def _train(cfg: TrainConfig, run_dir: Path, ddp: Distributed) -> Path:
         if cfg.model.kind != "looped":
             raise LoopWMError("--depth-supervision weights every loop iteration: use it with --model.kind looped")
         model.supervise_every_iteration = True
-    if cfg.settle_weight < 0:
-        raise LoopWMError(f"--settle-weight {cfg.settle_weight} must be 0 (off) or positive")
-    if cfg.settle_weight > 0:
-        if cfg.model.kind != "looped" or cfg.objective != "sequence":
-            raise LoopWMError("--settle-weight penalises the loop state's last move: use it with --model.kind looped "
-                              "and --objective sequence")
-        model.report_settling = True
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.99))
     rng = np.random.default_rng(cfg.seed)
     step, elapsed_before = 0, 0.0
@@ -579,7 +577,7 @@ def _train(cfg: TrainConfig, run_dir: Path, ddp: Distributed) -> Path:
                 group["lr"] = lr
             pick = train_windows.take(rng.integers(0, len(train_windows), cfg.batch_size))  # the global batch
             imagined = horizon_now(cfg, fraction)  # the curriculum reads each window's first steps only
-            if cfg.settle_weight > 0:
+            if cfg.settle_weight > 0:  # the model reports the loop state's last move only while it is penalised
                 model.report_settling = fraction >= cfg.settle_from
             batch = to_tensors(ds.batch(ddp.shard(pick)[:, :2], length=cfg.context + imagined), device)  # this process's slice
             objective.step = step

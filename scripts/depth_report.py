@@ -26,9 +26,13 @@ class ReportConfig:
 
 
 def horizon_text(cfg) -> str:
-    """The training horizon as the title states it, with the curriculum and loss weighting when set."""
+    """The training horizon as the title states it, with the curriculum, loss weighting and the loops'
+    settling penalty when set (studies differing in any of them are different settings to compare)."""
     text = f"{cfg.horizon_start} then {cfg.horizon} over the last {cfg.horizon_final:.0%}" if cfg.horizon_start > 0 else f"{cfg.horizon}"
-    return text + (f", {cfg.step_weighting} step weighting" if cfg.step_weighting != "mean" else "")
+    text += f", {cfg.step_weighting} step weighting" if cfg.step_weighting != "mean" else ""
+    if cfg.settle_weight:
+        text += f", loops' settling penalty {cfg.settle_weight:g}" + (f" over the last {1 - cfg.settle_from:.0%}" if cfg.settle_from else "")
+    return text
 
 
 def _per_token(rule: str) -> bool:

@@ -96,6 +96,9 @@ class DepthStudyConfig:
     settle_weight: float = 0.0
     """Settling penalty of the looped models (TrainConfig.settle_weight: each state token's relative move
     in the loop's last iteration); the stacks have no loop and train without it. 0: off."""
+    settle_from: float = 0.0
+    """With --settle-weight: the fraction of training done before the penalty starts (TrainConfig.settle_from;
+    0.75 applies it over the last quarter)."""
     mu_rec: float = 8.0
     """Mean training loop count of the looped models."""
     models: list[str] = field(default_factory=lambda: ["looped", "deep-1", "deep-2", "deep-4", "deep-8", "looped-full",
@@ -177,7 +180,7 @@ def train_overrides(name: str, cfg: DepthStudyConfig) -> dict:
     """Training settings a model variant changes (the rest is the same for every model)."""
     shared = {"horizon_start": cfg.horizon_start, "horizon_final": cfg.horizon_final, "step_weighting": cfg.step_weighting}
     if cfg.settle_weight and name.startswith("looped"):
-        shared["settle_weight"] = cfg.settle_weight
+        shared.update(settle_weight=cfg.settle_weight, settle_from=cfg.settle_from)
     return {**shared, **({"depth_supervision": cfg.depth_supervision} if name.startswith("looped-ds") else {})}
 
 

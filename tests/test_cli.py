@@ -31,7 +31,7 @@ def trained(tmp_path_factory):
 
 def test_help_lists_the_commands():
     out = loopwm("--help").stdout
-    for command in ("demo", "collect", "train", "eval", "bench", "plan", "play", "text", "doctor"):
+    for command in ("demo", "collect", "train", "eval", "compare", "bench", "plan", "play", "text", "doctor"):
         assert command in out
     # every command is described by its own config's docstring (the text group once showed typing.Union's)
     assert "Union" not in out and "Text worlds" in out
@@ -323,3 +323,21 @@ def test_sigterm_stops_a_parallel_collection_without_leaving_workers_and_it_resu
     from loopwm.data import TrajectoryDataset
 
     assert TrajectoryDataset.load(out).episodes >= 20  # what was written is a valid dataset to resume
+
+
+def test_compare_pairs_two_evaluations_of_the_same_windows(trained, tmp_path):
+    common = ["--rollout-steps", "20", "--horizon", "10", "--max-windows", "8", "--per-window"]
+    loopwm("eval", str(trained / "run"), *common, "--depth", "1", "--out", str(tmp_path / "d1"))
+    loopwm("eval", str(trained / "run"), *common, "--depth", "3", "--out", str(tmp_path / "d3"))
+    result = json.loads(loopwm("compare", str(tmp_path / "d1"), str(tmp_path / "d3" / "eval.json"), "--json").stdout)
+    assert result["horizons"] == [1, 2, 5, 10] and result["windows"] == 8
+    reference, other = result["rows"]
+    assert reference["gap"] == {} and other["depth"] == 3
+    assert other["gap"]["10"] == pytest.approx(other["error"]["10"] / reference["error"]["10"] - 1, rel=1e-4)
+    table = loopwm("compare", str(tmp_path / "d1"), str(tmp_path / "d3"), "--horizons", "1", "10").stdout
+    assert "d3 (depth 3)" in table and "± two paired standard errors" in table
+    # windows that differ are refused with the fix, not paired by position
+    loopwm("eval", str(trained / "run"), *common[:-2], "4", "--per-window", "--out", str(tmp_path / "w4"))
+    proc = loopwm("compare", str(tmp_path / "d1"), str(tmp_path / "w4"), check=False)
+    assert proc.returncode == 2 and "other windows" in proc.stderr and "--max-windows" in proc.stderr
+    assert "Traceback" not in proc.stderr

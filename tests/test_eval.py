@@ -180,3 +180,62 @@ def test_eval_reads_as_many_observations_as_the_run_trained_on(tmp_path):
     (tmp_path / "config.json").write_text("[1, 2]")  # not a config: the documented default, not a crash
     assert training_context(tmp_path) == 4
     assert training_context(tmp_path / "missing") == 4
+
+
+def _record(tmp_path, name, errors, windows=((0, 0), (0, 1), (1, 0)), digest="abc", copy_last=1.0):
+    import json
+
+    record = {"run": name, "exit_rule": "fixed", "threshold": 0.0, "depth": 2, "iterations_per_step": 2.0,
+              "floors": {"copy_last": {"1": copy_last}},
+              "per_window": {"windows": [list(w) for w in windows], "truth_sha256": digest, "errors": {"1": errors}}}
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(record))
+    return str(path)
+
+
+def test_compare_gives_the_paired_gap_and_refuses_what_does_not_pair(tmp_path):
+    from loopwm.eval.compare import CompareConfig, compare
+    from loopwm.eval.openloop import paired_gap
+    from loopwm.utils import LoopWMError
+
+    a = _record(tmp_path, "a", [1.0, 2.0, 4.0])
+    b = _record(tmp_path, "b", [1.1, 2.0, 4.5])
+    result = compare(CompareConfig(evals=(a, b)))
+    gap, se = paired_gap([1.1, 2.0, 4.5], [1.0, 2.0, 4.0])
+    assert result["rows"][1]["gap"]["1"] == pytest.approx(gap) and result["rows"][1]["gap_se"]["1"] == pytest.approx(se)
+    assert result["rows"][0]["error"]["1"] == pytest.approx(7 / 3)
+    refusals = {
+        "other windows": _record(tmp_path, "w", [1.0, 2.0, 4.0], windows=((0, 0), (0, 2), (1, 0))),
+        "true observations differ": _record(tmp_path, "t", [1.0, 2.0, 4.0], digest="xyz"),
+        "different units": _record(tmp_path, "u", [1.0, 2.0, 4.0], copy_last=1.5),
+    }
+    for message, path in refusals.items():
+        with pytest.raises(LoopWMError, match=message):
+            compare(CompareConfig(evals=(a, path)))
+    with pytest.raises(LoopWMError, match="at least two"):
+        compare(CompareConfig(evals=(a,)))
+    with pytest.raises(LoopWMError, match="not in every evaluation"):
+        compare(CompareConfig(evals=(a, b), horizons=(10,)))
+    bare = tmp_path / "bare.json"
+    bare.write_text('{"open_loop_error": {"1": 0.1}}')
+    with pytest.raises(LoopWMError, match="--per-window"):
+        compare(CompareConfig(evals=(a, str(bare))))
+
+
+def test_per_window_record_pairs_only_identical_truth(trained):  # noqa: F811 - pytest fixture
+    from loopwm.checkpoint import load_model
+    from loopwm.data import load_dataset
+    from loopwm.eval.evaluate import per_window_record
+    from loopwm.eval.openloop import open_loop
+
+    model, meta = load_model(trained / "run", "cpu")
+    ds = load_dataset(trained / "data")
+    episodes = np.asarray(meta["val_episodes"])
+    one = open_loop(model, ds, episodes, context=2, horizon=3, max_windows=6, depth=1, batch_size=4)
+    two = open_loop(model, ds, episodes, context=2, horizon=3, max_windows=6, depth=3)
+    assert one.truth_digest == two.truth_digest and len(one.truth_digest) == 64  # batching does not change it
+    longer = open_loop(model, ds, episodes, context=3, horizon=3, max_windows=6, depth=1)
+    assert longer.truth_digest != one.truth_digest  # windows one step longer see other observations
+    record = per_window_record(one, [1, 3])
+    assert len(record["windows"]) == one.windows and set(record["errors"]) == {"1", "3"}
+    np.testing.assert_allclose(record["errors"]["3"], one.window_errors[:, 2], rtol=1e-5)

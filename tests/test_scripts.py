@@ -375,6 +375,19 @@ def test_depth_study_model_names_set_width_locality_and_scaffold(load):
             study.model_config(bad, cfg)
 
 
+def test_depth_study_gives_the_settling_penalty_to_loops_only_and_names_it_in_the_title(load):
+    import sys
+
+    study = load(next(p for p in SCRIPTS if p.name == "depth_study.py"))
+    cfg = study.DepthStudyConfig(settle_weight=0.3, settle_from=0.75)
+    loop = study.train_overrides("looped-d32", cfg)
+    assert (loop["settle_weight"], loop["settle_from"]) == (0.3, 0.75)
+    assert "settle_weight" not in study.train_overrides("deep-4", cfg)  # a stack has no loop to settle
+    report = sys.modules.get("depth_report") or load(next(p for p in SCRIPTS if p.name == "depth_report.py"))
+    assert report.horizon_text(cfg).endswith("loops' settling penalty 0.3 over the last 25%")
+    assert "settling" not in report.horizon_text(study.DepthStudyConfig())  # the usual setting reads as before
+
+
 def test_throughput_names_a_setting_whose_process_dies_and_finishes_the_others(load, tmp_path, monkeypatch):
     (tmp_path / "fake_throughput_run.py").write_text(
         "import os\n"

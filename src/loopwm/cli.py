@@ -4,6 +4,7 @@
     loopwm collect  record episodes from an environment into a dataset folder
     loopwm train    train (or resume) a looped world model on a dataset
     loopwm eval     evaluate a run on held-out episodes (--json for machines)
+    loopwm compare  pair two or more evaluations window by window: gaps with standard errors
     loopwm bench    train and score the looped model against baselines on the same data
     loopwm plan     act in the real environment by planning with a world model (or the true simulator)
     loopwm value    fit a terminal value for the planner from a dataset's rewards
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     from loopwm.data.minari_io import ExportConfig, ImportConfig, run_export, run_import
     from loopwm.demo import DemoConfig, run_demo
     from loopwm.doctor import DoctorConfig, doctor
+    from loopwm.eval.compare import CompareConfig, compare, format_comparison
     from loopwm.eval.evaluate import EvalConfig, evaluate, format_table
     from loopwm.plan.control import PlanConfig, format_result, run_plan
     from loopwm.plan.value import ValueConfig, fit_value, value_warning
@@ -46,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         "collect": CollectConfig,
         "train": TrainConfig,
         "eval": EvalConfig,
+        "compare": CompareConfig,
         "bench": BenchConfig,
         "plan": PlanConfig,
         "value": ValueConfig,
@@ -103,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
             caution = value_warning(meta)
             if caution:
                 print(f"note: {caution}")
+        elif isinstance(cfg, CompareConfig):
+            result = compare(cfg)
+            print(json.dumps(result) if cfg.json else format_comparison(result))
         elif isinstance(cfg, PlayConfig):
             run_play(cfg)
         elif isinstance(cfg, EvalConfig):

@@ -114,6 +114,10 @@ class EvalConfig:
     real-vs-imagined GIF where frames can be drawn (the built-in world, pixel observations)."""
     gif_steps: int = 150
     """Imagined steps shown in the GIF."""
+    per_window: bool = False
+    """Also record every window's error at the reported horizons, which windows they were and a digest
+    of their true observations, so `loopwm compare` can pair this evaluation with another run's on
+    the same windows (paired gaps with standard errors)."""
 
 
 def frame_renderer(model, env_id: str | None, size: int = 128):
@@ -227,6 +231,8 @@ def _evaluate(cfg: EvalConfig, keep_rollout: bool = False) -> dict:
     }
     best_floor = {str(h): min(out["floors"][f][str(h)] for f in out["floors"]) for h in pick}
     out["ratio_to_best_floor"] = {h: out["open_loop_error"][h] / max(best_floor[h], 1e-12) for h in best_floor}
+    if cfg.per_window:
+        out["per_window"] = per_window_record(res, pick)
     first = ds.episode(int(episodes[0]))
     latent = latent_decoding(cfg.decoding)  # compute of an imagined step as this decoding runs it
     out["flops_per_step"] = count_step_flops(
@@ -243,6 +249,16 @@ def _evaluate(cfg: EvalConfig, keep_rollout: bool = False) -> dict:
         if keep_rollout:
             out["_rollout"] = rollout
     return out
+
+
+def per_window_record(res, horizons: list[int]) -> dict:
+    """The part of an evaluation that `loopwm compare` pairs: each window's error at `horizons`
+    (6 significant digits), the windows as (episode, start) and the digest of their true observations."""
+    return {
+        "windows": res.window_rows[:, :2].tolist(),
+        "truth_sha256": res.truth_digest,
+        "errors": {str(h): [float(f"{x:.6g}") for x in res.window_errors[:, h - 1]] for h in horizons},
+    }
 
 
 def _finite_or_none(x: float):

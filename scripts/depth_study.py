@@ -198,7 +198,8 @@ def _train(job: dict) -> dict:
     import torch
 
     from loopwm.checkpoint import read_checkpoint, resolve_checkpoint
-    from loopwm.train.loop import TrainConfig, plateaued, train
+    from loopwm.train.loop import TrainConfig, train
+    from loopwm.train.schedule import plateaued
 
     torch.set_num_threads(1)
     converge = job["until_plateau"] > 0

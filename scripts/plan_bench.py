@@ -177,7 +177,7 @@ def _plan(job: dict) -> dict:
 
 def training_summary(run: Path) -> dict:
     """Steps, minutes and the validation curve's last fifth, from the run's own files."""
-    from loopwm.train.loop import plateaued
+    from loopwm.train.schedule import plateaued
 
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
     curve = [(r["step"], r["val/obs"]) for r in records if "val/obs" in r]

@@ -179,7 +179,7 @@ def main(cfg: TextBenchConfig) -> None:
 
 
 def _train_summary(run: Path) -> dict:
-    from loopwm.train.loop import plateaued  # the rule --until-plateau trains by
+    from loopwm.train.schedule import plateaued  # the rule --until-plateau trains by
 
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
     dev = [(r["step"], r["dev_loss"]) for r in records if "dev_loss" in r]

@@ -101,7 +101,7 @@ def _run(job: dict) -> dict:
     from loopwm.utils import pick_device
 
     from loopwm.demo import DemoConfig, demo_model
-    from loopwm.train.loop import plateaued
+    from loopwm.train.schedule import plateaued
 
     torch.set_num_threads(job["threads"])
     out = Path(job["run"])

@@ -14,7 +14,8 @@ from loopwm.eval.evaluate import EvalConfig, evaluate
 from loopwm.eval.openloop import open_loop, spearman
 from loopwm.models.exits import make_exit_rule
 from loopwm.models.world_model import ModelConfig
-from loopwm.train.loop import TrainConfig, gate_loss, gate_targets, train
+from loopwm.train.losses import gate_loss, gate_targets
+from loopwm.train.loop import TrainConfig, train
 from loopwm.utils import LoopWMError
 from tests.test_model import random_obs, small_model
 
@@ -300,7 +301,7 @@ def test_settling_is_each_tokens_last_move_and_tracking_it_changes_nothing_else(
 
 
 def test_settle_weight_adds_its_term_and_is_refused_where_there_is_no_loop(tmp_path):
-    from loopwm.train.loop import sequence_loss
+    from loopwm.train.losses import sequence_loss
 
     model = small_model(mu_rec=3.0)
     model.train()

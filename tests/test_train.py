@@ -11,6 +11,8 @@ import pytest
 import torch
 
 import loopwm.train.loop as loop
+import loopwm.train.losses as losses
+import loopwm.train.schedule as schedule
 from loopwm.checkpoint import latest_checkpoint, model_state, read_checkpoint
 from loopwm.data import CollectConfig, collect
 from loopwm.models import RSSMConfig
@@ -217,20 +219,20 @@ def test_plateau_rule_on_hand_made_curves():
     falling = [(s, 1.0 / s) for s in range(1, 21)]  # still improving in its last fifth
     flat = [(s, 1.0) for s in range(1, 21)]
     slow = [(s, 1.0 - 0.001 * s) for s in range(1, 21)]  # under 2% better in the last fifth
-    assert not loop.plateaued(falling, 0.02) and loop.plateaued(flat, 0.02) and loop.plateaued(slow, 0.02)
-    assert not loop.plateaued(slow, 0.001)  # ... but more than 0.1% better
-    assert not loop.plateaued(flat[:4], 0.02)  # too few points to judge
-    assert not loop.plateaued(flat[:15], 0.02) and loop.plateaued(flat[:16], 0.02)  # 3 evaluations in the last fifth, then 4
+    assert not schedule.plateaued(falling, 0.02) and schedule.plateaued(flat, 0.02) and schedule.plateaued(slow, 0.02)
+    assert not schedule.plateaued(slow, 0.001)  # ... but more than 0.1% better
+    assert not schedule.plateaued(flat[:4], 0.02)  # too few points to judge
+    assert not schedule.plateaued(flat[:15], 0.02) and schedule.plateaued(flat[:16], 0.02)  # 3 evaluations in the last fifth, then 4
     # a real curve at a constant learning rate (a 4-block stack on the rail, steps 300-2,100), which
     # the raw rule called a plateau at 2,100 of 12,000 steps; smoothed, the rule waits for more evidence
     noisy = [(300, 0.4006), (600, 0.2862), (900, 0.2644), (1200, 0.2641), (1500, 0.2322), (1800, 0.2316), (2100, 0.2336)]
-    assert loop.plateaued(noisy, 0.02, smooth=1, min_recent=1) and not loop.plateaued(noisy, 0.02)
-    assert loop.plateaued(noisy + [(2400 + 300 * i, 0.2316) for i in range(9)], 0.02)  # flat from there: stop
+    assert schedule.plateaued(noisy, 0.02, smooth=1, min_recent=1) and not schedule.plateaued(noisy, 0.02)
+    assert schedule.plateaued(noisy + [(2400 + 300 * i, 0.2316) for i in range(9)], 0.02)  # flat from there: stop
     # a looped model on the rail whose last evaluation spiked: smoothing alone called it a plateau at
     # 2,160 of 9,600 steps, with two evaluations in the last fifth; the rule now waits for four
     spike = [(240, 0.366), (480, 0.295), (720, 0.285), (960, 0.272), (1200, 0.259), (1440, 0.266), (1680, 0.244),
              (1920, 0.246), (2160, 0.279)]
-    assert loop.plateaued(spike, 0.02, min_recent=1) and not loop.plateaued(spike, 0.02)
+    assert schedule.plateaued(spike, 0.02, min_recent=1) and not schedule.plateaued(spike, 0.02)
 
 
 def test_until_plateau_holds_the_peak_rate_then_cools_down_and_stops(dataset, tmp_path):
@@ -416,7 +418,7 @@ def test_standard_reward_error_weighs_like_one_observed_value(dataset, tmp_path)
         for w in (0.0, 2.0):
             cfg = tiny_cfg(dataset, tmp_path / "run", reward_units=units, reward_weight=w, obs_noise=0.0)
             torch.manual_seed(0)
-            loss, info = loop.sequence_loss(model, batch, cfg)
+            loss, info = losses.sequence_loss(model, batch, cfg)
             terms[units, w] = (loss.item(), info["reward"])
     for units, scale in (("standard", 2.0 / n_values), ("raw", 2.0)):
         added = terms[units, 2.0][0] - terms[units, 0.0][0]
@@ -456,7 +458,7 @@ def test_balanced_step_weighting_keeps_the_loss_and_reweights_the_gradient(datas
         cfg = tiny_cfg(dataset, tmp_path / "run", obs_noise=0.0, step_weighting=weighting, context=1)
         model.zero_grad()
         torch.manual_seed(0)
-        loss, info = loop.sequence_loss(model, batch, cfg)
+        loss, info = losses.sequence_loss(model, batch, cfg)
         loss.backward()
         return loss.item(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 

@@ -87,7 +87,8 @@ def compare(cfg: CompareConfig) -> dict:
     for record in records:
         row = {"eval": record["_path"], "run": record.get("run"), "exit_rule": record.get("exit_rule"),
                "threshold": record.get("threshold"), "depth": record.get("depth"),
-               "iterations_per_step": record.get("iterations_per_step"), "error": {}, "gap": {}, "gap_se": {}}
+               "iterations_per_step": record.get("iterations_per_step"),
+               "token_iterations_per_step": record.get("token_iterations_per_step"), "error": {}, "gap": {}, "gap_se": {}}
         for h in horizons:
             errors = record["per_window"]["errors"][h]
             row["error"][h] = sum(errors) / len(errors)
@@ -101,18 +102,20 @@ def format_comparison(result: dict) -> str:
     """A table: one line per evaluation, the reference first; under it each other's gap."""
     hs = [str(h) for h in result["horizons"]]
     name_width = max(12, *(len(_label(r)) for r in result["rows"]))
-    lines = [f"{'':{name_width}}  {'iter/step':>9}  " + "  ".join(f"{'h' + h:>22}" for h in hs)]
+    lines = [f"{'':{name_width}}  {'iter/step':>9}  {'per body':>8}  " + "  ".join(f"{'h' + h:>22}" for h in hs)]
     for i, row in enumerate(result["rows"]):
-        its = row["iterations_per_step"]
+        its, per_body = row["iterations_per_step"], row["token_iterations_per_step"]
         cells = []
         for h in hs:
             text = f"{row['error'][h]:.4f}"
             if i:
                 text += f" {100 * row['gap'][h]:+.1f}% ± {200 * row['gap_se'][h]:.1f}%"
             cells.append(f"{text:>22}")
-        lines.append(f"{_label(row):{name_width}}  {'' if its is None else f'{its:9.2f}':>9}  " + "  ".join(cells))
+        lines.append(f"{_label(row):{name_width}}  {'' if its is None else f'{its:9.2f}':>9}  "
+                     f"{'' if per_body is None else f'{per_body:8.2f}':>8}  " + "  ".join(cells))
     lines.append(f"{result['windows']} windows; gaps are to the first row, positive = higher error, ± two paired "
-                 "standard errors")
+                 "standard errors; iterations per step are the scene's (its longest-working body), per body their "
+                 "mean over bodies (the cost of a per-body exit rule)")
     return "\n".join(lines)
 
 

@@ -26,7 +26,8 @@ from loopwm.text.corpus import Batcher, Encoder, Sample, all_starts, eval_starts
 from loopwm.text.baselines import episode_hints
 from loopwm.text.model import TextModelConfig, TextWorldModel, batch_hints
 from loopwm.train.average import WeightAverage, check_plateau_ema
-from loopwm.train.loop import _truncate_metrics, lr_at, param_groups, plateau_phase, plateaued  # the physics models' schedule
+from loopwm.train.loop import _truncate_metrics, param_groups
+from loopwm.train.schedule import lr_at, plateau_phase, plateaued  # the physics models' schedule
 from loopwm.utils import LoopWMError, atomic_save, atomic_write_json, pick_device, read_json, seed_everything
 
 KINDS = ("text-looped", "text-deep")
@@ -52,7 +53,7 @@ class TextTrainConfig:
     """Wall-clock training budget in minutes (0: none; the steps decide)."""
     until_plateau: float = 0.0
     """Train until the dev loss stops improving, `steps` being the cap: the physics models' rule
-    (`loopwm.train.loop.plateaued`: the smoothed best of the last `plateau_window` of training not
+    (`loopwm.train.schedule.plateaued`: the smoothed best of the last `plateau_window` of training not
     this fraction better than the best before it), then a cool-down over another `plateau_window`
     of the steps so far (warmup-stable-decay). A run that never plateaus cools so as to end at the
     cap, and says so (`stop_reason` in its checkpoint). 0: the cosine schedule over `steps` / `minutes`."""

@@ -11,7 +11,6 @@ Re-running the same command on the same run directory resumes from its newest in
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -19,18 +18,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from loopwm.checkpoint import latest_checkpoint, resume, save_checkpoint
 from loopwm.data import TrajectoryDataset, WindowIndex, decode_bounds
 from loopwm.models import RSSMConfig, build_model
 from loopwm.models.blocks import compile_blocks
-from loopwm.models.dynamics import normalised_error, reward_error, reward_loss_scale
 from loopwm.models.world_model import ModelConfig, WorldModel, WorldSpec
 from loopwm.train.average import WeightAverage, check_plateau_ema
-from loopwm.train.deferred import deferred_loss
 from loopwm.train.distributed import Distributed
+from loopwm.train.losses import objective_loss
+from loopwm.train.schedule import horizon_now, lr_at, plateau_phase, plateaued
 from loopwm.utils import LoopWMError, atomic_write_json, atomic_write_text, device_label, read_json, seed_everything
 
 
@@ -244,63 +242,6 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def lr_at(cfg: TrainConfig, step: int, fraction: float) -> float:
-    """Linear warm-up, then cosine decay to 10% of the peak over `fraction` in [0, 1] (with
-    --until-plateau: the peak until the cool-down, whose progress `fraction` then is)."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, fraction))))
-
-
-def plateaued(curve: list[tuple[int, float]], tolerance: float, window: float = 0.2, min_points: int = 5,
-              smooth: int = 3, min_recent: int | None = None) -> bool:
-    """Whether a validation curve [(step, loss), ...] has stopped improving: the best loss of its last
-    `window` (by steps) is not `tolerance` (a fraction) better than the best before it.
-
-    The losses are first smoothed by a running mean over `smooth` evaluations: at a constant
-    learning rate a model's validation loss jumps by several percent between evaluations, and
-    the raw rule then stopped runs that were still improving (a 4-block stack at 2,100 of 12,000
-    steps on the rail, docs/LOG.md). The last window must also hold at least `min_recent`
-    evaluations (default: the smoothing span plus one), so that one spike cannot decide: early in
-    training the last fifth holds only two or three of them, and a single bad evaluation there
-    cooled a looped model down at 2,160 of 9,600 steps while it was still improving."""
-    if len(curve) < min_points:
-        return False
-    min_recent = smooth + 1 if min_recent is None else min_recent
-    losses = [v for _, v in curve]
-    curve = [(s, float(np.mean(losses[max(0, i - smooth + 1): i + 1]))) for i, (s, _) in enumerate(curve)]
-    last = curve[-1][0]
-    recent = [v for s, v in curve if s > (1 - window) * last]
-    before = [v for s, v in curve if s <= (1 - window) * last]
-    if len(recent) < min_recent or not before:
-        return False
-    return min(recent) > (1 - tolerance) * min(before)
-
-
-def cooldown_length(cfg: TrainConfig, start: int) -> int:
-    return max(1, int(round(cfg.plateau_window * start)))
-
-
-def plateau_phase(cfg, step: int, cooldown_from: int | None, stop_reason: str) -> tuple[int | None, str, float | None]:
-    """Where a --until-plateau run is at `step`: (cooldown_from, stop_reason, fraction of the cool-down
-    done, None once it has run its length and training stops). A run that never plateaued starts
-    cooling at 1 / (1 + plateau_window) of the cap, so as to end cooled at the cap. `cfg` needs
-    `steps` and `plateau_window` (the physics and the text training configs both have them)."""
-    if cooldown_from is None and step >= cfg.steps / (1 + cfg.plateau_window):
-        cooldown_from, stop_reason = step, "cap"
-    if cooldown_from is None:
-        return None, stop_reason, 0.0
-    length = cooldown_length(cfg, cooldown_from)
-    return cooldown_from, stop_reason, None if step >= cooldown_from + length else (step - cooldown_from) / length
-
-
-def horizon_now(cfg: TrainConfig, fraction: float) -> int:
-    """The imagined steps of this step's windows under the horizon curriculum (--horizon-start)."""
-    if cfg.horizon_start <= 0 or fraction >= 1.0 - cfg.horizon_final:
-        return cfg.horizon
-    return cfg.horizon_start
-
-
 def check_training_settings(cfg: TrainConfig) -> None:
     if cfg.step_weighting not in ("mean", "balanced"):
         raise LoopWMError(f"unknown --step-weighting {cfg.step_weighting!r}: use mean or balanced")
@@ -330,77 +271,6 @@ def check_training_settings(cfg: TrainConfig) -> None:
 
 def to_tensors(batch: dict[str, np.ndarray], device) -> dict[str, torch.Tensor]:
     return {k: torch.as_tensor(v, device=device) for k, v in batch.items()}
-
-
-def sequence_loss(model: WorldModel, batch: dict[str, torch.Tensor], cfg: TrainConfig, gen: torch.Generator | None = None):
-    """Observe `context` steps, imagine the rest; normalised MSE on every predicted observation."""
-    obs = model._as_entities(batch["obs"].float())  # (B, L+1, N, F)
-    actions = batch["action"]  # (B, L, ...)
-    L = actions.shape[1]
-    C = min(cfg.context, L)
-    inputs = obs
-    if cfg.obs_noise > 0:
-        noise = torch.randn(obs.shape, device=obs.device, generator=gen) * cfg.obs_noise * model.std_safe * model.dynamic
-        inputs = obs + noise
-    state = model.initial(inputs[:, 0])
-    preds, rewards, conts, aux, deep_terms, gate_terms, settle_terms = [], [], [], [], [], [], []
-    for t in range(L):
-        state, out = model.step(state, actions[:, t])
-        if "aux_loss" in out:  # model-specific terms, e.g. the RSSM's KL and reconstruction
-            aux.append(out["aux_loss"])
-        if "obs_per_iteration" in out:  # (T, B, N, F): the prediction after every loop iteration
-            per_iter = normalised_error(model, out["obs_per_iteration"], obs[None, :, t + 1])  # (T, B)
-            deep_terms.append(per_iter.mean())
-            if "gate" in out:
-                gate_terms.append(gate_loss(per_iter, out["gate"], cfg.gate_tolerance, cfg.gate_entropy))
-        if "settle" in out:
-            settle_terms.append(out["settle"].mean())
-        preds.append(out["obs"])
-        rewards.append(out["reward"])
-        conts.append(out["cont_logit"])
-        if t + 1 < C:  # still in the observed context: replace the prediction by the (noisy) truth
-            state.obs, state.real = inputs[:, t + 1], True
-        elif not cfg.feedback_grad:
-            state.obs = state.obs.detach()
-    pred = torch.stack(preds, dim=1)  # (B, L, N, F)
-    err = ((pred - obs[:, 1:]) / model.std_safe) ** 2 * model.dynamic  # (B, L, N, F)
-    obs_loss = err.sum(-1).mean() / model.dynamic.sum()
-    per_step = err.sum(-1).mean(dim=(0, 2)) / model.dynamic.sum()  # (L,)
-    obs_term = obs_loss
-    if cfg.step_weighting == "balanced":  # each step weighted by mean error / its own error (no gradient through the weights)
-        obs_term = (per_step * (obs_loss / per_step.clamp(min=1e-12)).detach()).mean()
-    reward_loss = reward_error(model, torch.stack(rewards, 1), batch["reward"], cfg.reward_units)
-    cont_target = 1.0 - batch["terminated"].float()
-    cont_loss = F.binary_cross_entropy_with_logits(torch.stack(conts, 1), cont_target)
-    reward_scale = cfg.reward_weight * reward_loss_scale(model, obs.shape[2], cfg.reward_units)
-    loss = obs_term + reward_scale * reward_loss + cfg.cont_weight * cont_loss
-    aux_loss = torch.stack(aux).sum() / L if aux else torch.zeros(())
-    loss = loss + aux_loss
-    deep_loss = torch.stack(deep_terms).mean() if deep_terms else torch.zeros(())
-    gate_term = torch.stack(gate_terms).mean() if gate_terms else torch.zeros(())
-    settle = torch.stack(settle_terms).mean() if settle_terms else torch.zeros(())
-    loss = loss + cfg.depth_supervision * deep_loss + cfg.gate_weight * gate_term + cfg.settle_weight * settle
-    return loss, {"loss": loss.item(), "obs": obs_loss.item(), "reward": reward_loss.item(), "cont": cont_loss.item(),
-                  "aux": aux_loss.item(), "every_iteration": deep_loss.item(), "gate": gate_term.item(), "settle": settle.item(),
-                  "obs_first": per_step[0].item(), "obs_last": per_step[-1].item()}
-
-
-def gate_targets(losses: torch.Tensor, tolerance: float) -> torch.Tensor:
-    """From per-iteration errors (T, B) of one step, 1.0 where stopping after iteration t loses at
-    most `tolerance` (relative) against the best later iteration, else 0.0: (T, B)."""
-    later_best = torch.cat([losses.flip(0).cummin(0).values.flip(0)[1:], torch.full_like(losses[:1], float("inf"))])
-    return (later_best >= (1.0 - tolerance) * losses).float()  # the last iteration is always "stop"
-
-
-def gate_loss(losses: torch.Tensor, gates: torch.Tensor, tolerance: float, entropy_weight: float) -> torch.Tensor:
-    """The exit gate's objective for one step: binary cross-entropy of the gate probabilities
-    (T, B) against `gate_targets` of the (detached) per-iteration errors, minus the paper's
-    binary-entropy regulariser (Eq. 11) with weight `entropy_weight`."""
-    g = gates.clamp(1e-6, 1 - 1e-6)
-    target = gate_targets(losses.detach(), tolerance)
-    bce = F.binary_cross_entropy(g, target)
-    entropy = -(g * g.log() + (1 - g) * (1 - g).log()).mean()
-    return bce - entropy_weight * entropy
 
 
 def _check_resume(run_dir: Path, cfg: TrainConfig) -> None:
@@ -466,12 +336,6 @@ class _LossModule(torch.nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]):
         return objective_loss(self.model, batch, self.cfg, self.step)
-
-
-def objective_loss(model, batch: dict[str, torch.Tensor], cfg: TrainConfig, step: int):
-    if cfg.objective == "dd":
-        return deferred_loss(model, batch, cfg, step)
-    return sequence_loss(model, batch, cfg)
 
 
 def _train(cfg: TrainConfig, run_dir: Path, ddp: Distributed) -> Path:

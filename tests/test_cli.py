@@ -336,6 +336,10 @@ def test_compare_pairs_two_evaluations_of_the_same_windows(trained, tmp_path):
     assert other["gap"]["10"] == pytest.approx(other["error"]["10"] / reference["error"]["10"] - 1, rel=1e-4)
     table = loopwm("compare", str(tmp_path / "d1"), str(tmp_path / "d3"), "--horizons", "1", "10").stdout
     assert "d3 (depth 3)" in table and "± two paired standard errors" in table
+    # the --json output saved to a file pairs as well, and reads by its file name
+    saved = tmp_path / "saved-d3.json"
+    saved.write_text(loopwm("eval", str(trained / "run"), *common, "--depth", "3", "--json").stdout)
+    assert "saved-d3 (depth 3)" in loopwm("compare", str(tmp_path / "d1"), str(saved)).stdout
     # windows that differ are refused with the fix, not paired by position
     loopwm("eval", str(trained / "run"), *common[:-2], "4", "--per-window", "--out", str(tmp_path / "w4"))
     proc = loopwm("compare", str(tmp_path / "d1"), str(tmp_path / "w4"), check=False)

@@ -122,4 +122,6 @@ def format_comparison(result: dict) -> str:
 def _label(row: dict) -> str:
     rule = row.get("exit_rule") or "fixed"
     how = f"depth {row.get('depth')}" if rule == "fixed" else f"{rule} {row.get('threshold'):g}, at most {row.get('depth')}"
-    return f"{Path(row['eval']).parent.name or row['eval']} ({how})"
+    path = Path(row["eval"])
+    name = path.parent.name if path.name == "eval.json" else path.stem  # DIR/eval.json reads as DIR, a saved file by its name
+    return f"{name or row['eval']} ({how})"

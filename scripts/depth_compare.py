@@ -221,17 +221,20 @@ def training_variants(rows: list[dict], settings: list[str]) -> list[str]:
     each against the setting most of the studies share, on the same windows."""
     if len(settings) < 2:
         return []
-    usual = Counter(r["setting"] for r in rows).most_common(1)[0][0]
+    count = Counter(r["setting"] for r in rows)
+    usual = count.most_common(1)[0][0]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["seed"], r["model"], r["steps"]), []).append(r)
     lines = []
     for (seed, model, steps), group in sorted(groups.items()):
-        base = next((r for r in group if r["setting"] == usual), None)
-        if base is None or len(group) < 2:
+        if len(group) < 2:
             continue
+        # the reference: the usual setting where the group has it, else its most common one (a longer
+        # budget trained under the usual settings otherwise, say)
+        base = max(group, key=lambda r: (r["setting"] == usual, count[r["setting"]], -settings.index(r["setting"])))
         for r in sorted(group, key=lambda r: (r is not base, settings.index(r["setting"]))):
-            against = " (the usual)" if r is base else ""
+            against = (" (the usual)" if r["setting"] == usual else " (reference)") if r is base else ""
             gaps = ["", ""] if r is base else [paired(r, base, key) for key in ("h1l", "h10l")]  # "" without long rows
             long = f"{r['h1l']:.4f}{gaps[0]} | {r['h10l']:.4f}{gaps[1]}" if r.get("long") else " | "
             lines.append(f"| {seed} | {model} | {steps} | ({settings.index(r['setting']) + 1}){against} | {r['minutes']:.1f} | "
@@ -239,7 +242,8 @@ def training_variants(rows: list[dict], settings: list[str]) -> list[str]:
     if not lines:
         return []
     return ["", f"## Training settings against the usual one ({settings.index(usual) + 1}): the same model, seed and steps", "",
-            "Gaps are to the usual setting's model on the same windows (+: worse), ± two paired standard errors.", "",
+            "Gaps are to the row marked as the reference, on the same windows (+: worse), ± two paired standard errors: the "
+            "usual setting's model, or where a group has none, the model of its most common setting.", "",
             "| seed | model | steps | setting | train min | h1 (all) | long h1 | long h10 |", "|---|---|---|---|---|---|---|---|",
             *lines]
 

@@ -265,6 +265,11 @@ def test_depth_compare_sets_training_variants_against_the_usual_setting(load):
     assert [x.split(" | ")[1:4] for x in table] == [["looped", "4000", "(2) (the usual)"], ["looped", "4000", "(1)"]]
     assert "[-3.0% ± " in table[1]
     assert compare.training_variants(rows[:2], ["horizon 4"]) == []
+    # a group without the usual setting is set against its most common one, marked as the reference
+    rows += [model("looped", "curriculum", 1.0, seed=2), model("looped", "penalty", 1.02, seed=2)]
+    settings = sorted({r["setting"] for r in rows})
+    seed2 = [x for x in compare.training_variants(rows, settings) if x.startswith("| 2 |")]
+    assert [x.split(" | ")[3] for x in seed2] == ["(1) (reference)", "(3)"] and "[+2.0% ± " in seed2[1]
 
 
 def test_depth_difficulty_numbers_settings_as_depth_compare_does(load):

@@ -216,6 +216,16 @@ def test_compare_gives_the_paired_gap_and_refuses_what_does_not_pair(tmp_path):
         compare(CompareConfig(evals=(a,)))
     with pytest.raises(LoopWMError, match="not in every evaluation"):
         compare(CompareConfig(evals=(a, b), horizons=(10,)))
+    # a record trimmed by hand (no floors, no rule) still pairs and prints
+    import json
+
+    trimmed = json.loads(open(b).read())
+    for key in ("floors", "exit_rule", "threshold"):
+        trimmed.pop(key)
+    (tmp_path / "trimmed.json").write_text(json.dumps(trimmed))
+    from loopwm.eval.compare import format_comparison
+
+    assert "trimmed (depth 2)" in format_comparison(compare(CompareConfig(evals=(a, str(tmp_path / "trimmed.json")))))
     bare = tmp_path / "bare.json"
     bare.write_text('{"open_loop_error": {"1": 0.1}}')
     with pytest.raises(LoopWMError, match="--per-window"):

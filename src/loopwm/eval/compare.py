@@ -61,8 +61,8 @@ def check_pairable(reference: dict, other: dict) -> None:
     if a.get("truth_sha256") != b.get("truth_sha256"):
         raise LoopWMError(f"{other['_path']} and {reference['_path']} scored the same window positions in different "
                           f"data (their true observations differ): {fix}")
-    for h, floor in reference["floors"].get("copy_last", {}).items():
-        theirs = other["floors"].get("copy_last", {}).get(h)
+    for h, floor in (reference.get("floors") or {}).get("copy_last", {}).items():
+        theirs = (other.get("floors") or {}).get("copy_last", {}).get(h)
         if theirs is not None and abs(theirs - floor) > UNITS_TOLERANCE * max(abs(floor), 1e-12):
             raise LoopWMError(f"{other['_path']} and {reference['_path']} measure error in different units (the copy-last "
                               f"floor at horizon {h} reads {theirs:.6g} against {floor:.6g}): each model normalises by "
@@ -121,7 +121,7 @@ def format_comparison(result: dict) -> str:
 
 def _label(row: dict) -> str:
     rule = row.get("exit_rule") or "fixed"
-    how = f"depth {row.get('depth')}" if rule == "fixed" else f"{rule} {row.get('threshold'):g}, at most {row.get('depth')}"
+    how = f"depth {row.get('depth')}" if rule == "fixed" else f"{rule} {row.get('threshold') or 0:g}, at most {row.get('depth')}"
     path = Path(row["eval"])
     name = path.parent.name if path.name == "eval.json" else path.stem  # DIR/eval.json reads as DIR, a saved file by its name
     return f"{name or row['eval']} ({how})"

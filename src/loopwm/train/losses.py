@@ -18,6 +18,8 @@ if TYPE_CHECKING:  # annotations only: the loop imports this module
 
 
 def objective_loss(model, batch: dict[str, torch.Tensor], cfg: TrainConfig, step: int):
+    """The loss of the objective --objective names: "dd" (deferred decoding, whose curriculum reads
+    `step`) or the sequence objective."""
     if cfg.objective == "dd":
         return deferred_loss(model, batch, cfg, step)
     return sequence_loss(model, batch, cfg)

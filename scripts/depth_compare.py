@@ -218,7 +218,8 @@ def write_summary(cfg: CompareConfig, rows: list[dict]) -> str:
 
 def training_variants(rows: list[dict], settings: list[str]) -> list[str]:
     """The same model, seed and steps trained under other settings (a longer horizon, a curriculum, ...),
-    each against the setting most of the studies share, on the same windows."""
+    each against the setting most of the studies share (or, in a group without it, the group's most common
+    one), on the same windows."""
     if len(settings) < 2:
         return []
     count = Counter(r["setting"] for r in rows)
@@ -230,8 +231,6 @@ def training_variants(rows: list[dict], settings: list[str]) -> list[str]:
     for (seed, model, steps), group in sorted(groups.items()):
         if len(group) < 2:
             continue
-        # the reference: the usual setting where the group has it, else its most common one (a longer
-        # budget trained under the usual settings otherwise, say)
         base = max(group, key=lambda r: (r["setting"] == usual, count[r["setting"]], -settings.index(r["setting"])))
         for r in sorted(group, key=lambda r: (r is not base, settings.index(r["setting"]))):
             against = (" (the usual)" if r["setting"] == usual else " (reference)") if r is base else ""

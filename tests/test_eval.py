@@ -236,16 +236,18 @@ def test_per_window_record_pairs_only_identical_truth(trained):  # noqa: F811 - 
     from loopwm.checkpoint import load_model
     from loopwm.data import load_dataset
     from loopwm.eval.evaluate import per_window_record
-    from loopwm.eval.openloop import open_loop
+    from loopwm.eval.openloop import open_loop, truth_digest
 
     model, meta = load_model(trained / "run", "cpu")
     ds = load_dataset(trained / "data")
     episodes = np.asarray(meta["val_episodes"])
     one = open_loop(model, ds, episodes, context=2, horizon=3, max_windows=6, depth=1, batch_size=4)
     two = open_loop(model, ds, episodes, context=2, horizon=3, max_windows=6, depth=3)
-    assert one.truth_digest == two.truth_digest and len(one.truth_digest) == 64  # batching does not change it
+    digest = truth_digest(ds, one.window_rows, batch_size=4)
+    assert digest == truth_digest(ds, two.window_rows) and len(digest) == 64  # batching does not change it
     longer = open_loop(model, ds, episodes, context=3, horizon=3, max_windows=6, depth=1)
-    assert longer.truth_digest != one.truth_digest  # windows one step longer see other observations
-    record = per_window_record(one, [1, 3])
+    assert truth_digest(ds, longer.window_rows) != digest  # windows one step longer see other observations
+    record = per_window_record(one, ds, [1, 3])
+    assert record["truth_sha256"] == digest
     assert len(record["windows"]) == one.windows and set(record["errors"]) == {"1", "3"}
     np.testing.assert_allclose(record["errors"]["3"], one.window_errors[:, 2], rtol=1e-5)

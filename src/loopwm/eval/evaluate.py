@@ -16,7 +16,7 @@ from loopwm.data import TrajectoryDataset
 from loopwm.data.collect import CUSTOM_PREFIX
 from loopwm.models.flops import count_step_flops
 from loopwm.eval.openloop import (HORIZONS, exit_rule_from, latent_decoding, open_loop, real_vs_imagined, rollout_stats,
-                                  steps_per_second)
+                                  steps_per_second, truth_digest)
 from loopwm.utils import LoopWMError, atomic_write_json, pick_device
 
 EXIT_FILE = "exit.json"
@@ -232,7 +232,7 @@ def _evaluate(cfg: EvalConfig, keep_rollout: bool = False) -> dict:
     best_floor = {str(h): min(out["floors"][f][str(h)] for f in out["floors"]) for h in pick}
     out["ratio_to_best_floor"] = {h: out["open_loop_error"][h] / max(best_floor[h], 1e-12) for h in best_floor}
     if cfg.per_window:
-        out["per_window"] = per_window_record(res, pick)
+        out["per_window"] = per_window_record(res, ds, pick)
     first = ds.episode(int(episodes[0]))
     latent = latent_decoding(cfg.decoding)  # compute of an imagined step as this decoding runs it
     out["flops_per_step"] = count_step_flops(
@@ -251,12 +251,13 @@ def _evaluate(cfg: EvalConfig, keep_rollout: bool = False) -> dict:
     return out
 
 
-def per_window_record(res, horizons: list[int]) -> dict:
+def per_window_record(res, ds, horizons: list[int]) -> dict:
     """The part of an evaluation that `loopwm compare` pairs: each window's error at `horizons`
-    (6 significant digits), the windows as (episode, start) and the digest of their true observations."""
+    (6 significant digits), the windows as (episode, start) and the digest of their true observations
+    in dataset `ds`."""
     return {
         "windows": res.window_rows[:, :2].tolist(),
-        "truth_sha256": res.truth_digest,
+        "truth_sha256": truth_digest(ds, res.window_rows),
         "errors": {str(h): [float(f"{x:.6g}") for x in res.window_errors[:, h - 1]] for h in horizons},
     }
 

@@ -35,7 +35,6 @@ class OpenLoopResult:
     token_iterations: np.ndarray  # (W, H) iterations per token (differs for per-token exits)
     window_errors: np.ndarray | None = None  # (W, H) model error per window: paired comparisons between models
     window_rows: np.ndarray | None = None  # (W, 3) the scored windows (episode, start, length), in order
-    truth_digest: str = ""  # SHA-256 of the scored windows' true observations: two scorings pair only if equal
 
 
 def paired_gap(errors, reference) -> tuple[float, float]:
@@ -115,10 +114,8 @@ def open_loop(model, ds, episodes, context: int = 4, horizon: int = 50, max_wind
     units = model if reference is None else reference
     floor_sums = {}
     iters, work, per_window = [], [], []
-    digest = hashlib.sha256()
     for i in range(0, len(windows), batch_size):
         batch = ds.batch(windows[i : i + batch_size])
-        digest.update(np.ascontiguousarray(batch["obs"]).tobytes())
         obs = model._as_entities(torch.as_tensor(batch["obs"], device=device).float())  # (B, L+1, N, F)
         act = torch.as_tensor(batch["action"], device=device)  # (B, L, ...)
         state = model.read(obs[:, : c + 1], act[:, :c], depth, exit_rule)
@@ -140,8 +137,17 @@ def open_loop(model, ds, episodes, context: int = 4, horizon: int = 50, max_wind
         token_iterations=np.concatenate(work, 0),
         window_errors=np.concatenate(per_window, 0),
         window_rows=windows,
-        truth_digest=digest.hexdigest(),
     )
+
+
+def truth_digest(ds, windows: np.ndarray, batch_size: int = 256) -> str:
+    """SHA-256 of the observations of `windows` (rows from `spread_windows`), in order: two scorings
+    pair window by window only if theirs are equal. Read again only when a record asks for it
+    (`loopwm eval --per-window`), so scoring itself does no hashing."""
+    digest = hashlib.sha256()
+    for i in range(0, len(windows), batch_size):
+        digest.update(np.ascontiguousarray(ds.batch(windows[i : i + batch_size])["obs"]).tobytes())
+    return digest.hexdigest()
 
 
 @torch.no_grad()

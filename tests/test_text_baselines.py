@@ -137,3 +137,28 @@ def test_batched_hints_keep_the_newest_within_the_token_budget():
     ended = Batcher(CharEncoder(), [tr], 400, 16, 64, hints=episode_hints("replies", 16), hint_tokens=50, hint_end=2)
     row = list(ended.hint_arrays([Sample(0, 4, 1)])["hints"][0])
     assert row == [ord(c) for c in gauge(40)] + [2] + [ord(c) for c in gauge(30)] + [2]  # each hint closed
+
+
+def test_similar_hints_add_the_newest_reply_to_each_alike_action_tagged_apart():
+    from loopwm.text.baselines import SIMILAR_ACTIONS, similar_replies, word_overlap
+    from loopwm.text.model import MAX_HINT_TAG, SIMILAR_TAG
+
+    assert word_overlap("move seed to pot 1", "move seed to pot 2") == 4 / 6
+    assert word_overlap("open door", "read gauge") == 0.0
+    acts = ["move seed to pot 1", "read", "move seed to pot 3", "move seed to pot 1", "open door", "read",
+            "move seed to pot 2"]
+    obs = ["start", "which pot 1?", gauge(10), "which pot 3?", "which pot 1, again?", "opened", gauge(12), "which pot 2?"]
+    tr = traj(acts, obs)
+    # context o_0..o_5, then a_6 = read, a_7 = move seed to pot 2: its reply (o_7) is predicted
+    alike = similar_replies(tr, 5, acts[6], SIMILAR_ACTIONS)
+    assert alike == [(4, acts[3], "which pot 1, again?"), (3, acts[2], "which pot 3?")]  # newest reply each, newer first
+    similar = episode_hints("similar", 16)
+    assert similar(tr, 5, 2) == [(SIMILAR_TAG + 3, f"> {acts[3]}\nwhich pot 1, again?"), (SIMILAR_TAG + 4, f"> {acts[2]}\nwhich pot 3?")]
+    # a_3 = move seed to pot 1 was taken before (its own reply first), and pot 3 is alike (the same string is not)
+    assert similar(tr, 3, 1) == [(3, "which pot 1?"), (SIMILAR_TAG + 1, f"> {acts[2]}\nwhich pot 3?")]
+    assert similar(tr, 0, 1) == [] and similar(tr, 1, 1) == []  # nothing alike seen yet ("read" was never taken)
+    assert similar(tr, 2, 1) == [(SIMILAR_TAG + 2, f"> {acts[0]}\nwhich pot 1?")]  # pot 3 is like pot 1
+    far = traj(["move seed to pot 1"] + ["read"] * 80 + ["move seed to pot 2"], ["start"] + ["x"] * 82)
+    assert similar(far, 81, 1)[-1][0] == MAX_HINT_TAG  # capped within the embedding
+    long_own = traj(["read"] * 40, ["start"] + [gauge(i) for i in range(40)])
+    assert max(tag for tag, _ in episode_hints("similar", 64)(long_own, 39, 1)) == SIMILAR_TAG - 1

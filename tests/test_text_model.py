@@ -10,7 +10,16 @@ import pytest
 import torch
 
 from loopwm.cli import main
-from loopwm.text.metrics import corpus_bleu, entity_counts, entity_pattern, exact_match, micro_f1, score_group, token_f1
+from loopwm.text.metrics import (
+    corpus_bleu,
+    entity_counts,
+    entity_pattern,
+    exact_match,
+    exact_match_any_order,
+    micro_f1,
+    score_group,
+    token_f1,
+)
 from loopwm.utils import LoopWMError
 
 needs_tokenizers = pytest.mark.skipif(importlib.util.find_spec("tokenizers") is None,
@@ -18,6 +27,19 @@ needs_tokenizers = pytest.mark.skipif(importlib.util.find_spec("tokenizers") is 
 
 
 # ----- metrics -----
+def test_any_order_match_reads_a_prompt_as_its_first_line_and_a_multiset_of_options():
+    head = "Ambiguous request: Please enter the number for the action you intended (or blank to cancel):"
+    ref = f"{head}\n0:\tseed (in pot 2)\n1:\tseed (in pot 5)\n2:\tseed (in pot 2)\n"
+    shuffled = f"{head}\n0:\tseed (in pot 5)\n1:\tseed (in pot 2)\n2:\tseed (in pot 2)"
+    assert exact_match(shuffled, ref) == 0.0 and exact_match_any_order(shuffled, ref) == 1.0
+    assert exact_match_any_order(f"{head}\n0:\tseed (in pot 5)\n1:\tseed (in pot 2)", ref) == 0.0  # one too few
+    assert exact_match_any_order(f"{head}\n0:\tseed (in pot 5)\n1:\tseed (in pot 5)\n2:\tseed (in pot 2)", ref) == 0.0
+    assert exact_match_any_order(shuffled.replace("Please", "Now"), ref) == 0.0  # the first line counts
+    assert exact_match_any_order("You move the seed.", "you move the  seed.") == 1.0  # a plain reply: exact match
+    scores = score_group([shuffled, "x"], [ref, ref], [None, None], any_order=True)
+    assert scores["em"] == 0.0 and scores["em_any_order"] == 50.0 and "em_any_order" not in score_group([ref], [ref], [None])
+
+
 def test_exact_match_ignores_case_and_layout_only():
     assert exact_match("You move to the  kitchen.\n", "you move to the kitchen.") == 1.0
     assert exact_match("You move to the kitchen", "You move to the kitchen.") == 0.0
@@ -595,7 +617,7 @@ def test_hints_are_required_read_per_sample_and_change_only_their_row(kw):
 
 
 @needs_tokenizers
-@pytest.mark.parametrize("hints", ["replies", "trend"])
+@pytest.mark.parametrize("hints", ["replies", "trend", "similar"])
 def test_a_model_with_hints_trains_and_evaluates(hints, tmp_path, capsys):
     run, toy = tmp_path / "run", make_toy_corpus(tmp_path / "data", clock=True)
     assert main(tiny_text_train(toy, run, "--model.hints", hints, "--model.copy", "--steps", "12")) == 0

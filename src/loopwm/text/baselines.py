@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 
 from loopwm.text.corpus import Batcher, Sample, Trajectory
-from loopwm.text.model import check_hint_kind
+from loopwm.text.model import MAX_HINT_TAG, SIMILAR_TAG, check_hint_kind
 
 BASELINES = ("copy", "lookup", "recall", "trend", "trend-context")  # in the order text eval prints them
 # a number in a reply: digits with an optional fraction and sign (not a hyphen inside a word)
@@ -103,6 +103,32 @@ def baseline_answers(samples: list[Sample], trajs: list[Trajectory], table: dict
     return out
 
 
+# with hints "similar": another action counts as similar to the last one when at least this share of
+# their words (as sets) is shared ("move seed in jar to pot 1" and "... to pot 2": 6 of 8), and at most
+# this many such actions are given
+SIMILAR_OVERLAP = 0.5
+SIMILAR_ACTIONS = 4
+
+
+def word_overlap(a: str, b: str) -> float:
+    """Shared words over all words of two action strings (as sets): 1 for the same words."""
+    x, y = set(a.split()), set(b.split())
+    return len(x & y) / len(x | y) if x | y else 1.0
+
+
+def similar_replies(traj: Trajectory, t: int, action: str, n: int) -> list[tuple[int, str, str]]:
+    """(step, action, reply) of the newest reply to each of the `n` earlier actions most like `action`
+    (SIMILAR_OVERLAP at least; the same string excluded) within the context o_0 .. o_t: the most alike
+    first, the newer first among equals."""
+    newest: dict[str, int] = {}
+    for i in range(t):
+        if traj.actions[i] != action:
+            newest[traj.actions[i]] = i
+    scored = [(word_overlap(action, a), i) for a, i in newest.items()]
+    chosen = sorted([x for x in scored if x[0] >= SIMILAR_OVERLAP], reverse=True)[:n]
+    return [(i + 1, traj.actions[i], traj.observations[i + 1]) for _, i in chosen]
+
+
 def episode_hints(kind: str, n_replies: int) -> Callable[[Trajectory, int, int], list[tuple[int, str]]] | None:
     """What a model configured with `hints` (TextModelConfig) is given from the whole episode, beyond its
     context window: a function (trajectory, t, k) -> [(tag, text)] for the sample whose context ends with
@@ -112,15 +138,24 @@ def episode_hints(kind: str, n_replies: int) -> Callable[[Trajectory, int, int],
       `n_replies`; each tagged with how many steps before the predicted reply it came (t + k - j for o_j),
       which is what a reading's rate needs.
     - "trend": the trend baseline's reply, tagged 0: the model then learns where to trust it.
-    Nothing when the action was not taken before (None for "none")."""
+    - "similar": the "replies" hints (tags capped at SIMILAR_TAG - 1), then the newest reply to each of
+      up to SIMILAR_ACTIONS earlier actions most like the last one (`similar_replies`), each written
+      after its action ("> action\nreply") and tagged SIMILAR_TAG + its distance (capped), so the two
+      kinds stay apart. Replies to "move seed to pot 1" tell what "move seed to pot 2" will list.
+    Nothing when neither the action nor one like it was taken before (None for "none")."""
     check_hint_kind(kind)
     if kind == "none":
         return None
 
     def hints(traj: Trajectory, t: int, k: int) -> list[tuple[int, str]]:
         replies = earlier_replies(traj, t, traj.actions[t + k - 1])
-        if not replies:
+        if not replies and kind != "similar":
             return []
+        if kind == "similar":
+            own = [(min(t + k - j, SIMILAR_TAG - 1), text) for j, text in reversed(replies[-n_replies:])]
+            alike = similar_replies(traj, t, traj.actions[t + k - 1], SIMILAR_ACTIONS)
+            return own + [(SIMILAR_TAG + min(t + k - j, MAX_HINT_TAG - SIMILAR_TAG), f"> {a}\n{text}")
+                          for j, a, text in alike]
         if kind == "trend":
             return [(0, trend_answer(replies, t + k, replies[-1][1]))]
         return [(t + k - j, text) for j, text in reversed(replies[-n_replies:])]

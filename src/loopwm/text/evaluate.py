@@ -135,11 +135,12 @@ def load_protocol(data, split: str, actions: list[int], max_starts: int, seed: i
                     [entity_pattern(t.entities) for t in trajs])
 
 
-def score_state_starts(samples: list[Sample], answers: dict[str, list[str]], trajs, patterns) -> dict:
-    """Each answerer's scores (score_group) on a sample of state-tracking starts."""
+def score_state_starts(samples: list[Sample], answers: dict[str, list[str]], trajs, patterns, row: str = "") -> dict:
+    """Each answerer's scores (score_group) on a sample of state-tracking starts of one row (ambiguity
+    prompts are also matched with their options in any order)."""
     refs = [trajs[s.traj].observations[s.t + s.k] for s in samples]
     pats = [patterns[s.traj] for s in samples]
-    return {who: score_group(a, refs, pats) for who, a in answers.items()}
+    return {who: score_group(a, refs, pats, any_order=row == "ambiguity") for who, a in answers.items()}
 
 
 def score_baselines(cfg: TextBaselinesConfig) -> dict:
@@ -155,7 +156,7 @@ def score_baselines(cfg: TextBaselinesConfig) -> dict:
     state = {}
     for name, row_starts in state_starts(trajs, k_max, cfg.state_starts, cfg.seed).items() if cfg.state_starts else ():
         samples = [Sample(i, t, k_max) for i, t in row_starts]
-        state[name] = score_state_starts(samples, baseline_answers(samples, trajs, table), trajs, patterns)
+        state[name] = score_state_starts(samples, baseline_answers(samples, trajs, table), trajs, patterns, name)
     result = {"data": str(cfg.data), "split": cfg.split, "actions": k_max, "n_samples": len(starts),
               "baselines": by_actions[k_max], "state_rows": state,
               "by_actions": {str(k): {name: v["overall"] for name, v in got.items()} for k, got in by_actions.items()}}
@@ -188,6 +189,8 @@ def format_baselines_table(r: dict) -> str:
         for name, s in r["state_rows"].items():
             lines.append(f"{name:<{w}}{s[names[0]]['n']:>5} |" + "".join(
                 f"{_fmt(s[n]['em'])} /{_fmt(s[n]['f1'])}".rjust(15) for n in names))
+            if "em_any_order" in s[names[0]]:  # options in any order: EM alone
+                lines.append(f"{'  any order':<{w}}{'':>5} |" + "".join(f"{_fmt(s[n]['em_any_order']):>15}" for n in names))
     lines += ["", f"{'actions':<{w}}{'':>5} |" + "".join(f"{n + ' EM':>15}" for n in names)]
     for k, v in r["by_actions"].items():
         lines.append(f"{'step ' + k:<{w}}{'':>5} |" + "".join(f"{_fmt(v[n]['em']):>15}" for n in names))
@@ -204,11 +207,12 @@ def score(samples: list[Sample], predictions: list[str], trajs, patterns) -> dic
     rows = {name: [j for j, w in enumerate(which) if w == name] for name in STATE_ROWS}
     rows["numbers"] = [j for j, ref in enumerate(refs) if has_number(ref)]
 
-    def of(idx):
-        return score_group([predictions[j] for j in idx], [refs[j] for j in idx], [patterns[samples[j].traj] for j in idx])
+    def of(idx, any_order=False):
+        return score_group([predictions[j] for j in idx], [refs[j] for j in idx], [patterns[samples[j].traj] for j in idx],
+                           any_order)
 
     return {"overall": of(range(len(samples))), "per_task": {t: of(groups[t]) for t in sorted(groups)},
-            "rows": {name: of(idx) for name, idx in rows.items()}}
+            "rows": {name: of(idx, name == "ambiguity") for name, idx in rows.items()}}
 
 
 @torch.no_grad()
@@ -267,7 +271,7 @@ def evaluate_text(cfg: TextEvalConfig) -> dict:
         samples = [Sample(i, t, k_max) for i, t in row_starts]
         preds, _ = predict(model, enc, batcher, samples, depth, exit_rule, cfg.batch_size, device)
         answers = {"model": preds, **baseline_answers(samples, trajs, table, batcher)}
-        state[name] = score_state_starts(samples, answers, trajs, patterns)
+        state[name] = score_state_starts(samples, answers, trajs, patterns, name)
     reliance = state_reliance(model, batcher, [Sample(i, t, k_max) for i, t in starts], depth, cfg.batch_size, device)
     head = by_actions[k_max]
     if cfg.predictions:
@@ -333,6 +337,9 @@ def format_text_table(r: dict) -> str:
             m = s["model"]
             lines.append(f"{name:<{w}}{m['n']:>5} {_fmt(m['em'])} /{_fmt(m['f1'])} /{_fmt(m['entity'])} | "
                          + " | ".join(f"{n} {_fmt(s[n]['em'])} /{_fmt(s[n]['f1'])}" for n in names if n in s))
+            if "em_any_order" in m:  # results written before the any-order match lack it
+                lines.append(f"{'  any order':<{w}}{'':>5} {_fmt(m['em_any_order'])}{'':>16} | "
+                             + " | ".join(f"{n} {_fmt(s[n]['em_any_order'])}" for n in names if n in s))
     if r.get("state_reliance"):
         sr = r["state_reliance"]
         lines += ["", f"teacher-forced loss {sr['nll']:.3f}; with the latent state hidden from the decoder "

@@ -13,6 +13,11 @@ text, with punctuation split off (so "kitchen." and "kitchen" share a word).
   exp(1 - r / c) when the total candidate length c is below the total reference length r. Corpus
   level, because per-sentence BLEU-4 is zero for any reply shorter than four words, which many
   simulator replies are ("The door is now open.").
+- exact match in any order (ambiguity prompts only): the first line equal and the numbered options
+  equal as a multiset, their numbers and order aside. The simulator lists the objects that answer to
+  a name in an order that changes between prompts of one unchanged scene, so exact match there
+  scores the order, which no state decides; what the state decides is which objects, where, and how
+  many.
 - entity F1: micro-averaged over a group: the entities of a text are the names from the
   simulator's own object list of its trajectory that occur in it as whole words, longest first
   ("door to kitchen" before "kitchen"); true positives are names in both texts. Undefined for a
@@ -40,6 +45,21 @@ def words(text: str) -> list[str]:
 
 def exact_match(prediction: str, reference: str) -> float:
     return float(normalise(prediction) == normalise(reference))
+
+
+_OPTION = re.compile(r"^\d+:\s*")
+
+
+def prompt_options(text: str) -> tuple[str, Counter]:
+    """A prompt's first line and its numbered options as a multiset, numbers dropped (normalised)."""
+    lines = [normalise(line) for line in text.strip().splitlines()]
+    head = lines[0] if lines else ""
+    return head, Counter(_OPTION.sub("", line) for line in lines[1:] if _OPTION.match(line))
+
+
+def exact_match_any_order(prediction: str, reference: str) -> float:
+    """Exact match of a prompt that lists options, in whatever order the options come."""
+    return float(prompt_options(prediction) == prompt_options(reference))
 
 
 def token_f1(prediction: str, reference: str) -> float:
@@ -104,9 +124,15 @@ def micro_f1(counts: Iterable[tuple[int, int, int]]) -> float:
     return 2 * tp / (n_pred + n_ref)
 
 
-def score_group(predictions: Sequence[str], references: Sequence[str], patterns: Sequence[re.Pattern | None]) -> dict:
-    """All four scores of a group of samples, in percent, and its size."""
+def score_group(predictions: Sequence[str], references: Sequence[str], patterns: Sequence[re.Pattern | None],
+                any_order: bool = False) -> dict:
+    """All four scores of a group of samples, in percent, and its size; with `any_order` also
+    `em_any_order` (exact_match_any_order), for a group of prompts that list options."""
     n = len(references)
+    if any_order:
+        extra = {"em_any_order": 100 * sum(exact_match_any_order(p, r) for p, r in zip(predictions, references)) / n
+                 if n else float("nan")}
+        return {**score_group(predictions, references, patterns), **extra}
     if n == 0:
         return {"em": float("nan"), "f1": float("nan"), "bleu4": float("nan"), "entity": float("nan"), "n": 0}
     em = sum(exact_match(p, r) for p, r in zip(predictions, references)) / n

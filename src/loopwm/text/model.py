@@ -112,7 +112,10 @@ class TextModelConfig:
     action got earlier in the episode, newest first, each marked by how many steps before the
     predicted one it came (the history a reading's rate is read from); "trend", the trend baseline's
     reply, for a model that learns where to trust it (then it is not a pure world model: report it
-    beside the trend). The decoder reads them and the copy head may point at them."""
+    beside the trend); "similar", the replies as well as the newest reply to each of a few earlier
+    actions most like the last one, written after their action ("move seed to pot 1" for "move seed
+    to pot 2": an ambiguity prompt, or a template, seen for a neighbouring object). The decoder reads
+    them and the copy head may point at them."""
     hint_replies: int = 16
     """Earlier replies given with hints "replies" (the newest ones)."""
     hint_tokens: int = 256
@@ -134,8 +137,9 @@ MAX_PLACE = 8  # places of a digit within its number told apart (later ones shar
 NUMBER_TOKENS = 12  # a number's value is read from at most its last 12 tokens
 
 
-HINT_KINDS = ("none", "replies", "trend")  # what `hints` may be (baselines.episode_hints makes them)
+HINT_KINDS = ("none", "replies", "trend", "similar")  # what `hints` may be (baselines.episode_hints makes them)
 MAX_HINT_TAG = 63  # a hint's tag: 0 for a proposal, else the steps between it and the reply (capped)
+SIMILAR_TAG = 32  # with hints "similar": tags from here on mark replies to another, similar action
 
 
 def check_hint_kind(kind: str) -> None:

@@ -15,9 +15,9 @@ text, with punctuation split off (so "kitchen." and "kitchen" share a word).
   simulator replies are ("The door is now open.").
 - exact match in any order (ambiguity prompts only): the first line equal and the numbered options
   equal as a multiset, their numbers and order aside. The simulator lists the objects that answer to
-  a name in an order that changes between prompts of one unchanged scene, so exact match there
-  scores the order, which no state decides; what the state decides is which objects, where, and how
-  many.
+  a name in the order of its internal object list, which the text shows only through earlier
+  prompts (and which can differ between loads of one variation); this match scores which objects,
+  where and how many, apart from that order.
 - entity F1: micro-averaged over a group: the entities of a text are the names from the
   simulator's own object list of its trajectory that occur in it as whole words, longest first
   ("door to kitchen" before "kitchen"); true positives are names in both texts. Undefined for a

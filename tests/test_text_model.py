@@ -36,6 +36,8 @@ def test_any_order_match_reads_a_prompt_as_its_first_line_and_a_multiset_of_opti
     assert exact_match_any_order(f"{head}\n0:\tseed (in pot 5)\n1:\tseed (in pot 5)\n2:\tseed (in pot 2)", ref) == 0.0
     assert exact_match_any_order(shuffled.replace("Please", "Now"), ref) == 0.0  # the first line counts
     assert exact_match_any_order("You move the seed.", "you move the  seed.") == 1.0  # a plain reply: exact match
+    assert exact_match_any_order(shuffled + "\nand one more line", ref) == 0.0  # other lines count, in order
+    assert exact_match_any_order("a\nb", "a b") == exact_match("a\nb", "a b") == 1.0  # never below exact match
     scores = score_group([shuffled, "x"], [ref, ref], [None, None], any_order=True)
     assert scores["em"] == 0.0 and scores["em_any_order"] == 50.0 and "em_any_order" not in score_group([ref], [ref], [None])
 

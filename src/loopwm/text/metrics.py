@@ -50,16 +50,19 @@ def exact_match(prediction: str, reference: str) -> float:
 _OPTION = re.compile(r"^\d+:\s*")
 
 
-def prompt_options(text: str) -> tuple[str, Counter]:
-    """A prompt's first line and its numbered options as a multiset, numbers dropped (normalised)."""
-    lines = [normalise(line) for line in text.strip().splitlines()]
-    head = lines[0] if lines else ""
-    return head, Counter(_OPTION.sub("", line) for line in lines[1:] if _OPTION.match(line))
+def prompt_options(text: str) -> tuple[str, Counter, tuple[str, ...]]:
+    """A prompt's first line, its numbered options as a multiset (numbers dropped), and its other
+    lines in order; all normalised, empty lines left out."""
+    lines = [line for line in (normalise(x) for x in text.strip().splitlines()) if line]
+    head, rest = (lines[0], lines[1:]) if lines else ("", [])
+    options = Counter(_OPTION.sub("", line) for line in rest if _OPTION.match(line))
+    return head, options, tuple(line for line in rest if not _OPTION.match(line))
 
 
 def exact_match_any_order(prediction: str, reference: str) -> float:
-    """Exact match of a prompt that lists options, in whatever order the options come."""
-    return float(prompt_options(prediction) == prompt_options(reference))
+    """Exact match of a prompt that lists options, in whatever order the options come (at least the
+    exact match: a text that matches exactly matches in any order)."""
+    return max(exact_match(prediction, reference), float(prompt_options(prediction) == prompt_options(reference)))
 
 
 def token_f1(prediction: str, reference: str) -> float:

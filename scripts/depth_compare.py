@@ -36,6 +36,11 @@ class CompareConfig:
     """The training size (error on held-out episodes of it)."""
     other_size: int = 32
     """A never-seen size also reported (0: none)."""
+    own_rates: bool = False
+    """Let each model keep the learning rate that trained it best: settings that differ only in their
+    rate count as one, and where one seed, model and step count was trained at several rates, only the
+    run with the lowest final validation error is kept (chosen on validation, never on the scored
+    windows; its study's name says which run it is)."""
 
 
 def _read(path: Path) -> list[dict]:
@@ -81,6 +86,7 @@ def collect(cfg: CompareConfig) -> list[dict]:
                          if s["model"] == model and s["size"] == cfg.size and s["depth"] == best["depth"]}
             hard = [v for k, v in by_sweeps.items() if k not in ("0", "1")]  # steps of 2+ solver sweeps
             rows.append({"study": folder.name, "seed": seed, "setting": setting, "model": model, "params": best["params"],
+                         "val": run["val_curve"][-1][1] if run.get("val_curve") else None,
                          "core_params": run.get("core_params"), "steps": run["steps"], "stop": run.get("stop_reason", "steps"),
                          "minutes": run["train_seconds"] / 60, "depth": best["depth"], "h1": best["h1"], "h10": best["h10"],
                          "h1s": one_step(strata, model, cfg.size, best["depth"]),
@@ -88,7 +94,23 @@ def collect(cfg: CompareConfig) -> list[dict]:
                          "h10l": long[model]["h10"] if model in long else None,
                          "other": other_best, "free": by_sweeps["0"][0] if "0" in by_sweeps else None,
                          "hard": sum(e * n for e, n in hard) / sum(n for _, n in hard) if hard else None})
-    return rows
+    return own_rates(rows) if cfg.own_rates else rows
+
+
+RATE = re.compile(r", lr [0-9.e+-]+")
+
+
+def own_rates(rows: list[dict]) -> list[dict]:
+    """The rows with the rate taken out of each setting, and of the runs of one seed, model, step count and
+    setting at several rates only the one with the lowest final validation error (CompareConfig.own_rates)."""
+    kept: dict[tuple, dict] = {}
+    for r in rows:
+        r = {**r, "setting": RATE.sub("", r["setting"])}
+        key = (r["seed"], r["model"], r["steps"], r["setting"])
+        val = float("inf") if r.get("val") is None else r["val"]
+        if key not in kept or val < (float("inf") if kept[key].get("val") is None else kept[key]["val"]):
+            kept[key] = r
+    return list(kept.values())
 
 
 def _fmt(x: float | None) -> str:

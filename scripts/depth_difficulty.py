@@ -42,6 +42,9 @@ class DifficultyConfig:
     """Groups of equal size, from the easiest windows to the hardest."""
     data_root: str = ""
     """The datasets' folder, where it is not the one each study recorded (study.json's data_root)."""
+    own_rates: bool = False
+    """Each model at the learning rate that trained it best, chosen on validation (depth_compare's
+    --own-rates; use the same choice in both so their settings are numbered alike)."""
 
 
 def quantile_gaps(errors, reference, difficulty, bins: int) -> list[dict]:
@@ -136,7 +139,7 @@ def write_summary(cfg: DifficultyConfig, found: list[tuple[dict, dict, dict]], s
 
 
 def main(cfg: DifficultyConfig) -> None:
-    rows = collect(CompareConfig(studies=cfg.studies, size=cfg.size, other_size=0))
+    rows = collect(CompareConfig(studies=cfg.studies, size=cfg.size, other_size=0, own_rates=cfg.own_rates))
     found = []
     for loop, stack in pairs(rows):
         difficulty = window_difficulty(Path(next(s for s in cfg.studies if Path(s).name == loop["study"])), cfg.size,

@@ -245,6 +245,25 @@ def test_depth_compare_says_whether_a_match_on_many_windows_is_measured(load):
     assert f"| {loop['h1l']:.4f} | deep-2 (7.7x) [+0.5% ± " in line and f"| {loop['h10l']:.4f} | deep-2 (7.7x) [+0.5% ± " in line
 
 
+def test_depth_compare_own_rates_keeps_each_models_best_run_by_validation(load):
+    compare = load(next(p for p in SCRIPTS if p.name == "depth_compare.py"))
+    base = "rail (10000 steps each, batch 32, lr {}, context 2, horizon 4)"
+    row = dict(seed=2, steps=10000, params=1)
+    rows = [{**row, "model": "looped-d32", "setting": base.format(0.003), "val": 0.17, "h1": 0.09},
+            {**row, "model": "deep-4", "setting": base.format(0.003), "val": 0.23, "h1": 0.13},
+            {**row, "model": "deep-4", "setting": base.format(0.002), "val": 0.18, "h1": 0.10},
+            {**row, "model": "deep-4", "setting": base.format("1e-3"), "val": None, "h1": 0.01},  # no curve: never chosen
+            {**row, "seed": 1, "model": "deep-4", "setting": base.format(0.003), "val": 0.19, "h1": 0.09}]
+    kept = compare.own_rates(rows)
+    assert len(kept) == 3 and {r["setting"] for r in kept} == {"rail (10000 steps each, batch 32, context 2, horizon 4)"}
+    deep = next(r for r in kept if r["model"] == "deep-4" and r["seed"] == 2)
+    assert deep["h1"] == 0.10  # the lower validation error, not the lower test error
+    loop = next(r for r in kept if r["model"] == "looped-d32")
+    assert compare.matching_ratio(kept, loop, "h1") == "none of 1 (largest 1.00x)"  # now paired within one setting
+    assert compare.own_rates([rows[3]])[0]["h1"] == 0.01  # alone, it is kept
+    assert rows[1]["setting"] == base.format(0.003)  # the input rows are left as they were
+
+
 def test_depth_compare_sets_training_variants_against_the_usual_setting(load):
     compare = load(next(p for p in SCRIPTS if p.name == "depth_compare.py"))
     rng = np.random.default_rng(1)

@@ -103,12 +103,14 @@ RATE = re.compile(r", lr [0-9.e+-]+")
 def own_rates(rows: list[dict]) -> list[dict]:
     """The rows with the rate taken out of each setting, and of the runs of one seed, model, step count and
     setting at several rates only the one with the lowest final validation error (CompareConfig.own_rates)."""
+    def val(r: dict) -> float:  # a run without a validation curve is never preferred
+        return float("inf") if r.get("val") is None else r["val"]
+
     kept: dict[tuple, dict] = {}
     for r in rows:
         r = {**r, "setting": RATE.sub("", r["setting"])}
         key = (r["seed"], r["model"], r["steps"], r["setting"])
-        val = float("inf") if r.get("val") is None else r["val"]
-        if key not in kept or val < (float("inf") if kept[key].get("val") is None else kept[key]["val"]):
+        if key not in kept or val(r) < val(kept[key]):
             kept[key] = r
     return list(kept.values())
 

@@ -148,14 +148,14 @@ def episode_hints(kind: str, n_replies: int) -> Callable[[Trajectory, int, int],
         return None
 
     def hints(traj: Trajectory, t: int, k: int) -> list[tuple[int, str]]:
-        replies = earlier_replies(traj, t, traj.actions[t + k - 1])
-        if not replies and kind != "similar":
-            return []
+        action = traj.actions[t + k - 1]
+        replies = earlier_replies(traj, t, action)
         if kind == "similar":
             own = [(min(t + k - j, SIMILAR_TAG - 1), text) for j, text in reversed(replies[-n_replies:])]
-            alike = similar_replies(traj, t, traj.actions[t + k - 1], SIMILAR_ACTIONS)
             return own + [(SIMILAR_TAG + min(t + k - j, MAX_HINT_TAG - SIMILAR_TAG), f"> {a}\n{text}")
-                          for j, a, text in alike]
+                          for j, a, text in similar_replies(traj, t, action, SIMILAR_ACTIONS)]
+        if not replies:
+            return []
         if kind == "trend":
             return [(0, trend_answer(replies, t + k, replies[-1][1]))]
         return [(t + k - j, text) for j, text in reversed(replies[-n_replies:])]

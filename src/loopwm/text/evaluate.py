@@ -40,6 +40,7 @@ from loopwm.text.train import load_text_run, mean_loss, text_batcher
 from loopwm.utils import LoopWMError, atomic_write_json, atomic_write_text, pick_device
 
 METRICS = ("em", "f1", "bleu4", "entity")
+ANY_ORDER_ROWS = ("ambiguity",)  # rows of prompts that list options: also matched in any order (em_any_order)
 
 
 @dataclass
@@ -140,7 +141,7 @@ def score_state_starts(samples: list[Sample], answers: dict[str, list[str]], tra
     prompts are also matched with their options in any order)."""
     refs = [trajs[s.traj].observations[s.t + s.k] for s in samples]
     pats = [patterns[s.traj] for s in samples]
-    return {who: score_group(a, refs, pats, any_order=row == "ambiguity") for who, a in answers.items()}
+    return {who: score_group(a, refs, pats, any_order=row in ANY_ORDER_ROWS) for who, a in answers.items()}
 
 
 def score_baselines(cfg: TextBaselinesConfig) -> dict:
@@ -212,7 +213,7 @@ def score(samples: list[Sample], predictions: list[str], trajs, patterns) -> dic
                            any_order)
 
     return {"overall": of(range(len(samples))), "per_task": {t: of(groups[t]) for t in sorted(groups)},
-            "rows": {name: of(idx, name == "ambiguity") for name, idx in rows.items()}}
+            "rows": {name: of(idx, name in ANY_ORDER_ROWS) for name, idx in rows.items()}}
 
 
 @torch.no_grad()

@@ -29,6 +29,8 @@ from depth_report import _read, best_depth, write_summary  # the report, from th
 from loopwm.utils import atomic_write_text, worker_pool
 
 SCORED_EPISODES = 60  # episodes scored on the world sizes a model was not trained on
+# thresholds each exit rule is swept over; token-halt's are predicted falls of one body's error
+EXIT_THRESHOLDS = {"token-halt": [0.0001, 0.0003, 0.001, 0.003, 0.01]}
 
 
 @dataclass
@@ -119,7 +121,8 @@ class DepthStudyConfig:
     """Torch threads for the scoring stages (score, strata, long, exits); 1 when other jobs share the
     cores (two threads on busy cores ran about 3x slower than one in training)."""
     exit_rules: list[str] = field(default_factory=lambda: ["delta", "accel", "token-delta"])
-    """Exit rules measured against fixed depth (token-delta: each disc stops on its own)."""
+    """Exit rules measured against fixed depth (token-delta: each disc stops on its own; token-halt: a
+    halting head fitted to the trained loop, on its training episodes, decides for each disc)."""
     exit_sizes: list[int] = field(default_factory=lambda: [16, 32])
     """World sizes the exit rules are measured on (the larger ones need more, and more varied, depth)."""
     exit_windows: int = 512
@@ -374,9 +377,11 @@ def main(cfg: DepthStudyConfig) -> None:
     for name in [m for m in cfg.models if m.startswith("looped")] if "exits" in cfg.stages else []:
         model, meta = load_model(out / "runs" / name, device)
         for n in [n for n in cfg.exit_sizes if n in data]:
-            rules = {r: [0.003, 0.01, 0.03, 0.1] for r in cfg.exit_rules if (name, n, r) not in done}
+            rules = {r: EXIT_THRESHOLDS.get(r, [0.003, 0.01, 0.03, 0.1]) for r in cfg.exit_rules if (name, n, r) not in done}
             if not rules:
                 continue
+            if "token-halt" in rules and getattr(model, "halting_head", None) is None:
+                model = fit_halting(out / "runs" / name, meta, data[cfg.n_bodies], cfg, device)
             ds = TrajectoryDataset.load(data[n])
             episodes = scored_episodes(meta, ds, n, cfg)
             top = min(16, max(cfg.test_depths))  # error is flat beyond 16 in every run so far; rules stop earlier
@@ -392,6 +397,26 @@ def main(cfg: DepthStudyConfig) -> None:
             print(f"exit rules measured for {name} on {n} discs", flush=True)
     if "summary" in cfg.stages:
         write_summary(out, cfg)
+
+
+def fit_halting(run: Path, meta: dict, data: str, cfg: DepthStudyConfig, device):
+    """Fit the token-halt rule's head to a looped run on its own training episodes (never the
+    held-out ones the exits are scored on), save it in the run and return the model with it."""
+    from loopwm.checkpoint import load_model, read_checkpoint, resolve_checkpoint, save_halting_head
+    from loopwm.data.dataset import TrajectoryDataset
+    from loopwm.train.halting import fit_halting_head
+
+    ds = TrajectoryDataset.load(data)
+    held = {int(i) for i in meta["val_episodes"]}
+    train_eps = np.array([i for i in range(len(ds)) if i not in held])
+    model, _ = load_model(run, device)
+    head, report = fit_halting_head(model, ds, train_eps, context=cfg.context, windows=512, horizon=10,
+                                    max_depth=min(16, max(cfg.test_depths)), seed=cfg.seed, device=device)
+    _, ckpt_meta = read_checkpoint(resolve_checkpoint(run), verify=False)
+    save_halting_head(run, head, ckpt_meta, {"fit": {"windows": 512, "horizon": 10, "context": cfg.context,
+                                                      "by": "scripts/depth_study.py"}, "report": report})
+    print(f"halting head fitted to {run.name}: {report}", flush=True)
+    return load_model(run, device)[0]
 
 
 def scored_episodes(meta: dict, ds, n: int, cfg: DepthStudyConfig) -> np.ndarray:

@@ -31,7 +31,7 @@ def trained(tmp_path_factory):
 
 def test_help_lists_the_commands():
     out = loopwm("--help").stdout
-    for command in ("demo", "collect", "train", "eval", "compare", "bench", "plan", "play", "text", "doctor"):
+    for command in ("demo", "collect", "train", "eval", "compare", "bench", "plan", "play", "text", "doctor", "halting"):
         assert command in out
     # every command is described by its own config's docstring (the text group once showed typing.Union's)
     assert "Union" not in out and "Text worlds" in out

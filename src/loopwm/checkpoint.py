@@ -206,10 +206,61 @@ def build_model(meta: dict[str, Any]) -> torch.nn.Module:
 def load_model(path: str | Path, device: str | torch.device = "cpu", build=None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Load a trained model (eval mode) from a run directory or checkpoint file; `build` makes the
     model from the checkpoint metadata (default: the physics models' `build_model`)."""
-    tensors, meta = read_checkpoint(resolve_checkpoint(path))
+    json_path = resolve_checkpoint(path)
+    tensors, meta = read_checkpoint(json_path)
     model = (build or build_model)(meta)
     try:
         load_weights(model, model_state(tensors))
     except RuntimeError as err:
         raise LoopWMError(f"checkpoint weights do not fit the model they claim to be ({str(err)[:200]})") from err
-    return model.to(device).eval(), meta
+    model = model.to(device).eval()
+    attach_halting_head(model, json_path, meta)
+    return model, meta
+
+
+HALTING = "halting"  # RUN/halting.safetensors + RUN/halting.json: a halting head fitted to one checkpoint
+
+
+def save_halting_head(run_dir: str | Path, head: torch.nn.Module, checkpoint: dict[str, Any], info: dict[str, Any]) -> Path:
+    """Write a fitted halting head (models/exits.HaltingHead) beside the run's checkpoints, tied to
+    the checkpoint it was fitted to (its tensor hash): the JSON is written last, as the commit marker."""
+    run_dir = Path(run_dir)
+    tensor_path = run_dir / f"{HALTING}.safetensors"
+    atomic_save(tensor_path, lambda tmp: save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, tmp))
+    json_path = run_dir / f"{HALTING}.json"
+    atomic_write_json(json_path, {"format": FORMAT + "-halting", "d": head.d, "hidden": head.hidden, "eps": head.eps,
+                                  "sha256": sha256_file(tensor_path), "checkpoint_step": checkpoint.get("step"),
+                                  "checkpoint_sha256": checkpoint.get("sha256"), **info})
+    return json_path
+
+
+def attach_halting_head(model: torch.nn.Module, checkpoint_json: Path, meta: dict[str, Any]) -> None:
+    """Give `model` the halting head of its run when one was fitted to this very checkpoint (as the
+    plain attribute `halting_head`, outside the module tree, so saving the model never includes it);
+    otherwise say why not in `halting_stale`, for the token-halt rule's error message."""
+    run_dir = checkpoint_json.parent.parent if checkpoint_json.parent.name == "checkpoints" else checkpoint_json.parent
+    json_path = run_dir / f"{HALTING}.json"
+    if not json_path.exists():
+        return
+    from loopwm.models.exits import HaltingHead
+
+    info = read_json(json_path, "halting head metadata")
+    if not isinstance(info, dict) or info.get("format") != FORMAT + "-halting":
+        object.__setattr__(model, "halting_stale", f"{json_path} is not a loopwm halting head")
+        return
+    if info.get("checkpoint_sha256") != meta.get("sha256"):
+        object.__setattr__(model, "halting_stale", f"the head in {run_dir} was fitted to the checkpoint of step "
+                           f"{info.get('checkpoint_step')}, not this one of step {meta.get('step')}: fit it again")
+        return
+    tensor_path = run_dir / f"{HALTING}.safetensors"
+    if not tensor_path.exists() or sha256_file(tensor_path) != info.get("sha256"):
+        object.__setattr__(model, "halting_stale", f"{tensor_path} is missing or corrupt: fit it again")
+        return
+    head = HaltingHead(int(info["d"]), int(info["hidden"]), float(info["eps"]))
+    try:
+        head.load_state_dict(load_file(str(tensor_path)))
+    except (SafetensorError, RuntimeError, OSError) as err:
+        object.__setattr__(model, "halting_stale", f"{tensor_path} does not fit this model ({str(err)[:120]}): fit it again")
+        return
+    device = next(model.parameters()).device
+    object.__setattr__(model, "halting_head", head.to(device).eval())  # plain attribute: not a submodule of the world model

@@ -8,6 +8,7 @@
     loopwm bench    train and score the looped model against baselines on the same data
     loopwm plan     act in the real environment by planning with a world model (or the true simulator)
     loopwm value    fit a terminal value for the planner from a dataset's rewards
+    loopwm halting  fit a per-token halting head to a trained looped model (for --exit token-halt)
     loopwm play     drive the real world and the model's imagined one side by side in the browser
     loopwm text     text worlds: text collect (ScienceWorld trajectories), text train, text eval, text baselines
     loopwm import   turn a Minari dataset into a loopwm dataset (loopwm import minari PATH_OR_ID --out DIR)
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from loopwm.text.evaluate import (TextBaselinesConfig, TextEvalConfig, evaluate_text, format_baselines_table,
                                       format_text_table, score_baselines)
     from loopwm.text.train import TextTrainConfig, train_text
+    from loopwm.train.halting import HaltingConfig, run_halting
     from loopwm.train.loop import TrainConfig, train
 
     commands = {
@@ -52,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         "bench": BenchConfig,
         "plan": PlanConfig,
         "value": ValueConfig,
+        "halting": HaltingConfig,
         "play": PlayConfig,
         "text": TextCommand,
         "import": ImportConfig,
@@ -106,6 +109,12 @@ def main(argv: list[str] | None = None) -> int:
             caution = value_warning(meta)
             if caution:
                 print(f"note: {caution}")
+        elif isinstance(cfg, HaltingConfig):
+            path, report = run_halting(cfg)
+            rho = report["held_out_rank_corr"]
+            print(f"halting head written to {path} ({report['examples']:,} examples from {report['windows']} windows; "
+                  f"held out: squared error {report['held_out_mse']:.3f} against {report['held_out_mse_of_mean']:.3f} "
+                  f"for the mean, rank correlation {'n/a' if rho is None else f'{rho:.2f}'})")
         elif isinstance(cfg, CompareConfig):
             result = compare(cfg)
             print(json.dumps(result) if cfg.json else format_comparison(result))

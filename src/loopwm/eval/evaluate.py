@@ -93,7 +93,8 @@ class EvalConfig:
     exit: str = "auto"
     """Exit rule: auto (the one recorded for the run with --keep-exit, else fixed), fixed, delta,
     accel, token-delta (each body stops on its own), pred-delta (each body stops when its predicted change
-    stops moving), or gate (a model trained with --model.exit-gate)."""
+    stops moving), token-halt (each body stops when its fitted halting head, `loopwm halting RUN`, predicts
+    less than --threshold of further error reduction), or gate (a model trained with --model.exit-gate)."""
     threshold: float = 0.0
     """Threshold of the exit rule (with --exit auto: the recorded one)."""
     decoding: str = "per-step"

@@ -14,7 +14,10 @@ settle after an iteration or two and only the struck run keeps iterating.
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn as nn
 
 from loopwm.utils import LoopWMError
 
@@ -148,15 +151,70 @@ class PredictionDeltaExit(ExitRule):
         return torch.cat([bodies, rest], dim=1) & (t + 1 >= self.min_iterations)
 
 
+class HaltingHead(nn.Module):
+    """Per token: how much more would this body's one-step error fall if it kept iterating?
+
+    A small probe fitted after training to a frozen looped model (`loopwm halting RUN`,
+    train/halting.py): it reads each token's layer-normalised state, its log relative change in the
+    last iteration, the scene's mean and largest such change, and the iteration count, and predicts
+    log(g + eps), where g is the fall of that body's error from here to the best later iteration
+    (a global token: the largest over the scene's bodies). The latent rules measure how far a state
+    still moves; a body in free flight keeps moving while the loop settles, and a struck run can
+    move little per pass while every pass still pays. This head is taught which is which."""
+
+    def __init__(self, d: int, hidden: int = 32, eps: float = 1e-5):
+        super().__init__()
+        self.d, self.hidden, self.eps = d, hidden, eps
+        self.norm = nn.LayerNorm(d, elementwise_affine=False)
+        self.mlp = nn.Sequential(nn.Linear(d + 4, hidden), nn.GELU(), nn.Linear(hidden, 1))
+
+    def features(self, t: int, z_prev: torch.Tensor, z_new: torch.Tensor) -> torch.Tensor:
+        """(R, N_h, d + 4) inputs after iteration t (0-based) took z_prev to z_new, both (R, N_h, d)."""
+        change = torch.log((z_new - z_prev).norm(dim=-1) / (z_new.norm(dim=-1) + 1e-8) + 1e-6)  # (R, N_h)
+        scene = torch.stack([change.mean(-1), change.amax(-1)], -1)[:, None, :].expand(-1, change.shape[1], -1)  # (R, N_h, 2)
+        count = torch.full_like(change, math.log(t + 1.0))[..., None]  # (R, N_h, 1)
+        return torch.cat([self.norm(z_new), change[..., None], scene, count], dim=-1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Predicted log(gain + eps) per token: (..., d + 4) -> (...)."""
+        return self.mlp(features).squeeze(-1)
+
+
+class TokenHaltExit(ExitRule):
+    """Per token: a body stops when its fitted halting head (`HaltingHead`) predicts that more
+    iterations would lower its one-step error by less than the threshold (normalised squared
+    error, the units of the open-loop error). Needs a head fitted to this model (`loopwm halting RUN`)."""
+
+    name = "token-halt"
+    per_token = True
+
+    def __init__(self, threshold: float = 0.0, min_iterations: int = 1, head: HaltingHead | None = None, why: str = ""):
+        super().__init__(threshold, min_iterations)
+        if head is None:
+            raise LoopWMError("the token-halt exit rule needs a halting head fitted to this model: run "
+                              f"`loopwm halting RUN` first{why}, or use token-delta")
+        self.head = head
+        self.cut = math.log(max(self.threshold, 0.0) + head.eps)
+
+    @torch.no_grad()
+    def should_stop(self, t, z_prev, z_new, rows):
+        return (self.head(self.head.features(t, z_prev, z_new)) < self.cut) & (t + 1 >= self.min_iterations)
+
+
 EXIT_RULES = {"fixed": ExitRule, "delta": DeltaExit, "accel": AccelExit, "gate": GateExit, "token-delta": TokenDeltaExit,
-              "pred-delta": PredictionDeltaExit}
+              "pred-delta": PredictionDeltaExit, "token-halt": TokenHaltExit}
 
 
 def make_exit_rule(name: str, threshold: float = 0.0, min_iterations: int = 1, model=None) -> ExitRule:
     """Build an exit rule by name; unknown names raise an error that lists the known ones.
-    The gate rule reads the gate of `model` (a looped world model trained with one)."""
+    The gate rule reads the gate of `model` (a looped world model trained with one); token-halt reads
+    the halting head `checkpoint.load_model` attached to `model` (fitted with `loopwm halting`)."""
     if name not in EXIT_RULES:
         raise LoopWMError(f"unknown exit rule {name!r}: choose one of {sorted(EXIT_RULES)}")
     if name == "gate":
         return GateExit(threshold, min_iterations, gate=getattr(getattr(model, "core", None), "gate", None))
+    if name == "token-halt":
+        why = getattr(model, "halting_stale", "")
+        return TokenHaltExit(threshold, min_iterations, head=getattr(model, "halting_head", None),
+                             why=f" ({why})" if why else "")
     return EXIT_RULES[name](threshold=threshold, min_iterations=min_iterations)

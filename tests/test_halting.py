@@ -113,7 +113,7 @@ def test_a_fitted_head_is_saved_with_its_checkpoint_and_loads_with_it(rail_run, 
         make_exit_rule("token-halt", 1e-3, model=stale)
 
 
-def test_fitting_is_seeded_and_refuses_a_model_without_a_loop(rail_run):
+def test_fitting_is_seeded_and_refuses_models_without_a_loop_or_without_bodies(rail_run, monkeypatch):
     model, meta = load_model(rail_run / "run", "cpu")
     ds = TrajectoryDataset.load(rail_run / "data")
     kw = dict(context=2, windows=12, horizon=3, max_depth=4, steps=20, seed=7)
@@ -125,6 +125,9 @@ def test_fitting_is_seeded_and_refuses_a_model_without_a_loop(rail_run):
     deep = small_model(kind="deep")
     with pytest.raises(LoopWMError, match="not a looped one"):
         fit_halting_head(deep, ds, np.arange(4), **kw)
+    monkeypatch.setattr(type(model.spec), "pixels", property(lambda spec: True))  # a frame model's tokens are patches
+    with pytest.raises(LoopWMError, match="token-delta"):
+        fit_halting_head(model, ds, np.arange(4), **kw)
 
 
 def test_halting_command_and_eval_with_the_rule(rail_run, tmp_path):

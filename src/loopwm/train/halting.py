@@ -136,6 +136,9 @@ def fit_halting_head(model, ds, episodes, *, context: int, windows: int = 512, h
     examples with any gain above 1e-3)."""
     if getattr(model.cfg, "kind", None) != "looped":
         raise LoopWMError("a halting head decides when a loop stops iterating: this model is not a looped one")
+    if model.spec.pixels:
+        raise LoopWMError("the halting head is fitted per body, and this model reads frames (its tokens are patches): "
+                          "use the token-delta or pred-delta exit rule")
     if context < 1:
         raise LoopWMError(f"context {context} reads no observation: use 1 or more")
     seed_everything(seed)
@@ -147,8 +150,8 @@ def fit_halting_head(model, ds, episodes, *, context: int, windows: int = 512, h
                           "collect longer or more episodes, or lower --horizon")
     rows = all_windows[np.unique(np.linspace(0, len(all_windows) - 1, min(windows, len(all_windows))).astype(int))]
     head = HaltingHead(model.cfg.d, hidden).to(device)
-    n_tokens = model.n_state_tokens(ds.obs_shape[0] if len(ds.obs_shape) == 2 else model.spec.obs_shape[0])
-    keep = min(1.0, MAX_ROWS / max(1, len(rows) * horizon * max_depth * n_tokens))
+    n_tokens = model.n_state_tokens(ds.obs_shape[0])  # bodies + global tokens
+    keep = min(1.0, MAX_ROWS / max(1, len(rows) * horizon * max_depth * n_tokens))  # a random share of every batch
     x, y, owner = record_examples(model, head, ds, rows, context, horizon, max_depth, device, keep, gen)
     held = torch.rand(len(rows), generator=gen) < 0.2  # whole windows held out of the fit
     val = held[owner]

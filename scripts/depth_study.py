@@ -30,7 +30,7 @@ from loopwm.utils import atomic_write_text, worker_pool
 
 SCORED_EPISODES = 60  # episodes scored on the world sizes a model was not trained on
 # thresholds each exit rule is swept over; token-halt's are predicted falls of one body's error
-EXIT_THRESHOLDS = {"token-halt": [0.0001, 0.0003, 0.001, 0.003, 0.01]}
+EXIT_THRESHOLDS = {"token-halt": [0.00001, 0.00003, 0.0001, 0.0003, 0.001]}
 
 
 @dataclass
@@ -122,7 +122,9 @@ class DepthStudyConfig:
     cores (two threads on busy cores ran about 3x slower than one in training)."""
     exit_rules: list[str] = field(default_factory=lambda: ["delta", "accel", "token-delta"])
     """Exit rules measured against fixed depth (token-delta: each disc stops on its own; token-halt: a
-    halting head fitted to the trained loop, on its training episodes, decides for each disc)."""
+    halting head fitted to the trained loop, on its training episodes, decides for each disc from the
+    error it predicts is left to gain; token-halt-latent: from the distance it predicts is left to the
+    loop's final state)."""
     exit_sizes: list[int] = field(default_factory=lambda: [16, 32])
     """World sizes the exit rules are measured on (the larger ones need more, and more varied, depth)."""
     exit_windows: int = 512
@@ -269,7 +271,8 @@ def main(cfg: DepthStudyConfig) -> None:
     from loopwm.checkpoint import load_model
     from loopwm.data import TrajectoryDataset, collect
     from loopwm.eval.adaptive import exit_sweep
-    from loopwm.eval.openloop import open_loop
+    from loopwm.eval.openloop import exit_rule_from, open_loop
+    from loopwm.models.exits import TokenHaltExit
     from loopwm.utils import pick_device
 
     if cfg.quick:
@@ -380,8 +383,7 @@ def main(cfg: DepthStudyConfig) -> None:
             rules = {r: EXIT_THRESHOLDS.get(r, [0.003, 0.01, 0.03, 0.1]) for r in cfg.exit_rules if (name, n, r) not in done}
             if not rules:
                 continue
-            if "token-halt" in rules and getattr(model, "halting_head", None) is None:
-                model = fit_halting(out / "runs" / name, meta, data[cfg.n_bodies], cfg, device)
+            heads = {r: fit_halting(model, meta, data[cfg.n_bodies], cfg, device, r) for r in rules if r.startswith("token-halt")}
             ds = TrajectoryDataset.load(data[n])
             episodes = scored_episodes(meta, ds, n, cfg)
             top = min(16, max(cfg.test_depths))  # error is flat beyond 16 in every run so far; rules stop earlier
@@ -390,8 +392,11 @@ def main(cfg: DepthStudyConfig) -> None:
             # rows of another window count stay: the summary pairs each rule with the fixed depths of its own count
             exits = [r for r in exits if (r["model"], r.get("size", cfg.n_bodies)) != (name, n)
                      or r["rule"] not in {*rules, "fixed"} or r.get("asked", 512) != cfg.exit_windows]
+            def make_rule(rule, threshold, model, heads=heads):
+                return TokenHaltExit(threshold, head=heads[rule]) if rule in heads else exit_rule_from(rule, threshold, model)
+
             for row in exit_sweep(model, ds, episodes, rules, fixed, top, context=cfg.context, device=device,
-                                  windows=cfg.exit_windows):
+                                  windows=cfg.exit_windows, make_rule=make_rule):
                 exits.append({"model": name, "size": n, "asked": cfg.exit_windows, **row})
             _write(exits_path, exits)
             print(f"exit rules measured for {name} on {n} discs", flush=True)
@@ -399,24 +404,21 @@ def main(cfg: DepthStudyConfig) -> None:
         write_summary(out, cfg)
 
 
-def fit_halting(run: Path, meta: dict, data: str, cfg: DepthStudyConfig, device):
-    """Fit the token-halt rule's head to a looped run on its own training episodes (never the
-    held-out ones the exits are scored on), save it in the run and return the model with it."""
-    from loopwm.checkpoint import load_model, read_checkpoint, resolve_checkpoint, save_halting_head
+def fit_halting(model, meta: dict, data: str, cfg: DepthStudyConfig, device, rule: str):
+    """The head of a token-halt rule ("token-halt": target error; "token-halt-latent": target latent),
+    fitted to a looped model on its own training episodes (never the held-out ones the exits are
+    scored on); seeded, so a re-run fits the same head."""
     from loopwm.data.dataset import TrajectoryDataset
     from loopwm.train.halting import fit_halting_head
 
     ds = TrajectoryDataset.load(data)
     held = {int(i) for i in meta["val_episodes"]}
     train_eps = np.array([i for i in range(len(ds)) if i not in held])
-    model, _ = load_model(run, device)
+    target = rule[len("token-halt-"):] if rule != "token-halt" else "error"
     head, report = fit_halting_head(model, ds, train_eps, context=cfg.context, windows=512, horizon=10,
-                                    max_depth=min(16, max(cfg.test_depths)), seed=cfg.seed, device=device)
-    _, ckpt_meta = read_checkpoint(resolve_checkpoint(run), verify=False)
-    save_halting_head(run, head, ckpt_meta, {"fit": {"windows": 512, "horizon": 10, "context": cfg.context,
-                                                      "by": "scripts/depth_study.py"}, "report": report})
-    print(f"halting head fitted to {run.name}: {report}", flush=True)
-    return load_model(run, device)[0]
+                                    max_depth=min(16, max(cfg.test_depths)), seed=cfg.seed, device=device, target=target)
+    print(f"halting head ({target}) fitted: {report}", flush=True)
+    return head
 
 
 def scored_episodes(meta: dict, ds, n: int, cfg: DepthStudyConfig) -> np.ndarray:

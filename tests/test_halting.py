@@ -96,6 +96,7 @@ def test_a_fitted_head_is_saved_with_its_checkpoint_and_loads_with_it(rail_run, 
     assert report["examples"] > 0 and report["held_out_examples"] > 0
     assert report["held_out_mse"] < report["held_out_mse_of_mean"]  # it predicts better than a constant
     info = json.loads(path.read_text())
+    assert info["target"] == "error"
     model, meta = load_model(run, "cpu")
     assert info["checkpoint_sha256"] == meta["sha256"] and hasattr(model, "halting_head")
     assert not any(k.startswith("halting") for k in model.state_dict())  # never saved as part of the world model
@@ -122,6 +123,10 @@ def test_fitting_is_seeded_and_refuses_models_without_a_loop_or_without_bodies(r
     assert ra == rb
     for pa, pb in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(pa, pb)
+    latent, rl = fit_halting_head(model, ds, np.arange(4), **{**kw, "steps": 200}, target="latent")
+    assert latent.target == "latent" and rl["held_out_mse"] < rl["held_out_mse_of_mean"]
+    with pytest.raises(LoopWMError, match="unknown halting target"):
+        fit_halting_head(model, ds, np.arange(4), **kw, target="loss")
     deep = small_model(kind="deep")
     with pytest.raises(LoopWMError, match="not a looped one"):
         fit_halting_head(deep, ds, np.arange(4), **kw)

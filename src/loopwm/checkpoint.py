@@ -229,6 +229,7 @@ def save_halting_head(run_dir: str | Path, head: torch.nn.Module, checkpoint: di
     atomic_save(tensor_path, lambda tmp: save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, tmp))
     json_path = run_dir / f"{HALTING}.json"
     atomic_write_json(json_path, {"format": FORMAT + "-halting", "d": head.d, "hidden": head.hidden, "eps": head.eps,
+                                  "target": head.target,
                                   "sha256": sha256_file(tensor_path), "checkpoint_step": checkpoint.get("step"),
                                   "checkpoint_sha256": checkpoint.get("sha256"), **info})
     return json_path
@@ -256,7 +257,7 @@ def attach_halting_head(model: torch.nn.Module, checkpoint_json: Path, meta: dic
     if not tensor_path.exists() or sha256_file(tensor_path) != info.get("sha256"):
         object.__setattr__(model, "halting_stale", f"{tensor_path} is missing or corrupt: fit it again")
         return
-    head = HaltingHead(int(info["d"]), int(info["hidden"]), float(info["eps"]))
+    head = HaltingHead(int(info["d"]), int(info["hidden"]), float(info["eps"]), str(info.get("target", "error")))
     try:
         head.load_state_dict(load_file(str(tensor_path)))
     except (SafetensorError, RuntimeError, OSError) as err:

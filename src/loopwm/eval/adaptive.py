@@ -129,7 +129,7 @@ def error_by_sweeps(model, ds, episodes, depths, context: int = 4, max_windows: 
 
 
 def exit_sweep(model, ds, episodes, rules: dict[str, list[float]], depths, max_depth: int, context: int = 4,
-               device="cpu", windows: int = 512) -> list[dict]:
+               device="cpu", windows: int = 512, make_rule=None) -> list[dict]:
     """Horizon-10 open-loop error against mean iterations for fixed depths and each rule's thresholds,
     with the rank correlation of one-step iterations against the world's difficulty. Per-token
     rules also report iterations per token (`mean_token_iterations`), the compute they spend.
@@ -137,7 +137,8 @@ def exit_sweep(model, ds, episodes, rules: dict[str, list[float]], depths, max_d
     Every rule and depth scores the same `windows`, so each rule's row also carries its paired gap at
     h10 (openloop.paired_gap: fraction and standard error) to the fixed depth nearest its compute M
     (`vs_round`; M = iterations per token, the same M as the fixed depths') and to the largest fixed
-    depth (`vs_max`): whether "beats round(M)" and "within 2% of the maximum" are measured or noise."""
+    depth (`vs_max`): whether "beats round(M)" and "within 2% of the maximum" are measured or noise.
+    make_rule(name, threshold, model): builds each rule (default: by name, `exit_rule_from`)."""
     rows, fixed = [], {}
     for depth in depths:
         res = open_loop(model, ds, episodes, context, 10, windows, depth=depth, device=device)
@@ -147,7 +148,7 @@ def exit_sweep(model, ds, episodes, rules: dict[str, list[float]], depths, max_d
                      "error_h10": float(res.errors[9]), "error_h1": float(res.errors[0]), "windows": res.windows})
     for name, thresholds in rules.items():
         for threshold in thresholds:
-            rule = exit_rule_from(name, threshold, model)
+            rule = (make_rule or exit_rule_from)(name, threshold, model)
             res = open_loop(model, ds, episodes, context, 10, windows, depth=max_depth, exit_rule=rule, device=device)
             one = one_step_errors(model, ds, episodes, context, depth=max_depth, exit_rule=rule, device=device)
             row = {"rule": name, "threshold": float(threshold), "max_depth": int(max_depth),

@@ -158,13 +158,17 @@ class HaltingHead(nn.Module):
     train/halting.py): it reads each token's layer-normalised state, its log relative change in the
     last iteration, the scene's mean and largest such change, and the iteration count, and predicts
     log(g + eps), where g is the fall of that body's error from here to the best later iteration
-    (a global token: the largest over the scene's bodies). The latent rules measure how far a state
+    (a global token: the largest over the scene's bodies); or, fitted with target "latent", the
+    distance from this state to the state the loop ends in. The latent rules measure how far a state
     still moves; a body in free flight keeps moving while the loop settles, and a struck run can
     move little per pass while every pass still pays. This head is taught which is which."""
 
-    def __init__(self, d: int, hidden: int = 32, eps: float = 1e-5):
+    TARGETS = {"error": 1e-5, "latent": 1e-4}  # what it predicts -> the eps of its log
+
+    def __init__(self, d: int, hidden: int = 32, eps: float | None = None, target: str = "error"):
         super().__init__()
-        self.d, self.hidden, self.eps = d, hidden, eps
+        self.d, self.hidden, self.target = d, hidden, target
+        self.eps = self.TARGETS[target] if eps is None else eps
         self.norm = nn.LayerNorm(d, elementwise_affine=False)
         self.mlp = nn.Sequential(nn.Linear(d + 4, hidden), nn.GELU(), nn.Linear(hidden, 1))
 
@@ -183,7 +187,9 @@ class HaltingHead(nn.Module):
 class TokenHaltExit(ExitRule):
     """Per token: a body stops when its fitted halting head (`HaltingHead`) predicts that more
     iterations would lower its one-step error by less than the threshold (normalised squared
-    error, the units of the open-loop error). Needs a head fitted to this model (`loopwm halting RUN`)."""
+    error, the units of the open-loop error), or with a head of target "latent", that its state is
+    closer than the threshold (relative) to where the loop ends. Needs a head fitted to this model
+    (`loopwm halting RUN`)."""
 
     name = "token-halt"
     per_token = True

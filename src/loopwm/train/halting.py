@@ -4,7 +4,8 @@ The world model stays frozen. Over windows of its own training episodes it reads
 imagines `horizon` steps at `max_depth` iterations; after every iteration each body's prediction
 is read out and scored against the truth. The head (models/exits.HaltingHead) learns, from what
 the loop can see at that moment, log(g + eps): g is how much that body's one-step error still falls
-between this iteration and the best later one. At evaluation a body stops iterating once the
+between this iteration and the best later one (or, with --target latent, how far its state still is
+from where the loop ends). At evaluation a body stops iterating once the
 predicted fall is below the rule's threshold. Global tokens are taught the largest fall over their
 scene's bodies, so they keep running while any body still gains.
 
@@ -49,6 +50,11 @@ class HaltingConfig:
     """Iterations run per step while recording: the head learns the gain left up to this depth."""
     context: int = 0
     """Real observations read before imagining; 0 means the run's training --context."""
+    target: str = "error"
+    """What the head predicts, and --threshold then bounds: "error" (how much more the body's one-step
+    error would fall by iterating on) or "latent" (how far the body's state still is from where the
+    loop ends at --max-depth, relative to that state's size: the state is also what the next step
+    starts from, which the one-step error does not see)."""
     steps: int = 2000
     """Optimiser steps of the head (batch 4,096)."""
     lr: float = 3e-3
@@ -76,11 +82,12 @@ class _Recorder(ExitRule):
         self.readout = readout
 
     def start(self, z0):
-        self.features, self.errors = [], []
+        self.features, self.errors, self.states = [], [], []
 
     def should_stop(self, t, z_prev, z_new, rows):
         model = self.model
         self.features.append(self.head.features(t, z_prev, z_new))  # (B, N_h, K)
+        self.states.append(z_new)
         pred = model._decode(self.obs, self.readout(z_new, rows))  # (B, N, F)
         err = ((pred - self.true) / model.std_safe) ** 2 * model.dynamic  # (B, N, F)
         self.errors.append(err.sum(-1) / model.dynamic.sum())  # (B, N): each body's share of the error's units
@@ -112,9 +119,13 @@ def record_examples(model, head: HaltingHead, ds, windows: np.ndarray, context: 
             rec.obs, rec.true = state.obs, obs[:, c + 1 + h]
             state, _ = model.step(state, act[:, c + h], max_depth, rec)
             x = torch.stack(rec.features)  # (T, B, N_h, K)
-            gain = gain_targets(torch.stack(rec.errors))  # (T, B, N)
-            extra = x.shape[2] - N  # global tokens: the scene's largest gain
-            gain = torch.cat([gain, gain.amax(-1, keepdim=True).expand(-1, -1, extra)], -1)  # (T, B, N_h)
+            if head.target == "latent":
+                zs = torch.stack(rec.states)  # (T, B, N_h, d)
+                gain = (zs - zs[-1]).norm(dim=-1) / (zs[-1].norm(dim=-1) + 1e-8)  # (T, B, N_h)
+            else:
+                gain = gain_targets(torch.stack(rec.errors))  # (T, B, N)
+                extra = x.shape[2] - N  # global tokens: the scene's largest gain
+                gain = torch.cat([gain, gain.amax(-1, keepdim=True).expand(-1, -1, extra)], -1)  # (T, B, N_h)
             pick = torch.rand(gain.shape, generator=gen) < keep  # (T, B, N_h)
             owner = (i + torch.arange(B))[None, :, None].expand_as(gain)  # (T, B, N_h)
             feats.append(x[pick].cpu())
@@ -129,8 +140,8 @@ def _rank_corr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def fit_halting_head(model, ds, episodes, *, context: int, windows: int = 512, horizon: int = 10, max_depth: int = 16,
-                     steps: int = 2000, lr: float = 3e-3, hidden: int = 32, seed: int = 0, device="cpu"
-                     ) -> tuple[HaltingHead, dict]:
+                     steps: int = 2000, lr: float = 3e-3, hidden: int = 32, seed: int = 0, device="cpu",
+                     target: str = "error") -> tuple[HaltingHead, dict]:
     """Fit a head to `model` on windows of `episodes`; returns it and a report (examples, the held-out
     fit: mean squared error against predicting the mean, rank correlation, and the share of
     examples with any gain above 1e-3)."""
@@ -149,7 +160,9 @@ def fit_halting_head(model, ds, episodes, *, context: int, windows: int = 512, h
         raise LoopWMError(f"only {len(all_windows)} windows of {context - 1 + horizon} steps in the fitting episodes: "
                           "collect longer or more episodes, or lower --horizon")
     rows = all_windows[np.unique(np.linspace(0, len(all_windows) - 1, min(windows, len(all_windows))).astype(int))]
-    head = HaltingHead(model.cfg.d, hidden).to(device)
+    if target not in ("error", "latent"):
+        raise LoopWMError(f"unknown halting target {target!r}: use error or latent")
+    head = HaltingHead(model.cfg.d, hidden, target=target).to(device)
     n_tokens = model.n_state_tokens(ds.obs_shape[0])  # bodies + global tokens
     keep = min(1.0, MAX_ROWS / max(1, len(rows) * horizon * max_depth * n_tokens))  # a random share of every batch
     x, y, owner = record_examples(model, head, ds, rows, context, horizon, max_depth, device, keep, gen)
@@ -199,7 +212,7 @@ def run_halting(cfg: HaltingConfig) -> tuple[Path, dict]:
     context = cfg.context or _training_context(run_dir)
     head, report = fit_halting_head(model, ds, episodes, context=context, windows=cfg.windows, horizon=cfg.horizon,
                                     max_depth=cfg.max_depth, steps=cfg.steps, lr=cfg.lr, hidden=cfg.hidden,
-                                    seed=cfg.seed, device=device)
+                                    seed=cfg.seed, device=device, target=cfg.target)
     _, ckpt_meta = read_checkpoint(ckpt, verify=False)
     path = save_halting_head(run_dir, head, ckpt_meta, {"fit": {**asdict(cfg), "context": context}, "report": report})
     return path, report

@@ -30,7 +30,7 @@ from loopwm.utils import atomic_write_text, worker_pool
 
 SCORED_EPISODES = 60  # episodes scored on the world sizes a model was not trained on
 # thresholds each exit rule is swept over; token-halt's are predicted falls of one body's error
-EXIT_THRESHOLDS = {"token-halt": [0.00001, 0.00003, 0.0001, 0.0003, 0.001], "token-halt-latent": [0.01, 0.02, 0.05, 0.1, 0.2]}
+EXIT_THRESHOLDS = {"token-halt": [0.00001, 0.00003, 0.0001, 0.0003, 0.001], "token-halt-latent": [0.01, 0.02, 0.05, 0.07, 0.1, 0.2]}
 
 
 @dataclass

@@ -96,7 +96,7 @@ def test_a_fitted_head_is_saved_with_its_checkpoint_and_loads_with_it(rail_run, 
     assert report["examples"] > 0 and report["held_out_examples"] > 0
     assert report["held_out_mse"] < report["held_out_mse_of_mean"]  # it predicts better than a constant
     info = json.loads(path.read_text())
-    assert info["target"] == "error"
+    assert info["target"] == "latent"  # the default
     model, meta = load_model(run, "cpu")
     assert info["checkpoint_sha256"] == meta["sha256"] and hasattr(model, "halting_head")
     assert not any(k.startswith("halting") for k in model.state_dict())  # never saved as part of the world model

@@ -29,8 +29,10 @@ from depth_report import _read, best_depth, write_summary  # the report, from th
 from loopwm.utils import atomic_write_text, worker_pool
 
 SCORED_EPISODES = 60  # episodes scored on the world sizes a model was not trained on
-# thresholds each exit rule is swept over; token-halt's are predicted falls of one body's error
-EXIT_THRESHOLDS = {"token-halt": [0.00001, 0.00003, 0.0001, 0.0003, 0.001], "token-halt-latent": [0.01, 0.02, 0.05, 0.07, 0.1, 0.2]}
+# thresholds each exit rule is swept over (others: 0.003, 0.01, 0.03, 0.1): token-halt-latent's bound the predicted
+# relative distance to the loop's final state, token-halt-error's the predicted fall of one body's error
+EXIT_THRESHOLDS = {"token-halt-latent": [0.01, 0.02, 0.05, 0.07, 0.1, 0.2],
+                   "token-halt-error": [0.00001, 0.00003, 0.0001, 0.0003, 0.001]}
 
 
 @dataclass
@@ -121,10 +123,10 @@ class DepthStudyConfig:
     """Torch threads for the scoring stages (score, strata, long, exits); 1 when other jobs share the
     cores (two threads on busy cores ran about 3x slower than one in training)."""
     exit_rules: list[str] = field(default_factory=lambda: ["delta", "accel", "token-delta"])
-    """Exit rules measured against fixed depth (token-delta: each disc stops on its own; token-halt: a
-    halting head fitted to the trained loop, on its training episodes, decides for each disc from the
-    error it predicts is left to gain; token-halt-latent: from the distance it predicts is left to the
-    loop's final state)."""
+    """Exit rules measured against fixed depth (token-delta: each disc stops on its own; token-halt-latent:
+    a halting head fitted to the trained loop, on its training episodes, decides for each disc from the
+    distance it predicts is left to the loop's final state; token-halt-error: from the fall of the
+    disc's error it predicts is left to gain)."""
     exit_sizes: list[int] = field(default_factory=lambda: [16, 32])
     """World sizes the exit rules are measured on (the larger ones need more, and more varied, depth)."""
     exit_windows: int = 512
@@ -405,16 +407,16 @@ def main(cfg: DepthStudyConfig) -> None:
 
 
 def fit_halting(model, meta: dict, data: str, cfg: DepthStudyConfig, device, rule: str):
-    """The head of a token-halt rule ("token-halt": target error; "token-halt-latent": target latent),
-    fitted to a looped model on its own training episodes (never the held-out ones the exits are
-    scored on); seeded, so a re-run fits the same head."""
+    """The head of a token-halt rule (token-halt-latent or token-halt-error: its target; plain token-halt:
+    latent, the default of `loopwm halting`), fitted to a looped model on its own training episodes
+    (never the held-out ones the exits are scored on); seeded, so a re-run fits the same head."""
     from loopwm.data.dataset import TrajectoryDataset
     from loopwm.train.halting import fit_halting_head
 
     ds = TrajectoryDataset.load(data)
     held = {int(i) for i in meta["val_episodes"]}
     train_eps = np.array([i for i in range(len(ds)) if i not in held])
-    target = rule[len("token-halt-"):] if rule != "token-halt" else "error"
+    target = rule[len("token-halt-"):] if rule != "token-halt" else "latent"
     head, report = fit_halting_head(model, ds, train_eps, context=cfg.context, windows=512, horizon=10,
                                     max_depth=min(16, max(cfg.test_depths)), seed=cfg.seed, device=device, target=target)
     print(f"halting head ({target}) fitted: {report}", flush=True)

@@ -43,7 +43,8 @@ def test_physics_study_quick(tmp_path):
 @pytest.mark.slow
 def test_depth_study_quick(tmp_path):
     run_script("depth_study.py", "--out", str(tmp_path), "--quick", "--workers", "1", "--stages", "train", "score", "long",
-               "exits", "summary", "--exit-rules", "token-delta", "--exit-windows", "64", "--long-windows", "64")
+               "exits", "summary", "--exit-rules", "token-delta", "token-halt-latent", "--exit-windows", "64",
+               "--long-windows", "64")
     assert rows(tmp_path / "runs.jsonl") and rows(tmp_path / "results.jsonl")
     long = rows(tmp_path / "long.jsonl")
     assert {r["model"] for r in long} == {"looped", "deep-1"} and all(len(r["window_h10"]) == r["windows"] for r in long)

@@ -54,8 +54,9 @@ class HaltingConfig:
     """What the head predicts, and --threshold then bounds: "latent" (how far the body's state still
     is from where the loop ends at --max-depth, relative to that state's size) or "error" (how much
     more the body's one-step error would fall by iterating on). The state is also what the next step
-    starts from, which the one-step error does not see: on the 32-disc rail the latent head beat
-    fixed depth at equal cost in three seeds and the error head did not (docs/LOG.md, session 33)."""
+    starts from, which the one-step error does not see: on the 32-disc rail the error head was level
+    with or worse than fixed depth at equal cost, the latent head at or ahead of it (docs/LOG.md,
+    session 33)."""
     steps: int = 2000
     """Optimiser steps of the head (batch 4,096)."""
     lr: float = 3e-3

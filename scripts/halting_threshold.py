@@ -1,0 +1,87 @@
+"""Choose a token-halt threshold without the scored windows, then read the scored result at it.
+
+The depth study sweeps exit thresholds on the held-out windows it scores, so a threshold picked from
+that sweep is picked on the test data. Here the same seeded halting head is fitted, the same
+thresholds are swept on windows of the run's *training* episodes, and the rule below picks one
+before any held-out row is read: the largest threshold whose horizon-10 error on those windows is
+within --tolerance of the fixed maximum depth on the same windows. The study's own exits.jsonl
+row at that threshold is then the unbiased reading.
+
+    python scripts/halting_threshold.py --studies results/depth-r005-local-n32-seed0-10k-halt ...
+        --data-root DATA                                      # about 4 minutes a study on one core
+
+A study's model is read from STUDY/runs/MODEL, else STUDY/model (the committed checkpoints).
+Writes STUDY/threshold_choice.json.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tyro
+
+from depth_study import EXIT_THRESHOLDS, fit_halting, study_settings
+from loopwm.utils import atomic_write_text
+
+
+@dataclass
+class ThresholdConfig:
+    """Pick a token-halt threshold on training windows; read the held-out row at it."""
+
+    studies: list[str] = field(default_factory=list)
+    """Depth-study folders whose exits stage swept the rule."""
+    data_root: str = ""
+    """Dataset folder of the studies (empty: each study's own data_root)."""
+    rule: str = "token-halt-latent"
+    """The token-halt rule (its head's target follows the name, as in the depth study)."""
+    model: str = "looped-d32"
+    """Model of the study."""
+    windows: int = 512
+    """Training-episode windows the thresholds are swept on."""
+    tolerance: float = 0.01
+    """Largest allowed gap to the fixed maximum on those windows (0.01: 1%, half the issue's 2% band)."""
+
+
+def choose(rows: list[dict], tolerance: float) -> float | None:
+    """The largest threshold whose h10 is within `tolerance` of the deepest fixed row's, or None."""
+    top = max((r for r in rows if r["rule"] == "fixed"), key=lambda r: r["max_depth"])["error_h10"]
+    ok = [r["threshold"] for r in rows if r["rule"] != "fixed" and r["error_h10"] <= (1 + tolerance) * top]
+    return max(ok) if ok else None
+
+
+def main(cfg: ThresholdConfig) -> None:
+    from loopwm.checkpoint import load_model
+    from loopwm.data import TrajectoryDataset
+    from loopwm.eval.adaptive import exit_sweep
+    from loopwm.models.exits import TokenHaltExit
+
+    for folder in map(Path, cfg.studies):
+        settings = study_settings(folder)
+        root = Path(cfg.data_root or settings.data_root)
+        run = folder / "runs" / cfg.model if (folder / "runs" / cfg.model).exists() else folder / "model"
+        model, meta = load_model(run, "cpu")
+        data = next(root.glob(f"rail{settings.n_bodies}-r{settings.rail_radius:g}-e{settings.episodes}"))
+        head = fit_halting(model, meta, str(data), settings, "cpu", cfg.rule)
+        ds = TrajectoryDataset.load(data)
+        held = {int(i) for i in meta["val_episodes"]}
+        train_eps = np.array([i for i in range(len(ds)) if i not in held])
+        top = min(16, max(settings.test_depths))
+        swept = exit_sweep(model, ds, train_eps, {cfg.rule: EXIT_THRESHOLDS[cfg.rule]}, [top], top,
+                           context=settings.context, windows=cfg.windows,
+                           make_rule=lambda name, threshold, model: TokenHaltExit(threshold, head=head))
+        chosen = choose(swept, cfg.tolerance)
+        scored = [r for r in map(json.loads, (folder / "exits.jsonl").read_text().splitlines())
+                  if r["rule"] == cfg.rule and r.get("size") == settings.n_bodies and r["threshold"] == chosen]
+        out = {"rule": cfg.rule, "tolerance": cfg.tolerance, "windows": cfg.windows, "chosen": chosen,
+               "training_sweep": swept, "scored_row": scored[0] if scored else None}
+        atomic_write_text(folder / "threshold_choice.json", json.dumps(out, indent=1))
+        row = out["scored_row"] or {}
+        print(f"{folder.name}: chose {chosen}; held out: M {row.get('mean_token_iterations')}, "
+              f"vs round(M) {row.get('vs_round')}, vs max {row.get('vs_max')}", flush=True)
+
+
+if __name__ == "__main__":
+    main(tyro.cli(ThresholdConfig))

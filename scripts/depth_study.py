@@ -381,11 +381,13 @@ def main(cfg: DepthStudyConfig) -> None:
     done = {(r["model"], r.get("size", cfg.n_bodies), r["rule"]) for r in exits if r.get("asked", 512) == cfg.exit_windows}
     for name in [m for m in cfg.models if m.startswith("looped")] if "exits" in cfg.stages else []:
         model, meta = load_model(out / "runs" / name, device)
+        heads = {}  # token-halt heads, fitted once per model (on the training size) and used on every size
         for n in [n for n in cfg.exit_sizes if n in data]:
             rules = {r: EXIT_THRESHOLDS.get(r, [0.003, 0.01, 0.03, 0.1]) for r in cfg.exit_rules if (name, n, r) not in done}
             if not rules:
                 continue
-            heads = {r: fit_halting(model, meta, data[cfg.n_bodies], cfg, device, r) for r in rules if r.startswith("token-halt")}
+            heads.update({r: fit_halting(model, meta, data[cfg.n_bodies], cfg, device, r)
+                          for r in rules if r.startswith("token-halt") and r not in heads})
             ds = TrajectoryDataset.load(data[n])
             episodes = scored_episodes(meta, ds, n, cfg)
             top = min(16, max(cfg.test_depths))  # error is flat beyond 16 in every run so far; rules stop earlier

@@ -17,13 +17,13 @@ Writes STUDY/threshold_choice.json.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import tyro
 
-from depth_study import EXIT_THRESHOLDS, fit_halting, study_settings
+from depth_study import EXIT_THRESHOLDS, datasets, fit_halting, study_settings
 from loopwm.utils import atomic_write_text
 
 
@@ -60,10 +60,11 @@ def main(cfg: ThresholdConfig) -> None:
 
     for folder in map(Path, cfg.studies):
         settings = study_settings(folder)
-        root = Path(cfg.data_root or settings.data_root)
+        if cfg.data_root:
+            settings = replace(settings, data_root=cfg.data_root)
         run = folder / "runs" / cfg.model if (folder / "runs" / cfg.model).exists() else folder / "model"
         model, meta = load_model(run, "cpu")
-        data = next(root.glob(f"rail{settings.n_bodies}-r{settings.rail_radius:g}-e{settings.episodes}"))
+        data = datasets(settings, [settings.n_bodies])[settings.n_bodies][0]  # the study's own dataset folder
         head = fit_halting(model, meta, str(data), settings, "cpu", cfg.rule)
         ds = TrajectoryDataset.load(data)
         held = {int(i) for i in meta["val_episodes"]}

@@ -9,6 +9,7 @@ does not match the recorded hash, is ignored when resuming (and reported when lo
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -218,6 +219,22 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", build=None)
     return model, meta
 
 
+def run_folder(run: str | Path) -> Path:
+    """The run directory of a run folder or of one of its checkpoint files."""
+    path = Path(run)
+    return path.parent.parent if path.suffix in (".json", ".safetensors") else path
+
+
+def training_context(run: str | Path, default: int = 4) -> int:
+    """The `--context` the run was trained with (its config.json), else `default`: scoring after as
+    many observations as training showed is the fair reading of a model."""
+    path = run_folder(run) / "config.json"
+    try:
+        return int(json.loads(path.read_text()).get("context", default))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return default
+
+
 HALTING = "halting"  # RUN/halting.safetensors + RUN/halting.json: a halting head fitted to one checkpoint
 
 
@@ -239,7 +256,7 @@ def attach_halting_head(model: torch.nn.Module, checkpoint_json: Path, meta: dic
     """Give `model` the halting head of its run when one was fitted to this very checkpoint (as the
     plain attribute `halting_head`, outside the module tree, so saving the model never includes it);
     otherwise say why not in `halting_stale`, for the token-halt rule's error message."""
-    run_dir = checkpoint_json.parent.parent if checkpoint_json.parent.name == "checkpoints" else checkpoint_json.parent
+    run_dir = run_folder(checkpoint_json)
     json_path = run_dir / f"{HALTING}.json"
     if not json_path.exists():
         return

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import tyro
 
-from loopwm.checkpoint import load_model
+from loopwm.checkpoint import load_model, run_folder, training_context
 from loopwm.data import TrajectoryDataset
 from loopwm.data.collect import CUSTOM_PREFIX
 from loopwm.models.flops import count_step_flops
@@ -22,22 +22,6 @@ from loopwm.utils import LoopWMError, atomic_write_json, pick_device
 EXIT_FILE = "exit.json"
 """A run's default exit rule, threshold and maximum depth, written by `loopwm eval --keep-exit` (and
 the demo); evaluation uses it whenever --exit is left at "auto"."""
-
-
-def run_folder(run: str | Path) -> Path:
-    """The run directory of a run folder or of one of its checkpoint files."""
-    path = Path(run)
-    return path.parent.parent if path.suffix in (".json", ".safetensors") else path
-
-
-def training_context(run: str | Path, default: int = 4) -> int:
-    """The `--context` the run was trained with (its config.json), else `default`: scoring after as
-    many observations as training showed is the fair reading of a model."""
-    path = run_folder(run) / "config.json"
-    try:
-        return int(json.loads(path.read_text()).get("context", default))
-    except (OSError, ValueError, TypeError, AttributeError):
-        return default
 
 
 def default_exit(run: str | Path) -> dict:
@@ -93,8 +77,8 @@ class EvalConfig:
     exit: str = "auto"
     """Exit rule: auto (the one recorded for the run with --keep-exit, else fixed), fixed, delta,
     accel, token-delta (each body stops on its own), pred-delta (each body stops when its predicted change
-    stops moving), token-halt (each body stops when its fitted halting head, `loopwm halting RUN`, predicts
-    less than --threshold of further error reduction), or gate (a model trained with --model.exit-gate)."""
+    stops moving), token-halt (each body stops when its fitted halting head, `loopwm halting RUN`, predicts it
+    within --threshold of where the loop ends, or less than --threshold of further error fall), or gate (a model trained with --model.exit-gate)."""
     threshold: float = 0.0
     """Threshold of the exit rule (with --exit auto: the recorded one)."""
     decoding: str = "per-step"

@@ -37,11 +37,16 @@ class Rollout:
     token_iterations: torch.Tensor  # (B, T) iterations per token; differs only for per-token exits
 
 
+def body_squared_error(model, pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+    """Squared error over each feature's training variance, summed over the features that change:
+    (..., N, F) predictions and truth -> (..., N), not yet divided by their count."""
+    return (((pred - true) / model.std_safe) ** 2 * model.dynamic).sum(-1)  # (..., N)
+
+
 def normalised_error(model, pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
     """Squared error over each feature's training variance, averaged over entities and over the
     features that change: (..., N, F) predictions and truth -> (...). Shared by training and evaluation."""
-    err = ((pred - true) / model.std_safe) ** 2 * model.dynamic  # (..., N, F)
-    return err.sum(-1).mean(-1) / model.dynamic.sum()  # (...)
+    return body_squared_error(model, pred, true).mean(-1) / model.dynamic.sum()  # (...)
 
 
 def reward_error(model, pred: torch.Tensor, true: torch.Tensor, units: str = "raw") -> torch.Tensor:

@@ -15,7 +15,6 @@ scene's bodies, so they keep running while any body still gains.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated
@@ -24,8 +23,9 @@ import numpy as np
 import torch
 import tyro
 
-from loopwm.checkpoint import load_model, read_checkpoint, resolve_checkpoint, save_halting_head
+from loopwm.checkpoint import load_model, resolve_checkpoint, run_folder, save_halting_head, training_context
 from loopwm.data.dataset import TrajectoryDataset
+from loopwm.models.dynamics import body_squared_error
 from loopwm.models.exits import ExitRule, HaltingHead
 from loopwm.utils import LoopWMError, pick_device, seed_everything
 
@@ -70,29 +70,30 @@ class HaltingConfig:
 
 
 class _Recorder(ExitRule):
-    """Never stops; after every iteration keeps the head's features of every token and the error of
-    every body's prediction read out at that point."""
-
-    reads_predictions = True
+    """Never stops; after every iteration keeps the head's features of every token and what its
+    target needs: the state (latent), or the error of every body's prediction read out at that point
+    (error; only then does the model read predictions out mid-loop, a coda pass per iteration)."""
 
     def __init__(self, model, head: HaltingHead):
         super().__init__()
         self.model, self.head = model, head
+        self.reads_predictions = head.target == "error"
         self.obs = self.true = None  # (B, N, F) this step's input observation and the truth it predicts
 
     def bind(self, readout) -> None:
         self.readout = readout
 
     def start(self, z0):
-        self.features, self.errors, self.states = [], [], []
+        self.features, self.found = [], []
 
     def should_stop(self, t, z_prev, z_new, rows):
         model = self.model
         self.features.append(self.head.features(t, z_prev, z_new))  # (B, N_h, K)
-        self.states.append(z_new)
-        pred = model._decode(self.obs, self.readout(z_new, rows))  # (B, N, F)
-        err = ((pred - self.true) / model.std_safe) ** 2 * model.dynamic  # (B, N, F)
-        self.errors.append(err.sum(-1) / model.dynamic.sum())  # (B, N): each body's share of the error's units
+        if self.reads_predictions:
+            pred = model._decode(self.obs, self.readout(z_new, rows))  # (B, N, F)
+            self.found.append(body_squared_error(model, pred, self.true) / model.dynamic.sum())  # (B, N)
+        else:
+            self.found.append(z_new)  # (B, N_h, d)
         return torch.zeros(z_new.shape[0], dtype=torch.bool, device=z_new.device)
 
 
@@ -121,11 +122,11 @@ def record_examples(model, head: HaltingHead, ds, windows: np.ndarray, context: 
             rec.obs, rec.true = state.obs, obs[:, c + 1 + h]
             state, _ = model.step(state, act[:, c + h], max_depth, rec)
             x = torch.stack(rec.features)  # (T, B, N_h, K)
+            found = torch.stack(rec.found)  # (T, B, N_h, d) states or (T, B, N) errors
             if head.target == "latent":
-                zs = torch.stack(rec.states)  # (T, B, N_h, d)
-                gain = (zs - zs[-1]).norm(dim=-1) / (zs[-1].norm(dim=-1) + 1e-8)  # (T, B, N_h)
+                gain = (found - found[-1]).norm(dim=-1) / (found[-1].norm(dim=-1) + 1e-8)  # (T, B, N_h)
             else:
-                gain = gain_targets(torch.stack(rec.errors))  # (T, B, N)
+                gain = gain_targets(found)  # (T, B, N)
                 extra = x.shape[2] - N  # global tokens: the scene's largest gain
                 gain = torch.cat([gain, gain.amax(-1, keepdim=True).expand(-1, -1, extra)], -1)  # (T, B, N_h)
             pick = torch.rand(gain.shape, generator=gen) < keep  # (T, B, N_h)
@@ -154,6 +155,8 @@ def fit_halting_head(model, ds, episodes, *, context: int, windows: int = 512, h
                           "use the token-delta or pred-delta exit rule")
     if context < 1:
         raise LoopWMError(f"context {context} reads no observation: use 1 or more")
+    if target not in ("error", "latent"):
+        raise LoopWMError(f"unknown halting target {target!r}: use error or latent")
     seed_everything(seed)
     gen = torch.Generator().manual_seed(seed)
     episodes = np.asarray(episodes, dtype=np.int64)
@@ -162,8 +165,6 @@ def fit_halting_head(model, ds, episodes, *, context: int, windows: int = 512, h
         raise LoopWMError(f"only {len(all_windows)} windows of {context - 1 + horizon} steps in the fitting episodes: "
                           "collect longer or more episodes, or lower --horizon")
     rows = all_windows[np.unique(np.linspace(0, len(all_windows) - 1, min(windows, len(all_windows))).astype(int))]
-    if target not in ("error", "latent"):
-        raise LoopWMError(f"unknown halting target {target!r}: use error or latent")
     head = HaltingHead(model.cfg.d, hidden, target=target).to(device)
     n_tokens = model.n_state_tokens(ds.obs_shape[0])  # bodies + global tokens
     keep = min(1.0, MAX_ROWS / max(1, len(rows) * horizon * max_depth * n_tokens))  # a random share of every batch
@@ -198,7 +199,8 @@ def fit_halting_head(model, ds, episodes, *, context: int, windows: int = 512, h
 def run_halting(cfg: HaltingConfig) -> tuple[Path, dict]:
     """Fit and save the head of `cfg.run`; returns the JSON path and the fit report."""
     device = pick_device(cfg.device)
-    model, meta = load_model(cfg.run, device)
+    ckpt = resolve_checkpoint(cfg.run)
+    model, meta = load_model(ckpt, device)  # meta: the checkpoint's record, whose hash the head is tied to
     for p in model.parameters():
         p.requires_grad_(False)
     data_path = cfg.data or meta.get("data")
@@ -209,20 +211,10 @@ def run_halting(cfg: HaltingConfig) -> tuple[Path, dict]:
         raise LoopWMError(f"dataset observations {tuple(ds.obs_shape)} do not match the model's {tuple(model.spec.obs_shape)}")
     held = set(int(i) for i in meta.get("val_episodes", [])) if not cfg.data else set()
     episodes = np.array([i for i in range(ds.episodes) if i not in held], dtype=np.int64)
-    ckpt = resolve_checkpoint(cfg.run)
-    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-    context = cfg.context or _training_context(run_dir)
+    run_dir = run_folder(ckpt)
+    context = cfg.context or training_context(run_dir)
     head, report = fit_halting_head(model, ds, episodes, context=context, windows=cfg.windows, horizon=cfg.horizon,
                                     max_depth=cfg.max_depth, steps=cfg.steps, lr=cfg.lr, hidden=cfg.hidden,
                                     seed=cfg.seed, device=device, target=cfg.target)
-    _, ckpt_meta = read_checkpoint(ckpt, verify=False)
-    path = save_halting_head(run_dir, head, ckpt_meta, {"fit": {**asdict(cfg), "context": context}, "report": report})
+    path = save_halting_head(run_dir, head, meta, {"fit": {**asdict(cfg), "context": context}, "report": report})
     return path, report
-
-
-def _training_context(run_dir: Path, default: int = 4) -> int:
-    """The run's training --context (config.json), as evaluation reads it; `default` without one."""
-    try:
-        return int(json.loads((run_dir / "config.json").read_text()).get("context", default))
-    except (OSError, ValueError, TypeError, AttributeError):
-        return default

@@ -103,6 +103,9 @@ class DepthStudyConfig:
     settle_from: float = 0.0
     """With --settle-weight: the fraction of training done before the penalty starts (TrainConfig.settle_from;
     0.75 applies it over the last quarter)."""
+    exit_training: float = 0.0
+    """Exit-aware training of the looped models (TrainConfig.exit_training: in half the steps the bodies
+    settle one by one under token-delta, at a threshold drawn between a tenth of this and this). 0: off."""
     mu_rec: float = 8.0
     """Mean training loop count of the looped models."""
     models: list[str] = field(default_factory=lambda: ["looped", "deep-1", "deep-2", "deep-4", "deep-8", "looped-full",
@@ -188,6 +191,8 @@ def train_overrides(name: str, cfg: DepthStudyConfig) -> dict:
     shared = {"horizon_start": cfg.horizon_start, "horizon_final": cfg.horizon_final, "step_weighting": cfg.step_weighting}
     if cfg.settle_weight and name.startswith("looped"):
         shared.update(settle_weight=cfg.settle_weight, settle_from=cfg.settle_from)
+    if cfg.exit_training and name.startswith("looped"):
+        shared.update(exit_training=cfg.exit_training)
     return {**shared, **({"depth_supervision": cfg.depth_supervision} if name.startswith("looped-ds") else {})}
 
 

@@ -333,3 +333,40 @@ def test_settle_weight_adds_its_term_and_is_refused_where_there_is_no_loop(tmp_p
                             model=ModelConfig(d=16, n_heads=2, mu_rec=2.0), **common))
     settle = [json.loads(line)["train/settle"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert settle[:2] == [0.0, 0.0] and all(v > 0 for v in settle[2:])  # the penalty starts halfway
+
+
+def test_exit_training_draws_per_step_and_a_rule_that_never_fires_trains_as_full_depth(tmp_path):
+    from loopwm.train.loop import training_exit
+
+    cfg = TrainConfig(exit_training=0.1, exit_training_share=0.5, seed=3)
+    draws = [training_exit(cfg, step) for step in range(400)]
+    again = [training_exit(cfg, step) for step in range(400)]  # a resumed run draws the same, step by step
+    assert [r and r.threshold for r in draws] == [r and r.threshold for r in again]
+    on = [r.threshold for r in draws if r is not None]
+    assert 0.4 < len(on) / 400 < 0.6 and all(0.01 <= t <= 0.1 for t in on)
+    assert min(on) < 0.02 and max(on) > 0.05  # spread over the decade, not one value
+
+    data = collect(env_id="loopwm/Cradle-v0", n_bodies=4, max_episode_steps=20, out=str(tmp_path / "data"),
+                   episodes=4, progress=False)
+    common = dict(data=str(data), steps=3, batch_size=4, context=2, horizon=2, warmup=1, eval_every=10**9,
+                  progress=False, device="cpu", seed=0)
+    model = ModelConfig(d=16, n_heads=2, mu_rec=3.0)
+
+    def trained(name: str, **kw):
+        run = train(TrainConfig(out=str(tmp_path / name), model=model, **common, **kw))
+        logs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        from safetensors.torch import load_file
+        return load_file(sorted((run / "checkpoints").glob("*.safetensors"))[-1]), logs
+
+    plain, _ = trained("plain")
+    never, _ = trained("never", exit_training=1e-30, exit_training_share=1.0)  # no token ever moves this little
+    assert plain.keys() == never.keys() and all(torch.equal(plain[k], never[k]) for k in plain)
+    always, logs = trained("always", exit_training=1e9, exit_training_share=1.0)  # every token stops after one pass
+    assert any(not torch.equal(plain[k], always[k]) for k in plain)
+    assert all(r["train/token_iterations"] == 1.0 for r in logs if "train/token_iterations" in r)
+    assert any("train/token_iterations" in r for r in logs)
+    with pytest.raises(LoopWMError, match="--model.kind looped"):
+        train(TrainConfig(out=str(tmp_path / "deep"), exit_training=0.1, model=ModelConfig(d=16, n_heads=2, kind="deep"),
+                          **common))
+    with pytest.raises(LoopWMError, match="--exit-training-share"):
+        train(TrainConfig(out=str(tmp_path / "share"), exit_training=0.1, exit_training_share=0.0, model=model, **common))

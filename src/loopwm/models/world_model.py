@@ -312,6 +312,7 @@ class WorldModel(Dynamics, nn.Module):
         self._register_norm_buffers(spec)
         self.supervise_every_iteration = False  # set by training when it weights every iteration's error
         self.report_settling = False  # set by training when it penalises the loop state's last move (settle_weight)
+        self.train_exit: ExitRule | None = None  # set by training, step by step, for exit-aware training (exit_training)
 
     # ----- normalisation constants (buffers, saved in the checkpoint) -----
     def _register_norm_buffers(self, spec: WorldSpec) -> None:
@@ -460,6 +461,8 @@ class WorldModel(Dynamics, nn.Module):
         act = self._action_features(action)  # (B, A)
         if depth is None:
             depth = self.sample_depth(B, obs.device) if self.training else self.cfg.resolved_eval_depth()
+        if exit_rule is None and self.training:
+            exit_rule = self.train_exit  # exit-aware training: tokens settle as an exit rule would stop them
         if isinstance(depth, int):
             depth = torch.full((B,), depth, dtype=torch.long, device=obs.device)
         pairs = self.pairs(obs)  # once per step: the encoder's edge features and the attention context

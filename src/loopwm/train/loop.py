@@ -24,6 +24,7 @@ from loopwm.checkpoint import latest_checkpoint, resume, save_checkpoint
 from loopwm.data import TrajectoryDataset, WindowIndex, decode_bounds
 from loopwm.models import RSSMConfig, build_model
 from loopwm.models.blocks import compile_blocks
+from loopwm.models.exits import TokenDeltaExit
 from loopwm.models.world_model import ModelConfig, WorldModel, WorldSpec
 from loopwm.train.average import WeightAverage, check_plateau_ema
 from loopwm.train.distributed import Distributed
@@ -141,6 +142,15 @@ class TrainConfig:
     settle_from: float = 0.0
     """With --settle-weight: the fraction of training (by steps, or by minutes under a wall-clock budget)
     after which the penalty applies, so the loop first learns the dynamics unhindered (0: throughout)."""
+    exit_training: float = 0.0
+    """Exit-aware training (looped models): in a share of the training steps (--exit-training-share),
+    bodies settle one by one under the token-delta exit rule, at a threshold drawn log-uniformly
+    between a tenth of this value and this value. A per-token exit rule at evaluation leaves some
+    state tokens stopped early, and the next step starts from that carried state; a loop trained
+    only at full depth has never seen such a state. 0: off."""
+    exit_training_share: float = 0.5
+    """With --exit-training: the share of training steps run with the exit rule (the others run
+    their full drawn depth, so the loop still learns what late iterations compute)."""
     gate_weight: float = 1.0
     """Weight of the exit gate's loss (models built with --model.exit-gate)."""
     gate_tolerance: float = 0.02
@@ -264,9 +274,24 @@ def check_training_settings(cfg: TrainConfig) -> None:
     if cfg.settle_from > 0 and cfg.until_plateau > 0:
         raise LoopWMError("--settle-from switches at a fraction of a known length; with --until-plateau the length is "
                           "not known in advance: use --steps or --minutes")
+    if cfg.exit_training < 0 or not 0.0 < cfg.exit_training_share <= 1.0:
+        raise LoopWMError(f"--exit-training {cfg.exit_training} must be 0 (off) or a positive token-delta threshold, and "
+                          f"--exit-training-share {cfg.exit_training_share} a fraction in (0, 1]")
+    if cfg.exit_training > 0 and cfg.model.kind != "looped":
+        raise LoopWMError("--exit-training settles the loop's tokens one by one: use it with --model.kind looped")
     if cfg.objective == "dd" and (cfg.horizon_start > 0 or cfg.step_weighting != "mean"):
         raise LoopWMError("--horizon-start and --step-weighting shape the sequence objective; --objective dd has its own "
                           "schedule (--dd-interval)")
+
+
+def training_exit(cfg: TrainConfig, step: int) -> TokenDeltaExit | None:
+    """Exit-aware training's rule for one step, or None for a full-depth step. Drawn from the seed and
+    the step alone (not the batch generator), so a resumed run draws the same and the batches are
+    the ones a run without it would pick."""
+    draw = np.random.default_rng([cfg.seed, step, 0xE817])
+    if draw.random() >= cfg.exit_training_share:
+        return None
+    return TokenDeltaExit(cfg.exit_training * 10.0 ** -draw.random())  # log-uniform in [t/10, t]
 
 
 def to_tensors(batch: dict[str, np.ndarray], device) -> dict[str, torch.Tensor]:
@@ -443,6 +468,8 @@ def _train(cfg: TrainConfig, run_dir: Path, ddp: Distributed) -> Path:
             imagined = horizon_now(cfg, fraction)  # the curriculum reads each window's first steps only
             if cfg.settle_weight > 0:  # the model reports the loop state's last move only while it is penalised
                 model.report_settling = fraction >= cfg.settle_from
+            if cfg.exit_training > 0:
+                model.train_exit = training_exit(cfg, step)
             batch = to_tensors(ds.batch(ddp.shard(pick)[:, :2], length=cfg.context + imagined), device)  # this process's slice
             objective.step = step
             loss, info = runner(batch)

@@ -36,7 +36,7 @@ def sequence_loss(model: WorldModel, batch: dict[str, torch.Tensor], cfg: TrainC
         noise = torch.randn(obs.shape, device=obs.device, generator=gen) * cfg.obs_noise * model.std_safe * model.dynamic
         inputs = obs + noise
     state = model.initial(inputs[:, 0])
-    preds, rewards, conts, aux, deep_terms, gate_terms, settle_terms = [], [], [], [], [], [], []
+    preds, rewards, conts, aux, deep_terms, gate_terms, settle_terms, work = [], [], [], [], [], [], [], []
     for t in range(L):
         state, out = model.step(state, actions[:, t])
         if "aux_loss" in out:  # model-specific terms, e.g. the RSSM's KL and reconstruction
@@ -48,6 +48,8 @@ def sequence_loss(model: WorldModel, batch: dict[str, torch.Tensor], cfg: TrainC
                 gate_terms.append(gate_loss(per_iter, out["gate"], cfg.gate_tolerance, cfg.gate_entropy))
         if "settle" in out:
             settle_terms.append(out["settle"].mean())
+        if "token_iterations" in out:  # iterations per token: below the drawn depth where tokens settled early
+            work.append(out["token_iterations"].float().mean())
         preds.append(out["obs"])
         rewards.append(out["reward"])
         conts.append(out["cont_logit"])
@@ -75,7 +77,8 @@ def sequence_loss(model: WorldModel, batch: dict[str, torch.Tensor], cfg: TrainC
     loss = loss + cfg.depth_supervision * deep_loss + cfg.gate_weight * gate_term + cfg.settle_weight * settle
     return loss, {"loss": loss.item(), "obs": obs_loss.item(), "reward": reward_loss.item(), "cont": cont_loss.item(),
                   "aux": aux_loss.item(), "every_iteration": deep_loss.item(), "gate": gate_term.item(), "settle": settle.item(),
-                  "obs_first": per_step[0].item(), "obs_last": per_step[-1].item()}
+                  "obs_first": per_step[0].item(), "obs_last": per_step[-1].item(),
+                  **({"token_iterations": torch.stack(work).mean().item()} if work else {})}
 
 
 def gate_targets(losses: torch.Tensor, tolerance: float) -> torch.Tensor:

@@ -32,7 +32,13 @@ SCORED_EPISODES = 60  # episodes scored on the world sizes a model was not train
 # thresholds each exit rule is swept over (others: 0.003, 0.01, 0.03, 0.1): token-halt-latent's bound the predicted
 # relative distance to the loop's final state, token-halt-error's the predicted fall of one body's error
 EXIT_THRESHOLDS = {"token-halt-latent": [0.01, 0.02, 0.05, 0.07, 0.1, 0.2],
-                   "token-halt-error": [0.00001, 0.00003, 0.0001, 0.0003, 0.001]}
+                   "token-halt-error": [0.00001, 0.00003, 0.0001, 0.0003, 0.001],
+                   "token-delta": [0.003, 0.01, 0.03, 0.05, 0.1, 0.2]}  # 0.05 and 0.2 since session 34
+
+
+def exit_thresholds(rule: str) -> list[float]:
+    """The thresholds the exits stage sweeps for a rule (the latent-change rules: a decade apart, and halves)."""
+    return EXIT_THRESHOLDS.get(rule, [0.003, 0.01, 0.03, 0.1])
 
 
 @dataclass
@@ -388,7 +394,7 @@ def main(cfg: DepthStudyConfig) -> None:
         model, meta = load_model(out / "runs" / name, device)
         heads = {}  # token-halt heads, fitted once per model (on the training size) and used on every size
         for n in [n for n in cfg.exit_sizes if n in data]:
-            rules = {r: EXIT_THRESHOLDS.get(r, [0.003, 0.01, 0.03, 0.1]) for r in cfg.exit_rules if (name, n, r) not in done}
+            rules = {r: exit_thresholds(r) for r in cfg.exit_rules if (name, n, r) not in done}
             if not rules:
                 continue
             heads.update({r: fit_halting(model, meta, data[cfg.n_bodies], cfg, device, r)

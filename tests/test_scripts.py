@@ -512,8 +512,8 @@ def test_text_table_lays_models_beside_the_paper_and_refuses_mismatched_starts(l
         tt.main(tt.TextTableConfig(runs=["nolabel"]))
 
 
-def test_halting_threshold_picks_the_largest_threshold_near_the_fixed_maximum(load):
-    module = load(Path(__file__).resolve().parents[1] / "scripts" / "halting_threshold.py")
+def test_exit_threshold_picks_the_largest_threshold_near_the_fixed_maximum(load):
+    module = load(Path(__file__).resolve().parents[1] / "scripts" / "exit_threshold.py")
     rows = [{"rule": "fixed", "max_depth": 4, "error_h10": 0.50}, {"rule": "fixed", "max_depth": 16, "error_h10": 0.40},
             {"rule": "token-halt-latent", "threshold": 0.05, "error_h10": 0.401},
             {"rule": "token-halt-latent", "threshold": 0.1, "error_h10": 0.4039},  # within 1% of 0.40

@@ -44,8 +44,9 @@ def test_physics_study_quick(tmp_path):
 def test_depth_study_quick(tmp_path):
     run_script("depth_study.py", "--out", str(tmp_path), "--quick", "--workers", "1", "--stages", "train", "score", "long",
                "exits", "summary", "--exit-rules", "token-delta", "token-halt-latent", "--exit-windows", "64",
-               "--long-windows", "64")
+               "--long-windows", "64", "--exit-training", "0.1")
     assert rows(tmp_path / "runs.jsonl") and rows(tmp_path / "results.jsonl")
+    assert json.loads((tmp_path / "runs" / "looped" / "config.json").read_text())["exit_training"] == 0.1
     long = rows(tmp_path / "long.jsonl")
     assert {r["model"] for r in long} == {"looped", "deep-1"} and all(len(r["window_h10"]) == r["windows"] for r in long)
     assert all("vs_round" in r for r in rows(tmp_path / "exits.jsonl") if r["rule"] != "fixed")
@@ -57,6 +58,11 @@ def test_depth_study_quick(tmp_path):
     size = json.loads((tmp_path / "study.json").read_text())["n_bodies"]
     run_script("depth_difficulty.py", "--studies", str(tmp_path), "--out", str(tmp_path), "--size", str(size), "--bins", "2")
     assert "| 0 | 20 | looped | deep-1 |" in (tmp_path / "difficulty.md").read_text()
+    # a threshold chosen on training windows, then the scored row read at it
+    run_script("exit_threshold.py", "--studies", str(tmp_path), "--rule", "token-delta", "--model", "looped",
+               "--windows", "32", "--tolerance", "1.0")
+    choice = json.loads((tmp_path / "threshold_choice-token-delta.json").read_text())
+    assert choice["chosen"] == 0.2 and choice["scored_row"]["threshold"] == 0.2  # within 100%: the largest one
 
 
 @pytest.mark.slow

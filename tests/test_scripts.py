@@ -513,6 +513,8 @@ def test_text_table_lays_models_beside_the_paper_and_refuses_mismatched_starts(l
 
 
 def test_exit_threshold_picks_the_largest_threshold_near_the_fixed_maximum(load):
+    from loopwm.utils import LoopWMError
+
     module = load(Path(__file__).resolve().parents[1] / "scripts" / "exit_threshold.py")
     rows = [{"rule": "fixed", "max_depth": 4, "error_h10": 0.50}, {"rule": "fixed", "max_depth": 16, "error_h10": 0.40},
             {"rule": "token-halt-latent", "threshold": 0.05, "error_h10": 0.401},
@@ -520,3 +522,16 @@ def test_exit_threshold_picks_the_largest_threshold_near_the_fixed_maximum(load)
             {"rule": "token-halt-latent", "threshold": 0.2, "error_h10": 0.41}]  # 2.5% off
     assert module.choose(rows, 0.01) == 0.1
     assert module.choose(rows, 0.001) is None  # none close enough: no threshold is claimed
+
+    def row(threshold, m, gap_round, se_round, gap_max):
+        return {"rule": "token-delta", "threshold": threshold, "max_depth": 16, "mean_token_iterations": m,
+                "vs_round": {"gap_h10": gap_round, "se_h10": se_round}, "vs_max": {"gap_h10": gap_max, "se_h10": 0.01}}
+
+    scored = [row(0.01, 7.0, -0.010, 0.004, 0.001),  # 2.5 standard errors ahead of round(M)
+              row(0.03, 4.0, -0.030, 0.015, 0.010),  # ahead by more, but by only 2 standard errors
+              row(0.1, 2.0, -0.060, 0.010, 0.030),   # furthest ahead, but 3% from the maximum
+              row(0.003, 9.0, -0.050, 0.010, 0.000)]  # more than half the maximum's iterations
+    assert module.choose_on_scored(scored) == 0.01
+    assert module.choose_on_scored(scored[2:]) is None
+    with pytest.raises(LoopWMError, match="--test-data"):
+        module.main(module.ThresholdConfig(studies=["anywhere"], choose_on="scored"))

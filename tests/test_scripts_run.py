@@ -63,6 +63,15 @@ def test_depth_study_quick(tmp_path):
                "--windows", "32", "--tolerance", "1.0")
     choice = json.loads((tmp_path / "threshold_choice-token-delta.json").read_text())
     assert choice["chosen"] == 0.2 and choice["scored_row"]["threshold"] == 0.2  # within 100%: the largest one
+    # chosen on the scored rows instead, judged on other episodes of the same world (here its own data, for speed)
+    from loopwm.data import TrajectoryDataset
+
+    data = next(p for p in (tmp_path / "data").iterdir() if TrajectoryDataset.load(p).env_kwargs.get("n_bodies") == size)
+    run_script("exit_threshold.py", "--studies", str(tmp_path), "--rule", "token-delta", "--model", "looped",
+               "--choose-on", "scored", "--test-data", str(data), "--test-windows", "32")
+    tested = json.loads((tmp_path / "threshold_test-token-delta.json").read_text())
+    assert tested["chosen"] is None or tested["test_row"]["threshold"] == tested["chosen"]
+    assert {r["max_depth"] for r in tested["test_sweep"] if r["rule"] == "fixed"} >= {1, 8}
 
 
 @pytest.mark.slow

@@ -147,7 +147,8 @@ class TrainConfig:
     bodies settle one by one under the token-delta exit rule, at a threshold drawn log-uniformly
     between a tenth of this value and this value. A per-token exit rule at evaluation leaves some
     state tokens stopped early, and the next step starts from that carried state; a loop trained
-    only at full depth has never seen such a state. 0: off."""
+    only at full depth has never seen such a state. 0: off. Measured on the 32-disc rail in three
+    seeds (docs/LOG.md, session 34): worse at every fixed depth, and the exits no better for it."""
     exit_training_share: float = 0.5
     """With --exit-training: the share of training steps run with the exit rule (the others run
     their full drawn depth, so the loop still learns what late iterations compute)."""

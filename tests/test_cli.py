@@ -73,6 +73,10 @@ def test_errors_are_messages_not_tracebacks(tmp_path):
     assert proc.returncode == 2 and "no such run" in proc.stderr and "Traceback" not in proc.stderr
     proc = loopwm("collect", "--env-id", "NoSuchWorld-v9", "--out", str(tmp_path / "d"), "--episodes", "1", check=False)
     assert proc.returncode == 2 and "NoSuchWorld-v9" in proc.stderr and "Traceback" not in proc.stderr
+    for env_args, says in (("{rail_radius: 0.1}", "not valid JSON"), ("[0.1]", "must be a JSON object")):
+        proc = loopwm("collect", "--env-id", "loopwm/Rail-v0", "--out", str(tmp_path / "d"), "--episodes", "1",
+                      "--env-args", env_args, check=False)
+        assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, env_args
     proc = loopwm("train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r"), check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
 
@@ -269,7 +273,9 @@ def test_bench_runs_the_rail_world_with_local_attention_and_narrower_loops(tmp_p
 
 def test_rail_world_trains_and_evaluates_with_local_attention(tmp_path):
     loopwm("collect", "--env-id", "loopwm/Rail-v0", "--out", str(tmp_path / "data"), "--episodes", "4",
-           "--n-bodies", "10", "--max-episode-steps", "40")
+           "--n-bodies", "10", "--max-episode-steps", "40", "--env-args", '{"rail_radius": 0.02}')
+    manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
+    assert manifest["env_kwargs"] == {"rail_radius": 0.02, "n_bodies": 10, "max_episode_steps": 40}
     loopwm("train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--steps", "2", "--batch-size", "4",
            "--no-progress", "--device", "cpu", "--threads", "1", "--model.attention", "local", "--model.attn-bias",
            *TINY_MODEL)

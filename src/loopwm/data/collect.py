@@ -48,6 +48,9 @@ class CollectConfig:
     """Episode length limit, passed to the environment (gymnasium's TimeLimit) when set."""
     max_steps: int | None = None
     """Cap on steps per episode applied by the collector; a capped episode's last step is marked truncated."""
+    env_args: str = ""
+    """Other keyword arguments for the environment, as a JSON object, e.g. '{"rail_radius": 0.005}'
+    (recorded in the manifest with n_bodies and max_episode_steps)."""
     obs: str = "state"
     """Observations to record: "state" (the environment's own vectors) or "pixels" (rendered RGB
     frames, resized to --pixel-size; any environment that renders rgb_array)."""
@@ -303,6 +306,21 @@ def _jsonable(x: Any, what: str) -> Any:
         raise LoopWMError(f"{what} must be JSON-serialisable to go in the dataset manifest ({err})") from err
 
 
+def _parse_env_args(text: str) -> dict[str, Any]:
+    """--env-args: a JSON object of keyword arguments ('' for none)."""
+    if not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise LoopWMError(f"--env-args {text!r} is not valid JSON ({err.msg}); give an object such as "
+                          "'{\"rail_radius\": 0.005}' (keys in double quotes)") from None
+    if not isinstance(value, dict):
+        raise LoopWMError(f"--env-args must be a JSON object of keyword arguments, e.g. '{{\"rail_radius\": 0.005}}', "
+                          f"got {type(value).__name__}")
+    return value
+
+
 def _check_config(cfg: CollectConfig) -> None:
     for field in ("episodes", "shard_episodes"):
         if getattr(cfg, field) < 1:
@@ -415,7 +433,7 @@ def collect(cfg: CollectConfig | None = None, /, *, env: Any = None, env_kwargs:
     if env is not None:
         cfg = dataclasses.replace(cfg, env_id=_custom_env_id(env), max_steps=cfg.max_steps or 1000)
     _check_config(cfg)
-    kwargs = _jsonable(dict(env_kwargs or {}), "env_kwargs")
+    kwargs = _jsonable({**_parse_env_args(cfg.env_args), **dict(env_kwargs or {})}, "env_kwargs")
     if cfg.n_bodies is not None:
         kwargs["n_bodies"] = cfg.n_bodies
     if cfg.max_episode_steps is not None:

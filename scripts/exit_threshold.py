@@ -17,7 +17,8 @@ that sweep is picked on the test data. Two honest ways round it:
         --data-root DATA --rule token-halt-latent           # about 4 minutes a study on one core
 
 A study's model is read from STUDY/runs/MODEL, else STUDY/model (the committed checkpoints).
-Writes STUDY/threshold_choice-RULE.json (training) or STUDY/threshold_test-RULE.json (scored).
+Writes STUDY/threshold_choice-RULE.json (training) or STUDY/threshold_test-RULE-TESTDATA.json (scored,
+named after the test dataset's folder).
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def main(cfg: ThresholdConfig) -> None:
             tested = [r for r in swept if r["rule"] == cfg.rule]
             out = {"rule": cfg.rule, "choose_on": "scored", "chosen": chosen, "test_data": cfg.test_data,
                    "test_windows": cfg.test_windows, "test_row": tested[0] if tested else None, "test_sweep": swept}
-            name, row = f"threshold_test-{cfg.rule}.json", out["test_row"] or {}
+            name, row = f"threshold_test-{cfg.rule}-{Path(cfg.test_data).name}.json", out["test_row"] or {}
         atomic_write_text(folder / name, json.dumps(out, indent=1))
         print(f"{folder.name}: {cfg.rule} chose {chosen} on {cfg.choose_on} windows; judged: "
               f"M {row.get('mean_token_iterations')}, vs round(M) {row.get('vs_round')}, vs max {row.get('vs_max')}, "

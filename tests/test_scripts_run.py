@@ -69,7 +69,7 @@ def test_depth_study_quick(tmp_path):
     data = next(p for p in (tmp_path / "data").iterdir() if TrajectoryDataset.load(p).env_kwargs.get("n_bodies") == size)
     run_script("exit_threshold.py", "--studies", str(tmp_path), "--rule", "token-delta", "--model", "looped",
                "--choose-on", "scored", "--test-data", str(data), "--test-windows", "32")
-    tested = json.loads((tmp_path / "threshold_test-token-delta.json").read_text())
+    tested = json.loads((tmp_path / f"threshold_test-token-delta-{data.name}.json").read_text())
     assert tested["chosen"] is None or tested["test_row"]["threshold"] == tested["chosen"]
     assert {r["max_depth"] for r in tested["test_sweep"] if r["rule"] == "fixed"} >= {1, 8}
 

@@ -97,16 +97,24 @@ def main(cfg: ThresholdConfig) -> None:
         run = folder / "runs" / cfg.model if (folder / "runs" / cfg.model).exists() else folder / "model"
         model, meta = load_model(run, "cpu")
         data = datasets(settings, [settings.n_bodies])[settings.n_bodies][0]  # the study's own dataset folder
-        head = fit_halting(model, meta, str(data), settings, "cpu", cfg.rule) if cfg.rule.startswith("token-halt") else None
+        top = min(16, max(settings.test_depths))
+        scored_rows = [r for r in map(json.loads, (folder / "exits.jsonl").read_text().splitlines())
+                       if r["rule"] == cfg.rule and r.get("size") == settings.n_bodies]
+        ds = TrajectoryDataset.load(data)
+        chosen, test = None, None
+        if cfg.choose_on == "scored":  # checked and chosen before the head's fit, which takes a minute
+            chosen = choose_on_scored(scored_rows)
+            test = TrajectoryDataset.load(cfg.test_data)
+            if (test.env_id, test.env_kwargs) != (ds.env_id, ds.env_kwargs):
+                raise LoopWMError(f"--test-data {cfg.test_data} is not the study's world ({test.env_id} {test.env_kwargs}): "
+                                  "collect fresh episodes with the study's settings and another --seed")
+        needs_head = cfg.rule.startswith("token-halt") and (cfg.choose_on == "training" or chosen is not None)
+        head = fit_halting(model, meta, str(data), settings, "cpu", cfg.rule) if needs_head else None
 
         def make_rule(name, threshold, model, head=head):
             return TokenHaltExit(threshold, head=head) if head is not None else exit_rule_from(name, threshold, model)
 
-        top = min(16, max(settings.test_depths))
-        scored_rows = [r for r in map(json.loads, (folder / "exits.jsonl").read_text().splitlines())
-                       if r["rule"] == cfg.rule and r.get("size") == settings.n_bodies]
         if cfg.choose_on == "training":
-            ds = TrajectoryDataset.load(data)
             held = {int(i) for i in meta["val_episodes"]}
             train_eps = np.array([i for i in range(len(ds)) if i not in held])
             swept = exit_sweep(model, ds, train_eps, {cfg.rule: exit_thresholds(cfg.rule)}, [top], top,
@@ -117,11 +125,6 @@ def main(cfg: ThresholdConfig) -> None:
                    "chosen": chosen, "training_sweep": swept, "scored_row": scored[0] if scored else None}
             name, row = f"threshold_choice-{cfg.rule}.json", out["scored_row"] or {}
         else:
-            chosen = choose_on_scored(scored_rows)
-            test, own = TrajectoryDataset.load(cfg.test_data), TrajectoryDataset.load(data)
-            if (test.env_id, test.env_kwargs) != (own.env_id, own.env_kwargs):
-                raise LoopWMError(f"--test-data {cfg.test_data} is not the study's world ({test.env_id} {test.env_kwargs}): "
-                                  "collect fresh episodes with the study's settings and another --seed")
             rules = {cfg.rule: [chosen]} if chosen is not None else {}
             swept = exit_sweep(model, test, np.arange(len(test)), rules, sorted({*range(1, 9), top}), top,
                                context=settings.context, windows=cfg.test_windows, make_rule=make_rule)

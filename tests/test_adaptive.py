@@ -336,6 +336,7 @@ def test_settle_weight_adds_its_term_and_is_refused_where_there_is_no_loop(tmp_p
 
 
 def test_exit_training_draws_per_step_and_a_rule_that_never_fires_trains_as_full_depth(tmp_path):
+    from loopwm.checkpoint import latest_checkpoint, read_checkpoint
     from loopwm.train.loop import training_exit
 
     cfg = TrainConfig(exit_training=0.1, exit_training_share=0.5, seed=3)
@@ -355,8 +356,7 @@ def test_exit_training_draws_per_step_and_a_rule_that_never_fires_trains_as_full
     def trained(name: str, **kw):
         run = train(TrainConfig(out=str(tmp_path / name), model=model, **common, **kw))
         logs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        from safetensors.torch import load_file
-        return load_file(sorted((run / "checkpoints").glob("*.safetensors"))[-1]), logs
+        return read_checkpoint(latest_checkpoint(run))[0], logs
 
     plain, _ = trained("plain")
     never, _ = trained("never", exit_training=1e-30, exit_training_share=1.0)  # no token ever moves this little

@@ -48,7 +48,7 @@ def sequence_loss(model: WorldModel, batch: dict[str, torch.Tensor], cfg: TrainC
                 gate_terms.append(gate_loss(per_iter, out["gate"], cfg.gate_tolerance, cfg.gate_entropy))
         if "settle" in out:
             settle_terms.append(out["settle"].mean())
-        if "token_iterations" in out:  # iterations per token: below the drawn depth where tokens settled early
+        if cfg.exit_training > 0:  # iterations per token: below the drawn depth where tokens settled early
             work.append(out["token_iterations"].float().mean())
         preds.append(out["obs"])
         rewards.append(out["reward"])

@@ -68,6 +68,20 @@ def test_demo_tiny_writes_every_artifact(tmp_path):
     assert f"loopwm play {out}" in proc.stdout  # it ends with the command that plays its run
 
 
+def test_demo_with_token_halt_fits_its_head(tmp_path):
+    out = tmp_path / "demo"
+    loopwm("demo", "--tiny", "--out", str(out), "--no-progress", "--device", "cpu", "--threads", "1",
+           "--exit-rule", "token-halt", "--threshold", "0.1")
+    fit = json.loads((out / "halting.json").read_text())
+    assert fit["fit"]["max_depth"] == json.loads((out / "exit.json").read_text())["depth"]
+    result = json.loads((out / "eval.json").read_text())
+    assert result["exit_rule"] == "token-halt" and result["threshold"] == 0.1
+    assert 1 <= result["token_iterations_per_step"] <= 4
+    proc = loopwm("demo", "--tiny", "--out", str(tmp_path / "d2"), "--no-progress", "--exit-rule", "token-halting", check=False)
+    assert proc.returncode == 2 and "unknown exit rule 'token-halting'" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "d2" / "data").exists()  # refused before collecting or training
+
+
 def test_errors_are_messages_not_tracebacks(tmp_path):
     proc = loopwm("eval", str(tmp_path / "nothing-here"), "--json", check=False)
     assert proc.returncode == 2 and "no such run" in proc.stderr and "Traceback" not in proc.stderr
@@ -77,6 +91,10 @@ def test_errors_are_messages_not_tracebacks(tmp_path):
         proc = loopwm("collect", "--env-id", "loopwm/Rail-v0", "--out", str(tmp_path / "d"), "--episodes", "1",
                       "--env-args", env_args, check=False)
         assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, env_args
+    proc = loopwm("collect", "--env-id", "loopwm/Rail-v0", "--out", str(tmp_path / "d"), "--episodes", "1",
+                  "--env-args", '{"n_bodies": 8}', "--n-bodies", "16", check=False)
+    assert proc.returncode == 2 and "give it in one place only" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "d").exists()
     proc = loopwm("train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r"), check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
 

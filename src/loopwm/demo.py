@@ -19,9 +19,11 @@ from pathlib import Path
 from loopwm.data import CollectConfig, collect
 from loopwm.checkpoint import load_model
 from loopwm.eval.evaluate import EvalConfig, evaluate, format_table, keep_exit, write_figures
+from loopwm.models.exits import EXIT_RULES
 from loopwm.models.world_model import ModelConfig
+from loopwm.train.halting import HaltingConfig, run_halting
 from loopwm.train.loop import TrainConfig, train
-from loopwm.utils import atomic_write_json
+from loopwm.utils import LoopWMError, atomic_write_json
 
 
 def demo_model() -> ModelConfig:
@@ -69,7 +71,9 @@ class DemoConfig:
     horizon: int = 4
     """Imagined steps per training window."""
     exit_rule: str = "token-delta"
-    """Exit rule recorded for the run and used by its evaluation (fixed, delta, accel, token-delta)."""
+    """Exit rule recorded for the run and used by its evaluation (fixed, delta, accel, token-delta, or
+    token-halt, whose halting head the demo then fits to the trained loop: `loopwm halting`, seconds
+    to a minute)."""
     threshold: float = 0.03
     """Threshold of the exit rule (token-delta 0.03: within 0.1% of 16 fixed iterations at a quarter of
     their compute in the depth study)."""
@@ -98,6 +102,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     if cfg.tiny:
         cfg = replace(cfg, episodes=min(cfg.episodes, 8), train_minutes=0, train_steps=min(cfg.train_steps, 4),
                       model=replace(cfg.model, d=16, n_heads=2, mu_rec=2.0), gif_steps=min(cfg.gif_steps, 10))
+    if cfg.exit_rule not in EXIT_RULES:  # refused now, not after minutes of training
+        raise LoopWMError(f"unknown exit rule {cfg.exit_rule!r}: choose one of {sorted(EXIT_RULES)}")
     atomic_write_json(out / "demo_config.json", asdict(cfg))
     episode_steps = 60 if cfg.tiny else None
     data_dir = collect(CollectConfig(env_id=cfg.env_id, out=str(out / "data"), episodes=cfg.episodes, seed=cfg.seed,
@@ -109,8 +115,12 @@ def run_demo(cfg: DemoConfig) -> dict:
                        device=cfg.device, threads=cfg.threads, progress=cfg.progress, eval_every=250 if not cfg.tiny else 2,
                        ckpt_every=250 if not cfg.tiny else 2)
     train(tcfg)
-    if cfg.model.kind == "looped":  # `loopwm eval RUN` uses the recorded rule from now on
-        keep_exit(out, cfg.exit_rule, cfg.threshold, cfg.exit_depth if not cfg.tiny else 4)
+    exit_depth = cfg.exit_depth if not cfg.tiny else 4
+    if cfg.model.kind == "looped":
+        if cfg.exit_rule == "token-halt":  # fitted again after every (resumed) training: it is tied to the checkpoint
+            run_halting(HaltingConfig(run=str(out), max_depth=exit_depth, seed=cfg.seed, device=cfg.device,
+                                      **({"windows": 8, "horizon": 3, "steps": 20} if cfg.tiny else {})))
+        keep_exit(out, cfg.exit_rule, cfg.threshold, exit_depth)  # `loopwm eval RUN` uses it from now on
     ecfg = EvalConfig(run=str(out), device=cfg.device, seed=cfg.seed + 12345, context=cfg.context,
                       rollout_steps=1000 if not cfg.tiny else 30, horizon=50 if not cfg.tiny else 10,
                       max_windows=512 if not cfg.tiny else 16)

@@ -434,10 +434,14 @@ def collect(cfg: CollectConfig | None = None, /, *, env: Any = None, env_kwargs:
         cfg = dataclasses.replace(cfg, env_id=_custom_env_id(env), max_steps=cfg.max_steps or 1000)
     _check_config(cfg)
     kwargs = _jsonable({**_parse_env_args(cfg.env_args), **dict(env_kwargs or {})}, "env_kwargs")
-    if cfg.n_bodies is not None:
-        kwargs["n_bodies"] = cfg.n_bodies
-    if cfg.max_episode_steps is not None:
-        kwargs["max_episode_steps"] = cfg.max_episode_steps
+    for field in ("n_bodies", "max_episode_steps"):  # given twice, they must agree: neither silently wins
+        value = getattr(cfg, field)
+        if value is None:
+            continue
+        if field in kwargs and kwargs[field] != value:
+            raise LoopWMError(f"{field} is {kwargs[field]!r} in the environment arguments but --{field.replace('_', '-')} "
+                              f"is {value}: give it in one place only")
+        kwargs[field] = value
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise LoopWMError(f"--out {out} is a file; use a new --out (a folder)")

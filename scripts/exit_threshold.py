@@ -134,7 +134,8 @@ def main(cfg: ThresholdConfig) -> None:
             name, row = f"threshold_test-{cfg.rule}-{Path(cfg.test_data).name}.json", out["test_row"] or {}
         atomic_write_text(folder / name, json.dumps(out, indent=1))
         print(f"{folder.name}: {cfg.rule} chose {chosen} on {cfg.choose_on} windows; judged: "
-              f"M {row.get('mean_token_iterations')}, vs round(M) {row.get('vs_round')}, vs max {row.get('vs_max')}, "
+              f"M {row.get('mean_token_iterations')}, vs round(M) {row.get('vs_round')}, "
+              f"at equal cost {row.get('vs_equal_cost')}, vs max {row.get('vs_max')}, "
               f"rank corr {row.get('iterations_solver_spearman')}", flush=True)
 
 

@@ -136,6 +136,7 @@ def test_adaptive_measurements_on_a_tiny_model(tmp_path):
     always = by[("delta", 1e9)]
     assert always["vs_round"]["depth"] == 1 and always["vs_round"]["gap_h10"] == pytest.approx(0.0, abs=1e-6)
     assert always["vs_max"]["gap_h10"] == pytest.approx(fixed1["error_h10"] / fixed3["error_h10"] - 1, rel=1e-4)
+    assert always["vs_equal_cost"]["depths"] == [1, 1] and always["vs_equal_cost"]["gap_h10"] == pytest.approx(0.0, abs=1e-6)
     b = ds.batch(ds.windows([0, 1], 5)[:6])
     t = wallclock(model, torch.as_tensor(b["obs"][:, 0]).float(), torch.as_tensor(b["action"]), 3,
                   make_exit_rule("delta", 1e9), batch=4, seconds=0.05)
@@ -370,3 +371,16 @@ def test_exit_training_draws_per_step_and_a_rule_that_never_fires_trains_as_full
                           **common))
     with pytest.raises(LoopWMError, match="--exit-training-share"):
         train(TrainConfig(out=str(tmp_path / "share"), exit_training=0.1, exit_training_share=0.0, model=model, **common))
+
+
+def test_equal_cost_reference_mixes_the_bracketing_depths():
+    from loopwm.eval.adaptive import equal_cost_reference
+
+    fixed = {1: np.array([4.0, 2.0]), 2: np.array([2.0, 1.0]), 4: np.array([1.0, 1.0])}
+    lo, hi, w, ref = equal_cost_reference(fixed, 2.5)  # a quarter of the way from 2 to 4
+    assert (lo, hi) == (2, 4) and w == pytest.approx(0.25) and ref == pytest.approx([1.75, 1.0])
+    assert equal_cost_reference(fixed, 2.0)[:3] == (2, 2, 0.0)  # on a scored depth: that depth alone
+    assert equal_cost_reference(fixed, 9.0)[:2] == (4, 4) and equal_cost_reference(fixed, 0.5)[:2] == (1, 1)
+    # round(M) jumps from depth 2 to 4 as M crosses 3; the equal-cost line moves smoothly
+    below, above = equal_cost_reference(fixed, 2.99)[3], equal_cost_reference(fixed, 3.01)[3]
+    assert np.abs(below - above).max() < 0.01

@@ -100,6 +100,9 @@ def test_depth_report_exits_table_says_whether_beating_round_m_is_measured(load)
     assert "| 0.4300 (depth 3) | yes [-0.5% ± 0.8%] | yes (16% of its iterations) [+1.9% ± 0.6%] | 0.50 (per token 0.60) |" in row
     row = next(line for line in study.exits_table(fixed + [old], 32) if line.startswith("| token-delta"))
     assert "| 0.4300 (depth 3) | yes | yes (16% of its iterations) |" in row
+    priced = {**rule, "vs_equal_cost": {"depths": [2, 3], "weight_hi": 0.6, "gap_h10": -0.0101, "se_h10": 0.004}}
+    row = next(line for line in study.exits_table(fixed + [priced], 32) if line.startswith("| token-delta"))
+    assert "| yes [-0.5% ± 0.8%]; at equal cost [-1.0% ± 0.8%] |" in row
     # rows scored on 1,024 windows beside those of 512: each rule meets only the fixed depths of its own count
     more = [{**r, "asked": 1024, "error_h10": r["error_h10"] - 0.01} for r in fixed + [rule]]
     lines = study.exits_table(fixed + [old] + more, 32)

@@ -128,6 +128,19 @@ def error_by_sweeps(model, ds, episodes, depths, context: int = 4, max_windows: 
     return sorted(rows, key=lambda r: order[r["depth"]])
 
 
+def equal_cost_reference(fixed: dict[int, np.ndarray], m: float) -> tuple[int, int, float, np.ndarray]:
+    """The fixed-depth errors at mean compute `m`, per window: the line between the two scored depths
+    that bracket m (lo <= m <= hi), weighted by where m falls between them (a mix of the two depths
+    over steps costs m on average). Outside the scored depths, the nearest one. Unlike the single
+    depth round(m), it does not jump where m crosses a half-integer. Returns (lo, hi, weight of hi,
+    errors)."""
+    depths = sorted(fixed)
+    lo = max((d for d in depths if d <= m), default=depths[0])
+    hi = min((d for d in depths if d >= m), default=depths[-1])
+    w = 0.0 if hi == lo else (m - lo) / (hi - lo)
+    return lo, hi, w, (1 - w) * np.asarray(fixed[lo], dtype=np.float64) + w * np.asarray(fixed[hi], dtype=np.float64)
+
+
 def exit_sweep(model, ds, episodes, rules: dict[str, list[float]], depths, max_depth: int, context: int = 4,
                device="cpu", windows: int = 512, make_rule=None) -> list[dict]:
     """Horizon-10 open-loop error against mean iterations for fixed depths and each rule's thresholds,
@@ -136,8 +149,10 @@ def exit_sweep(model, ds, episodes, rules: dict[str, list[float]], depths, max_d
 
     Every rule and depth scores the same `windows`, so each rule's row also carries its paired gap at
     h10 (openloop.paired_gap: fraction and standard error) to the fixed depth nearest its compute M
-    (`vs_round`; M = iterations per token, the same M as the fixed depths') and to the largest fixed
-    depth (`vs_max`): whether "beats round(M)" and "within 2% of the maximum" are measured or noise.
+    (`vs_round`; M = iterations per token, the same M as the fixed depths'), to the fixed depths at
+    equal cost (`vs_equal_cost`: equal_cost_reference, the depths bracketing M mixed to cost M) and to
+    the largest fixed depth (`vs_max`): whether "beats round(M)" and "within 2% of the maximum" are
+    measured or noise.
     make_rule(name, threshold, model): builds each rule (default: by name, `exit_rule_from`)."""
     rows, fixed = [], {}
     for depth in depths:
@@ -164,6 +179,9 @@ def exit_sweep(model, ds, episodes, rules: dict[str, list[float]], depths, max_d
                 for key, depth in (("vs_round", min(fixed, key=lambda d: (abs(d - m), d))), ("vs_max", max(fixed))):
                     gap, se = paired_gap(res.window_errors[:, 9], fixed[depth])
                     row[key] = {"depth": depth, "gap_h10": gap, "se_h10": se}
+                lo, hi, w, ref = equal_cost_reference(fixed, row["mean_token_iterations"])
+                gap, se = paired_gap(res.window_errors[:, 9], ref)
+                row["vs_equal_cost"] = {"depths": [lo, hi], "weight_hi": w, "gap_h10": gap, "se_h10": se}
             rows.append(row)
     return rows
 

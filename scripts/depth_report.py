@@ -136,14 +136,13 @@ def exits_table(exits: list[dict], N: int) -> list[str]:
             beats = r["error_h10"] < near["error_h10"]
             gap = {k: f" [{r[k]['gap_h10']:+.1%} ± {2 * r[k]['se_h10']:.1%}]" if k in r else ""
                    for k in ("vs_round", "vs_max", "vs_equal_cost")}
-            if gap["vs_equal_cost"]:  # against the bracketing fixed depths mixed to cost M (no jump at half-integers)
-                gap["vs_round"] += f"; at equal cost{gap['vs_equal_cost']}"
+            equal_cost = f"; at equal cost{gap['vs_equal_cost']}" if gap["vs_equal_cost"] else ""
             rho = r["iterations_solver_spearman"]
             rho_tok = r.get("token_iterations_solver_spearman")
             rho_cell = ("n/a" if rho is None else f"{rho:.2f}") + (f" (per token {rho_tok:.2f})" if _per_token(r["rule"]) and rho_tok is not None else "")
             lines.append(f"| {r['rule']} | {r['threshold']:g} | {M:.2f} | {r['mean_iterations']:.2f} | {r['error_h1']:.4f} | "
                          f"{r['error_h10']:.4f} | {near['error_h10']:.4f} (depth {near['max_depth']}) | "
-                         f"{'yes' if beats else 'no'}{gap['vs_round']} | {'yes' if ok else 'no'} ({M / max(fixed):.0%} of its "
+                         f"{'yes' if beats else 'no'}{gap['vs_round']}{equal_cost} | {'yes' if ok else 'no'} ({M / max(fixed):.0%} of its "
                          f"iterations){gap['vs_max']} | "
                          f"{rho_cell} |")
     return lines

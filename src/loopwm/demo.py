@@ -19,11 +19,11 @@ from pathlib import Path
 from loopwm.data import CollectConfig, collect
 from loopwm.checkpoint import load_model
 from loopwm.eval.evaluate import EvalConfig, evaluate, format_table, keep_exit, write_figures
-from loopwm.models.exits import EXIT_RULES
+from loopwm.models.exits import check_exit_rule
 from loopwm.models.world_model import ModelConfig
 from loopwm.train.halting import HaltingConfig, run_halting
 from loopwm.train.loop import TrainConfig, train
-from loopwm.utils import LoopWMError, atomic_write_json
+from loopwm.utils import atomic_write_json
 
 
 def demo_model() -> ModelConfig:
@@ -102,8 +102,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     if cfg.tiny:
         cfg = replace(cfg, episodes=min(cfg.episodes, 8), train_minutes=0, train_steps=min(cfg.train_steps, 4),
                       model=replace(cfg.model, d=16, n_heads=2, mu_rec=2.0), gif_steps=min(cfg.gif_steps, 10))
-    if cfg.exit_rule not in EXIT_RULES:  # refused now, not after minutes of training
-        raise LoopWMError(f"unknown exit rule {cfg.exit_rule!r}: choose one of {sorted(EXIT_RULES)}")
+    check_exit_rule(cfg.exit_rule)  # refused now, not after minutes of training
     atomic_write_json(out / "demo_config.json", asdict(cfg))
     episode_steps = 60 if cfg.tiny else None
     data_dir = collect(CollectConfig(env_id=cfg.env_id, out=str(out / "data"), episodes=cfg.episodes, seed=cfg.seed,

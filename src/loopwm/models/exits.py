@@ -211,12 +211,18 @@ EXIT_RULES = {"fixed": ExitRule, "delta": DeltaExit, "accel": AccelExit, "gate":
               "pred-delta": PredictionDeltaExit, "token-halt": TokenHaltExit}
 
 
+def check_exit_rule(name: str) -> None:
+    """Refuse an unknown exit-rule name with an error that lists the known ones (callers that build
+    the rule only later, after training, check the name first)."""
+    if name not in EXIT_RULES:
+        raise LoopWMError(f"unknown exit rule {name!r}: choose one of {sorted(EXIT_RULES)}")
+
+
 def make_exit_rule(name: str, threshold: float = 0.0, min_iterations: int = 1, model=None) -> ExitRule:
     """Build an exit rule by name; unknown names raise an error that lists the known ones.
     The gate rule reads the gate of `model` (a looped world model trained with one); token-halt reads
     the halting head `checkpoint.load_model` attached to `model` (fitted with `loopwm halting`)."""
-    if name not in EXIT_RULES:
-        raise LoopWMError(f"unknown exit rule {name!r}: choose one of {sorted(EXIT_RULES)}")
+    check_exit_rule(name)
     if name == "gate":
         return GateExit(threshold, min_iterations, gate=getattr(getattr(model, "core", None), "gate", None))
     if name == "token-halt":

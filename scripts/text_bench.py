@@ -68,6 +68,8 @@ class TextBenchConfig:
     action's earlier replies) or trend (the trend baseline's reply: a model on top of a baseline)."""
     copy_follow: bool = False
     """Let the copy head continue the span it is copying (TextModelConfig.copy_follow; needs --copy)."""
+    line_head: bool = False
+    """Give every model the line-fit number head (TextModelConfig.line_head; needs --numbers and hints)."""
     split_digits: bool = True
     """One token per digit (False: BPE merges digits, as in the first committed run)."""
     models: list[str] = field(default_factory=lambda: ["looped", "deep"])
@@ -97,7 +99,7 @@ def _model_config(job: dict):
                             max_context=job["max_context"], max_target=job["max_target"], copy=job["copy"],
                             decoder_reads_context=not job["state_only"], decoder_reads_actions=not job["state_only"],
                             copy_pool="all" if job["state_only"] else "read", numbers=job["numbers"],
-                            hints=job["hints"], copy_follow=job["copy_follow"])
+                            hints=job["hints"], copy_follow=job["copy_follow"], line_head=job["line_head"])
     if job["quick"]:
         model.d, model.n_state = 32, 4
     return model
@@ -111,6 +113,8 @@ def _check(cfg: TextBenchConfig) -> None:
     check_hint_kind(cfg.hints)
     if cfg.copy_follow and not cfg.copy:
         raise LoopWMError("--copy-follow continues the copy head's spans: add --copy")
+    if cfg.line_head and (not cfg.numbers or cfg.hints == "none"):
+        raise LoopWMError("--line-head fits a line through the numbers in the hints: add --numbers and --hints replies")
 
 
 def _train(job: dict) -> str:
@@ -135,7 +139,7 @@ def main(cfg: TextBenchConfig) -> None:
              "steps": cfg.steps, "split_digits": cfg.split_digits, "quick": cfg.quick, "until_plateau": cfg.until_plateau,
              "max_context": cfg.max_context, "max_target": cfg.max_target, "eval_every": cfg.eval_every,
              "bucket": cfg.bucket, "copy": cfg.copy, "state_only": cfg.state_only, "numbers": cfg.numbers,
-             "seed": cfg.seed, "hints": cfg.hints, "copy_follow": cfg.copy_follow}
+             "seed": cfg.seed, "hints": cfg.hints, "copy_follow": cfg.copy_follow, "line_head": cfg.line_head}
             for m in cfg.models]
     if cfg.report_only:
         saved = json.loads((out / "results.json").read_text())
@@ -170,7 +174,7 @@ def main(cfg: TextBenchConfig) -> None:
                 "data": cfg.data, "until_plateau": cfg.until_plateau, "max_context": cfg.max_context,
                 "max_target": cfg.max_target, "bucket": cfg.bucket, "copy": cfg.copy, "state_only": cfg.state_only,
                 "numbers": cfg.numbers, "seed": cfg.seed, "hints": cfg.hints, "copy_follow": cfg.copy_follow,
-                "state_starts": cfg.state_starts}
+                "line_head": cfg.line_head, "state_starts": cfg.state_starts}
     atomic_write_json(out / "results.json", {"models": results, "depth_sweep": {str(k): v for k, v in sweep.items()},
                                              "settings": settings})
     atomic_write_text(out / "summary.md", summary(results, sweep, settings))
@@ -238,7 +242,8 @@ def _hint_words(settings: dict) -> str:
     words = {"none": "", "replies": "; the decoders also read the last action's earlier replies (episode hints)",
              "similar": "; the decoders also read the last action's earlier replies and those to similar actions (episode hints)",
              "trend": "; the decoders also read the trend baseline's reply (a model on top of a baseline)"}.get(hints, f"; hints {hints}")
-    return words + ("; the copy head may continue the span it copies (copy-follow)" if settings.get("copy_follow") else "")
+    words += "; the copy head may continue the span it copies (copy-follow)" if settings.get("copy_follow") else ""
+    return words + ("; a line-fit head may write a number from the readings in the hints" if settings.get("line_head") else "")
 
 
 def plots(results: dict, sweep: dict, out: Path) -> None:

@@ -595,7 +595,11 @@ def random_hints(B=3, H=7, vocab=400, seed=2):
     return Hints(ids, pos * (ids != 0), tags * (ids != 0))
 
 
-@pytest.mark.parametrize("kw", [{"hints": "replies"}, {"hints": "trend", "numbers": True, **STATE_ONLY_POINTER}])
+LINE_HEAD = {"hints": "replies", "numbers": True, "line_head": True}
+
+
+@pytest.mark.parametrize("kw", [{"hints": "replies"}, {"hints": "trend", "numbers": True, **STATE_ONLY_POINTER},
+                                {**LINE_HEAD, **STATE_ONLY_POINTER}])
 def test_hints_are_required_read_per_sample_and_change_only_their_row(kw):
     from loopwm.text.model import Hints
 
@@ -619,13 +623,94 @@ def test_hints_are_required_read_per_sample_and_change_only_their_row(kw):
 
 
 @needs_tokenizers
-@pytest.mark.parametrize("hints", ["replies", "trend", "similar"])
+@pytest.mark.parametrize("hints", ["replies", "trend", "similar", "replies --model.numbers --model.line-head"])
 def test_a_model_with_hints_trains_and_evaluates(hints, tmp_path, capsys):
     run, toy = tmp_path / "run", make_toy_corpus(tmp_path / "data", clock=True)
-    assert main(tiny_text_train(toy, run, "--model.hints", hints, "--model.copy", "--steps", "12")) == 0
+    assert main(tiny_text_train(toy, run, "--model.hints", *hints.split(), "--model.copy", "--steps", "12")) == 0
     capsys.readouterr()
     assert main(["text", "eval", str(run), "--json", "--max-starts", "4", "--actions", "1", "2",
                  "--batch-size", "4", "--state-starts", "2"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["n_samples"] == 4 and set(result["by_actions"]) == {"1", "2"}
     assert set(result["state_reliance"]) == {"nll", "nll_state_hidden"}
+
+
+# ----- the line-fit number head -----
+def test_the_line_fit_head_extends_a_line_through_readings_and_repeats_a_single_one():
+    from loopwm.text.numbers import LineFitHead, Readings
+
+    head = LineFitHead(8)
+    with torch.no_grad():
+        head.query.weight.zero_()  # equal weight on every reading; c starts at 1: the least-squares line
+    y = torch.randn(3, 2, 8)
+    value = torch.tensor([[55.0, 53.0, 51.0, 0.0], [40.0, 0.0, 0.0, 0.0], [0.0] * 4])
+    tag = torch.tensor([[1.0, 2.0, 3.0, 0.0], [4.0, 0.0, 0.0, 0.0], [0.0] * 4])
+    valid = torch.tensor([[True, True, True, False], [True, False, False, False], [False] * 4])
+    v, has = head.value(y, Readings(torch.randn(3, 4, 8), value, tag, valid))
+    torch.testing.assert_close(v[0], torch.tensor([57.0, 57.0]))  # 55, 53, 51 one step apart: 57 next
+    torch.testing.assert_close(v[1], torch.tensor([40.0, 40.0]))  # one reading: repeated
+    assert has.tolist() == [[True, True], [True, True], [False, False]] and v[2].abs().max() == 0
+    with torch.no_grad():
+        head.extend.bias.fill_(-30.0)  # c = 0: the weighted mean, no extension
+    torch.testing.assert_close(head.value(y, Readings(torch.randn(3, 4, 8), value, tag, valid))[0][0], torch.tensor([53.0, 53.0]))
+
+
+def test_the_line_fit_head_proposes_the_next_digit_only_where_the_number_agrees():
+    from loopwm.text.numbers import LineFitHead
+
+    head = LineFitHead(8)
+    value = torch.tensor([[57.2, 57.0, 56.6, 57.0, 105.0, 105.0, -3.0, 7.0]])
+    prefix = torch.tensor([[0.0, 5.0, 57.0, 6.0, 10.0, 1.0, 0.0, 0.0]])  # digits of the number written so far
+    written = torch.tensor([[0, 1, 2, 1, 2, 1, 0, 0]])
+    has = torch.tensor([[True] * 7 + [False]])
+    digit, proposes = head.propose(value, has, prefix, written)
+    assert proposes.tolist() == [[True, True, False, False, True, True, False, False]]
+    assert digit[proposes].tolist() == [5, 7, 5, 0]  # 5|7, 57 done, 6 disagrees, 10|5, 1|0; negative; no readings
+
+
+def test_a_shut_line_head_is_the_model_without_it_and_an_open_one_writes_the_lines_digits():
+    from loopwm.text.model import Hints
+
+    plain = tiny_model(hints="replies", numbers=True, **STATE_ONLY_POINTER)
+    model = tiny_model(**LINE_HEAD, **STATE_ONLY_POINTER)
+    model.load_state_dict(plain.state_dict(), strict=False)
+    context, actions, target = random_batch()
+    five, three, word = DIGIT_STRINGS.index("5"), DIGIT_STRINGS.index("3"), 4  # digit tokens, and a word
+    ids = torch.tensor([[word, five, five, word, five, three, word]] * 3)  # "55" read 1 step back, "53" 2 steps back
+    hints = Hints(ids, torch.tensor([[0, 1, 2, 3, 0, 1, 2]] * 3), torch.tensor([[1] * 4 + [2] * 3] * 3))
+    with torch.no_grad():
+        model.line_head.gate.bias.fill_(40.0)
+        shut = model.decode(model.imagine(context, actions, depth=2, hints=hints)[1], target)
+        torch.testing.assert_close(shut, plain.decode(plain.imagine(context, actions, depth=2, hints=hints)[1], target))
+        model.line_head.gate.bias.fill_(-40.0)  # always the head where it proposes
+        model.line_head.query.weight.zero_()  # both readings weighed alike: 57 at the reply's step
+        _, memory, _ = model.imagine(context, actions, depth=2, hints=hints)
+        out = model.generate(memory, bos=1, eos=2, max_len=6)
+    assert [[DIGIT_STRINGS[i] for i in row[:2]] for row in out.tolist()] == [["5", "7"]] * 3
+    inp = torch.cat([torch.ones(3, 1, dtype=torch.long), out[:, :-1]], dim=1)
+    finished = torch.cumsum((out == 2).long(), 1) - (out == 2).long() > 0
+    assert torch.equal(model.decode(memory, inp).argmax(-1)[~finished], out[~finished])  # cached = teacher-forced
+
+
+def test_the_line_head_is_trained_by_its_regression_and_needs_numbers_hints_and_single_digits():
+    from loopwm.text.model import TextModelConfig, TextWorldModel
+
+    from loopwm.text.model import Hints
+
+    model = tiny_model(**LINE_HEAD, **STATE_ONLY_POINTER).train()
+    context, actions, target = random_batch()
+    d = [DIGIT_STRINGS.index(str(n)) for n in range(10)]
+    target[:, 3:5] = torch.tensor([d[5], d[8]])  # the reply writes 58
+    ids = torch.tensor([[4, d[5], d[5], 4, d[5], d[0], 4, d[5], d[3]]] * 3)  # 55, 50 and 53, not on one line
+    hints = Hints(ids, torch.tensor([[0, 1, 2] * 3] * 3), torch.tensor([[1] * 3 + [2] * 3 + [3] * 3] * 3))
+    loss, _ = model.loss(context, actions, target, depth=2, hints=hints)
+    loss.backward()
+    assert torch.isfinite(loss) and model.line_head.query.weight.grad.abs().sum() > 0  # which readings to fit
+    assert model.line_head.extend.weight.grad.abs().sum() > 0  # how far along the line
+    with pytest.raises(LoopWMError, match="--model.numbers"):
+        TextWorldModel(400, TextModelConfig(line_head=True, hints="replies"))
+    with pytest.raises(LoopWMError, match="--model.hints"):
+        TextWorldModel(400, TextModelConfig(line_head=True, numbers=True))
+    merged = TextWorldModel(20, TextModelConfig(d=16, n_heads=2, **LINE_HEAD))
+    with pytest.raises(LoopWMError, match="split digits"):
+        merged.set_digits(["<pad>", "<bos>", "<eos>", "<sep>", "12", "3"] + [f"w{i}" for i in range(14)])

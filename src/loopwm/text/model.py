@@ -37,6 +37,8 @@ from loopwm.models.blocks import MLP, Stack
 from loopwm.models.exits import ExitRule
 from loopwm.models.locality import Neighbourhood
 from loopwm.models.looped import DeepCore, LoopedCore
+from loopwm.text.numbers import (MAX_PLACE, NUMBER_PERIODS, NUMBER_TOKENS, LineFitHead, Readings, hint_readings,
+                                 line_loss, number_values)
 from loopwm.utils import LoopWMError
 
 
@@ -116,6 +118,11 @@ class TextModelConfig:
     actions most like the last one, written after their action ("move seed to pot 1" for "move seed
     to pot 2": an ambiguity prompt, or a template, seen for a neighbouring object). The decoder reads
     them and the copy head may point at them."""
+    line_head: bool = False
+    """A line-fit number head (`numbers.LineFitHead`): where the reply writes a number, it may propose
+    the digits of a weighted least-squares line through the numbers in the hints, read at the reply's
+    step (the weights and how far to extend the line learned), mixed with the decoder's own choice by a
+    learned gate. Needs `numbers` (digit tables) and `hints` (readings with their distances in steps)."""
     hint_replies: int = 16
     """Earlier replies given with hints "replies" (the newest ones)."""
     hint_tokens: int = 256
@@ -130,11 +137,6 @@ class TextModelConfig:
 
     def resolved_n_grad(self) -> int:
         return self.n_grad or max(1, math.ceil(self.mu_rec / 2))
-
-
-NUMBER_PERIODS = (10.0, 100.0, 1000.0)  # the value's phase over these periods: its last 1, 2, 3 digits
-MAX_PLACE = 8  # places of a digit within its number told apart (later ones share the last)
-NUMBER_TOKENS = 12  # a number's value is read from at most its last 12 tokens
 
 
 HINT_KINDS = ("none", "replies", "trend", "similar")  # what `hints` may be (baselines.episode_hints makes them)
@@ -161,50 +163,17 @@ def batch_hints(batch: dict) -> Hints | None:
     return Hints(batch["hints"], batch["hint_pos"], batch["hint_tags"]) if "hints" in batch else None
 
 
-def number_values(ids: torch.Tensor, digit_value: torch.Tensor, digit_count: torch.Tensor, causal: bool):
-    """For token ids (B, N): the value of the number each digit token belongs to (B, N) float32, its
-    place in it (B, N) long, and which tokens are digits (B, N) bool. A number is a run of consecutive
-    all-digit tokens. `causal`: the value of the digits up to and including this one and the place
-    counted from the left (1 = the first digit), as a reply being written knows them; else the whole
-    number's value and the place from the right (0 = units)."""
-    B, N = ids.shape
-    dv, cnt = digit_value[ids], digit_count[ids]  # (B, N), (B, N)
-    is_digit = dv >= 0
-    pos = torch.arange(N, device=ids.device).expand(B, N)  # (B, N)
-    prev = F.pad(is_digit[:, :-1], (1, 0), value=False)
-    start = is_digit & ~prev  # the first token of each number
-    start_pos = torch.where(start, pos, 0).cummax(1).values  # (B, N) where this token's number begins
-    c = (cnt * is_digit).cumsum(1)  # (B, N) digits seen so far
-    e = c - c.gather(1, start_pos) + cnt.gather(1, start_pos)  # (B, N) digits of this number up to here
-    e = torch.where(is_digit, e, 0)
-    # prefix_t = prefix_{t-1} * 10^{digits of token t} + value of token t, inside a number: one pass per
-    # token of the longest number (at most NUMBER_TOKENS), in float32 (every device has it; exact below 2^24)
-    own = torch.where(is_digit, dv.float(), 0.0)  # (B, N)
-    scale = torch.pow(10.0, cnt.float())  # (B, N)
-    longest = int((pos - start_pos + 1)[is_digit].max()) if bool(is_digit.any()) else 0
-    prefix = own
-    for _ in range(min(longest, NUMBER_TOKENS) - 1):
-        prefix = torch.where(prev & is_digit, F.pad(prefix[:, :-1], (1, 0)) * scale + own, own)  # (B, N)
-    if causal:
-        return prefix, e.clamp(0, MAX_PLACE), is_digit
-    nxt = F.pad(is_digit[:, 1:], (0, 1), value=False)
-    end = is_digit & ~nxt  # the last token of each number
-    end_pos = torch.where(end, pos, N - 1).flip(1).cummin(1).values.flip(1)  # (B, N) where it ends
-    whole = prefix.gather(1, end_pos)
-    place = (e.gather(1, end_pos) - e).clamp(0, MAX_PLACE - 1)  # 0 for the units digit
-    return torch.where(is_digit, whole, 0.0), torch.where(is_digit, place, 0), is_digit
-
-
 class Memory(NamedTuple):
     """What the decoder sees: vectors (B, M, d), their validity (B, M), the token id behind each
     (B, M; 0 where there is none: state tokens, padding), which the copy head points at, and how many
     of the M the decoder cross-attends to (the first n_read; None: all). The rest are there only for
-    the copy head to point at."""
+    the copy head to point at. `readings`: the numbers a line-fit head may fit through."""
 
     x: torch.Tensor
     valid: torch.Tensor
     ids: torch.Tensor
     n_read: int | None = None
+    readings: Readings | None = None
 
     def read(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The vectors the decoder cross-attends to and their validity: (B, R, d), (B, R)."""
@@ -302,6 +271,9 @@ class TextWorldModel(nn.Module):
         check_hint_kind(cfg.hints)
         if cfg.copy_follow and not cfg.copy:
             raise LoopWMError("--model.copy-follow continues the copy head's spans: add --model.copy")
+        if cfg.line_head and (not cfg.numbers or cfg.hints == "none"):
+            raise LoopWMError("--model.line-head fits a line through the numbers in the hints: add --model.numbers "
+                              "and --model.hints replies")
         if cfg.hint_replies < 1 or cfg.hint_tokens < 1:
             raise LoopWMError("--model.hint-replies and --model.hint-tokens must be at least 1")
         self.cfg, self.vocab_size = cfg, vocab_size
@@ -349,6 +321,9 @@ class TextWorldModel(nn.Module):
                 self.copy_follow = nn.Linear(d, 1)
                 nn.init.zeros_(self.copy_follow.weight)
                 nn.init.zeros_(self.copy_follow.bias)
+        if cfg.line_head:  # after the rest, likewise; the token of each digit 0-9, filled by `set_digits`
+            self.register_buffer("digit_ids", torch.full((10,), -1, dtype=torch.long))
+            self.line_head = LineFitHead(d)
 
     def set_digits(self, token_strings: list[str]) -> None:
         """Fill the number tables from the tokenizer: `token_strings[i]` is token i's text."""
@@ -356,6 +331,13 @@ class TextWorldModel(nn.Module):
         counts = [len(t) if v >= 0 else 0 for t, v in zip(token_strings, values)]
         self.digit_value.copy_(torch.tensor(values[: self.vocab_size]))
         self.digit_count.copy_(torch.tensor(counts[: self.vocab_size]))
+        if self.cfg.line_head:
+            ids = {t: i for i, t in enumerate(token_strings[: self.vocab_size]) if len(t) == 1 and t.isdigit()}
+            missing = [str(n) for n in range(10) if str(n) not in ids]
+            if missing:
+                raise LoopWMError(f"--model.line-head writes numbers digit by digit, but the tokenizer has no token "
+                                  f"for {', '.join(missing)}: train it with split digits (the default)")
+            self.digit_ids.copy_(torch.tensor([ids[str(n)] for n in range(10)]))
 
     def embed_tokens(self, ids: torch.Tensor, causal: bool = False) -> torch.Tensor:
         """Token embeddings (B, N, d), with the number features where `numbers` is on."""
@@ -428,6 +410,7 @@ class TextWorldModel(nn.Module):
         (by config), then those only the copy head points at."""
         B, S, _ = h.shape
         parts = [(True, h, torch.zeros(B, S, dtype=torch.long, device=h.device))]  # (read, vectors, ids)
+        readings = None
         if self.decoder_sees_context:
             parts.append((self.cfg.decoder_reads_context, x, context))  # (B, L, d), (B, L)
         if self.decoder_sees_actions:
@@ -443,13 +426,15 @@ class TextWorldModel(nn.Module):
             tags = hints.tags.clamp(0, MAX_HINT_TAG)
             e = self.embed_tokens(hints.ids) + self.pos(hints.pos) + self.hint_tag(tags)  # (B, H, d)
             parts.append((True, e, hints.ids))
+            if self.cfg.line_head:
+                readings = hint_readings(e, hints.ids, hints.tags, self.digit_value, self.digit_count)
         parts.sort(key=lambda p: not p[0])  # read parts first (stable: the order above otherwise)
         ids = torch.cat([p[2] for p in parts], dim=1)  # (B, M)
         valid = ids != 0
         valid[:, :S] = True  # the state tokens carry no id but are always read
         n_read = sum(p[2].shape[1] for p in parts if p[0])
         return Memory(torch.cat([p[1] for p in parts], dim=1), valid, ids,
-                      None if n_read == ids.shape[1] else n_read)  # (B, M, d), (B, M), (B, M)
+                      None if n_read == ids.shape[1] else n_read, readings)  # (B, M, d), (B, M), (B, M)
 
     def decode_hidden(self, memory: Memory, tokens: torch.Tensor, caches: list | None = None, offset: int = 0,
                       kvs: list | None = None, history: torch.Tensor | None = None) -> torch.Tensor:
@@ -488,26 +473,40 @@ class TextWorldModel(nn.Module):
         scores = scores.masked_fill((memory.ids == 0)[:, None, :], torch.finfo(scores.dtype).min)
         return scores.softmax(-1), self.copy_gate(y)[..., 0]
 
+    def line_proposal(self, y: torch.Tensor, memory: Memory, history: torch.Tensor):
+        """The line-fit head at decoder outputs y (B, T, d) whose inputs end `history` (B, >= T): the value
+        each position would write (B, T), whether it has readings (B, T), the digit token it proposes (B, T)
+        and where it proposes one (B, T)."""
+        T = y.shape[1]
+        prefix, written, _ = number_values(history, self.digit_value, self.digit_count, causal=True)  # (B, N) x 3
+        value, has = self.line_head.value(y, memory.readings)  # (B, T) x 2
+        digit, proposes = self.line_head.propose(value, has, prefix[:, -T:], written[:, -T:])
+        return value, has, self.digit_ids[digit], proposes
+
     def next_token_scores(self, y: torch.Tensor, memory: Memory, keys: torch.Tensor | None = None,
-                          written: torch.Tensor | None = None) -> torch.Tensor:
+                          written: torch.Tensor | None = None, history: torch.Tensor | None = None) -> torch.Tensor:
         """Decoder output (B, T, d) -> scores over the vocabulary (B, T, V) whose argmax is the next token:
-        the logits, or with the copy head the log-probabilities of the mixed distribution. `written`:
-        the input ids (B, T) the outputs came from."""
+        the logits, or with the copy head or the line-fit head the log-probabilities of the mixed
+        distribution. `written`: the input ids (B, T) the outputs came from; `history`: the inputs up to
+        them (B, >= T), which the line-fit head reads a number being written from (default `written`)."""
         logits = y @ self.embed.weight.T  # (B, T, V), tied
-        if not self.cfg.copy:
-            return logits
-        attn, gate = self.copy_attention(y, memory, self.copy_keys(memory) if keys is None else keys, written)
-        B, T, M = attn.shape
-        p_copy = attn.new_zeros(B, T, logits.shape[-1]).scatter_add_(2, memory.ids[:, None].expand(B, T, M), attn)
-        return torch.logaddexp(F.logsigmoid(gate)[..., None] + logits.log_softmax(-1),
-                               F.logsigmoid(-gate)[..., None] + p_copy.log())  # (B, T, V)
+        if self.cfg.copy:
+            attn, gate = self.copy_attention(y, memory, self.copy_keys(memory) if keys is None else keys, written)
+            B, T, M = attn.shape
+            p_copy = attn.new_zeros(B, T, logits.shape[-1]).scatter_add_(2, memory.ids[:, None].expand(B, T, M), attn)
+            logits = torch.logaddexp(F.logsigmoid(gate)[..., None] + logits.log_softmax(-1),
+                                     F.logsigmoid(-gate)[..., None] + p_copy.log())  # (B, T, V)
+        if self.cfg.line_head:
+            _, _, digit_token, proposes = self.line_proposal(y, memory, written if history is None else history)
+            logits = self.line_head.mix(logits.log_softmax(-1), y, digit_token, proposes)  # (B, T, V)
+        return logits
 
     def decode(self, memory: Memory, tokens: torch.Tensor, caches: list | None = None, offset: int = 0,
                kvs: list | None = None, keys: torch.Tensor | None = None,
                history: torch.Tensor | None = None) -> torch.Tensor:
         """Next-token scores (B, T, V) for input ids (B, T)."""
         y = self.decode_hidden(memory, tokens, caches, offset, kvs, history)  # (B, T, d)
-        return self.next_token_scores(y, memory, keys, written=tokens)
+        return self.next_token_scores(y, memory, keys, written=tokens, history=history)
 
     def loss(self, context, actions, target, n_grad: int | None = None, hide_state: bool = False,
              depth: int | None = None, hints: Hints | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -525,16 +524,21 @@ class TextWorldModel(nn.Module):
         nxt = target[:, 1:]  # (B, T-1)
         keep = nxt != 0  # padding is most of a batch whose targets differ in length
         logits = y[keep] @ self.embed.weight.T  # (N, V): the vocabulary projection on real tokens only
-        if not self.cfg.copy:
+        if not self.cfg.copy and not self.cfg.line_head:
             return F.cross_entropy(logits, nxt[keep]), used
-        # the mixture's probability of the right token, without spreading the copy over the vocabulary
-        attn, gate = self.copy_attention(y, memory, self.copy_keys(memory), target[:, :-1])  # (B, T-1, M), (B, T-1)
-        hit = (memory.ids[:, None, :] == nxt[..., None])  # (B, T-1, M): memory tokens equal to the target
-        p_copy = (attn * hit).sum(-1)[keep]  # (N,)
-        log_vocab = -F.cross_entropy(logits, nxt[keep], reduction="none")  # (N,)
-        gate = gate[keep]
-        log_p = torch.logaddexp(F.logsigmoid(gate) + log_vocab, F.logsigmoid(-gate) + p_copy.clamp_min(1e-30).log())
-        return -log_p.mean(), used
+        log_p = -F.cross_entropy(logits, nxt[keep], reduction="none")  # (N,)
+        if self.cfg.copy:  # the mixture's probability of the right token, without spreading the copy over the vocabulary
+            attn, gate = self.copy_attention(y, memory, self.copy_keys(memory), target[:, :-1])  # (B, T-1, M), (B, T-1)
+            hit = (memory.ids[:, None, :] == nxt[..., None])  # (B, T-1, M): memory tokens equal to the target
+            p_copy = (attn * hit).sum(-1)[keep]  # (N,)
+            gate = gate[keep]
+            log_p = torch.logaddexp(F.logsigmoid(gate) + log_p, F.logsigmoid(-gate) + p_copy.clamp_min(1e-30).log())
+        if not self.cfg.line_head:
+            return -log_p.mean(), used
+        value, has, digit_token, proposes = self.line_proposal(y, memory, target[:, :-1])  # (B, T-1) x 4
+        log_p = self.line_head.mix_target(log_p, y[keep], (digit_token == nxt)[keep], proposes[keep])
+        whole, _, is_digit = number_values(target, self.digit_value, self.digit_count, causal=False)  # (B, T) x 3
+        return -log_p.mean() + line_loss(value, has, whole[:, 1:], is_digit[:, 1:]), used
 
     @torch.no_grad()
     def generate(self, memory: Memory, bos: int, eos: int, max_len: int) -> torch.Tensor:

@@ -707,6 +707,10 @@ def test_the_line_head_is_trained_by_its_regression_and_needs_numbers_hints_and_
     loss.backward()
     assert torch.isfinite(loss) and model.line_head.query.weight.grad.abs().sum() > 0  # which readings to fit
     assert model.line_head.extend.weight.grad.abs().sum() > 0  # how far along the line
+    similar = tiny_model(**{**LINE_HEAD, "hints": "similar"}, **STATE_ONLY_POINTER)
+    other = hints._replace(tags=hints.tags.masked_fill(hints.tags == 3, 35))  # the third: a reply to another action
+    readings = similar.imagine(context, actions, depth=2, hints=other)[1].readings
+    assert readings.valid.sum(1).tolist() == [2, 2, 2]  # not a reading of this action's gauge
     with pytest.raises(LoopWMError, match="--model.numbers"):
         TextWorldModel(400, TextModelConfig(line_head=True, hints="replies"))
     with pytest.raises(LoopWMError, match="--model.hints"):

@@ -428,6 +428,8 @@ class TextWorldModel(nn.Module):
             parts.append((True, e, hints.ids))
             if self.cfg.line_head:
                 readings = hint_readings(e, hints.ids, hints.tags, self.digit_value, self.digit_count)
+                if self.cfg.hints == "similar":  # replies to other actions are not readings of this one's gauge
+                    readings = readings._replace(valid=readings.valid & (hints.tags < SIMILAR_TAG))
         parts.sort(key=lambda p: not p[0])  # read parts first (stable: the order above otherwise)
         ids = torch.cat([p[2] for p in parts], dim=1)  # (B, M)
         valid = ids != 0

@@ -7,6 +7,7 @@
     o_K   = Dec(<bos> ..., memory = [h_K; x_ctx; a_1..K])   (B, T, V)   written after the last action only
     with copy: p(w) = g p_vocab(w) + (1 - g) sum_{m: id_m = w} attn_m   a pointer into the context and actions
     with numbers: E[w] + N(value, place) on every digit token       numbers read as quantities
+    with line_head: p(w) = g p(w) + (1 - g) [w = next digit of a line fitted through the hints' readings]
 
 The looped core is the same `LoopedCore` as the physics models (prelude, contractive injection,
 the one shared block, coda; exit rules, truncated gradients, per-sample depth); `kind="deep"`

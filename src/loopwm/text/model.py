@@ -38,8 +38,7 @@ from loopwm.models.blocks import MLP, Stack
 from loopwm.models.exits import ExitRule
 from loopwm.models.locality import Neighbourhood
 from loopwm.models.looped import DeepCore, LoopedCore
-from loopwm.text.numbers import (MAX_PLACE, NUMBER_PERIODS, NUMBER_TOKENS, LineFitHead, Readings, hint_readings,
-                                 line_loss, number_values)
+from loopwm.text.numbers import MAX_PLACE, NUMBER_PERIODS, NUMBER_TOKENS, LineFitHead, Readings, line_loss, number_values
 from loopwm.utils import LoopWMError
 
 
@@ -428,7 +427,7 @@ class TextWorldModel(nn.Module):
             e = self.embed_tokens(hints.ids) + self.pos(hints.pos) + self.hint_tag(tags)  # (B, H, d)
             parts.append((True, e, hints.ids))
             if self.cfg.line_head:
-                readings = hint_readings(e, hints.ids, hints.tags, self.digit_value, self.digit_count)
+                readings = self.line_head.readings(e, hints.ids, hints.tags, self.digit_value, self.digit_count)
                 if self.cfg.hints == "similar":  # replies to other actions are not readings of this one's gauge
                     readings = readings._replace(valid=readings.valid & (hints.tags < SIMILAR_TAG))
         parts.sort(key=lambda p: not p[0])  # read parts first (stable: the order above otherwise)
@@ -501,7 +500,8 @@ class TextWorldModel(nn.Module):
                                      F.logsigmoid(-gate)[..., None] + p_copy.log())  # (B, T, V)
         if self.cfg.line_head:
             _, _, digit_token, proposes = self.line_proposal(y, memory, written if history is None else history)
-            logits = self.line_head.mix(logits.log_softmax(-1), y, digit_token, proposes)  # (B, T, V)
+            base = logits if self.cfg.copy else logits.log_softmax(-1)  # the copy mixture is already log-probabilities
+            logits = self.line_head.mix(base, y, digit_token, proposes)  # (B, T, V)
         return logits
 
     def decode(self, memory: Memory, tokens: torch.Tensor, caches: list | None = None, offset: int = 0,

@@ -72,21 +72,14 @@ LINE_LOSS_WEIGHT = 0.1  # its weight beside the cross-entropy
 
 
 class Readings(NamedTuple):
-    """Numbers the line-fit head may fit through: for each candidate (B, R) its vector (B, R, d), its
-    value (float), how many steps before the predicted reply it was read (float), and whether it is a
-    reading at all (B, R) bool (one per number: its units digit)."""
+    """Numbers the line-fit head may fit through: for each candidate (B, R) the head's key for it
+    (B, R, d), its value (float), how many steps before the predicted reply it was read (float), and
+    whether it is a reading at all (B, R) bool (one per number: its units digit)."""
 
-    x: torch.Tensor
+    keys: torch.Tensor
     value: torch.Tensor
     tag: torch.Tensor
     valid: torch.Tensor
-
-
-def hint_readings(x: torch.Tensor, ids: torch.Tensor, tags: torch.Tensor, digit_value: torch.Tensor,
-                  digit_count: torch.Tensor) -> Readings:
-    """The numbers in the hints (ids (B, H), their vectors (B, H, d), tags (B, H)) as readings."""
-    value, place, is_digit = number_values(ids, digit_value, digit_count, causal=False)  # (B, H) x 3
-    return Readings(x, value, tags.float(), is_digit & (place == 0))
 
 
 class LineFitHead(nn.Module):
@@ -103,11 +96,17 @@ class LineFitHead(nn.Module):
             nn.init.zeros_(w)
         nn.init.constant_(self.gate.bias, LINE_GATE_INIT)
 
+    def readings(self, x: torch.Tensor, ids: torch.Tensor, tags: torch.Tensor, digit_value: torch.Tensor,
+                 digit_count: torch.Tensor) -> Readings:
+        """The numbers in the hints (ids (B, H), their vectors (B, H, d), tags (B, H)) as readings, keyed
+        once per memory (generation reads them at every token)."""
+        value, place, is_digit = number_values(ids, digit_value, digit_count, causal=False)  # (B, H) x 3
+        return Readings(self.key(self.norm(x)), value, tags.float(), is_digit & (place == 0))
+
     def value(self, y: torch.Tensor, r: Readings) -> tuple[torch.Tensor, torch.Tensor]:
         """Decoder outputs (B, T, d) -> the number each position would write (B, T) and whether it has
         any reading to write it from (B, T)."""
-        k = self.key(self.norm(r.x))  # (B, R, d)
-        scores = self.query(y) @ k.transpose(1, 2) / y.shape[-1] ** 0.5  # (B, T, R)
+        scores = self.query(y) @ r.keys.transpose(1, 2) / y.shape[-1] ** 0.5  # (B, T, R)
         scores = scores.masked_fill(~r.valid[:, None, :], torch.finfo(scores.dtype).min)
         w = scores.softmax(-1) * r.valid[:, None, :]  # (B, T, R); all zero without readings
         tau, v = r.tag[:, None, :], r.value[:, None, :]  # (B, 1, R)

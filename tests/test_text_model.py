@@ -297,6 +297,49 @@ def test_copy_follow_starts_as_the_same_model_and_continues_a_span():
         tiny_model(copy_follow=True)
 
 
+def test_match_lengths_count_how_far_the_written_tokens_repeat_the_text_before_each_memory_token():
+    from loopwm.text.spans import match_lengths
+
+    ids = torch.tensor([[5, 6, 7, 8, 5, 6, 9, 0, 6, 7]])  # "a b c d a b x <none> b c"
+    memory = torch.nn.functional.pad(ids[:, :-1], (1, 0))  # the token before each
+    written = torch.tensor([[1, 5, 6]])  # <bos> a b
+    n = match_lengths(written, memory, 3, longest=4)  # (1, 3, 10)
+    assert n[0, 0].tolist() == [0] * 10  # <bos> is nowhere in the memory
+    assert n[0, 1].tolist() == [0, 1, 0, 0, 0, 1, 0, 0, 0, 0]  # after each "a"
+    assert n[0, 2].tolist() == [0, 0, 2, 0, 0, 0, 2, 0, 0, 1]  # after "a b" twice; after "b" alone once (no text before it)
+    assert match_lengths(written, memory, 3, longest=1)[0, 2].tolist() == [0, 0, 1, 0, 0, 0, 1, 0, 0, 1]  # capped
+    assert torch.equal(match_lengths(written[:, 1:], memory, 1, 4), n[:, -1:])  # the last tokens alone suffice
+    long = torch.tensor([[1, 5, 6, 7, 8, 5, 6]])
+    assert match_lengths(long, memory, 1, longest=8)[0, 0, 6] == 6  # "a b c d a b" before x
+    assert match_lengths(long, memory, 1, longest=4)[0, 0, 6] == 4
+
+
+def test_copy_match_starts_as_the_same_model_and_continues_the_longest_span():
+    plain, match = tiny_model(copy=True), tiny_model(copy=True, copy_match=4)
+    for name, p in plain.state_dict().items():  # created last: the rest starts the same
+        torch.testing.assert_close(match.state_dict()[name], p)
+    context, actions, target = random_batch()
+    context[0, 10:14] = context[0, 2:6]  # a span that occurs twice, with different tokens after it
+    context[0, 14] = (context[0, 6] + 1) % 400 or 7
+    target[0, 1:6] = context[0, 1:6]  # the reply copies the span that starts one token earlier
+    torch.testing.assert_close(match.loss(context, actions, target, depth=2)[0],
+                               plain.loss(context, actions, target, depth=2)[0])  # zero bonus: the same loss
+    _, memory, _ = match.imagine(context, actions, depth=2)
+    y = match.decode_hidden(memory, target[:, :-1])
+    with torch.no_grad():
+        match.copy_match.bias.copy_(torch.tensor([0.0, 0.0, 0.0, 30.0]))  # only a match of 4 tokens counts
+        attn, _ = match.copy_attention(y, memory, match.copy_keys(memory), target[:, :-1])  # (B, T-1, M)
+    ids, at = memory.ids[0].tolist(), 5  # having written context tokens 1-5, the pointer goes to token 6
+    where = [m for m in range(len(ids)) if m >= 4 and ids[m - 4:m] == context[0, 2:6].tolist()]
+    assert float(attn[0, at, where].sum()) > 0.99 and ids[where[0]] == int(context[0, 6])
+    with pytest.raises(ValueError, match="tokens just written"):
+        match.copy_attention(y, memory, match.copy_keys(memory))
+    with pytest.raises(LoopWMError, match="--model.copy"):
+        tiny_model(copy_match=4)
+    with pytest.raises(LoopWMError, match="from 1 to"):
+        tiny_model(copy=True, copy_match=99)
+
+
 def test_a_state_only_decoder_may_point_into_text_it_does_not_read():
     from loopwm.text.model import Memory
 
@@ -365,12 +408,14 @@ def test_the_decoder_can_read_the_actions_and_old_checkpoints_still_load():
     rebuilt.load_state_dict(blind.state_dict())
 
 
-@pytest.mark.parametrize("kw", [{}, {"copy": True}, {"numbers": True}, {"copy": True, "copy_follow": True}])
+@pytest.mark.parametrize("kw", [{}, {"copy": True}, {"numbers": True}, {"copy": True, "copy_follow": True},
+                                {"copy": True, "copy_match": 3}, {"copy": True, "copy_match": 20, "numbers": True}])
 def test_cached_generation_equals_teacher_forced_argmax(kw):
     model = tiny_model(**kw)
-    if model.cfg.copy_follow:  # a bonus that matters, so the cached path must pass the tokens written
+    if model.cfg.copy_follow or model.cfg.copy_match:  # a bonus that matters: the cached path must pass the tokens written
         with torch.no_grad():
-            model.copy_follow.bias.fill_(3.0)
+            bonus = model.copy_follow if model.cfg.copy_follow else model.copy_match
+            bonus.bias.fill_(3.0)
             model.copy_gate.bias.fill_(-3.0)
     context, actions, _ = random_batch()
     _, memory, _ = model.imagine(context, actions, depth=2)
@@ -462,6 +507,36 @@ def test_number_features_train_save_and_load_with_the_tokenizers_digits(tmp_path
     assert all(set(r["baselines"]) == set(result["baselines"]) for r in lines)  # for text_paired.py --against
     numeric = [r for r in lines if any(ch.isdigit() for ch in r["reference"])]  # the clock's readings
     assert result["rows"]["numbers"]["n"] == len(numeric)
+
+
+@needs_tokenizers
+def test_runs_and_scores_record_the_fingerprint_of_their_data(tmp_path, capsys):
+    from loopwm.text.corpus import fingerprint, load_trajectories
+
+    toy = make_toy_corpus(tmp_path / "data")
+    train = load_trajectories(toy, "train")
+    assert fingerprint(train) == fingerprint(load_trajectories(toy, "train")) != fingerprint(train[1:])
+    run = tmp_path / "run"
+    args = tiny_text_train(toy, run)
+    assert main(args + ["--steps", "10"]) == 0
+    capsys.readouterr()
+    assert main(["text", "eval", str(run), "--json", "--max-starts", "4", "--actions", "1", "--state-starts", "0"]) == 0
+    out = capsys.readouterr()
+    result = json.loads(out.out)
+    assert result["data_fingerprint"] == {"test": fingerprint(load_trajectories(toy, "test")), "train": fingerprint(train)}
+    assert result["trained_on_fingerprint"] == fingerprint(train) and "warning" not in out.err
+    # one training reply changes, as a collection made again by the same command may differ
+    path = min((toy / "trajectories" / "train").glob("*/*.json"))
+    record = json.loads(path.read_text())
+    record["steps"][0]["observation"] += " (changed)"
+    path.write_text(json.dumps(record))
+    assert main(args + ["--steps", "20"]) == 2  # resuming would mix two collections: refused, with the fix
+    err = capsys.readouterr().err
+    assert "other data" in err and "new --out" in err
+    assert main(["text", "eval", str(run), "--json", "--max-starts", "4", "--actions", "1", "--state-starts", "0"]) == 0
+    out = capsys.readouterr()
+    assert "trained on another collection" in out.err  # scored, but said plainly
+    assert json.loads(out.out)["data_fingerprint"]["train"] != json.loads(out.out)["trained_on_fingerprint"]
 
 
 @needs_tokenizers
@@ -599,13 +674,22 @@ LINE_HEAD = {"hints": "replies", "numbers": True, "line_head": True}
 
 
 @pytest.mark.parametrize("kw", [{"hints": "replies"}, {"hints": "trend", "numbers": True, **STATE_ONLY_POINTER},
-                                {**LINE_HEAD, **STATE_ONLY_POINTER}])
+                                {**LINE_HEAD, **STATE_ONLY_POINTER},
+                                {"hints": "replies", "copy_match": 4, **STATE_ONLY_POINTER}])
 def test_hints_are_required_read_per_sample_and_change_only_their_row(kw):
     from loopwm.text.model import Hints
 
     model = tiny_model(**kw)
+    if model.cfg.copy_match:  # a bonus that matters: spans must not run on across padding or from the text before
+        with torch.no_grad():
+            model.copy_match.bias.copy_(torch.tensor([2.0, 1.0, 1.0, 1.0]))
+            model.copy_gate.bias.fill_(-2.0)
     assert model.reads_beyond_state  # hiding the state leaves the hints: state_reliance measures it
     context, actions, target = random_batch()
+    if model.cfg.copy_match:  # replies that run from the end of one text into the next, where rows are padded
+        for b in range(3):
+            L, A = int((context[b] != 0).sum()), int((actions[b, 0] != 0).sum())
+            target[b, 1:5] = torch.stack([context[b, L - 1], actions[b, 0, 0], actions[b, 0, A - 1], actions[b, 1, 0]])
     hints = random_hints()
     with pytest.raises(ValueError, match="hints"):
         model.imagine(context, actions, depth=2)

@@ -12,6 +12,8 @@ beside a run's checkpoints.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -61,6 +63,18 @@ def load_trajectories(data: str | Path, split: str | None = None) -> list[Trajec
             raise LoopWMError(f"{path} is not a complete trajectory ({type(err).__name__}: {err}); delete it and "
                               "re-run the collection to record it again") from err
     return out
+
+
+def fingerprint(trajs: list[Trajectory]) -> str:
+    """A short hash of what these trajectories hold (task, split, variation, kind, description, every
+    action and observation, in load order). Two collections made by the same command can differ (a
+    branch's random actions are drawn from the simulator's valid actions, and those can change between
+    loads), so runs and scores record the fingerprint of the data they saw, not only its folder."""
+    h = hashlib.sha256()
+    for t in trajs:
+        record = [t.task, t.split, t.variation, t.kind, t.task_description, t.actions, t.observations]
+        h.update(json.dumps(record, ensure_ascii=False).encode("utf-8"))
+    return h.hexdigest()[:16]
 
 
 def is_look_around(action: str) -> bool:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ import tyro
 
 from loopwm.models.exits import make_exit_rule
 from loopwm.text.baselines import BASELINES, baseline_answers, lookup_table
-from loopwm.text.corpus import (STATE_ROWS, Batcher, Sample, eval_starts, has_number, load_trajectories, state_row,
+from loopwm.text.corpus import (STATE_ROWS, Batcher, Sample, eval_starts, fingerprint, has_number, load_trajectories, state_row,
                                 state_starts)
 from loopwm.text.metrics import entity_pattern, score_group
 from loopwm.text.model import batch_hints
@@ -117,13 +118,15 @@ def check_protocol(split: str, actions: list[int]) -> None:
 
 class Protocol(NamedTuple):
     """What every scoring of a dataset split shares: its trajectories, the seeded start points, the
-    largest number of actions, the lookup table fitted on the training split, and entity patterns."""
+    largest number of actions, the lookup table fitted on the training split, entity patterns, and the
+    fingerprints of the scored split and the training split (corpus.fingerprint)."""
 
     trajs: list
     starts: list[tuple[int, int]]
     k_max: int
     table: dict[str, str]
     patterns: list
+    fingerprints: dict[str, str]
 
 
 def load_protocol(data, split: str, actions: list[int], max_starts: int, seed: int) -> Protocol:
@@ -132,8 +135,9 @@ def load_protocol(data, split: str, actions: list[int], max_starts: int, seed: i
     starts = eval_starts(trajs, k_max, max_starts, seed)
     if not starts:
         raise LoopWMError(f"no {split} trajectory of {data} has {k_max} actions; lower --actions")
-    return Protocol(trajs, starts, k_max, lookup_table(load_trajectories(data, "train")),
-                    [entity_pattern(t.entities) for t in trajs])
+    train = load_trajectories(data, "train")
+    return Protocol(trajs, starts, k_max, lookup_table(train), [entity_pattern(t.entities) for t in trajs],
+                    {split: fingerprint(trajs), "train": fingerprint(train)})
 
 
 def score_state_starts(samples: list[Sample], answers: dict[str, list[str]], trajs, patterns, row: str = "") -> dict:
@@ -148,7 +152,8 @@ def score_baselines(cfg: TextBaselinesConfig) -> dict:
     """Every baseline's scores on the dataset: at the largest number of actions per task type and row,
     overall at each number of actions, and on the state-tracking starts."""
     check_protocol(cfg.split, cfg.actions)
-    trajs, starts, k_max, table, patterns = load_protocol(cfg.data, cfg.split, cfg.actions, cfg.max_starts, cfg.seed)
+    trajs, starts, k_max, table, patterns, fingerprints = load_protocol(cfg.data, cfg.split, cfg.actions,
+                                                                        cfg.max_starts, cfg.seed)
     by_actions = {}
     for k in sorted(set(cfg.actions)):
         samples = [Sample(i, t, k) for i, t in starts]
@@ -158,8 +163,8 @@ def score_baselines(cfg: TextBaselinesConfig) -> dict:
     for name, row_starts in state_starts(trajs, k_max, cfg.state_starts, cfg.seed).items() if cfg.state_starts else ():
         samples = [Sample(i, t, k_max) for i, t in row_starts]
         state[name] = score_state_starts(samples, baseline_answers(samples, trajs, table), trajs, patterns, name)
-    result = {"data": str(cfg.data), "split": cfg.split, "actions": k_max, "n_samples": len(starts),
-              "baselines": by_actions[k_max], "state_rows": state,
+    result = {"data": str(cfg.data), "data_fingerprint": fingerprints, "split": cfg.split, "actions": k_max,
+              "n_samples": len(starts), "baselines": by_actions[k_max], "state_rows": state,
               "by_actions": {str(k): {name: v["overall"] for name, v in got.items()} for k, got in by_actions.items()}}
     if cfg.out:
         atomic_write_json(Path(cfg.out), result)
@@ -244,9 +249,15 @@ def state_reliance(model, batcher: Batcher, samples: list[Sample], depth: int, b
 def evaluate_text(cfg: TextEvalConfig) -> dict:
     check_protocol(cfg.split, cfg.actions)
     device = pick_device(cfg.device)
-    model, enc, _, train_cfg = load_text_run(cfg.run, device)
+    model, enc, meta, train_cfg = load_text_run(cfg.run, device)
     data = cfg.data or train_cfg["data"]
-    trajs, starts, k_max, table, patterns = load_protocol(data, cfg.split, cfg.actions, cfg.max_starts, cfg.seed)
+    trajs, starts, k_max, table, patterns, fingerprints = load_protocol(data, cfg.split, cfg.actions,
+                                                                        cfg.max_starts, cfg.seed)
+    trained_on = meta.get("data_fingerprint", {}).get("train")  # absent in runs saved before fingerprints
+    if trained_on is not None and trained_on != fingerprints["train"]:
+        print(f"loopwm: warning: {cfg.run} was trained on another collection than {data} (training split "
+              f"fingerprint {trained_on}, {data} has {fingerprints['train']}); its scores do not pair with runs "
+              "trained on this one", file=sys.stderr)
     m = model.cfg
     batcher = text_batcher(enc, trajs, m)
     depth = cfg.depth or m.resolved_eval_depth()
@@ -285,7 +296,8 @@ def evaluate_text(cfg: TextEvalConfig) -> dict:
     # references longer than the decoder may write can never match exactly: say how many there are
     cut = sum(len(enc.ids(trajs[i].observations[t + k_max])) + 1 > m.max_target for i, t in starts)
     result = {
-        "run": str(cfg.run), "data": str(data), "split": cfg.split, "kind": m.kind, "actions": k_max,
+        "run": str(cfg.run), "data": str(data), "data_fingerprint": fingerprints,
+        "trained_on_fingerprint": trained_on, "split": cfg.split, "kind": m.kind, "actions": k_max,
         "n_samples": len(starts), "cut_references": cut, "params": model.num_params(), "depth": depth if m.kind == "looped" else m.n_deep,
         "exit_rule": cfg.exit, "threshold": cfg.threshold if exit_rule is not None else None,
         "iterations_per_step": head["iterations_per_step"],

@@ -39,6 +39,7 @@ from loopwm.models.exits import ExitRule
 from loopwm.models.locality import Neighbourhood
 from loopwm.models.looped import DeepCore, LoopedCore
 from loopwm.text.numbers import MAX_PLACE, NUMBER_PERIODS, NUMBER_TOKENS, LineFitHead, Readings, line_loss, number_values
+from loopwm.text.spans import match_lengths
 from loopwm.utils import LoopWMError
 
 
@@ -96,6 +97,13 @@ class TextModelConfig:
     at the start, so a new model starts as the same model without it). Pointer attention alone does not
     know where in a span it is, and loops ("a substance called tin substance called ..."). Hints then
     end with <eos>, so a copied hint can be closed by pointing at its end."""
+    copy_match: int = 0
+    """Longest span match the copy head's pointer reads (0: off). A memory token whose preceding n
+    tokens repeat the last n tokens written gets a bonus in the pointer's scores, a learned function of
+    the decoder's state and of n (up to this many; zero at the start). Where `copy_follow` knows only
+    the token just written, this knows how far into a span the copy is: having written "A door to the",
+    the pointer can tell the door line it is copying from the other door lines of the same room
+    (`spans.match_lengths`). Hints then end with <eos>, as with `copy_follow`."""
     max_context: int = 192
     """Context tokens kept (the most recent; the task description always)."""
     max_action: int = 16
@@ -142,6 +150,7 @@ class TextModelConfig:
 HINT_KINDS = ("none", "replies", "trend", "similar")  # what `hints` may be (baselines.episode_hints makes them)
 MAX_HINT_TAG = 63  # a hint's tag: 0 for a proposal, else the steps between it and the reply (capped)
 SIMILAR_TAG = 32  # with hints "similar": tags from here on mark replies to another, similar action
+MAX_COPY_MATCH = 32  # copy_match: longer spans than this are matched as this long
 
 
 def check_hint_kind(kind: str) -> None:
@@ -167,17 +176,26 @@ class Memory(NamedTuple):
     """What the decoder sees: vectors (B, M, d), their validity (B, M), the token id behind each
     (B, M; 0 where there is none: state tokens, padding), which the copy head points at, and how many
     of the M the decoder cross-attends to (the first n_read; None: all). The rest are there only for
-    the copy head to point at. `readings`: the numbers a line-fit head may fit through."""
+    the copy head to point at. `readings`: the numbers a line-fit head may fit through. `starts` (B, M):
+    where a text begins (the context, each action, the hints), so no span runs on from the padding or
+    the text laid before it."""
 
     x: torch.Tensor
     valid: torch.Tensor
     ids: torch.Tensor
     n_read: int | None = None
     readings: Readings | None = None
+    starts: torch.Tensor | None = None
 
     def read(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The vectors the decoder cross-attends to and their validity: (B, R, d), (B, R)."""
         return self.x[:, : self.n_read], self.valid[:, : self.n_read]
+
+    def before(self) -> torch.Tensor:
+        """The token before each memory token within its text (B, M), 0 at a text's start: the same for a
+        row batched with longer ones (and padded) as for the row alone."""
+        before = F.pad(self.ids[:, :-1], (1, 0))  # (B, M)
+        return before if self.starts is None else before.masked_fill(self.starts, 0)
 
 
 def key_mask(valid: torch.Tensor, n_queries: int | None = None) -> torch.Tensor:
@@ -271,6 +289,9 @@ class TextWorldModel(nn.Module):
         check_hint_kind(cfg.hints)
         if cfg.copy_follow and not cfg.copy:
             raise LoopWMError("--model.copy-follow continues the copy head's spans: add --model.copy")
+        if cfg.copy_match and not cfg.copy or not 0 <= cfg.copy_match <= MAX_COPY_MATCH:
+            raise LoopWMError(f"--model.copy-match continues the copy head's spans: add --model.copy, and give a length "
+                              f"from 1 to {MAX_COPY_MATCH} (0: off)")
         if cfg.line_head and (not cfg.numbers or cfg.hints == "none"):
             raise LoopWMError("--model.line-head fits a line through the numbers in the hints: add --model.numbers "
                               "and --model.hints replies")
@@ -321,6 +342,10 @@ class TextWorldModel(nn.Module):
                 self.copy_follow = nn.Linear(d, 1)
                 nn.init.zeros_(self.copy_follow.weight)
                 nn.init.zeros_(self.copy_follow.bias)
+            if cfg.copy_match:  # the pointer's bonus by the length of the span match, for each length
+                self.copy_match = nn.Linear(d, cfg.copy_match)
+                nn.init.zeros_(self.copy_match.weight)
+                nn.init.zeros_(self.copy_match.bias)
         if cfg.line_head:  # after the rest, likewise; the token of each digit 0-9, filled by `set_digits`
             self.register_buffer("digit_ids", torch.full((10,), -1, dtype=torch.long))
             self.line_head = LineFitHead(d)
@@ -409,23 +434,30 @@ class TextWorldModel(nn.Module):
         """The decoder's memory: the state tokens, then the context, the actions and the hints it reads
         (by config), then those only the copy head points at."""
         B, S, _ = h.shape
-        parts = [(True, h, torch.zeros(B, S, dtype=torch.long, device=h.device))]  # (read, vectors, ids)
+
+        def starts(n: int, every: int | None = None) -> torch.Tensor:  # (B, n): True where a text begins
+            at = torch.zeros(B, n, dtype=torch.bool, device=h.device)
+            at[:, :: every or n] = True
+            return at
+
+        parts = [(True, h, torch.zeros(B, S, dtype=torch.long, device=h.device), starts(S))]  # (read, vectors, ids, starts)
         readings = None
         if self.decoder_sees_context:
-            parts.append((self.cfg.decoder_reads_context, x, context))  # (B, L, d), (B, L)
+            parts.append((self.cfg.decoder_reads_context, x, context, starts(context.shape[1])))  # (B, L, d), (B, L)
         if self.decoder_sees_actions:
             K, A = actions.shape[1:]
             back = torch.arange(K - 1, -1, -1, device=h.device).clamp(max=15)  # (K,) 0 for the last action
             a = self.embed_tokens(actions.reshape(B * K, A)).view(B, K, A, -1)  # (B, K, A, d)
             a = a + self.pos.weight[:A] + self.action_index(back)[:, None]  # (B, K, A, d)
-            parts.append((self.cfg.decoder_reads_actions, a.reshape(B, K * A, -1), actions.reshape(B, K * A)))  # (B, K*A, d)
+            parts.append((self.cfg.decoder_reads_actions, a.reshape(B, K * A, -1), actions.reshape(B, K * A),
+                          starts(K * A, A)))  # (B, K*A, d)
         if self.cfg.hints != "none":
             if hints is None:
                 raise ValueError(f"this model reads episode hints ({self.cfg.hints!r}): batch with a Batcher "
                                  "that has them (text_batcher) and pass batch_hints(batch)")
             tags = hints.tags.clamp(0, MAX_HINT_TAG)
             e = self.embed_tokens(hints.ids) + self.pos(hints.pos) + self.hint_tag(tags)  # (B, H, d)
-            parts.append((True, e, hints.ids))
+            parts.append((True, e, hints.ids, starts(hints.ids.shape[1])))
             if self.cfg.line_head:
                 readings = self.line_head.readings(e, hints.ids, hints.tags, self.digit_value, self.digit_count)
                 if self.cfg.hints == "similar":  # replies to other actions are not readings of this one's gauge
@@ -435,8 +467,8 @@ class TextWorldModel(nn.Module):
         valid = ids != 0
         valid[:, :S] = True  # the state tokens carry no id but are always read
         n_read = sum(p[2].shape[1] for p in parts if p[0])
-        return Memory(torch.cat([p[1] for p in parts], dim=1), valid, ids,
-                      None if n_read == ids.shape[1] else n_read, readings)  # (B, M, d), (B, M), (B, M)
+        return Memory(torch.cat([p[1] for p in parts], dim=1), valid, ids, None if n_read == ids.shape[1] else n_read,
+                      readings, torch.cat([p[3] for p in parts], dim=1))  # (B, M, d), (B, M), (B, M), ..., (B, M)
 
     def decode_hidden(self, memory: Memory, tokens: torch.Tensor, caches: list | None = None, offset: int = 0,
                       kvs: list | None = None, history: torch.Tensor | None = None) -> torch.Tensor:
@@ -459,16 +491,23 @@ class TextWorldModel(nn.Module):
     def copy_keys(self, memory: Memory) -> torch.Tensor:
         return self.copy_key(self.copy_norm(memory.x))  # (B, M, d)
 
-    def copy_attention(self, y: torch.Tensor, memory: Memory, keys: torch.Tensor,
-                       written: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def copy_attention(self, y: torch.Tensor, memory: Memory, keys: torch.Tensor, written: torch.Tensor | None = None,
+                       history: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Where the copy head points, (B, T, M) over the memory's tokens with an id, and the gate's
         logit (B, T): log g = logsigmoid(it) weighs the vocabulary, log(1 - g) = logsigmoid(-it) the copy.
         `written` (B, T): the decoder's input at each position (the token just written), which
-        `copy_follow` needs."""
+        `copy_follow` and `copy_match` need; `history` (B, >= T): the inputs up to and including them
+        (default `written`), from which `copy_match` reads span matches longer than the T positions."""
         scores = self.copy_query(y) @ keys.transpose(1, 2) / math.sqrt(y.shape[-1])  # (B, T, M)
+        if (self.cfg.copy_follow or self.cfg.copy_match) and written is None:
+            raise ValueError("a copy head with copy_follow or copy_match needs the tokens just written")
+        if self.cfg.copy_match:
+            T = written.shape[1]
+            with torch.no_grad():  # token comparisons only
+                n = match_lengths(written if history is None else history, memory.before(), T, self.cfg.copy_match)  # (B, T, M)
+            bonus = F.pad(self.copy_match(y).cumsum(-1), (1, 0))  # (B, T, L + 1): the bonus for a match of 0 .. L
+            scores = scores + bonus.gather(2, n)  # (B, T, M)
         if self.cfg.copy_follow:
-            if written is None:
-                raise ValueError("a copy head with copy_follow needs the tokens just written")
             before = F.pad(memory.ids[:, :-1], (1, 0))  # (B, M): the token before each memory token
             follows = (before[:, None, :] == written[..., None]) & (before != 0)[:, None, :]  # (B, T, M)
             scores = scores + self.copy_follow(y) * follows  # (B, T, 1) * (B, T, M)
@@ -493,7 +532,7 @@ class TextWorldModel(nn.Module):
         them (B, >= T), which the line-fit head reads a number being written from (default `written`)."""
         logits = y @ self.embed.weight.T  # (B, T, V), tied
         if self.cfg.copy:
-            attn, gate = self.copy_attention(y, memory, self.copy_keys(memory) if keys is None else keys, written)
+            attn, gate = self.copy_attention(y, memory, self.copy_keys(memory) if keys is None else keys, written, history)
             B, T, M = attn.shape
             p_copy = attn.new_zeros(B, T, logits.shape[-1]).scatter_add_(2, memory.ids[:, None].expand(B, T, M), attn)
             logits = torch.logaddexp(F.logsigmoid(gate)[..., None] + logits.log_softmax(-1),
@@ -553,14 +592,16 @@ class TextWorldModel(nn.Module):
         keys = self.copy_keys(memory) if self.cfg.copy else None
         token = torch.full((B, 1), bos, dtype=torch.long, device=device)
         out, done = [], torch.zeros(B, dtype=torch.bool, device=device)
-        history = token if self.cfg.numbers else None  # (B, 1): what the number features read
+        # (B, <= keep): the latest inputs, what the number features and the span matches read
+        keep = max(NUMBER_TOKENS if self.cfg.numbers else 0, self.cfg.copy_match) + 1
+        history = token if self.cfg.numbers or self.cfg.copy_match else None
         for t in range(max_len):
             scores = self.decode(memory, token, caches, offset=t, kvs=kvs, keys=keys, history=history)  # (B, 1, V)
             token = scores[:, -1].argmax(-1, keepdim=True)  # (B, 1)
             token = token.masked_fill(done[:, None], 0)
             out.append(token)
-            if history is not None:  # the latest inputs only: a number reads no further back
-                history = torch.cat([history, token], 1)[:, -(NUMBER_TOKENS + 1):]  # (B, <= NUMBER_TOKENS + 1)
+            if history is not None:  # the latest inputs only: a number or a match reads no further back
+                history = torch.cat([history, token], 1)[:, -keep:]  # (B, <= keep)
             done = done | (token[:, 0] == eos)
             if bool(done.all()):
                 break

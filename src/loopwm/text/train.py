@@ -8,6 +8,9 @@ actions after their context, runs the loop once per action, and decodes only the
 the last one (deferred decoding). The tokenizer is learned from the training split when a run
 starts. Writes RUN/config.json (the resolved config), RUN/tokenizer.json, RUN/metrics.jsonl and
 safetensors checkpoints; re-running the same command resumes from the newest intact checkpoint.
+Each checkpoint records the fingerprint of the training and dev splits (corpus.fingerprint): a run
+resumes only on the data it began on, and `text eval` can say when it scores a run on another
+collection.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ import numpy as np
 import torch
 
 from loopwm.checkpoint import load_model, resolve_checkpoint, resume, save_checkpoint
-from loopwm.text.corpus import Batcher, Encoder, Sample, all_starts, eval_starts, load_tokenizer, load_trajectories, \
-    need_tokenizers, tokenizer_corpus, train_tokenizer
+from loopwm.text.corpus import Batcher, Encoder, Sample, all_starts, eval_starts, fingerprint, load_tokenizer, \
+    load_trajectories, need_tokenizers, tokenizer_corpus, train_tokenizer
 from loopwm.text.baselines import episode_hints
 from loopwm.text.model import TextModelConfig, TextWorldModel, batch_hints
 from loopwm.train.average import WeightAverage, check_plateau_ema
@@ -108,7 +111,7 @@ def text_batcher(enc: Encoder, trajs: list, m: TextModelConfig) -> Batcher:
     """The batches a model of this config reads: its window, action and reply sizes, and its hints."""
     return Batcher(enc, trajs, m.max_context, m.max_action, m.max_target,
                    hints=episode_hints(m.hints, m.hint_replies), hint_tokens=m.hint_tokens,
-                   hint_end=enc.eos if m.copy_follow else None)
+                   hint_end=enc.eos if m.copy_follow or m.copy_match else None)
 
 
 def build_text_model(meta: dict) -> TextWorldModel:
@@ -202,6 +205,7 @@ def train_text(cfg: TextTrainConfig) -> Path:
     if not train_trajs:
         raise LoopWMError(f"{cfg.data} has no training trajectories; collect some with loopwm text collect")
     _check_config(cfg, run_dir)
+    data_fp = {"train": fingerprint(train_trajs), "dev": fingerprint(dev_trajs)}
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "config.json", asdict(cfg))
     tok_path = run_dir / "tokenizer.json"
@@ -229,6 +233,10 @@ def train_text(cfg: TextTrainConfig) -> Path:
     rng = np.random.default_rng(cfg.seed)
     average = WeightAverage(model, cfg.plateau_ema) if cfg.plateau_ema > 0 else None
     meta = resume(run_dir, model, opt, rng, average=average)
+    if meta and meta.get("data_fingerprint", data_fp) != data_fp:  # runs saved before fingerprints pass
+        raise LoopWMError(f"{run_dir} was trained on other data than {cfg.data} holds now (fingerprints "
+                          f"{meta['data_fingerprint']} then, {data_fp} now): resuming would mix two collections; "
+                          "use a new --out, or point --data at the collection the run began on")
     step, seconds_before = (meta["step"], meta.get("train_seconds", 0.0)) if meta else (0, 0.0)
     # with --until-plateau: the step at which the learning rate began to cool, and why
     cooldown_from, stop_reason = (meta.get("cooldown_from"), meta.get("stop_reason", "steps")) if meta else (None, "steps")
@@ -248,7 +256,8 @@ def train_text(cfg: TextTrainConfig) -> Path:
         nonlocal saved_step
         plateau = {"cooldown_from": cooldown_from, "stop_reason": stop_reason} if cfg.until_plateau > 0 else {}
         meta = {**checkpoint_meta(model), **plateau, "numpy_rng": rng.bit_generator.state,
-                "train_seconds": seconds_before + time.time() - t0, "data": cfg.data}
+                "train_seconds": seconds_before + time.time() - t0, "data": cfg.data,
+                "data_fingerprint": data_fp}
         save_checkpoint(run_dir, step, model, meta, opt, average=average)
         saved_step = step
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import tyro
 
+from loopwm.text.evaluate import check_comparable
 from loopwm.text.tasks import TYPES
 from loopwm.utils import LoopWMError, atomic_write_text
 
@@ -79,10 +80,7 @@ def _load(spec: str) -> tuple[str, dict]:
 def table(results: dict[str, dict], hinted: list[str], baselines: list[str], paper: bool) -> str:
     """The markdown table: one row per task type and overall, EM; then F1/BLEU-4/entity overall."""
     first = next(iter(results.values()))
-    for label, r in results.items():
-        if r["n_samples"] != first["n_samples"] or r.get("actions") != first.get("actions"):
-            raise LoopWMError(f"{label!r} scored {r['n_samples']} samples at {r.get('actions')} actions, the first file "
-                              f"{first['n_samples']} at {first.get('actions')}: compare models on the same test starts")
+    check_comparable(results)
     found = {}
     for b in baselines:
         source = next((r for r in results.values() if b in r.get("baselines", {})), None)

@@ -516,6 +516,38 @@ def test_text_table_lays_models_beside_the_paper_and_refuses_mismatched_starts(l
         tt.main(tt.TextTableConfig(runs=[f"a={tmp_path / 'old.json'}"]))
     with pytest.raises(LoopWMError, match="LABEL=PATH"):
         tt.main(tt.TextTableConfig(runs=["nolabel"]))
+    for name, prints in (("a", "aaaa"), ("b", "bbbb")):  # the same starts, on two collections
+        (tmp_path / f"{name}.json").write_text(json.dumps({**result(50.0), "split": "test", "data_fingerprint": {"test": prints}}))
+    with pytest.raises(LoopWMError, match="different collections"):
+        tt.main(tt.TextTableConfig(runs=[f"a={tmp_path / 'a.json'}", f"b={tmp_path / 'b.json'}"], baselines=["lookup"]))
+
+
+def test_text_plots_draw_from_evaluation_files_only_and_refuse_other_collections(load, tmp_path):
+    from loopwm.utils import LoopWMError
+
+    load(next(p for p in SCRIPTS if p.stem == "text_bench"))  # the sibling it draws with, as when run from scripts/
+    tp = load(next(p for p in SCRIPTS if p.stem == "text_plots"))
+
+    def result(em: float, ks=(1, 2, 3), prints: str = "aaaa") -> dict:
+        scores = {"em": em, "f1": 90.0, "bleu4": 70.0, "entity": 80.0}
+        base = {name: {**scores, "em": 40.0} for name in ("copy", "lookup", "recall", "trend")}
+        return {"n_samples": 4, "actions": max(ks), "split": "test", "data_fingerprint": {"test": prints},
+                "overall": scores, "rows": {"look around": {**scores, "n": 1}},
+                "by_actions": {str(k): {"overall": {**scores, "em": em - k}, **base} for k in ks}}
+
+    files = {"looped": result(70.0), "deep": result(60.0), "d1": result(65.0, ks=(3,)), "d4": result(70.0, ks=(3,))}
+    for name, r in files.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(r))
+    out = tmp_path / "plots"
+    drawn = tp.main(tp.TextPlotsConfig(runs=[f"looped={tmp_path / 'looped.json'}", f"deep={tmp_path / 'deep.json'}"],
+                                       depths=[f"1={tmp_path / 'd1.json'}", f"4={tmp_path / 'd4.json'}"], out=str(out)))
+    assert drawn == [out / "metrics_vs_actions.png", out / "em_vs_iterations.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in drawn)
+    (tmp_path / "other.json").write_text(json.dumps(result(60.0, prints="bbbb")))
+    with pytest.raises(LoopWMError, match="different collections"):
+        tp.main(tp.TextPlotsConfig(runs=[f"a={tmp_path / 'looped.json'}", f"b={tmp_path / 'other.json'}"], out=str(out)))
+    with pytest.raises(LoopWMError, match="loop counts"):
+        tp.main(tp.TextPlotsConfig(runs=[f"a={tmp_path / 'looped.json'}"], depths=[f"x={tmp_path / 'd1.json'}"], out=str(out)))
 
 
 def test_exit_threshold_picks_the_largest_threshold_near_the_fixed_maximum(load):

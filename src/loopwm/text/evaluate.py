@@ -314,6 +314,21 @@ def evaluate_text(cfg: TextEvalConfig) -> dict:
     return result
 
 
+def check_comparable(results: dict[str, dict]) -> None:
+    """Refuse `text eval` / `text baselines` results (label -> result) that scored different numbers of
+    samples, or (where they record it) different collections: a table or plot of them would set
+    different test starts side by side."""
+    first_key, first = next(iter(results.items()))
+    for key, r in results.items():
+        if r["n_samples"] != first["n_samples"] or r.get("actions") != first.get("actions"):
+            raise LoopWMError(f"{key!r} scored {r['n_samples']} samples at {r.get('actions')} actions, {first_key!r} "
+                              f"{first['n_samples']} at {first.get('actions')}: compare models on the same test starts")
+    prints = {key: (r.get("data_fingerprint") or {}).get(r.get("split", "test")) for key, r in results.items()}
+    if len({p for p in prints.values() if p}) > 1:
+        raise LoopWMError(f"the files scored different collections (data fingerprints {prints}): score every model "
+                          "on the same data, or keep them in separate tables")
+
+
 def _fmt(x: float) -> str:
     return "  -  " if math.isnan(x) else f"{x:5.1f}"
 

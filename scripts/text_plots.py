@@ -16,7 +16,6 @@ the files record it, the same data fingerprint).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,17 +37,13 @@ class TextPlotsConfig:
     """Folder the two PNGs are written to."""
 
 
-def _read(spec: str, what: str) -> tuple[str, dict]:
-    if "=" not in spec:
-        raise LoopWMError(f"--{what} takes KEY=PATH pairs, got {spec!r}: e.g. 'looped=results/x/eval-looped-steps.json'")
-    key, path = spec.split("=", 1)
-    try:
-        result = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise LoopWMError(f"cannot read {path!r} ({e}): give the JSON that `loopwm text eval RUN --json` writes") from None
-    if "by_actions" not in result or "overall" not in result:
-        raise LoopWMError(f"{path!r} is not a `loopwm text eval --json` result (no by_actions/overall)")
-    return key.strip(), result
+def _read(spec: str, flag: str) -> tuple[str, dict]:
+    from text_table import load_result  # a sibling script
+
+    key, result = load_result(spec, flag)
+    if "by_actions" not in result:
+        raise LoopWMError(f"{spec!r} is not a `loopwm text eval --json` result (no by_actions): re-run text eval")
+    return key, result
 
 
 def main(cfg: TextPlotsConfig) -> list[Path]:

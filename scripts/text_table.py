@@ -64,9 +64,10 @@ class TextTableConfig:
     """Markdown file to write as well as printing (empty: print only)."""
 
 
-def _load(spec: str) -> tuple[str, dict]:
+def load_result(spec: str, flag: str = "runs") -> tuple[str, dict]:
+    """KEY=PATH (the value of --`flag`) -> (KEY, the `loopwm text eval --json` result at PATH)."""
     if "=" not in spec:
-        raise LoopWMError(f"--runs takes LABEL=PATH pairs, got {spec!r}: e.g. 'looped=results/x/eval-looped-5actions.json'")
+        raise LoopWMError(f"--{flag} takes KEY=PATH pairs, got {spec!r}: e.g. 'looped=results/x/eval-looped-5actions.json'")
     label, path = spec.split("=", 1)
     try:
         result = json.loads(Path(path).read_text())
@@ -114,7 +115,7 @@ def table(results: dict[str, dict], hinted: list[str], baselines: list[str], pap
 def main(cfg: TextTableConfig) -> str:
     if not cfg.runs:
         raise LoopWMError("give at least one --runs LABEL=PATH (a `loopwm text eval --json` file)")
-    results = dict(_load(s) for s in cfg.runs)
+    results = dict(load_result(s) for s in cfg.runs)
     unknown = [h for h in cfg.hinted if h not in results]
     if unknown:
         raise LoopWMError(f"--hinted {unknown} names no label of --runs ({sorted(results)})")

@@ -514,7 +514,7 @@ def test_text_table_lays_models_beside_the_paper_and_refuses_mismatched_starts(l
         tt.main(tt.TextTableConfig(runs=[f"a={tmp_path / 'old.json'}", f"b={tmp_path / 'other.json'}"], baselines=["lookup"]))
     with pytest.raises(LoopWMError, match="no file has the baseline 'trend'"):
         tt.main(tt.TextTableConfig(runs=[f"a={tmp_path / 'old.json'}"]))
-    with pytest.raises(LoopWMError, match="LABEL=PATH"):
+    with pytest.raises(LoopWMError, match="KEY=PATH pairs"):
         tt.main(tt.TextTableConfig(runs=["nolabel"]))
     for name, prints in (("a", "aaaa"), ("b", "bbbb")):  # the same starts, on two collections
         (tmp_path / f"{name}.json").write_text(json.dumps({**result(50.0), "split": "test", "data_fingerprint": {"test": prints}}))

@@ -532,7 +532,7 @@ def test_text_plots_draw_from_evaluation_files_only_and_refuse_other_collections
         scores = {"em": em, "f1": 90.0, "bleu4": 70.0, "entity": 80.0}
         base = {name: {**scores, "em": 40.0} for name in ("copy", "lookup", "recall", "trend")}
         return {"n_samples": 4, "actions": max(ks), "split": "test", "data_fingerprint": {"test": prints},
-                "overall": scores, "rows": {"look around": {**scores, "n": 1}},
+                "overall": scores, "per_task": {"Boil": {**scores, "n": 4}}, "rows": {"look around": {**scores, "n": 1}},
                 "by_actions": {str(k): {"overall": {**scores, "em": em - k}, **base} for k in ks}}
 
     files = {"looped": result(70.0), "deep": result(60.0), "d1": result(65.0, ks=(3,)), "d4": result(70.0, ks=(3,))}

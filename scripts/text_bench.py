@@ -68,6 +68,8 @@ class TextBenchConfig:
     action's earlier replies) or trend (the trend baseline's reply: a model on top of a baseline)."""
     copy_follow: bool = False
     """Let the copy head continue the span it is copying (TextModelConfig.copy_follow; needs --copy)."""
+    copy_match: int = 0
+    """Longest span match the copy head's pointer reads (TextModelConfig.copy_match; needs --copy; 0: off)."""
     line_head: bool = False
     """Give every model the line-fit number head (TextModelConfig.line_head; needs --numbers and hints)."""
     split_digits: bool = True
@@ -99,7 +101,8 @@ def _model_config(job: dict):
                             max_context=job["max_context"], max_target=job["max_target"], copy=job["copy"],
                             decoder_reads_context=not job["state_only"], decoder_reads_actions=not job["state_only"],
                             copy_pool="all" if job["state_only"] else "read", numbers=job["numbers"],
-                            hints=job["hints"], copy_follow=job["copy_follow"], line_head=job["line_head"])
+                            hints=job["hints"], copy_follow=job["copy_follow"], line_head=job["line_head"],
+                            copy_match=job.get("copy_match", 0))
     if job["quick"]:
         model.d, model.n_state = 32, 4
     return model
@@ -111,8 +114,8 @@ def _check(cfg: TextBenchConfig) -> None:
     from loopwm.utils import LoopWMError
 
     check_hint_kind(cfg.hints)
-    if cfg.copy_follow and not cfg.copy:
-        raise LoopWMError("--copy-follow continues the copy head's spans: add --copy")
+    if (cfg.copy_follow or cfg.copy_match) and not cfg.copy:
+        raise LoopWMError("--copy-follow and --copy-match continue the copy head's spans: add --copy")
     if cfg.line_head and (not cfg.numbers or cfg.hints == "none"):
         raise LoopWMError("--line-head fits a line through the numbers in the hints: add --numbers and --hints replies")
 
@@ -139,7 +142,8 @@ def main(cfg: TextBenchConfig) -> None:
              "steps": cfg.steps, "split_digits": cfg.split_digits, "quick": cfg.quick, "until_plateau": cfg.until_plateau,
              "max_context": cfg.max_context, "max_target": cfg.max_target, "eval_every": cfg.eval_every,
              "bucket": cfg.bucket, "copy": cfg.copy, "state_only": cfg.state_only, "numbers": cfg.numbers,
-             "seed": cfg.seed, "hints": cfg.hints, "copy_follow": cfg.copy_follow, "line_head": cfg.line_head}
+             "seed": cfg.seed, "hints": cfg.hints, "copy_follow": cfg.copy_follow, "line_head": cfg.line_head,
+             "copy_match": cfg.copy_match}
             for m in cfg.models]
     if cfg.report_only:
         saved = json.loads((out / "results.json").read_text())
@@ -174,7 +178,7 @@ def main(cfg: TextBenchConfig) -> None:
                 "data": cfg.data, "until_plateau": cfg.until_plateau, "max_context": cfg.max_context,
                 "max_target": cfg.max_target, "bucket": cfg.bucket, "copy": cfg.copy, "state_only": cfg.state_only,
                 "numbers": cfg.numbers, "seed": cfg.seed, "hints": cfg.hints, "copy_follow": cfg.copy_follow,
-                "line_head": cfg.line_head, "state_starts": cfg.state_starts}
+                "line_head": cfg.line_head, "copy_match": cfg.copy_match, "state_starts": cfg.state_starts}
     atomic_write_json(out / "results.json", {"models": results, "depth_sweep": {str(k): v for k, v in sweep.items()},
                                              "settings": settings})
     atomic_write_text(out / "summary.md", summary(results, sweep, settings))
@@ -243,6 +247,8 @@ def _hint_words(settings: dict) -> str:
              "similar": "; the decoders also read the last action's earlier replies and those to similar actions (episode hints)",
              "trend": "; the decoders also read the trend baseline's reply (a model on top of a baseline)"}.get(hints, f"; hints {hints}")
     words += "; the copy head may continue the span it copies (copy-follow)" if settings.get("copy_follow") else ""
+    words += (f"; the copy head reads span matches of up to {settings['copy_match']} tokens (copy-match)"
+              if settings.get("copy_match") else "")
     return words + ("; a line-fit head may write a number from the readings in the hints" if settings.get("line_head") else "")
 
 

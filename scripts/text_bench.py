@@ -258,11 +258,14 @@ def plots(results: dict, sweep: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # models in colours the baselines do not use (recall orange, trend green, copy and lookup grey)
+    colours = ("tab:blue", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
     for ax, metric, name in zip(axes, ("em", "f1", "bleu4", "entity"), ("EM", "token F1", "BLEU-4", "entity F1")):
-        for kind, r in results.items():
+        for i, (kind, r) in enumerate(results.items()):
             ks = sorted(r["by_actions"], key=int)
-            ax.plot([int(k) for k in ks], [r["by_actions"][k]["overall"][metric] for k in ks], "o-", label=kind)
+            ax.plot([int(k) for k in ks], [r["by_actions"][k]["overall"][metric] for k in ks], "o-", label=kind,
+                    color=colours[i % len(colours)])
         first = next(iter(results.values()))
         ks = sorted(first["by_actions"], key=int)
         for base, style, colour in (("copy", ":", "grey"), ("lookup", "--", "grey"), ("recall", "-.", "tab:orange"),
@@ -282,10 +285,15 @@ def plots(results: dict, sweep: dict, out: Path) -> None:
         fig, ax = plt.subplots(figsize=(4.5, 3.4))
         depths = sorted(sweep, key=int)
         xs = [int(d) for d in depths]
-        ax.plot(xs, [sweep[d]["overall"]["em"] for d in depths], "o-", label="overall")
-        ax.plot(xs, [sweep[d]["rows"]["look around"]["em"] for d in depths], "s--", label="look around")
+        ax.plot(xs, [sweep[d]["overall"]["em"] for d in depths], "o-", label=f"overall ({sweep[depths[0]]['n_samples']})")
+        # the rows among the test starts, where there are enough of them to read (look around: about 5%)
+        for row, style in (("numbers", "s--"), ("look around", "^:")):
+            n = sweep[depths[0]].get("rows", {}).get(row, {}).get("n", 0)
+            if n >= 50:
+                ax.plot(xs, [sweep[d]["rows"][row]["em"] for d in depths], style, label=f"{row} ({n})")
         ax.set_xticks(xs, [str(x) for x in xs])
         ax.set_xscale("log", base=2)
+        ax.set_ylim(0, 100)  # on the scale of the other plot: a point's change should look like one
         ax.set_xlabel("loop iterations per action (test time)")
         ax.set_ylabel("EM, percent (5 actions)")
         ax.legend(fontsize=8)

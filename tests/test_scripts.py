@@ -577,3 +577,32 @@ def test_exit_threshold_picks_the_largest_threshold_near_the_fixed_maximum(load)
     assert module.choose_on_scored(scored[2:]) is None
     with pytest.raises(LoopWMError, match="--test-data"):
         module.main(module.ThresholdConfig(studies=["anywhere"], choose_on="scored"))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tokenizers") is None, reason="text models need the text extra")
+def test_text_revisits_scores_the_replies_to_an_action_seen_before_in_the_same_place(load, tmp_path):
+    from loopwm.cli import main
+    from loopwm.text.corpus import all_starts, load_trajectories
+    from tests.test_text_model import make_toy_corpus, tiny_text_train
+
+    toy, run = make_toy_corpus(tmp_path / "data", n_test=8), tmp_path / "run"
+    for path in (toy / "trajectories").glob("*/*/*.json"):  # room descriptions of several lines, as ScienceWorld's
+        path.write_text(path.read_text().replace("you see: ", "you see:\\n"))
+    assert main(tiny_text_train(toy, run, "--steps", "8")) == 0
+    rv = load(next(p for p in SCRIPTS if p.stem == "text_revisits"))
+    trajs = load_trajectories(toy, "test")
+    found = rv.revisits(trajs, 2, "look around")
+    assert found
+    for i, t in all_starts(trajs, 2):  # a revisit: the newest earlier look in the context shows the same room
+        if trajs[i].actions[t + 1] != "look around":
+            continue
+        looks = [trajs[i].observations[j + 1] for j in range(t) if trajs[i].actions[j] == "look around"]
+        same = bool(looks) and looks[-1].split(".")[0] == trajs[i].observations[t + 2].split(".")[0]
+        assert same == any((i, t) == (a, b) for a, b, _ in found)
+        assert not same or (i, t, looks[-1]) in found
+    result = rv.main(rv.TextRevisitsConfig(run=str(run), actions=2, out=str(tmp_path / "r.json")))
+    refs = [trajs[i].observations[t + 2] for i, t, _ in found]
+    assert result["revisits"] == len(found) == len(result["samples"])
+    assert result["recall_em"] == pytest.approx(100 * sum(prev == r for (_, _, prev), r in zip(found, refs)) / len(found))
+    assert all(0 <= result[k] <= 100 for k in ("em", "first_line_right", "copied_whole", "model_lines_in_reference"))
+    assert json.loads((tmp_path / "r.json").read_text())["revisits"] == len(found)

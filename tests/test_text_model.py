@@ -675,18 +675,22 @@ LINE_HEAD = {"hints": "replies", "numbers": True, "line_head": True}
 
 @pytest.mark.parametrize("kw", [{"hints": "replies"}, {"hints": "trend", "numbers": True, **STATE_ONLY_POINTER},
                                 {**LINE_HEAD, **STATE_ONLY_POINTER},
-                                {"hints": "replies", "copy_match": 4, **STATE_ONLY_POINTER}])
+                                {"hints": "replies", "copy_match": 4, **STATE_ONLY_POINTER},
+                                {"hints": "replies", "copy_follow": True, **STATE_ONLY_POINTER}])
 def test_hints_are_required_read_per_sample_and_change_only_their_row(kw):
     from loopwm.text.model import Hints
 
     model = tiny_model(**kw)
-    if model.cfg.copy_match:  # a bonus that matters: spans must not run on across padding or from the text before
-        with torch.no_grad():
-            model.copy_match.bias.copy_(torch.tensor([2.0, 1.0, 1.0, 1.0]))
+    if model.cfg.copy_match or model.cfg.copy_follow:  # a bonus that matters: spans must not run on across padding
+        with torch.no_grad():                                 # or from the text before
+            if model.cfg.copy_match:
+                model.copy_match.bias.copy_(torch.tensor([2.0, 1.0, 1.0, 1.0]))
+            else:
+                model.copy_follow.bias.fill_(2.0)
             model.copy_gate.bias.fill_(-2.0)
     assert model.reads_beyond_state  # hiding the state leaves the hints: state_reliance measures it
     context, actions, target = random_batch()
-    if model.cfg.copy_match:  # replies that run from the end of one text into the next, where rows are padded
+    if model.cfg.copy_match or model.cfg.copy_follow:  # replies that run from one text into the next, rows padded
         for b in range(3):
             L, A = int((context[b] != 0).sum()), int((actions[b, 0] != 0).sum())
             target[b, 1:5] = torch.stack([context[b, L - 1], actions[b, 0, 0], actions[b, 0, A - 1], actions[b, 1, 0]])

@@ -92,8 +92,8 @@ class TextModelConfig:
     mix, is what was measured (results/text-v4-copy): it costs up to log 2 nats a token at first and
     the model catches up with the plain one by about step 3,000. 3 would start nearly shut (g = 0.95)."""
     copy_follow: bool = False
-    """The copy head may continue a span: a memory token whose predecessor is the token just written
-    gets a bonus in the pointer's scores, weighed by a learned function of the decoder's state (zero
+    """The copy head may continue a span: a memory token whose predecessor (within its text) is the token
+    just written gets a bonus in the pointer's scores, weighed by a learned function of the decoder's state (zero
     at the start, so a new model starts as the same model without it). Pointer attention alone does not
     know where in a span it is, and loops ("a substance called tin substance called ..."). Hints then
     end with <eos>, so a copied hint can be closed by pointing at its end."""
@@ -508,7 +508,7 @@ class TextWorldModel(nn.Module):
             bonus = F.pad(self.copy_match(y).cumsum(-1), (1, 0))  # (B, T, L + 1): the bonus for a match of 0 .. L
             scores = scores + bonus.gather(2, n)  # (B, T, M)
         if self.cfg.copy_follow:
-            before = F.pad(memory.ids[:, :-1], (1, 0))  # (B, M): the token before each memory token
+            before = memory.before()  # (B, M): the token before each memory token, 0 at a text's start
             follows = (before[:, None, :] == written[..., None]) & (before != 0)[:, None, :]  # (B, T, M)
             scores = scores + self.copy_follow(y) * follows  # (B, T, 1) * (B, T, M)
         scores = scores.masked_fill((memory.ids == 0)[:, None, :], torch.finfo(scores.dtype).min)

@@ -102,7 +102,7 @@ def _model_config(job: dict):
                             decoder_reads_context=not job["state_only"], decoder_reads_actions=not job["state_only"],
                             copy_pool="all" if job["state_only"] else "read", numbers=job["numbers"],
                             hints=job["hints"], copy_follow=job["copy_follow"], line_head=job["line_head"],
-                            copy_match=job.get("copy_match", 0))
+                            copy_match=job["copy_match"])
     if job["quick"]:
         model.d, model.n_state = 32, 4
     return model

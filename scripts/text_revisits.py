@@ -55,6 +55,7 @@ def first_line(text: str) -> str:
 def revisits(trajs, k: int, action: str) -> list[tuple[int, int, str]]:
     """(trajectory, t, remembered reply) of every start whose reply after its k-th action answers
     `action` and whose newest earlier reply to it within o_0 .. o_t has the reference's first line."""
+    from loopwm.text.baselines import earlier_replies
     from loopwm.text.corpus import all_starts
 
     out = []
@@ -62,9 +63,9 @@ def revisits(trajs, k: int, action: str) -> list[tuple[int, int, str]]:
         traj = trajs[i]
         if traj.actions[t + k - 1] != action:
             continue
-        earlier = [traj.observations[j + 1] for j in range(t) if traj.actions[j] == action]
-        if earlier and first_line(earlier[-1]) == first_line(traj.observations[t + k]):
-            out.append((i, t, earlier[-1]))
+        earlier = earlier_replies(traj, t, action)  # [(step, reply)], oldest first: what recall answers from
+        if earlier and first_line(earlier[-1][1]) == first_line(traj.observations[t + k]):
+            out.append((i, t, earlier[-1][1]))
     return out
 
 

@@ -176,26 +176,21 @@ class Memory(NamedTuple):
     """What the decoder sees: vectors (B, M, d), their validity (B, M), the token id behind each
     (B, M; 0 where there is none: state tokens, padding), which the copy head points at, and how many
     of the M the decoder cross-attends to (the first n_read; None: all). The rest are there only for
-    the copy head to point at. `readings`: the numbers a line-fit head may fit through. `starts` (B, M):
-    where a text begins (the context, each action, the hints), so no span runs on from the padding or
-    the text laid before it."""
+    the copy head to point at. `readings`: the numbers a line-fit head may fit through. `before` (B, M):
+    the token before each memory token within its text (the context, each action, the hints), 0 at a
+    text's start, so a span the copy head follows never runs on from the padding or the text laid
+    before it (a row batched with longer ones reads as it does alone)."""
 
     x: torch.Tensor
     valid: torch.Tensor
     ids: torch.Tensor
     n_read: int | None = None
     readings: Readings | None = None
-    starts: torch.Tensor | None = None
+    before: torch.Tensor | None = None
 
     def read(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The vectors the decoder cross-attends to and their validity: (B, R, d), (B, R)."""
         return self.x[:, : self.n_read], self.valid[:, : self.n_read]
-
-    def before(self) -> torch.Tensor:
-        """The token before each memory token within its text (B, M), 0 at a text's start: the same for a
-        row batched with longer ones (and padded) as for the row alone."""
-        before = F.pad(self.ids[:, :-1], (1, 0))  # (B, M)
-        return before if self.starts is None else before.masked_fill(self.starts, 0)
 
 
 def key_mask(valid: torch.Tensor, n_queries: int | None = None) -> torch.Tensor:
@@ -467,8 +462,10 @@ class TextWorldModel(nn.Module):
         valid = ids != 0
         valid[:, :S] = True  # the state tokens carry no id but are always read
         n_read = sum(p[2].shape[1] for p in parts if p[0])
+        begins = torch.cat([p[3] for p in parts], dim=1)  # (B, M): where a text begins
+        before = F.pad(ids[:, :-1], (1, 0)).masked_fill(begins, 0)  # (B, M): once per memory, read at every token
         return Memory(torch.cat([p[1] for p in parts], dim=1), valid, ids, None if n_read == ids.shape[1] else n_read,
-                      readings, torch.cat([p[3] for p in parts], dim=1))  # (B, M, d), (B, M), (B, M), ..., (B, M)
+                      readings, before)  # (B, M, d), (B, M), (B, M), ..., (B, M)
 
     def decode_hidden(self, memory: Memory, tokens: torch.Tensor, caches: list | None = None, offset: int = 0,
                       kvs: list | None = None, history: torch.Tensor | None = None) -> torch.Tensor:
@@ -504,11 +501,11 @@ class TextWorldModel(nn.Module):
         if self.cfg.copy_match:
             T = written.shape[1]
             with torch.no_grad():  # token comparisons only
-                n = match_lengths(written if history is None else history, memory.before(), T, self.cfg.copy_match)  # (B, T, M)
+                n = match_lengths(written if history is None else history, memory.before, T, self.cfg.copy_match)  # (B, T, M)
             bonus = F.pad(self.copy_match(y).cumsum(-1), (1, 0))  # (B, T, L + 1): the bonus for a match of 0 .. L
             scores = scores + bonus.gather(2, n)  # (B, T, M)
         if self.cfg.copy_follow:
-            before = memory.before()  # (B, M): the token before each memory token, 0 at a text's start
+            before = memory.before  # (B, M): the token before each memory token, 0 at a text's start
             follows = (before[:, None, :] == written[..., None]) & (before != 0)[:, None, :]  # (B, T, M)
             scores = scores + self.copy_follow(y) * follows  # (B, T, 1) * (B, T, M)
         scores = scores.masked_fill((memory.ids == 0)[:, None, :], torch.finfo(scores.dtype).min)

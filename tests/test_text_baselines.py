@@ -162,3 +162,32 @@ def test_similar_hints_add_the_newest_reply_to_each_alike_action_tagged_apart():
     assert similar(far, 81, 1)[-1][0] == MAX_HINT_TAG  # capped within the embedding
     long_own = traj(["read"] * 40, ["start"] + [gauge(i) for i in range(40)])
     assert max(tag for tag, _ in episode_hints("similar", 64)(long_own, 39, 1)) == SIMILAR_TAG - 1
+
+
+def test_since_hints_add_what_was_done_after_the_newest_reply_with_short_replies_the_context_holds():
+    from loopwm.text.baselines import SINCE_ACTIONS, SINCE_REPLY_WORDS, since_text
+    from loopwm.text.model import SIMILAR_TAG
+
+    room = "This room is called the hall. A door to the kitchen (that is closed)"
+    long_reply = " ".join(["word"] * (SINCE_REPLY_WORDS + 1))
+    acts = ["look around", "open door to kitchen", "go to kitchen", "look around", "inventory", "go to hall",
+            "look around"]
+    obs = ["start", room, "The door is now open.", "You move to the kitchen.", "This room is called the kitchen.",
+           long_reply, "You move to the hall.", room.replace("closed", "open")]
+    tr = traj(acts, obs)
+    since = episode_hints("since", 16)
+    # context o_0..o_4, then a_4 = inventory, a_5 = go to hall, a_6 = look around: its reply o_7 is predicted.
+    # The newest earlier look is o_4 (the kitchen); a_4 and a_5 came after it, their replies not yet in the context
+    assert since(tr, 4, 3) == [(3, "This room is called the kitchen."), (SIMILAR_TAG, "> inventory\n> go to hall"),
+                               (6, room)]
+    # context o_0..o_6: the long reply to inventory is left out, the short one kept
+    assert since_text(tr, 4, 6, 1) == "> inventory\n> go to hall\nYou move to the hall."
+    # from the first look: the door opened, with its reply; a look in between is written as its action
+    assert since_text(tr, 1, 6, 1).splitlines()[:3] == ["> open door to kitchen", "The door is now open.", "> go to kitchen"]
+    assert "> look around" in since_text(tr, 1, 6, 1).splitlines()
+    assert since(tr, 0, 1) == [] and since(tr, 1, 1) == []  # no earlier reply to the action: no hints at all
+    assert since_text(tr, 4, 4, 1) == ""  # nothing done in between: no since hint
+    assert since(tr, 3, 1) == [(3, room), (SIMILAR_TAG, "> open door to kitchen\nThe door is now open.\n"
+                                                        "> go to kitchen\nYou move to the kitchen.")]
+    busy = traj(["read"] + ["wait"] * 40 + ["read"], ["start"] + ["x"] * 41 + [gauge(1)])
+    assert since_text(busy, 1, 41, 1).count("> wait") == SINCE_ACTIONS  # only the newest actions

@@ -129,6 +129,25 @@ def similar_replies(traj: Trajectory, t: int, action: str, n: int) -> list[tuple
     return [(i + 1, traj.actions[i], traj.observations[i + 1]) for _, i in chosen]
 
 
+# with hints "since": the actions since the remembered reply are given, the newest SINCE_ACTIONS of them,
+# each with its reply where the context holds it and it is at most SINCE_REPLY_WORDS words ("The door is
+# now open."); a longer reply (a room described) is left to the replies hints, its action alone is given
+SINCE_ACTIONS = 16
+SINCE_REPLY_WORDS = 12
+
+
+def since_text(traj: Trajectory, j: int, t: int, k: int) -> str:
+    """What happened between o_j (an earlier reply to the last action a_{t+k-1}) and that action: the
+    actions a_j .. a_{t+k-2}, oldest first, one line "> action" each, each followed by its reply o_{i+1}
+    when the context o_0 .. o_t holds it and it is short. Empty when nothing was done in between."""
+    lines = []
+    for i in range(max(j, t + k - 1 - SINCE_ACTIONS), t + k - 1):
+        lines.append(f"> {traj.actions[i]}")
+        if i < t and len(traj.observations[i + 1].split()) <= SINCE_REPLY_WORDS:
+            lines.append(traj.observations[i + 1])
+    return "\n".join(lines)
+
+
 def episode_hints(kind: str, n_replies: int) -> Callable[[Trajectory, int, int], list[tuple[int, str]]] | None:
     """What a model configured with `hints` (TextModelConfig) is given from the whole episode, beyond its
     context window: a function (trajectory, t, k) -> [(tag, text)] for the sample whose context ends with
@@ -142,6 +161,9 @@ def episode_hints(kind: str, n_replies: int) -> Callable[[Trajectory, int, int],
       up to SIMILAR_ACTIONS earlier actions most like the last one (`similar_replies`), each written
       after its action ("> action\nreply") and tagged SIMILAR_TAG + its distance (capped), so the two
       kinds stay apart. Replies to "move seed to pot 1" tell what "move seed to pot 2" will list.
+    - "since": the "replies" hints (tags capped at SIMILAR_TAG - 1) with, after the newest one, what was
+      done since it (`since_text`), tagged SIMILAR_TAG: a room looked at again is the remembered
+      description with the edits of those actions (a door opened, a thing taken).
     Nothing when neither the action nor one like it was taken before (None for "none")."""
     check_hint_kind(kind)
     if kind == "none":
@@ -156,6 +178,10 @@ def episode_hints(kind: str, n_replies: int) -> Callable[[Trajectory, int, int],
                           for j, a, text in similar_replies(traj, t, action, SIMILAR_ACTIONS)]
         if not replies:
             return []
+        if kind == "since":
+            own = [(min(t + k - j, SIMILAR_TAG - 1), text) for j, text in reversed(replies[-n_replies:])]
+            done = since_text(traj, replies[-1][0], t, k)
+            return own[:1] + ([(SIMILAR_TAG, done)] if done else []) + own[1:]
         if kind == "trend":
             return [(0, trend_answer(replies, t + k, replies[-1][1]))]
         return [(t + k - j, text) for j, text in reversed(replies[-n_replies:])]

@@ -11,7 +11,9 @@ action among the test starts (or every `--every`-th):
 - EM of the model and of recall;
 - first line right (the model knew where it was);
 - the model's reply equal to the remembered one (it copied it whole);
-- lines: the share of the model's lines found in the reference, and of the remembered reply's.
+- lines: the share of the model's lines found in the reference, and of the remembered reply's;
+- edits: of the reference's lines the remembered reply lacks (what changed), the share the model
+  wrote; of those it has (what stayed), the share the model kept.
 
     python scripts/text_revisits.py --run RUN --out results/x/revisits-look-around.json
 
@@ -76,6 +78,24 @@ def line_share(text: str, reference: str) -> tuple[int, int]:
     return sum(line in ref for line in lines), len(lines)
 
 
+def edit_counts(prediction: str, remembered: str, reference: str) -> tuple[int, int, int, int]:
+    """(changed lines written, changed lines, kept lines written, kept lines): the reference's lines
+    split by whether the remembered reply has them, each counted as written when the prediction has it."""
+    old, new = set(remembered.splitlines()), set(prediction.splitlines())
+    lines = reference.splitlines()
+    changed = [line for line in lines if line not in old]
+    kept = [line for line in lines if line in old]
+    return sum(line in new for line in changed), len(changed), sum(line in new for line in kept), len(kept)
+
+
+def edit_figures(samples: list[dict]) -> dict:
+    """Edit figures (percent) over samples with "prediction", "remembered" and "reference"."""
+    counts = [edit_counts(s["prediction"], s["remembered"], s["reference"]) for s in samples]
+    total = [sum(c[i] for c in counts) for i in range(4)]
+    return {"changed_lines": total[1], "changed_lines_written": 100 * total[0] / max(1, total[1]),
+            "kept_lines_written": 100 * total[2] / max(1, total[3])}
+
+
 def main(cfg: TextRevisitsConfig) -> dict:
     from loopwm.text.corpus import Sample, load_trajectories
     from loopwm.text.evaluate import predict
@@ -109,9 +129,12 @@ def main(cfg: TextRevisitsConfig) -> dict:
                      "actions": trajs[i].actions[t:t + cfg.actions], "reference": r, "remembered": prev, "prediction": p}
                     for (i, t, prev), r, p in zip(found, refs, preds)],
     }
+    result.update(edit_figures(result["samples"]))
     print(f"{n} revisits of {cfg.action!r}: EM {result['em']:.1f} (recall {result['recall_em']:.1f}); first line right "
           f"{result['first_line_right']:.1f}; copied the remembered reply whole {result['copied_whole']:.1f}; lines in the "
-          f"reference: model {result['model_lines_in_reference']:.1f}, remembered {result['remembered_lines_in_reference']:.1f}")
+          f"reference: model {result['model_lines_in_reference']:.1f}, remembered {result['remembered_lines_in_reference']:.1f}; "
+          f"changed lines written {result['changed_lines_written']:.1f} (of {result['changed_lines']}), kept lines written "
+          f"{result['kept_lines_written']:.1f}")
     if cfg.out:
         atomic_write_json(Path(cfg.out), result)
     return result

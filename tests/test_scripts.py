@@ -606,3 +606,9 @@ def test_text_revisits_scores_the_replies_to_an_action_seen_before_in_the_same_p
     assert result["recall_em"] == pytest.approx(100 * sum(prev == r for (_, _, prev), r in zip(found, refs)) / len(found))
     assert all(0 <= result[k] <= 100 for k in ("em", "first_line_right", "copied_whole", "model_lines_in_reference"))
     assert json.loads((tmp_path / "r.json").read_text())["revisits"] == len(found)
+    # edits: the reference's lines the remembered reply lacks, and whether the prediction wrote them
+    assert rv.edit_counts("a\nb open\nc", "a\nb closed\nc", "a\nb open\nc") == (1, 1, 2, 2)
+    assert rv.edit_counts("a\nb closed\nc", "a\nb closed\nc", "a\nb open\nc") == (0, 1, 2, 2)  # recall itself
+    assert rv.edit_counts("x", "a", "a\nb") == (0, 1, 0, 1)
+    assert rv.edit_figures([{"prediction": "a\nb", "remembered": "a", "reference": "a\nb"},
+                            {"prediction": "a", "remembered": "a", "reference": "a\nc"}])["changed_lines_written"] == 50.0

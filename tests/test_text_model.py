@@ -676,11 +676,15 @@ LINE_HEAD = {"hints": "replies", "numbers": True, "line_head": True}
 @pytest.mark.parametrize("kw", [{"hints": "replies"}, {"hints": "trend", "numbers": True, **STATE_ONLY_POINTER},
                                 {**LINE_HEAD, **STATE_ONLY_POINTER},
                                 {"hints": "replies", "copy_match": 4, **STATE_ONLY_POINTER},
-                                {"hints": "replies", "copy_follow": True, **STATE_ONLY_POINTER}])
+                                {"hints": "replies", "copy_follow": True, **STATE_ONLY_POINTER},
+                                {"hints": "since", "hint_window": 3, "copy_match": 4, **STATE_ONLY_POINTER}])
 def test_hints_are_required_read_per_sample_and_change_only_their_row(kw):
     from loopwm.text.model import Hints
 
     model = tiny_model(**kw)
+    if model.cfg.hint_window:  # a window that matters: it must not reach across hints or padding
+        with torch.no_grad():
+            model.hint_window_proj.weight.normal_(0.0, 0.5)
     if model.cfg.copy_match or model.cfg.copy_follow:  # a bonus that matters: spans must not run on across padding
         with torch.no_grad():                                 # or from the text before
             if model.cfg.copy_match:
@@ -710,8 +714,29 @@ def test_hints_are_required_read_per_sample_and_change_only_their_row(kw):
     assert not torch.allclose(changed[:2], logits[:2]) and torch.equal(changed[2], logits[2])
 
 
+def test_the_hint_window_starts_as_the_same_model_and_reads_only_earlier_tokens_of_the_same_hint():
+    plain, windowed = tiny_model(hints="since"), tiny_model(hints="since", hint_window=3)
+    for name, p in plain.state_dict().items():  # created last: the rest starts the same
+        torch.testing.assert_close(windowed.state_dict()[name], p)
+    context, actions, target = random_batch()
+    hints = random_hints()
+    torch.testing.assert_close(windowed.loss(context, actions, target, depth=2, hints=hints)[0],
+                               plain.loss(context, actions, target, depth=2, hints=hints)[0])  # zero projection
+    e = torch.randn(1, 7, windowed.cfg.d)
+    pos = torch.tensor([[0, 1, 2, 3, 0, 1, 2]])  # two hints: 4 tokens, then 3
+    with torch.no_grad():
+        windowed.hint_window_mix.copy_(torch.tensor([1.0, 10.0, 100.0])[:, None].expand(3, windowed.cfg.d))
+        ctx = windowed.hint_context(e, pos)
+    torch.testing.assert_close(ctx[0, 3], e[0, 2] + 10 * e[0, 1] + 100 * e[0, 0])
+    torch.testing.assert_close(ctx[0, 5], e[0, 4])  # the second hint's second token: only its first, not the first hint
+    assert float(ctx[0, 0].abs().max()) == 0.0 and float(ctx[0, 4].abs().max()) == 0.0  # hint starts read nothing
+    with pytest.raises(LoopWMError, match="--model.hints"):
+        tiny_model(hint_window=3)
+
+
 @needs_tokenizers
-@pytest.mark.parametrize("hints", ["replies", "trend", "similar", "replies --model.numbers --model.line-head"])
+@pytest.mark.parametrize("hints", ["replies", "trend", "similar", "since --model.hint-window 4",
+                                   "replies --model.numbers --model.line-head"])
 def test_a_model_with_hints_trains_and_evaluates(hints, tmp_path, capsys):
     run, toy = tmp_path / "run", make_toy_corpus(tmp_path / "data", clock=True)
     assert main(tiny_text_train(toy, run, "--model.hints", *hints.split(), "--model.copy", "--steps", "12")) == 0

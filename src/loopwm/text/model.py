@@ -133,6 +133,12 @@ class TextModelConfig:
     the digits of a weighted least-squares line through the numbers in the hints, read at the reply's
     step (the weights and how far to extend the line learned), mixed with the decoder's own choice by a
     learned gate. Needs `numbers` (digit tables) and `hints` (readings with their distances in steps)."""
+    hint_window: int = 0
+    """Hint tokens also carry the tokens before them within their hint, up to this many back (0: off):
+    a learned weight per distance and channel, through a zero-initialised projection, so a new model
+    starts as the same model without it. Hint tokens are otherwise read one by one (embedding, place,
+    tag): "kitchen" in "> open door to kitchen" would not know the door was opened, nor "closed" in
+    "A door to the kitchen (that is closed)" which door it belongs to."""
     hint_replies: int = 16
     """Earlier replies given with hints "replies" (the newest ones)."""
     hint_tokens: int = 256
@@ -294,6 +300,9 @@ class TextWorldModel(nn.Module):
                               "and --model.hints replies")
         if cfg.hint_replies < 1 or cfg.hint_tokens < 1:
             raise LoopWMError("--model.hint-replies and --model.hint-tokens must be at least 1")
+        if cfg.hint_window and cfg.hints == "none" or cfg.hint_window < 0:
+            raise LoopWMError("--model.hint-window reads the tokens before each hint token: give --model.hints too, "
+                              "and a window of 0 (off) or more")
         self.cfg, self.vocab_size = cfg, vocab_size
         d = cfg.d
         pool_all = cfg.copy and cfg.copy_pool == "all"
@@ -343,6 +352,11 @@ class TextWorldModel(nn.Module):
                 self.copy_match = nn.Linear(d, cfg.copy_match)
                 nn.init.zeros_(self.copy_match.weight)
                 nn.init.zeros_(self.copy_match.bias)
+        if cfg.hint_window:  # after the rest, likewise
+            self.hint_window_mix = nn.Parameter(torch.full((cfg.hint_window, d), 1.0 / cfg.hint_window))
+            self.hint_window_proj = nn.Linear(d, d)
+            nn.init.zeros_(self.hint_window_proj.weight)
+            nn.init.zeros_(self.hint_window_proj.bias)
         if cfg.line_head:  # after the rest, likewise; the token of each digit 0-9, filled by `set_digits`
             self.register_buffer("digit_ids", torch.full((10,), -1, dtype=torch.long))
             self.line_head = LineFitHead(d)
@@ -454,6 +468,8 @@ class TextWorldModel(nn.Module):
                                  "that has them (text_batcher) and pass batch_hints(batch)")
             tags = hints.tags.clamp(0, MAX_HINT_TAG)
             e = self.embed_tokens(hints.ids) + self.pos(hints.pos) + self.hint_tag(tags)  # (B, H, d)
+            if self.cfg.hint_window:
+                e = e + self.hint_window_proj(self.hint_context(e, hints.pos))  # (B, H, d)
             parts.append((True, e, hints.ids, starts(hints.ids.shape[1])))
             if self.cfg.line_head:
                 readings = self.line_head.readings(e, hints.ids, hints.tags, self.digit_value, self.digit_count)
@@ -468,6 +484,15 @@ class TextWorldModel(nn.Module):
         before = F.pad(ids[:, :-1], (1, 0)).masked_fill(begins, 0)  # (B, M): once per memory, read at every token
         return Memory(torch.cat([p[1] for p in parts], dim=1), valid, ids, None if n_read == ids.shape[1] else n_read,
                       readings, before)  # (B, M, d), (B, M), (B, M), ..., (B, M)
+
+    def hint_context(self, e: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """(B, H, d): for each hint token, the sum over j = 1 .. hint_window of the token j places back
+        within the same hint (pos, its place there, is at least j), weighted per channel."""
+        ctx = torch.zeros_like(e)
+        for j in range(1, min(self.cfg.hint_window, e.shape[1] - 1) + 1):  # a short batch has fewer
+            back = F.pad(e[:, :-j], (0, 0, j, 0))  # (B, H, d): token i - j at i
+            ctx = ctx + back * (pos >= j)[..., None] * self.hint_window_mix[j - 1]  # (B, H, d)
+        return ctx
 
     def decode_hidden(self, memory: Memory, tokens: torch.Tensor, caches: list | None = None, offset: int = 0,
                       kvs: list | None = None, history: torch.Tensor | None = None) -> torch.Tensor:

@@ -96,6 +96,24 @@ def edit_figures(samples: list[dict]) -> dict:
             "kept_lines_written": 100 * total[2] / max(1, total[3])}
 
 
+def figures(samples: list[dict]) -> dict:
+    """Every figure (percent, and the counts) over samples with "prediction", "remembered" and
+    "reference": what `main` reports, and what a written file's samples can be re-scored with."""
+    n = len(samples)
+    hit_pred = [line_share(s["prediction"], s["reference"]) for s in samples]
+    hit_prev = [line_share(s["remembered"], s["reference"]) for s in samples]
+    return {
+        "revisits": n,
+        "em": 100 * sum(s["prediction"] == s["reference"] for s in samples) / n,
+        "recall_em": 100 * sum(s["remembered"] == s["reference"] for s in samples) / n,
+        "first_line_right": 100 * sum(first_line(s["prediction"]) == first_line(s["reference"]) for s in samples) / n,
+        "copied_whole": 100 * sum(s["prediction"] == s["remembered"] for s in samples) / n,
+        "model_lines_in_reference": 100 * sum(h for h, _ in hit_pred) / max(1, sum(m for _, m in hit_pred)),
+        "remembered_lines_in_reference": 100 * sum(h for h, _ in hit_prev) / max(1, sum(m for _, m in hit_prev)),
+        **edit_figures(samples),
+    }
+
+
 def main(cfg: TextRevisitsConfig) -> dict:
     from loopwm.text.corpus import Sample, load_trajectories
     from loopwm.text.evaluate import predict
@@ -110,30 +128,19 @@ def main(cfg: TextRevisitsConfig) -> dict:
     found = revisits(trajs, cfg.actions, cfg.action)[:: cfg.every]
     if not found:
         raise LoopWMError(f"no test start revisits {cfg.action!r} after {cfg.actions} actions: try another --action")
-    samples = [Sample(i, t, cfg.actions) for i, t, _ in found]
-    preds, _ = predict(model, enc, text_batcher(enc, trajs, model.cfg), samples, model.cfg.resolved_eval_depth(), None,
+    starts = [Sample(i, t, cfg.actions) for i, t, _ in found]
+    preds, _ = predict(model, enc, text_batcher(enc, trajs, model.cfg), starts, model.cfg.resolved_eval_depth(), None,
                        cfg.batch_size, device)
     refs = [trajs[i].observations[t + cfg.actions] for i, t, _ in found]
-    n = len(found)
-    hit_pred = [line_share(p, r) for p, r in zip(preds, refs)]
-    hit_prev = [line_share(prev, r) for (_, _, prev), r in zip(found, refs)]
-    result = {
-        "run": str(cfg.run), "action": cfg.action, "actions": cfg.actions, "revisits": n,
-        "em": 100 * sum(p == r for p, r in zip(preds, refs)) / n,
-        "recall_em": 100 * sum(prev == r for (_, _, prev), r in zip(found, refs)) / n,
-        "first_line_right": 100 * sum(first_line(p) == first_line(r) for p, r in zip(preds, refs)) / n,
-        "copied_whole": 100 * sum(p == prev for p, (_, _, prev) in zip(preds, found)) / n,
-        "model_lines_in_reference": 100 * sum(h for h, _ in hit_pred) / max(1, sum(m for _, m in hit_pred)),
-        "remembered_lines_in_reference": 100 * sum(h for h, _ in hit_prev) / max(1, sum(m for _, m in hit_prev)),
-        "samples": [{"task": trajs[i].task, "variation": trajs[i].variation, "t": t,
-                     "actions": trajs[i].actions[t:t + cfg.actions], "reference": r, "remembered": prev, "prediction": p}
-                    for (i, t, prev), r, p in zip(found, refs, preds)],
-    }
-    result.update(edit_figures(result["samples"]))
-    print(f"{n} revisits of {cfg.action!r}: EM {result['em']:.1f} (recall {result['recall_em']:.1f}); first line right "
-          f"{result['first_line_right']:.1f}; copied the remembered reply whole {result['copied_whole']:.1f}; lines in the "
-          f"reference: model {result['model_lines_in_reference']:.1f}, remembered {result['remembered_lines_in_reference']:.1f}; "
-          f"changed lines written {result['changed_lines_written']:.1f} (of {result['changed_lines']}), kept lines written "
+    samples = [{"task": trajs[i].task, "variation": trajs[i].variation, "t": t,
+                "actions": trajs[i].actions[t:t + cfg.actions], "reference": r, "remembered": prev, "prediction": p}
+               for (i, t, prev), r, p in zip(found, refs, preds)]
+    result = {"run": str(cfg.run), "action": cfg.action, "actions": cfg.actions, **figures(samples), "samples": samples}
+    print(f"{result['revisits']} revisits of {cfg.action!r}: EM {result['em']:.1f} (recall {result['recall_em']:.1f}); "
+          f"first line right {result['first_line_right']:.1f}; copied the remembered reply whole "
+          f"{result['copied_whole']:.1f}; lines in the reference: model {result['model_lines_in_reference']:.1f}, "
+          f"remembered {result['remembered_lines_in_reference']:.1f}; changed lines written "
+          f"{result['changed_lines_written']:.1f} (of {result['changed_lines']}), kept lines written "
           f"{result['kept_lines_written']:.1f}")
     if cfg.out:
         atomic_write_json(Path(cfg.out), result)

@@ -172,14 +172,14 @@ def episode_hints(kind: str, n_replies: int) -> Callable[[Trajectory, int, int],
     def hints(traj: Trajectory, t: int, k: int) -> list[tuple[int, str]]:
         action = traj.actions[t + k - 1]
         replies = earlier_replies(traj, t, action)
+        # with other texts beside them, the replies' tags stay below SIMILAR_TAG
+        own = [(min(t + k - j, SIMILAR_TAG - 1), text) for j, text in reversed(replies[-n_replies:])]
         if kind == "similar":
-            own = [(min(t + k - j, SIMILAR_TAG - 1), text) for j, text in reversed(replies[-n_replies:])]
             return own + [(SIMILAR_TAG + min(t + k - j, MAX_HINT_TAG - SIMILAR_TAG), f"> {a}\n{text}")
                           for j, a, text in similar_replies(traj, t, action, SIMILAR_ACTIONS)]
         if not replies:
             return []
         if kind == "since":
-            own = [(min(t + k - j, SIMILAR_TAG - 1), text) for j, text in reversed(replies[-n_replies:])]
             done = since_text(traj, replies[-1][0], t, k)
             return own[:1] + ([(SIMILAR_TAG, done)] if done else []) + own[1:]
         if kind == "trend":

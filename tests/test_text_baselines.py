@@ -191,3 +191,33 @@ def test_since_hints_add_what_was_done_after_the_newest_reply_with_short_replies
                                                         "> go to kitchen\nYou move to the kitchen.")]
     busy = traj(["read"] + ["wait"] * 40 + ["read"], ["start"] + ["x"] * 41 + [gauge(1)])
     assert since_text(busy, 1, 41, 1).count("> wait") == SINCE_ACTIONS  # only the newest actions
+
+
+def test_changed_lines_weigh_what_the_newest_earlier_reply_to_the_action_lacked():
+    from loopwm.text.corpus import Batcher, changed_lines
+
+    room = "kitchen:\n\ta door (closed)\n\ta table"
+    later = "kitchen:\n\ta door (open)\n\ta table  "
+    assert changed_lines(later, room) == [(9, 23)] and later[9:23] == "\ta door (open)"
+    assert changed_lines(room, room) == [] and changed_lines("a\n\nb", "a") == [(3, 4)]  # blank lines never count
+
+    class Chars:  # one token per character, ids from 10 on: offsets are easy to check by hand
+        bos, eos, sep = 1, 2, 3
+
+        def ids(self, text):
+            return [10 + ord(c) % 50 for c in text]
+
+        def offsets(self, text):
+            return [(i, i + 1) for i in range(len(text))]
+
+    acts = ["look around", "open door", "look around", "look around"]
+    tr = traj(acts, ["start", room, "The door is now open.", later, later])
+    b = Batcher(Chars(), [tr], max_context=64, max_action=8, max_target=64, changed_weight=3.0)
+    w = b.target_weights(Sample(0, 2, 1), 1 + len(later) + 1)  # target o_3, remembered o_1
+    assert w[0] == 1 and (w[1 + 9:1 + 23] == 3).all() and w.sum() == len(w) + 2 * 14
+    assert (b.target_weights(Sample(0, 3, 1), 5) == 1).all()  # o_4 repeats o_3, which the context holds
+    assert (b.target_weights(Sample(0, 0, 3), 5) == 1).all()  # looked around at a_0, but o_1 is beyond o_0
+    assert (b.target_weights(Sample(0, 1, 1), 5) == 1).all()  # "open door" never taken before
+    batch = b.batch([Sample(0, 2, 1), Sample(0, 1, 1)])
+    assert batch["weight"].shape == batch["target"].shape and batch["weight"].sum() > batch["weight"].size
+    assert "weight" not in Batcher(Chars(), [tr], 64, 8, 64).batch([Sample(0, 2, 1)])

@@ -253,6 +253,30 @@ def test_the_loss_scores_real_tokens_only_and_equals_full_cross_entropy(kw):
     assert float(model.loss(context, actions, target, n_grad=1)[0].detach()) != float(loss.detach())
 
 
+@pytest.mark.parametrize("kw", [{}, {"copy": True}])
+def test_a_token_weight_makes_the_loss_a_weighted_mean_that_ones_leave_unchanged(kw):
+    import torch.nn.functional as F
+
+    model = tiny_model(**kw)
+    context, actions, target = random_batch()
+    target[0, 4:] = 0
+    weight = torch.ones(target.shape)
+    torch.manual_seed(1)
+    plain, _ = model.loss(context, actions, target, n_grad=1)
+    torch.manual_seed(1)
+    ones, _ = model.loss(context, actions, target, n_grad=1, weight=weight)
+    torch.testing.assert_close(ones, plain)
+    weight[1, 3], weight[0, 6] = 5.0, 100.0  # (0, 6) is padding: its weight must count for nothing
+    torch.manual_seed(1)
+    weighted, _ = model.loss(context, actions, target, n_grad=1, weight=weight)
+    torch.manual_seed(1)
+    _, memory, _ = model.imagine(context, actions, n_grad=1)
+    logits = model.decode(memory, target[:, :-1])  # (B, T-1, V)
+    nll = F.cross_entropy(logits.transpose(1, 2), target[:, 1:], reduction="none")  # (B, T-1)
+    w = weight[:, 1:] * (target[:, 1:] != 0)
+    torch.testing.assert_close(weighted, (w * nll).sum() / w.sum())
+
+
 def test_the_copy_head_mixes_a_pointer_into_the_memory_with_the_vocabulary():
     plain, copying = tiny_model(), tiny_model(copy=True)
     for name, p in plain.state_dict().items():  # the copy head is created last: the rest starts the same
@@ -736,7 +760,7 @@ def test_the_hint_window_starts_as_the_same_model_and_reads_only_earlier_tokens_
 
 @needs_tokenizers
 @pytest.mark.parametrize("hints", ["replies", "trend", "similar", "since --model.hint-window 4",
-                                   "replies --model.numbers --model.line-head"])
+                                   "replies --model.numbers --model.line-head --changed-weight 3"])
 def test_a_model_with_hints_trains_and_evaluates(hints, tmp_path, capsys):
     run, toy = tmp_path / "run", make_toy_corpus(tmp_path / "data", clock=True)
     assert main(tiny_text_train(toy, run, "--model.hints", *hints.split(), "--model.copy", "--steps", "12")) == 0

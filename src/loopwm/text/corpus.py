@@ -166,11 +166,28 @@ class Encoder:
             got = self._cache[text] = self.tok.encode(text).ids
         return got
 
+    def offsets(self, text: str) -> list[tuple[int, int]]:
+        """Each token's character span (start, end) in `text`, in the order of `ids(text)`."""
+        return self.tok.encode(text).offsets
+
     def text(self, ids) -> str:
         ids = [int(i) for i in ids]
         if self.eos in ids:
             ids = ids[: ids.index(self.eos)]
         return self.tok.decode([i for i in ids if i not in (self.pad, self.bos, self.sep)])
+
+
+def changed_lines(reply: str, remembered: str) -> list[tuple[int, int]]:
+    """Character spans (start, end) of the lines of `reply` that `remembered` lacks (lines compared
+    with their outer spaces stripped): what changed since the action last got a reply, such as the
+    door that is open now in a room described again."""
+    known = {line.strip() for line in remembered.split("\n")}
+    spans, at = [], 0
+    for line in reply.split("\n"):
+        if line.strip() and line.strip() not in known:
+            spans.append((at, at + len(line)))
+        at += len(line) + 1
+    return spans
 
 
 # ----- samples -----
@@ -218,14 +235,17 @@ class Batcher:
     `max_target` (with BOS in front and EOS after, where it fits). With a `hints` source
     (`baselines.episode_hints`), each batch also holds the hint texts, newest first, within
     `hint_tokens` tokens in all (the first cut to fit, the rest whole or left out), each ending with
-    `hint_end` where that is given."""
+    `hint_end` where that is given. With a `changed_weight` other than 1, each batch also holds
+    `weight` (B, T), per target token: `changed_weight` on the lines of the reply that the newest
+    earlier reply to the same action lacks (`changed_lines`), 1 elsewhere."""
 
     def __init__(self, enc: Encoder, trajs: list[Trajectory], max_context: int, max_action: int, max_target: int,
                  hints: Callable[[Trajectory, int, int], list[tuple[int, str]]] | None = None, hint_tokens: int = 256,
-                 hint_end: int | None = None):
+                 hint_end: int | None = None, changed_weight: float = 1.0):
         self.enc, self.trajs = enc, trajs
         self.max_context, self.max_action, self.max_target = max_context, max_action, max_target
         self.hints, self.hint_tokens, self.hint_end = hints, hint_tokens, hint_end
+        self.changed_weight = changed_weight
 
     def _task_and_pieces(self, traj: Trajectory, t: int) -> tuple[list[int], list[list[int]]]:
         task = self.enc.ids(traj.task_description.strip())[: self.max_context // 4] + [self.enc.sep]
@@ -288,7 +308,26 @@ class Batcher:
         out = {"context": context, "actions": actions, "target": target}
         if self.hints is not None:
             out.update(self.hint_arrays(samples))
+        if self.changed_weight != 1.0:
+            out["weight"] = np.stack([self.target_weights(s, T) for s in samples])
         return out
+
+    def target_weights(self, sample: Sample, length: int) -> np.ndarray:
+        """(length,) loss weight of each target position (BOS first): `changed_weight` on the tokens that
+        touch a changed line of the reply (`changed_lines` against the newest earlier reply to the same
+        action within o_0 .. o_t), 1 elsewhere and on every token when the action was not taken before."""
+        traj = self.trajs[sample.traj]
+        weight = np.ones(length, np.float32)
+        action, text = traj.actions[sample.t + sample.k - 1], traj.observations[sample.t + sample.k]
+        remembered = next((traj.observations[i + 1] for i in range(sample.t - 1, -1, -1)
+                           if traj.actions[i] == action), None)
+        if remembered is None:
+            return weight
+        spans = changed_lines(text, remembered)
+        for i, (lo, hi) in enumerate(self.enc.offsets(text)[: length - 1]):
+            if any(lo < b and a < hi for a, b in spans):
+                weight[i + 1] = self.changed_weight  # position 0 is BOS
+        return weight
 
     def hint_ids(self, sample: Sample) -> list[tuple[int, list[int]]]:
         """(tag, token ids) of each hint of a sample, within the token budget."""

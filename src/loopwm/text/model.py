@@ -575,10 +575,12 @@ class TextWorldModel(nn.Module):
         return self.next_token_scores(y, memory, keys, written=tokens, history=history)
 
     def loss(self, context, actions, target, n_grad: int | None = None, hide_state: bool = False,
-             depth: int | None = None, hints: Hints | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+             depth: int | None = None, hints: Hints | None = None,
+             weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy of the observation after the last action (pad positions ignored), and the
         iterations used per action (B, K). `hide_state` masks the latent state tokens out of what the
-        decoder reads: how much the loss rises measures how much the prediction relies on the state."""
+        decoder reads: how much the loss rises measures how much the prediction relies on the state.
+        `weight` (B, T), aligned with `target`, makes the token mean a weighted one."""
         _, memory, used = self.imagine(context, actions, depth=depth, n_grad=n_grad, hints=hints)
         if hide_state:
             if not self.reads_beyond_state:
@@ -589,10 +591,15 @@ class TextWorldModel(nn.Module):
         y = self.decode_hidden(memory, target[:, :-1])  # (B, T-1, d)
         nxt = target[:, 1:]  # (B, T-1)
         keep = nxt != 0  # padding is most of a batch whose targets differ in length
+        w = None if weight is None else weight[:, 1:][keep]  # (N,)
+
+        def mean(nll: torch.Tensor) -> torch.Tensor:  # (N,) -> the (weighted) mean over real tokens
+            return nll.mean() if w is None else (w * nll).sum() / w.sum()
+
         logits = y[keep] @ self.embed.weight.T  # (N, V): the vocabulary projection on real tokens only
-        if not self.cfg.copy and not self.cfg.line_head:
-            return F.cross_entropy(logits, nxt[keep]), used
         log_p = -F.cross_entropy(logits, nxt[keep], reduction="none")  # (N,)
+        if not self.cfg.copy and not self.cfg.line_head:
+            return mean(-log_p), used
         if self.cfg.copy:  # the mixture's probability of the right token, without spreading the copy over the vocabulary
             attn, gate = self.copy_attention(y, memory, self.copy_keys(memory), target[:, :-1])  # (B, T-1, M), (B, T-1)
             hit = (memory.ids[:, None, :] == nxt[..., None])  # (B, T-1, M): memory tokens equal to the target
@@ -600,11 +607,11 @@ class TextWorldModel(nn.Module):
             gate = gate[keep]
             log_p = torch.logaddexp(F.logsigmoid(gate) + log_p, F.logsigmoid(-gate) + p_copy.clamp_min(1e-30).log())
         if not self.cfg.line_head:
-            return -log_p.mean(), used
+            return mean(-log_p), used
         value, has, digit_token, proposes = self.line_proposal(y, memory, target[:, :-1])  # (B, T-1) x 4
         log_p = self.line_head.mix_target(log_p, y[keep], (digit_token == nxt)[keep], proposes[keep])
         whole, _, is_digit = number_values(target, self.digit_value, self.digit_count, causal=False)  # (B, T) x 3
-        return -log_p.mean() + line_loss(value, has, whole[:, 1:], is_digit[:, 1:]), used
+        return mean(-log_p) + line_loss(value, has, whole[:, 1:], is_digit[:, 1:]), used
 
     @torch.no_grad()
     def generate(self, memory: Memory, bos: int, eos: int, max_len: int) -> torch.Tensor:

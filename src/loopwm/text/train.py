@@ -81,6 +81,10 @@ class TextTrainConfig:
     """AdamW weight decay on weight matrices."""
     grad_clip: float = 1.0
     """Gradient norm clip."""
+    changed_weight: float = 1.0
+    """Loss weight of the reply tokens on lines that the newest earlier reply to the same action lacks
+    (a room looked at again: the door now open, the thing taken); 1 elsewhere. Those few lines are
+    what a model must get from the world's state rather than copy from memory. 1: all tokens alike."""
     max_actions: int = 5
     """Most actions fed before decoding; each step draws K uniformly from 1 to this."""
     eval_every: int = 250
@@ -107,11 +111,12 @@ def checkpoint_meta(model: TextWorldModel) -> dict:
     return {"kind": f"text-{model.cfg.kind}", "model": asdict(model.cfg), "spec": {"vocab_size": model.vocab_size}}
 
 
-def text_batcher(enc: Encoder, trajs: list, m: TextModelConfig) -> Batcher:
-    """The batches a model of this config reads: its window, action and reply sizes, and its hints."""
+def text_batcher(enc: Encoder, trajs: list, m: TextModelConfig, changed_weight: float = 1.0) -> Batcher:
+    """The batches a model of this config reads: its window, action and reply sizes, and its hints
+    (with the training loss's weights on changed lines where `changed_weight` is not 1)."""
     return Batcher(enc, trajs, m.max_context, m.max_action, m.max_target,
                    hints=episode_hints(m.hints, m.hint_replies), hint_tokens=m.hint_tokens,
-                   hint_end=enc.eos if m.copy_follow or m.copy_match else None)
+                   hint_end=enc.eos if m.copy_follow or m.copy_match else None, changed_weight=changed_weight)
 
 
 def build_text_model(meta: dict) -> TextWorldModel:
@@ -149,7 +154,6 @@ def _check_config(cfg: TextTrainConfig, run_dir: Path) -> None:
                           "use a new --out, or delete the folder to start over")
 
 
-@torch.no_grad()
 @torch.no_grad()
 def mean_loss(model: TextWorldModel, batcher: Batcher, samples: list[Sample], device, batch_size: int = 32,
               **loss_kw) -> float:
@@ -193,6 +197,8 @@ def train_text(cfg: TextTrainConfig) -> Path:
     if cfg.batch_size < 1 or cfg.steps < 1 or cfg.vocab_size < 300:
         raise LoopWMError("--batch-size and --steps must be at least 1 and --vocab-size at least 300 "
                           "(a byte-level tokenizer needs 256 byte tokens and the specials)")
+    if not cfg.changed_weight > 0:
+        raise LoopWMError(f"--changed-weight must be positive (1: all reply tokens alike), not {cfg.changed_weight}")
     if cfg.bucket < 1:
         raise LoopWMError("--bucket must be at least 1 (1: plain random batches)")
     if not 0 <= cfg.until_plateau < 1 or not 0 < cfg.plateau_window < 1:
@@ -214,7 +220,7 @@ def train_text(cfg: TextTrainConfig) -> Path:
         atomic_save(tok_path, lambda tmp: tok.save(str(tmp)))
     enc = Encoder(load_tokenizer(tok_path))
     m = cfg.model
-    batcher = text_batcher(enc, train_trajs, m)
+    batcher = text_batcher(enc, train_trajs, m, cfg.changed_weight)
     dev_batcher = text_batcher(enc, dev_trajs or train_trajs, m)
     starts = {k: all_starts(train_trajs, k) for k in range(1, cfg.max_actions + 1)}
     if not starts[cfg.max_actions]:
@@ -284,7 +290,7 @@ def train_text(cfg: TextTrainConfig) -> Path:
             samples = queue.pop()
             batch = {key: torch.as_tensor(v, device=device) for key, v in batcher.batch(samples).items()}
             loss, used = model.loss(batch["context"], batch["actions"], batch["target"], n_grad=n_grad,
-                                    hints=batch_hints(batch))
+                                    hints=batch_hints(batch), weight=batch.get("weight"))
             if not torch.isfinite(loss):
                 raise LoopWMError(f"the loss became {float(loss)} at step {step}; lower --lr (now {cfg.lr})")
             opt.zero_grad(set_to_none=True)

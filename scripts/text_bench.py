@@ -65,7 +65,15 @@ class TextBenchConfig:
     of their number and their place in it."""
     hints: str = "none"
     """Episode hints every model's decoder reads (TextModelConfig.hints): none, replies (the last
-    action's earlier replies) or trend (the trend baseline's reply: a model on top of a baseline)."""
+    action's earlier replies), similar (and those to similar actions), since (and what was done since
+    the newest) or trend (the trend baseline's reply: a model on top of a baseline)."""
+    hint_tokens: int = 256
+    """Token budget of the hints (TextModelConfig.hint_tokens)."""
+    hint_window: int = 0
+    """Earlier tokens of its own hint each hint token also carries (TextModelConfig.hint_window; 0: none)."""
+    changed_weight: float = 1.0
+    """Training loss weight of the reply lines the last reply to the same action lacked
+    (TextTrainConfig.changed_weight; 1: all tokens alike)."""
     copy_follow: bool = False
     """Let the copy head continue the span it is copying (TextModelConfig.copy_follow; needs --copy)."""
     copy_match: int = 0
@@ -102,7 +110,8 @@ def _model_config(job: dict):
                             decoder_reads_context=not job["state_only"], decoder_reads_actions=not job["state_only"],
                             copy_pool="all" if job["state_only"] else "read", numbers=job["numbers"],
                             hints=job["hints"], copy_follow=job["copy_follow"], line_head=job["line_head"],
-                            copy_match=job["copy_match"])
+                            copy_match=job["copy_match"], hint_tokens=job["hint_tokens"],
+                            hint_window=job["hint_window"])
     if job["quick"]:
         model.d, model.n_state = 32, 4
     return model
@@ -118,6 +127,10 @@ def _check(cfg: TextBenchConfig) -> None:
         raise LoopWMError("--copy-follow and --copy-match continue the copy head's spans: add --copy")
     if cfg.line_head and (not cfg.numbers or cfg.hints == "none"):
         raise LoopWMError("--line-head fits a line through the numbers in the hints: add --numbers and --hints replies")
+    if (cfg.hint_window or cfg.hint_tokens != 256) and cfg.hints == "none":
+        raise LoopWMError("--hint-tokens and --hint-window shape the episode hints: add --hints replies (or another kind)")
+    if cfg.hint_tokens < 1 or cfg.hint_window < 0 or not cfg.changed_weight > 0:
+        raise LoopWMError("--hint-tokens must be at least 1, --hint-window at least 0 and --changed-weight positive")
 
 
 def _train(job: dict) -> str:
@@ -127,8 +140,20 @@ def _train(job: dict) -> str:
     train_text(TextTrainConfig(data=job["data"], out=job["run"], model=model, threads=1, progress=False,
                                minutes=0.0 if job["steps"] else job["minutes"], steps=job["steps"] or 10**7,
                                split_digits=job["split_digits"], eval_every=50 if job["quick"] else job["eval_every"], bucket=job["bucket"],
-                               until_plateau=job["until_plateau"], seed=job["seed"]))
+                               until_plateau=job["until_plateau"], seed=job["seed"],
+                               changed_weight=job["changed_weight"]))
     return job["run"]
+
+
+def _job(cfg: TextBenchConfig, kind: str, out: Path, minutes: float) -> dict:
+    """What one worker needs to train one model (plain values, so it crosses into a worker process)."""
+    return {"kind": kind, "mu_rec": cfg.mu_rec, "data": cfg.data, "run": str(out / "runs" / kind), "minutes": minutes,
+            "steps": cfg.steps, "split_digits": cfg.split_digits, "quick": cfg.quick, "until_plateau": cfg.until_plateau,
+            "max_context": cfg.max_context, "max_target": cfg.max_target, "eval_every": cfg.eval_every,
+            "bucket": cfg.bucket, "copy": cfg.copy, "state_only": cfg.state_only, "numbers": cfg.numbers,
+            "seed": cfg.seed, "hints": cfg.hints, "copy_follow": cfg.copy_follow, "line_head": cfg.line_head,
+            "copy_match": cfg.copy_match, "hint_tokens": cfg.hint_tokens, "hint_window": cfg.hint_window,
+            "changed_weight": cfg.changed_weight}
 
 
 def main(cfg: TextBenchConfig) -> None:
@@ -138,13 +163,7 @@ def main(cfg: TextBenchConfig) -> None:
     out = Path(cfg.out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     minutes = 1.0 if cfg.quick else cfg.minutes
-    jobs = [{"kind": m, "mu_rec": cfg.mu_rec, "data": cfg.data, "run": str(out / "runs" / m), "minutes": minutes,
-             "steps": cfg.steps, "split_digits": cfg.split_digits, "quick": cfg.quick, "until_plateau": cfg.until_plateau,
-             "max_context": cfg.max_context, "max_target": cfg.max_target, "eval_every": cfg.eval_every,
-             "bucket": cfg.bucket, "copy": cfg.copy, "state_only": cfg.state_only, "numbers": cfg.numbers,
-             "seed": cfg.seed, "hints": cfg.hints, "copy_follow": cfg.copy_follow, "line_head": cfg.line_head,
-             "copy_match": cfg.copy_match}
-            for m in cfg.models]
+    jobs = [_job(cfg, m, out, minutes) for m in cfg.models]
     if cfg.report_only:
         saved = json.loads((out / "results.json").read_text())
         results = {k: saved["models"][k] for k in sorted(saved["models"], key=lambda k: (cfg.models.index(k) if k in cfg.models else len(cfg.models), k))}
@@ -178,7 +197,8 @@ def main(cfg: TextBenchConfig) -> None:
                 "data": cfg.data, "until_plateau": cfg.until_plateau, "max_context": cfg.max_context,
                 "max_target": cfg.max_target, "bucket": cfg.bucket, "copy": cfg.copy, "state_only": cfg.state_only,
                 "numbers": cfg.numbers, "seed": cfg.seed, "hints": cfg.hints, "copy_follow": cfg.copy_follow,
-                "line_head": cfg.line_head, "copy_match": cfg.copy_match, "state_starts": cfg.state_starts}
+                "line_head": cfg.line_head, "copy_match": cfg.copy_match, "state_starts": cfg.state_starts,
+                "hint_tokens": cfg.hint_tokens, "hint_window": cfg.hint_window, "changed_weight": cfg.changed_weight}
     atomic_write_json(out / "results.json", {"models": results, "depth_sweep": {str(k): v for k, v in sweep.items()},
                                              "settings": settings})
     atomic_write_text(out / "summary.md", summary(results, sweep, settings))
@@ -250,6 +270,11 @@ def _hint_words(settings: dict) -> str:
     words += "; the copy head may continue the span it copies (copy-follow)" if settings.get("copy_follow") else ""
     words += (f"; the copy head reads span matches of up to {settings['copy_match']} tokens (copy-match)"
               if settings.get("copy_match") else "")
+    words += (f"; hints within {settings['hint_tokens']} tokens" if settings.get("hint_tokens", 256) != 256 else "")
+    words += (f"; each hint token also reads the {settings['hint_window']} before it in its hint"
+              if settings.get("hint_window") else "")
+    words += (f"; training weighs the reply lines the last reply to the same action lacked {settings['changed_weight']:g}x"
+              if settings.get("changed_weight", 1.0) != 1.0 else "")
     return words + ("; a line-fit head may write a number from the readings in the hints" if settings.get("line_head") else "")
 
 

@@ -473,14 +473,16 @@ def test_text_bench_passes_hints_and_copy_follow_to_both_models_and_refuses_foll
     from loopwm.utils import LoopWMError
 
     bench = load(next(p for p in SCRIPTS if p.stem == "text_bench"))
-    cfg = bench.TextBenchConfig(copy=True, state_only=True, hints="trend", copy_follow=True, numbers=True, line_head=True,
-                                copy_match=8)
-    job = {"kind": "deep", "mu_rec": cfg.mu_rec, "max_context": cfg.max_context, "max_target": cfg.max_target,
-           "copy": cfg.copy, "state_only": cfg.state_only, "numbers": cfg.numbers, "hints": cfg.hints,
-           "copy_follow": cfg.copy_follow, "line_head": cfg.line_head, "copy_match": cfg.copy_match, "quick": True}
+    cfg = bench.TextBenchConfig(copy=True, state_only=True, hints="since", copy_follow=True, numbers=True, line_head=True,
+                                copy_match=8, hint_tokens=448, hint_window=4, changed_weight=3.0, quick=True)
+    job = bench._job(cfg, "deep", Path("out"), 1.0)
     model = bench._model_config(job)
-    assert (model.kind, model.hints, model.copy_follow, model.copy_pool, model.line_head) == ("deep", "trend", True, "all", True)
-    assert model.copy_match == 8 and "copy-match" in bench._hint_words({"copy_match": 8})
+    assert (model.kind, model.hints, model.copy_follow, model.copy_pool, model.line_head) == ("deep", "since", True, "all", True)
+    assert (model.copy_match, model.hint_tokens, model.hint_window, job["changed_weight"]) == (8, 448, 4, 3.0)
+    assert "copy-match" in bench._hint_words({"copy_match": 8})
+    assert "448 tokens" in bench._hint_words({"hint_tokens": 448}) and "3x" in bench._hint_words({"changed_weight": 3.0})
+    with pytest.raises(LoopWMError, match="add --hints"):
+        bench._check(bench.TextBenchConfig(hint_window=4))
     with pytest.raises(LoopWMError, match="add --copy"):
         bench._check(bench.TextBenchConfig(copy_match=8))
     assert "trend baseline" in bench._hint_words({"hints": "trend", "copy_follow": True})

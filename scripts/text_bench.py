@@ -127,7 +127,7 @@ def _check(cfg: TextBenchConfig) -> None:
         raise LoopWMError("--copy-follow and --copy-match continue the copy head's spans: add --copy")
     if cfg.line_head and (not cfg.numbers or cfg.hints == "none"):
         raise LoopWMError("--line-head fits a line through the numbers in the hints: add --numbers and --hints replies")
-    if (cfg.hint_window or cfg.hint_tokens != 256) and cfg.hints == "none":
+    if (cfg.hint_window or cfg.hint_tokens != TextBenchConfig.hint_tokens) and cfg.hints == "none":
         raise LoopWMError("--hint-tokens and --hint-window shape the episode hints: add --hints replies (or another kind)")
     if cfg.hint_tokens < 1 or cfg.hint_window < 0 or not cfg.changed_weight > 0:
         raise LoopWMError("--hint-tokens must be at least 1, --hint-window at least 0 and --changed-weight positive")
@@ -270,7 +270,8 @@ def _hint_words(settings: dict) -> str:
     words += "; the copy head may continue the span it copies (copy-follow)" if settings.get("copy_follow") else ""
     words += (f"; the copy head reads span matches of up to {settings['copy_match']} tokens (copy-match)"
               if settings.get("copy_match") else "")
-    words += (f"; hints within {settings['hint_tokens']} tokens" if settings.get("hint_tokens", 256) != 256 else "")
+    budget = settings.get("hint_tokens", TextBenchConfig.hint_tokens)  # results written before it was a setting: the default
+    words += f"; hints within {budget} tokens" if budget != TextBenchConfig.hint_tokens else ""
     words += (f"; each hint token also reads the {settings['hint_window']} before it in its hint"
               if settings.get("hint_window") else "")
     words += (f"; training weighs the reply lines the last reply to the same action lacked {settings['changed_weight']:g}x"

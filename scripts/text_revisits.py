@@ -57,8 +57,7 @@ def first_line(text: str) -> str:
 def revisits(trajs, k: int, action: str) -> list[tuple[int, int, str]]:
     """(trajectory, t, remembered reply) of every start whose reply after its k-th action answers
     `action` and whose newest earlier reply to it within o_0 .. o_t has the reference's first line."""
-    from loopwm.text.baselines import earlier_replies
-    from loopwm.text.corpus import all_starts
+    from loopwm.text.corpus import all_starts, earlier_replies
 
     out = []
     for i, t in all_starts(trajs, k):

@@ -25,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 
-from loopwm.text.corpus import Batcher, Sample, Trajectory
+from loopwm.text.corpus import Batcher, Sample, Trajectory, earlier_replies
 from loopwm.text.model import MAX_HINT_TAG, SIMILAR_TAG, check_hint_kind
 
 BASELINES = ("copy", "lookup", "recall", "trend", "trend-context")  # in the order text eval prints them
@@ -49,12 +49,6 @@ def lookup_table(trajs: list[Trajectory]) -> dict[str, str]:
 def template(text: str) -> str:
     """The reply with every number masked: two readings of one gauge share it."""
     return NUMBER.sub("#", text)
-
-
-def earlier_replies(traj: Trajectory, t: int, action: str) -> list[tuple[int, str]]:
-    """(step, reply) for every time `action` was taken within the context o_0 .. o_t, oldest first;
-    step j means the reply is o_j."""
-    return [(i + 1, traj.observations[i + 1]) for i in range(t) if traj.actions[i] == action]
 
 
 def extrapolate(replies: list[tuple[int, str]], step: int) -> str | None:

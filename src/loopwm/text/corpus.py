@@ -151,6 +151,7 @@ class Encoder:
         if self.pad != 0:
             raise LoopWMError("the tokenizer's <pad> token must have id 0; the tokenizer file is not ours")
         self._cache: dict[str, list[int]] = {}
+        self._offsets: dict[str, list[tuple[int, int]]] = {}
 
     @property
     def vocab_size(self) -> int:
@@ -167,14 +168,24 @@ class Encoder:
         return got
 
     def offsets(self, text: str) -> list[tuple[int, int]]:
-        """Each token's character span (start, end) in `text`, in the order of `ids(text)`."""
-        return self.tok.encode(text).offsets
+        """Each token's character span (start, end) in `text`, in the order of `ids(text)` (cached: the
+        training loss weighs the same replies again and again)."""
+        got = self._offsets.get(text)
+        if got is None:
+            got = self._offsets[text] = self.tok.encode(text).offsets
+        return got
 
     def text(self, ids) -> str:
         ids = [int(i) for i in ids]
         if self.eos in ids:
             ids = ids[: ids.index(self.eos)]
         return self.tok.decode([i for i in ids if i not in (self.pad, self.bos, self.sep)])
+
+
+def earlier_replies(traj: Trajectory, t: int, action: str) -> list[tuple[int, str]]:
+    """(step, reply) for every time `action` was taken within the context o_0 .. o_t, oldest first;
+    step j means the reply is o_j."""
+    return [(i + 1, traj.observations[i + 1]) for i in range(t) if traj.actions[i] == action]
 
 
 def changed_lines(reply: str, remembered: str) -> list[tuple[int, int]]:
@@ -319,11 +330,10 @@ class Batcher:
         traj = self.trajs[sample.traj]
         weight = np.ones(length, np.float32)
         action, text = traj.actions[sample.t + sample.k - 1], traj.observations[sample.t + sample.k]
-        remembered = next((traj.observations[i + 1] for i in range(sample.t - 1, -1, -1)
-                           if traj.actions[i] == action), None)
-        if remembered is None:
+        earlier = earlier_replies(traj, sample.t, action)
+        if not earlier:
             return weight
-        spans = changed_lines(text, remembered)
+        spans = changed_lines(text, earlier[-1][1])
         for i, (lo, hi) in enumerate(self.enc.offsets(text)[: length - 1]):
             if any(lo < b and a < hi for a, b in spans):
                 weight[i + 1] = self.changed_weight  # position 0 is BOS

@@ -266,6 +266,7 @@ def _hint_words(settings: dict) -> str:
     words = {"none": "", "replies": "; the decoders also read the last action's earlier replies (episode hints)",
              "similar": "; the decoders also read the last action's earlier replies and those to similar actions (episode hints)",
              "since": "; the decoders also read the last action's earlier replies and what was done since the newest (episode hints)",
+             "mentions": "; the decoders also read the last action's earlier replies and earlier lines that name what it names (episode hints)",
              "trend": "; the decoders also read the trend baseline's reply (a model on top of a baseline)"}.get(hints, f"; hints {hints}")
     words += "; the copy head may continue the span it copies (copy-follow)" if settings.get("copy_follow") else ""
     words += (f"; the copy head reads span matches of up to {settings['copy_match']} tokens (copy-match)"

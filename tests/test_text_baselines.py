@@ -193,6 +193,35 @@ def test_since_hints_add_what_was_done_after_the_newest_reply_with_short_replies
     assert since_text(busy, 1, 41, 1).count("> wait") == SINCE_ACTIONS  # only the newest actions
 
 
+def test_mention_hints_give_the_lines_that_name_what_the_action_names_ranked_and_capped():
+    from loopwm.text.baselines import MENTION_LINES, MENTION_PER_REPLY, mention_lines
+    from loopwm.text.model import SIMILAR_TAG
+
+    jar = "a seed jar (containing a pea seed, a pea seed)"
+    room = "This room is called the greenhouse. In it, you see:\n\t" + jar + "\n\ta flower pot 1 (containing soil)" \
+           "\n\ta flower pot 2 (containing soil)\n\ta bee hive\n\tA door to the hallway (that is open)"
+    acts = ["look around", "pick up seed jar", "move pea seed in seed jar to flower pot 1", "wait",
+            "move pea seed in seed jar to flower pot 1"]
+    obs = ["start", room, "You move the seed jar to the inventory.", "Ambiguous request: 0: move pea seed ...",
+           "You wait.", "(the prompt again)"]
+    tr = traj(acts, obs)
+    # context o_0..o_2 (a_2 = the move is predicted): the jar's line holds pea, seed, jar and two pairs; the
+    # pot's holds flower, pot, 1; the room gives two lines at most; the pick-up's reply names the jar
+    assert mention_lines(tr, 2, acts[2], 6) == [(1, jar), (1, "a flower pot 1 (containing soil)"),
+                                                (2, "You move the seed jar to the inventory.")]
+    assert MENTION_PER_REPLY == 2 and mention_lines(tr, 2, acts[2], 1) == [(1, jar)]
+    assert mention_lines(tr, 0, acts[2], 6) == []  # only o_1 .. o_t are read
+    assert mention_lines(tr, 2, "look around", 6) == [] and mention_lines(tr, 2, "wait", 6) == []  # names nothing
+    # context o_0..o_4 for the move taken again: its own earlier reply (o_3) is a "replies" hint, not a mention
+    mentions = episode_hints("mentions", 16)
+    hints = mentions(tr, 4, 1)
+    assert hints[0] == (2, obs[3])  # the newest own reply first, tagged by its distance
+    assert hints[1:] == [(SIMILAR_TAG + 4, jar), (SIMILAR_TAG + 4, "a flower pot 1 (containing soil)"),
+                         (SIMILAR_TAG + 3, "You move the seed jar to the inventory.")]
+    assert all(line != obs[3] for _, line in mention_lines(tr, 4, acts[4], MENTION_LINES))
+    assert mentions(tr, 2, 1)[0] == (SIMILAR_TAG + 2, jar)  # no own reply yet: the mentions alone
+
+
 def test_changed_lines_weigh_what_the_newest_earlier_reply_to_the_action_lacked():
     from loopwm.text.corpus import Batcher, changed_lines
 

@@ -626,7 +626,7 @@ def test_text_commands_name_bad_input(tmp_path, capsys):
     assert "not a text dataset" in capsys.readouterr().err
     toy = make_toy_corpus(tmp_path / "data", n_train=4, n_dev=1, n_test=1)
     assert main(tiny_text_train(toy, tmp_path / "r", "--model.hints", "future", "--steps", "1")) == 2
-    assert "use --model.hints none, replies, trend, similar or since" in capsys.readouterr().err
+    assert "use --model.hints none, replies, trend, similar, since or mentions" in capsys.readouterr().err
 
 
 @needs_tokenizers
@@ -701,7 +701,8 @@ LINE_HEAD = {"hints": "replies", "numbers": True, "line_head": True}
                                 {**LINE_HEAD, **STATE_ONLY_POINTER},
                                 {"hints": "replies", "copy_match": 4, **STATE_ONLY_POINTER},
                                 {"hints": "replies", "copy_follow": True, **STATE_ONLY_POINTER},
-                                {"hints": "since", "hint_window": 3, "copy_match": 4, **STATE_ONLY_POINTER}])
+                                {"hints": "since", "hint_window": 3, "copy_match": 4, **STATE_ONLY_POINTER},
+                                {"hints": "mentions", "numbers": True, "line_head": True, **STATE_ONLY_POINTER}])
 def test_hints_are_required_read_per_sample_and_change_only_their_row(kw):
     from loopwm.text.model import Hints
 
@@ -759,7 +760,7 @@ def test_the_hint_window_starts_as_the_same_model_and_reads_only_earlier_tokens_
 
 
 @needs_tokenizers
-@pytest.mark.parametrize("hints", ["replies", "trend", "similar", "since --model.hint-window 4",
+@pytest.mark.parametrize("hints", ["replies", "trend", "similar", "since --model.hint-window 4", "mentions",
                                    "replies --model.numbers --model.line-head --changed-weight 3"])
 def test_a_model_with_hints_trains_and_evaluates(hints, tmp_path, capsys):
     run, toy = tmp_path / "run", make_toy_corpus(tmp_path / "data", clock=True)

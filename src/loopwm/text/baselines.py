@@ -142,6 +142,54 @@ def since_text(traj: Trajectory, j: int, t: int, k: int) -> str:
     return "\n".join(lines)
 
 
+# with hints "mentions": the lines of earlier replies that name what the last action names, found by the
+# action's words after its verb, short linking words left out ("orange", "seed", "jar", "flower", "pot",
+# "1"), then by its word pairs ("seed jar"): at most MENTION_LINES lines, MENTION_PER_REPLY from any one
+# reply (a room's description would otherwise fill them with its doors)
+MENTION_LINES = 6
+MENTION_PER_REPLY = 2
+_LINKING = frozenset("a an the in on to into onto at from with of and or is".split())
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def words_of(text: str) -> list[str]:
+    """The words of `text`, lower-cased, punctuation dropped."""
+    return _WORD.findall(text.lower())
+
+
+def mention_lines(traj: Trajectory, t: int, action: str, n: int) -> list[tuple[int, str]]:
+    """(step, line) of up to `n` lines of the replies o_1 .. o_t that name what `action` names: ranked by
+    how many of its words after the verb (linking words left out) they hold, then how many of its word
+    pairs, then the newer first; each distinct line (outer spaces stripped) once, at its newest step,
+    and at most MENTION_PER_REPLY from one reply. Replies to `action` itself are left out (the "replies"
+    hints give them). The seed jar's line "a seed jar (containing a orange seed, a orange seed)" tells
+    that "move orange seed in seed jar to flower pot 1" names one of several identical seeds (an
+    ambiguity prompt), and "a flower pot 1 (containing nothing)" where it goes."""
+    words = words_of(action)
+    names = set(words[1:]) - _LINKING
+    pairs = set(zip(words, words[1:]))
+    if not names:
+        return []
+    newest: dict[str, tuple[int, int, int]] = {}  # line -> (names held, pairs held, step)
+    for j in range(1, t + 1):
+        if traj.actions[j - 1] == action:
+            continue
+        for line in traj.observations[j].split("\n"):
+            line = line.strip()
+            held = words_of(line)
+            named = len(names & set(held))
+            if named:
+                newest[line] = (named, len(pairs & set(zip(held, held[1:]))), j)
+    out, per_reply = [], Counter()
+    for line, (_, _, j) in sorted(newest.items(), key=lambda x: x[1], reverse=True):
+        if per_reply[j] < MENTION_PER_REPLY:
+            per_reply[j] += 1
+            out.append((j, line))
+            if len(out) == n:
+                break
+    return out
+
+
 def episode_hints(kind: str, n_replies: int) -> Callable[[Trajectory, int, int], list[tuple[int, str]]] | None:
     """What a model configured with `hints` (TextModelConfig) is given from the whole episode, beyond its
     context window: a function (trajectory, t, k) -> [(tag, text)] for the sample whose context ends with
@@ -158,7 +206,11 @@ def episode_hints(kind: str, n_replies: int) -> Callable[[Trajectory, int, int],
     - "since": the "replies" hints (tags capped at SIMILAR_TAG - 1) with, after the newest one, what was
       done since it (`since_text`), tagged SIMILAR_TAG: a room looked at again is the remembered
       description with the edits of those actions (a door opened, a thing taken).
-    Nothing when neither the action nor one like it was taken before (None for "none")."""
+    - "mentions": the "replies" hints (tags capped at SIMILAR_TAG - 1) with, after the newest one, the
+      lines of earlier replies that name what the action names (`mention_lines`), each tagged
+      SIMILAR_TAG + its distance (capped): what a container held when last seen, where a thing is.
+    Nothing when neither the action nor one like it was taken before, nor (for "mentions") named
+    (None for "none")."""
     check_hint_kind(kind)
     if kind == "none":
         return None
@@ -171,6 +223,9 @@ def episode_hints(kind: str, n_replies: int) -> Callable[[Trajectory, int, int],
         if kind == "similar":
             return own + [(SIMILAR_TAG + min(t + k - j, MAX_HINT_TAG - SIMILAR_TAG), f"> {a}\n{text}")
                           for j, a, text in similar_replies(traj, t, action, SIMILAR_ACTIONS)]
+        if kind == "mentions":
+            return own[:1] + [(SIMILAR_TAG + min(t + k - j, MAX_HINT_TAG - SIMILAR_TAG), line)
+                              for j, line in mention_lines(traj, t, action, MENTION_LINES)] + own[1:]
         if not replies:
             return []
         if kind == "since":

@@ -473,6 +473,15 @@ def test_number_values_read_whole_numbers_and_written_prefixes():
     full = number_values(run, value, count, causal=True)
     window = number_values(run[:, -(NUMBER_TOKENS + 1):], value, count, causal=True)  # what generation keeps
     assert full[0][0, -1] == window[0][0, -1] and full[1][0, -1] == window[1][0, -1]
+    from loopwm.text.numbers import MAX_PLACE
+
+    # a model that writes a long run of digits (a degenerate reply) must still embed it: places beyond the
+    # table share its last row, read and written alike
+    assert int(full[1].max()) == MAX_PLACE - 1 and int(number_values(run, value, count, False)[1].max()) == MAX_PLACE - 1
+    model = tiny_model(numbers=True)
+    model.set_digits([str(i) for i in range(model.vocab_size)])
+    digits = torch.arange(1, 11).repeat(1, 3)  # (1, 30): ids 1-9 are the one-digit numbers, 10 the pair "10"
+    assert model.embed_tokens(digits, causal=True).shape == (1, 30, model.cfg.d)
 
 
 def test_number_features_start_at_zero_see_values_and_never_leak_from_later_digits():

@@ -54,8 +54,8 @@ def number_values(ids: torch.Tensor, digit_value: torch.Tensor, digit_count: tor
     prefix = own
     for _ in range(min(longest, NUMBER_TOKENS) - 1):
         prefix = torch.where(prev & is_digit, F.pad(prefix[:, :-1], (1, 0)) * scale + own, own)  # (B, N)
-    if causal:
-        return prefix, e.clamp(0, MAX_PLACE), is_digit
+    if causal:  # places 1 .. MAX_PLACE - 1 from the left, later digits sharing the last (the table holds no more)
+        return prefix, e.clamp(0, MAX_PLACE - 1), is_digit
     nxt = F.pad(is_digit[:, 1:], (0, 1), value=False)
     end = is_digit & ~nxt  # the last token of each number
     end_pos = torch.where(end, pos, N - 1).flip(1).cummin(1).values.flip(1)  # (B, N) where it ends

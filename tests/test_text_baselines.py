@@ -222,6 +222,21 @@ def test_mention_hints_give_the_lines_that_name_what_the_action_names_ranked_and
     assert mentions(tr, 2, 1)[0] == (SIMILAR_TAG + 2, jar)  # no own reply yet: the mentions alone
 
 
+def test_mentions_after_put_every_own_reply_before_the_named_lines():
+    from loopwm.text.model import SIMILAR_TAG
+
+    jar = "a seed jar (containing a pea seed)"
+    acts = ["look around", "focus on pea seed", "wait", "focus on pea seed", "wait", "focus on pea seed"]
+    obs = ["start", "In it, you see:\n\t" + jar, "You focus on the pea seed.", "You wait.", "Again.", "You wait.",
+           "(predicted)"]
+    tr = traj(acts, obs)
+    first, after = episode_hints("mentions", 16)(tr, 5, 1), episode_hints("mentions-after", 16)(tr, 5, 1)
+    own = [(2, obs[4]), (4, obs[2])]  # o_4 and o_2, newest first: 2 and 4 steps before the predicted o_6
+    assert after[:2] == own and first[0] == own[0] and first[-1] == own[1]  # "mentions" puts them between
+    assert sorted(after) == sorted(first) and all(tag >= SIMILAR_TAG for tag, _ in after[2:])
+    assert (SIMILAR_TAG + 5, jar) in after[2:]
+
+
 def test_changed_lines_weigh_what_the_newest_earlier_reply_to_the_action_lacked():
     from loopwm.text.corpus import Batcher, changed_lines
 

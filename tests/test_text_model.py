@@ -635,7 +635,7 @@ def test_text_commands_name_bad_input(tmp_path, capsys):
     assert "not a text dataset" in capsys.readouterr().err
     toy = make_toy_corpus(tmp_path / "data", n_train=4, n_dev=1, n_test=1)
     assert main(tiny_text_train(toy, tmp_path / "r", "--model.hints", "future", "--steps", "1")) == 2
-    assert "use --model.hints none, replies, trend, similar, since or mentions" in capsys.readouterr().err
+    assert "use --model.hints none, replies, trend, similar, since, mentions or mentions-after" in capsys.readouterr().err
 
 
 @needs_tokenizers
@@ -769,7 +769,7 @@ def test_the_hint_window_starts_as_the_same_model_and_reads_only_earlier_tokens_
 
 
 @needs_tokenizers
-@pytest.mark.parametrize("hints", ["replies", "trend", "similar", "since --model.hint-window 4", "mentions",
+@pytest.mark.parametrize("hints", ["replies", "trend", "similar", "since --model.hint-window 4", "mentions-after",
                                    "replies --model.numbers --model.line-head --changed-weight 3"])
 def test_a_model_with_hints_trains_and_evaluates(hints, tmp_path, capsys):
     run, toy = tmp_path / "run", make_toy_corpus(tmp_path / "data", clock=True)

@@ -209,7 +209,9 @@ def episode_hints(kind: str, n_replies: int) -> Callable[[Trajectory, int, int],
     - "mentions": the "replies" hints (tags capped at SIMILAR_TAG - 1) with, after the newest one, the
       lines of earlier replies that name what the action names (`mention_lines`), each tagged
       SIMILAR_TAG + its distance (capped): what a container held when last seen, where a thing is.
-    Nothing when neither the action nor one like it was taken before, nor (for "mentions") named
+    - "mentions-after": the same lines after all the "replies" hints, so that a hint budget too small
+      for both cuts the mentions, not the older replies a reading's rate is fitted to.
+    Nothing when neither the action nor one like it was taken before, nor (for the mentions) named
     (None for "none")."""
     check_hint_kind(kind)
     if kind == "none":
@@ -223,9 +225,10 @@ def episode_hints(kind: str, n_replies: int) -> Callable[[Trajectory, int, int],
         if kind == "similar":
             return own + [(SIMILAR_TAG + min(t + k - j, MAX_HINT_TAG - SIMILAR_TAG), f"> {a}\n{text}")
                           for j, a, text in similar_replies(traj, t, action, SIMILAR_ACTIONS)]
-        if kind == "mentions":
-            return own[:1] + [(SIMILAR_TAG + min(t + k - j, MAX_HINT_TAG - SIMILAR_TAG), line)
-                              for j, line in mention_lines(traj, t, action, MENTION_LINES)] + own[1:]
+        if kind in ("mentions", "mentions-after"):
+            named = [(SIMILAR_TAG + min(t + k - j, MAX_HINT_TAG - SIMILAR_TAG), line)
+                     for j, line in mention_lines(traj, t, action, MENTION_LINES)]
+            return own + named if kind == "mentions-after" else own[:1] + named + own[1:]
         if not replies:
             return []
         if kind == "since":

@@ -131,7 +131,9 @@ class TextModelConfig:
     looked at again is the remembered description edited by what was done since: a door opened);
     "mentions", the replies as well as the lines of earlier replies that name what the action names
     (the seed jar's listed contents for "move orange seed in seed jar to flower pot 1": several
-    identical seeds there mean an ambiguity prompt). The decoder reads them and the copy head may
+    identical seeds there mean an ambiguity prompt); "mentions-after", the same lines placed after all
+    the replies rather than after the newest, so they only take what the hint budget leaves over (the
+    older replies a reading's rate needs come first). The decoder reads them and the copy head may
     point at them."""
     line_head: bool = False
     """A line-fit number head (`numbers.LineFitHead`): where the reply writes a number, it may propose
@@ -160,9 +162,10 @@ class TextModelConfig:
         return self.n_grad or max(1, math.ceil(self.mu_rec / 2))
 
 
-HINT_KINDS = ("none", "replies", "trend", "similar", "since", "mentions")  # what `hints` may be (baselines.episode_hints makes them)
+HINT_KINDS = ("none", "replies", "trend", "similar", "since", "mentions", "mentions-after")  # what `hints` may be (baselines.episode_hints makes them)
 MAX_HINT_TAG = 63  # a hint's tag: 0 for a proposal, else the steps between it and the reply (capped)
-SIMILAR_TAG = 32  # with hints "similar", "since" or "mentions": tags from here on mark texts that are not replies to this action
+SIMILAR_TAG = 32  # with hints "similar", "since" or "mentions(-after)": tags from here on mark texts that are not replies to this action
+OTHER_TEXT_KINDS = ("similar", "since", "mentions", "mentions-after")  # the hint kinds that give such texts, tagged from SIMILAR_TAG on
 MAX_COPY_MATCH = 32  # copy_match: longer spans than this are matched as this long
 
 
@@ -397,7 +400,7 @@ class TextWorldModel(nn.Module):
             parts.append((True, e, hints.ids, starts(hints.ids.shape[1])))
             if self.cfg.line_head:
                 readings = self.line_head.readings(e, hints.ids, hints.tags, self.digit_value, self.digit_count)
-                if self.cfg.hints in ("similar", "since", "mentions"):  # other texts are not readings of this action's gauge
+                if self.cfg.hints in OTHER_TEXT_KINDS:  # other texts are not readings of this action's gauge
                     readings = readings._replace(valid=readings.valid & (hints.tags < SIMILAR_TAG))
         parts.sort(key=lambda p: not p[0])  # read parts first (stable: the order above otherwise)
         ids = torch.cat([p[2] for p in parts], dim=1)  # (B, M)

@@ -8,9 +8,10 @@ For each task and each of the simulator's own variation splits (train, dev, test
 variation is ever seen in training), a sample of variations is played: the gold action sequence
 the simulator generates, and (train only) exploratory branches that follow the gold path for a
 random number of steps and then take random valid actions. Every trajectory is recorded in one pass
-from a fresh load (object lists in the text can come out in another order on another load, so
-nothing is ever replayed) and written atomically as its own JSON file, so a killed collection
-resumes where it stopped. Jobs run in worker processes, each with its own simulator (a Java VM).
+from a fresh load and written atomically as its own JSON file, so a killed collection resumes where
+it stopped. The simulator VMs iterate their hash sets in a fixed order (simulators.py), so one
+command collects the same trajectories whatever the worker count, the job order or a resume. Jobs
+run in worker processes, each with its own simulator (a Java VM).
 
 Layout::
 
@@ -118,7 +119,8 @@ def collect_text(cfg: TextCollectConfig) -> Path:
     from loopwm import __version__
 
     header = {"format": FORMAT, "format_version": FORMAT_VERSION, "created_by": f"loopwm {__version__}",
-              "simulator": cfg.simulator, "settings": settings, "tasks": tasks, "task_types": {t: task_types[t] for t in tasks}}
+              "simulator": cfg.simulator, "java_options": simulators.DETERMINISTIC_JVM, "settings": settings,
+              "tasks": tasks, "task_types": {t: task_types[t] for t in tasks}}
     atomic_write_json(manifest_path, {**header, "counts": None})  # a resumed run must ask for the same data
     from tqdm import tqdm
 

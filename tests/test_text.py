@@ -33,6 +33,11 @@ def trajectories(out):
     return {p: json.loads(p.read_text()) for p in sorted((out / "trajectories").glob("*/*/*.json"))}
 
 
+def untimed(trajectory):
+    """A trajectory without its wall-clock seconds, the one field a replay may change."""
+    return {k: v for k, v in trajectory.items() if k != "seconds"}
+
+
 def test_a_missing_extra_or_java_is_named_in_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "scienceworld", None)  # as if not installed
     with pytest.raises(LoopWMError, match=r'pip install "loopwm\[text\]"'):
@@ -94,8 +99,7 @@ def test_a_killed_collection_resumes_with_only_the_missing_trajectories(collecte
     collect_text(TextCollectConfig(out=str(collected), **SMALL))
     after = trajectories(collected)
     assert set(after) == set(before) and {p: p.stat().st_mtime_ns for p in stamps} == stamps  # the others untouched
-    strip = lambda t: {k: v for k, v in t.items() if k != "seconds"}  # noqa: E731
-    assert strip(after[gone]) == strip(before[gone])  # seeded: the same branch again, recorded afresh
+    assert untimed(after[gone]) == untimed(before[gone])  # seeded: the same branch again, recorded afresh
 
 
 @needs_simulator
@@ -104,9 +108,8 @@ def test_a_trajectory_does_not_depend_on_what_its_simulator_played_before(collec
     # the VM's history; collected again beside another task, in two workers, nothing may change
     other = tmp_path / "data"
     collect_text(TextCollectConfig(out=str(other), **{**SMALL, "tasks": ["use-thermometer", "find-animal"], "workers": 2}))
-    strip = lambda t: {k: v for k, v in t.items() if k != "seconds"}  # noqa: E731
-    alone = {p.relative_to(collected): strip(t) for p, t in trajectories(collected).items()}
-    beside = {p.relative_to(other): strip(t) for p, t in trajectories(other).items() if t["task"] == "use-thermometer"}
+    alone = {p.relative_to(collected): untimed(t) for p, t in trajectories(collected).items()}
+    beside = {p.relative_to(other): untimed(t) for p, t in trajectories(other).items() if t["task"] == "use-thermometer"}
     assert alone == beside
 
 

@@ -222,12 +222,11 @@ def episode_hints(kind: str, n_replies: int) -> Callable[[Trajectory, int, int],
         replies = earlier_replies(traj, t, action)
         # with other texts beside them, the replies' tags stay below SIMILAR_TAG
         own = [(min(t + k - j, SIMILAR_TAG - 1), text) for j, text in reversed(replies[-n_replies:])]
+        other = lambda j: SIMILAR_TAG + min(t + k - j, MAX_HINT_TAG - SIMILAR_TAG)  # noqa: E731  the tag of another text from o_j
         if kind == "similar":
-            return own + [(SIMILAR_TAG + min(t + k - j, MAX_HINT_TAG - SIMILAR_TAG), f"> {a}\n{text}")
-                          for j, a, text in similar_replies(traj, t, action, SIMILAR_ACTIONS)]
+            return own + [(other(j), f"> {a}\n{text}") for j, a, text in similar_replies(traj, t, action, SIMILAR_ACTIONS)]
         if kind in ("mentions", "mentions-after"):
-            named = [(SIMILAR_TAG + min(t + k - j, MAX_HINT_TAG - SIMILAR_TAG), line)
-                     for j, line in mention_lines(traj, t, action, MENTION_LINES)]
+            named = [(other(j), line) for j, line in mention_lines(traj, t, action, MENTION_LINES)]
             return own + named if kind == "mentions-after" else own[:1] + named + own[1:]
         if not replies:
             return []

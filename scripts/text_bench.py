@@ -66,7 +66,9 @@ class TextBenchConfig:
     hints: str = "none"
     """Episode hints every model's decoder reads (TextModelConfig.hints): none, replies (the last
     action's earlier replies), similar (and those to similar actions), since (and what was done since
-    the newest) or trend (the trend baseline's reply: a model on top of a baseline)."""
+    the newest), mentions, mentions-after or mentions-dup (and earlier lines that name what it names;
+    TextModelConfig.hints says where and when) or trend (the trend baseline's reply: a model on top of
+    a baseline)."""
     hint_tokens: int = 256
     """Token budget of the hints (TextModelConfig.hint_tokens)."""
     hint_window: int = 0
@@ -267,6 +269,8 @@ def _hint_words(settings: dict) -> str:
              "similar": "; the decoders also read the last action's earlier replies and those to similar actions (episode hints)",
              "since": "; the decoders also read the last action's earlier replies and what was done since the newest (episode hints)",
              "mentions": "; the decoders also read the last action's earlier replies and earlier lines that name what it names (episode hints)",
+             "mentions-after": "; the decoders also read the last action's earlier replies and, after them, earlier lines that name what it names (episode hints)",
+             "mentions-dup": "; the decoders also read the last action's earlier replies and, where an earlier line lists identical objects it names, the lines that name them (episode hints)",
              "trend": "; the decoders also read the trend baseline's reply (a model on top of a baseline)"}.get(hints, f"; hints {hints}")
     words += "; the copy head may continue the span it copies (copy-follow)" if settings.get("copy_follow") else ""
     words += (f"; the copy head reads span matches of up to {settings['copy_match']} tokens (copy-match)"

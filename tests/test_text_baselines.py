@@ -265,3 +265,22 @@ def test_changed_lines_weigh_what_the_newest_earlier_reply_to_the_action_lacked(
     batch = b.batch([Sample(0, 2, 1), Sample(0, 1, 1)])
     assert batch["weight"].shape == batch["target"].shape and batch["weight"].sum() > batch["weight"].size
     assert "weight" not in Batcher(Chars(), [tr], 64, 8, 64).batch([Sample(0, 2, 1)])
+
+
+def test_mentions_dup_gives_the_named_lines_only_where_identical_objects_are_listed():
+    from loopwm.text.baselines import listed_twice, names_duplicates
+
+    assert listed_twice("a seed jar (containing a pea seed, a pea seed, and a pea seed)") == {("pea", "seed")}
+    assert listed_twice("a cupboard (containing nothing), a drawer (containing nothing)") == set()
+    assert listed_twice("a pea seed, a rose seed") == set()
+    jar = "a seed jar (containing a pea seed, a pea seed)"
+    acts = ["look around", "open door", "focus on pea seed", "wait", "move pea seed in seed jar to flower pot 1"]
+    obs = ["start", "In it, you see:\n\t" + jar + "\n\ta door (open)", "The door is open.", "You focus on it.",
+           "You wait.", "(predicted)"]
+    tr = traj(acts, obs)
+    dup, after = episode_hints("mentions-dup", 16), episode_hints("mentions-after", 16)
+    assert names_duplicates(tr, 4, acts[4]) and dup(tr, 4, 1) == after(tr, 4, 1) and dup(tr, 4, 1)
+    assert not names_duplicates(tr, 4, "open door")  # the listed twins are not what it names
+    single = traj(acts, [o.replace(", a pea seed)", ")") for o in obs])
+    assert not names_duplicates(single, 4, acts[4]) and dup(single, 4, 1) == []  # no own reply, no duplicates
+    assert after(single, 4, 1)  # where "mentions-after" still gives the jar's line

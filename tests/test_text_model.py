@@ -635,7 +635,7 @@ def test_text_commands_name_bad_input(tmp_path, capsys):
     assert "not a text dataset" in capsys.readouterr().err
     toy = make_toy_corpus(tmp_path / "data", n_train=4, n_dev=1, n_test=1)
     assert main(tiny_text_train(toy, tmp_path / "r", "--model.hints", "future", "--steps", "1")) == 2
-    assert "use --model.hints none, replies, trend, similar, since, mentions or mentions-after" in capsys.readouterr().err
+    assert "use --model.hints none, replies, trend, similar, since, mentions, mentions-after or mentions-dup" in capsys.readouterr().err
 
 
 @needs_tokenizers

@@ -190,6 +190,33 @@ def mention_lines(traj: Trajectory, t: int, action: str, n: int) -> list[tuple[i
     return out
 
 
+# with hints "mentions-dup": the mention lines only where an earlier line lists two or more identical
+# objects that the action names ("a seed jar (containing a orange seed, a orange seed)"), that is where
+# the name may answer for several objects and the simulator ask which (an ambiguity prompt); elsewhere
+# the lines cost more than they tell (session 41: words of them leak into Melt's replies). On a
+# ScienceWorld collection (5 actions, every start) this fires before 87% of the test prompts and 0.6%
+# of the other replies (docs/LOG.md, session 42).
+_ITEM = re.compile(r"[,():;]|\band\b")  # where one listed item ends and the next begins
+_NOT_A_NAME = _LINKING | {"containing", "nothing"}
+
+
+def listed_twice(line: str) -> set[tuple[str, ...]]:
+    """The names `line` lists two or more times, each as its words without linking words: items are
+    split at commas, brackets, colons, semicolons and "and" ("a jar (containing a pea seed, a pea seed)"
+    -> {("pea", "seed")}; "containing nothing" twice is no name)."""
+    names = Counter(tuple(w for w in words_of(item) if w not in _NOT_A_NAME) for item in _ITEM.split(line))
+    return {name for name, n in names.items() if name and n >= 2}
+
+
+def names_duplicates(traj: Trajectory, t: int, action: str) -> bool:
+    """Whether a line of the replies o_1 .. o_t (replies to `action` itself left out, as in
+    `mention_lines`) lists two or more identical objects whose name shares a word with what `action`
+    names after its verb."""
+    names = set(words_of(action)[1:]) - _LINKING
+    return any(names & set(name) for j in range(1, t + 1) if traj.actions[j - 1] != action
+               for line in traj.observations[j].split("\n") for name in listed_twice(line))
+
+
 def episode_hints(kind: str, n_replies: int) -> Callable[[Trajectory, int, int], list[tuple[int, str]]] | None:
     """What a model configured with `hints` (TextModelConfig) is given from the whole episode, beyond its
     context window: a function (trajectory, t, k) -> [(tag, text)] for the sample whose context ends with
@@ -211,6 +238,8 @@ def episode_hints(kind: str, n_replies: int) -> Callable[[Trajectory, int, int],
       SIMILAR_TAG + its distance (capped): what a container held when last seen, where a thing is.
     - "mentions-after": the same lines after all the "replies" hints, so that a hint budget too small
       for both cuts the mentions, not the older replies a reading's rate is fitted to.
+    - "mentions-dup": as "mentions-after", but the lines only where an earlier line lists identical
+      objects the action names (`names_duplicates`): the replies alone elsewhere.
     Nothing when neither the action nor one like it was taken before, nor (for the mentions) named
     (None for "none")."""
     check_hint_kind(kind)
@@ -225,9 +254,11 @@ def episode_hints(kind: str, n_replies: int) -> Callable[[Trajectory, int, int],
         other = lambda j: SIMILAR_TAG + min(t + k - j, MAX_HINT_TAG - SIMILAR_TAG)  # noqa: E731  the tag of another text from o_j
         if kind == "similar":
             return own + [(other(j), f"> {a}\n{text}") for j, a, text in similar_replies(traj, t, action, SIMILAR_ACTIONS)]
-        if kind in ("mentions", "mentions-after"):
+        if kind == "mentions-dup" and not names_duplicates(traj, t, action):
+            return own
+        if kind in ("mentions", "mentions-after", "mentions-dup"):
             named = [(other(j), line) for j, line in mention_lines(traj, t, action, MENTION_LINES)]
-            return own + named if kind == "mentions-after" else own[:1] + named + own[1:]
+            return own[:1] + named + own[1:] if kind == "mentions" else own + named
         if not replies:
             return []
         if kind == "since":

@@ -133,8 +133,10 @@ class TextModelConfig:
     (the seed jar's listed contents for "move orange seed in seed jar to flower pot 1": several
     identical seeds there mean an ambiguity prompt); "mentions-after", the same lines placed after all
     the replies rather than after the newest, so they only take what the hint budget leaves over (the
-    older replies a reading's rate needs come first). The decoder reads them and the copy head may
-    point at them."""
+    older replies a reading's rate needs come first); "mentions-dup", as "mentions-after" but the
+    lines only where an earlier line lists two or more identical objects the action names (where
+    an ambiguity prompt may come), the replies alone elsewhere. The decoder reads them and the copy
+    head may point at them."""
     line_head: bool = False
     """A line-fit number head (`numbers.LineFitHead`): where the reply writes a number, it may propose
     the digits of a weighted least-squares line through the numbers in the hints, read at the reply's
@@ -162,10 +164,10 @@ class TextModelConfig:
         return self.n_grad or max(1, math.ceil(self.mu_rec / 2))
 
 
-HINT_KINDS = ("none", "replies", "trend", "similar", "since", "mentions", "mentions-after")  # what `hints` may be (baselines.episode_hints makes them)
+HINT_KINDS = ("none", "replies", "trend", "similar", "since", "mentions", "mentions-after", "mentions-dup")  # what `hints` may be (baselines.episode_hints makes them)
 MAX_HINT_TAG = 63  # a hint's tag: 0 for a proposal, else the steps between it and the reply (capped)
-SIMILAR_TAG = 32  # with hints "similar", "since" or "mentions(-after)": tags from here on mark texts that are not replies to this action
-OTHER_TEXT_KINDS = ("similar", "since", "mentions", "mentions-after")  # the hint kinds that give such texts, tagged from SIMILAR_TAG on
+SIMILAR_TAG = 32  # with hints "similar", "since" or a "mentions" kind: tags from here on mark texts that are not replies to this action
+OTHER_TEXT_KINDS = ("similar", "since", "mentions", "mentions-after", "mentions-dup")  # the hint kinds that give such texts, tagged from SIMILAR_TAG on
 MAX_COPY_MATCH = 32  # copy_match: longer spans than this are matched as this long
 
 

@@ -114,6 +114,24 @@ def test_a_trajectory_does_not_depend_on_what_its_simulator_played_before(collec
 
 
 @needs_simulator
+def test_a_gold_path_does_not_follow_the_variation_played_before_it(monkeypatch):
+    # ScienceWorld's planner kept the search patterns of one load for the next: boil 23's gold path
+    # was 120 steps after boil 21 in the same VM and 102 in a fresh one, until the adapter cleared them
+    from loopwm.text.simulators import DETERMINISTIC_JVM, ScienceWorld
+
+    monkeypatch.setenv("JAVA_TOOL_OPTIONS", DETERMINISTIC_JVM)
+    job = {"task": "boil", "split": "test", "variation": 23, "kind": "gold"}
+    sim = ScienceWorld(200)
+    sim.play({**job, "variation": 21})
+    after = sim.play(job)
+    sim.env.close()
+    fresh = ScienceWorld(200)
+    alone = fresh.play(job)
+    fresh.env.close()
+    assert untimed(after) == untimed(alone) and alone["gold_length"] > 0
+
+
+@needs_simulator
 def test_collection_refuses_other_settings_and_unknown_tasks(collected, tmp_path):
     with pytest.raises(LoopWMError, match="other settings"):
         collect_text(TextCollectConfig(out=str(collected), **{**SMALL, "train_variations": 3}))

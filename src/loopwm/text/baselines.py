@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -157,6 +157,20 @@ def words_of(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
+def named_words(action: str) -> set[str]:
+    """What `action` names: its words after the verb, linking words left out."""
+    return set(words_of(action)[1:]) - _LINKING
+
+
+def other_lines(traj: Trajectory, t: int, action: str) -> Iterator[tuple[int, str]]:
+    """(step, line) of every line of the replies o_1 .. o_t, oldest first, replies to `action` itself
+    left out (the "replies" hints give them)."""
+    for j in range(1, t + 1):
+        if traj.actions[j - 1] != action:
+            for line in traj.observations[j].split("\n"):
+                yield j, line
+
+
 def mention_lines(traj: Trajectory, t: int, action: str, n: int) -> list[tuple[int, str]]:
     """(step, line) of up to `n` lines of the replies o_1 .. o_t that name what `action` names: ranked by
     how many of its words after the verb (linking words left out) they hold, then how many of its word
@@ -166,20 +180,17 @@ def mention_lines(traj: Trajectory, t: int, action: str, n: int) -> list[tuple[i
     that "move orange seed in seed jar to flower pot 1" names one of several identical seeds (an
     ambiguity prompt), and "a flower pot 1 (containing nothing)" where it goes."""
     words = words_of(action)
-    names = set(words[1:]) - _LINKING
+    names = named_words(action)
     pairs = set(zip(words, words[1:]))
     if not names:
         return []
     newest: dict[str, tuple[int, int, int]] = {}  # line -> (names held, pairs held, step)
-    for j in range(1, t + 1):
-        if traj.actions[j - 1] == action:
-            continue
-        for line in traj.observations[j].split("\n"):
-            line = line.strip()
-            held = words_of(line)
-            named = len(names & set(held))
-            if named:
-                newest[line] = (named, len(pairs & set(zip(held, held[1:]))), j)
+    for j, line in other_lines(traj, t, action):
+        line = line.strip()
+        held = words_of(line)
+        named = len(names & set(held))
+        if named:
+            newest[line] = (named, len(pairs & set(zip(held, held[1:]))), j)
     out, per_reply = [], Counter()
     for line, (_, _, j) in sorted(newest.items(), key=lambda x: x[1], reverse=True):
         if per_reply[j] < MENTION_PER_REPLY:
@@ -212,9 +223,8 @@ def names_duplicates(traj: Trajectory, t: int, action: str) -> bool:
     """Whether a line of the replies o_1 .. o_t (replies to `action` itself left out, as in
     `mention_lines`) lists two or more identical objects whose name shares a word with what `action`
     names after its verb."""
-    names = set(words_of(action)[1:]) - _LINKING
-    return any(names & set(name) for j in range(1, t + 1) if traj.actions[j - 1] != action
-               for line in traj.observations[j].split("\n") for name in listed_twice(line))
+    names = named_words(action)
+    return any(names & set(name) for _, line in other_lines(traj, t, action) for name in listed_twice(line))
 
 
 def episode_hints(kind: str, n_replies: int) -> Callable[[Trajectory, int, int], list[tuple[int, str]]] | None:

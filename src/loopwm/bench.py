@@ -182,6 +182,9 @@ class BenchConfig:
     """Test-time iteration counts for the iterative-depth curve of the looped model."""
     workers: int = 2
     """Training processes run at once (one thread each)."""
+    speed_seconds: float = 1.0
+    """Seconds each imagination-speed figure is measured for (per model and batch size, after a
+    warm-up); longer is steadier on a busy machine, shorter only for smoke runs."""
     quick: bool = False
     """Reduced suite (one world, one seed, five models, short budgets) that finishes in minutes."""
     device: str = "auto"
@@ -226,6 +229,8 @@ def resolve(cfg: BenchConfig) -> BenchConfig:
                           "--converge-eval-every >= 1")
     if not cfg.lrs or min(cfg.lrs) <= 0:
         raise LoopWMError(f"--lrs needs at least one positive learning rate, got {cfg.lrs}")
+    if not (cfg.speed_seconds > 0 and math.isfinite(cfg.speed_seconds)):
+        raise LoopWMError(f"--speed-seconds must be a positive number of seconds, got {cfg.speed_seconds}")
     if cfg.workers < 1 or cfg.seeds < 1 or cfg.steps < 1 or cfg.horizon < 10:
         raise LoopWMError("--workers, --seeds and --steps must be at least 1 and --horizon at least 10")
     return cfg
@@ -465,7 +470,8 @@ def run_bench(cfg: BenchConfig) -> Path:
             obs0 = model._as_entities(torch.as_tensor(ep["obs"][0], device=device).float())
             act0 = torch.as_tensor(ep["action"][0], device=device)
             timed[(world, name)] = {"flops_per_step": count_step_flops(model, obs0, act0),
-                                    "steps_per_s_b1": speed(model, obs0, act0, 1), "steps_per_s_b256": speed(model, obs0, act0, 256)}
+                                    "steps_per_s_b1": speed(model, obs0, act0, 1, cfg.speed_seconds),
+                                    "steps_per_s_b256": speed(model, obs0, act0, 256, cfg.speed_seconds)}
             if family(name) == "looped":
                 timed[(world, name, "depth_flops")] = {d: count_step_flops(model, obs0, act0, d) for d in cfg.test_depths}
 

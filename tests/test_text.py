@@ -163,3 +163,32 @@ def test_the_alfworld_stand_in_records_household_games_from_their_own_seed_split
     cooking = next(t for t in found.values() if t["task"] == "cookingworld")
     assert "cookbook" in cooking["entities"]
     assert json.loads((out / "manifest.json").read_text())["simulator"] == "textworld-express"
+    # collected again, in another VM, nothing may change: Coin Collector's gold agent walks at
+    # random, and the package drew that walk unseeded
+    again = tmp_path / "twx-again"
+    collect_text(TextCollectConfig(out=str(again), simulator="textworld-express", tasks=["cookingworld", "coin"],
+                                   train_variations=2, dev_variations=0, test_variations=1, branch_steps=3, workers=1,
+                                   progress=False))
+    assert {p.relative_to(again): untimed(t) for p, t in trajectories(again).items()} == \
+        {p.relative_to(out): untimed(t) for p, t in found.items()}
+
+
+@needs_express
+def test_a_household_gold_path_is_the_games_own_agent_seeded_by_the_variation():
+    from loopwm.text.simulators import TextWorldExpress
+
+    sim = TextWorldExpress(100)
+    try:
+        paths = {}
+        for task in ("cookingworld", "twc", "coin"):
+            seed = sim.variations(task)["test"][0]
+            sim.env.reset(seed=seed, gameFold="test", gameName=task, gameParams="", generateGoldPath=True)
+            theirs = list(sim.env.getGoldActionSequence())
+            paths[task] = [sim.gold_path(task, seed, "test") for _ in range(2)]
+            assert paths[task][0] == paths[task][1] and paths[task][0], task  # the same walk at every load
+            if task == "cookingworld":  # whose generator the package already seeds: its path unchanged
+                assert paths[task][0] == theirs
+        played = sim.play({"task": "coin", "split": "test", "variation": sim.variations("coin")["test"][0], "kind": "gold"})
+        assert played["steps"][-1]["done"] and played["steps"][-1]["score"] == 100
+    finally:
+        sim.env.close()

@@ -23,6 +23,15 @@ Its gold-path planner also remembers the search patterns it worked out, in one m
 rooms differ: the gold path of boil variation 23 came out 120 steps long after variation 21 had been
 played in the same VM, 102 in a fresh one (session 42). The adapter empties that map before every
 load, so a gold path is worked out afresh from its own variation each time.
+
+TextWorldExpress builds each game from its seed alone, but its gold agents walk at random (Coin
+Collector searches room by room, TextWorld-Commonsense puts things away on the way) and every game
+but CookingWorld draws that walk from an unseeded generator (`new scala.util.Random()` in each
+`mkGameWithGoldPath`; read with `javap`, session 43): the same twc or coin variation got a different
+gold path at every load, in fresh VMs too. The adapter therefore runs the game's own gold agent
+itself, as that method does (up to its number of attempts, each on a freshly made game), with the
+generator seeded by the variation as CookingWorld's already is; CookingWorld's gold path is
+unchanged by this.
 """
 
 from __future__ import annotations
@@ -156,11 +165,38 @@ def _action_objects(actions) -> set[str]:
     return found
 
 
+TWX_GOLD_AGENTS = {"cookingworld": ("CookingWorldGoldAgent", 50), "twc": ("TWCGoldAgent", 50),
+                   "coin": ("CoinGoldAgent", 50), "mapreader": ("MapReaderGoldAgent", 1),
+                   "arithmetic": ("ArithmeticGoldAgent", 50), "sorting": ("SortingGoldAgent", 50),
+                   "simonsays": ("SimonSaysGoldAgent", 50), "peckingorder": ("PeckingOrderGoldAgent", 50)}
+"""TextWorldExpress game -> (its gold agent's class, the attempts its generator gives it), as in the jar."""
+
+
 class TextWorldExpress:
     def __init__(self, step_limit: int):
         from textworld_express import TextWorldExpressEnv
 
         self.env = TextWorldExpressEnv(envStepLimit=step_limit)
+        try:
+            self.agents = self.env._gateway.jvm.textworldexpress.goldagent
+            self.agents.TWCGoldAgent  # noqa: B018 - a py4j lookup: fails here, not mid-collection, on another jar
+        except Exception as e:
+            raise LoopWMError(f"this textworld-express package does not have the gold agents loopwm expects ({e}); "
+                              "install the pinned one: pip install 'loopwm[text]'") from e
+
+    def gold_path(self, task: str, seed: int, fold: str) -> list[str]:
+        """The game's own gold agent run on the variation's game, drawing its walk from a generator
+        seeded by the variation (see above); empty when no attempt reaches the goal, as in the jar."""
+        from py4j.java_gateway import get_field
+
+        agent_class, attempts = TWX_GOLD_AGENTS[task]
+        walk = self.env._gateway.jvm.scala.util.Random(int(seed))
+        generator = self.env.server.gameGenerator()  # the one the load made, with the game's settings
+        for _ in range(attempts):
+            done_and_path = getattr(self.agents, agent_class)(generator.mkGame(int(seed), fold)).mkGoldPath(walk)
+            if get_field(done_and_path, "_1"):  # a scala Tuple2 (reached the goal, the actions)
+                return list(get_field(done_and_path, "_2"))
+        return []
 
     def variations(self, task: str) -> dict[str, list[int]]:
         self.env.load(task, "")
@@ -170,8 +206,8 @@ class TextWorldExpress:
     def play(self, job: dict) -> dict:
         env, start = self.env, time.perf_counter()
         first, infos = env.reset(seed=job["variation"], gameFold=job["split"], gameName=job["task"], gameParams="",
-                                 generateGoldPath=True)
-        gold = list(env.getGoldActionSequence())
+                                 generateGoldPath=False)
+        gold = self.gold_path(job["task"], job["variation"], job["split"])
         if gold and gold[0] == "look around":
             gold = gold[1:]  # the reset's observation is that look already
         entities = _names(env.getObjectTree(), set())  # the whole world, every room, at the start (CookingWorld)

@@ -194,7 +194,8 @@ def main(cfg: TextBenchConfig) -> None:
         for depth in cfg.depths:
             r = evaluate_text(TextEvalConfig(run=str(out / "runs" / "looped"), max_starts=starts, actions=[5], depth=depth, state_starts=0,
                                              out=str(out / f"eval-looped-depth{depth}.json")))
-            sweep[depth] = {"overall": r["overall"], "rows": r["rows"], "iterations_per_step": r["iterations_per_step"]}
+            sweep[depth] = {"overall": r["overall"], "rows": r["rows"], "iterations_per_step": r["iterations_per_step"],
+                            "n_samples": r["n_samples"]}
     settings = {"minutes": minutes, "steps": cfg.steps, "split_digits": cfg.split_digits, "mu_rec": cfg.mu_rec,
                 "data": cfg.data, "until_plateau": cfg.until_plateau, "max_context": cfg.max_context,
                 "max_target": cfg.max_target, "bucket": cfg.bucket, "copy": cfg.copy, "state_only": cfg.state_only,
@@ -317,14 +318,17 @@ def plots(results: dict, sweep: dict, out: Path) -> None:
         fig, ax = plt.subplots(figsize=(4.5, 3.4))
         depths = sorted(sweep, key=int)
         xs = [int(d) for d in depths]
-        ax.plot(xs, [sweep[d]["overall"]["em"] for d in depths], "o-", label=f"overall ({sweep[depths[0]]['n_samples']})")
+        # a sweep saved before it kept its sample count was scored on the looped model's starts
+        n_samples = sweep[depths[0]].get("n_samples", results.get("looped", {}).get("n_samples", "?"))
+        ax.plot(xs, [sweep[d]["overall"]["em"] for d in depths], "o-", label=f"overall ({n_samples})")
         # the rows among the test starts, where there are enough of them to read (look around: about 5%)
         for row, style in (("numbers", "s--"), ("look around", "^:")):
             n = sweep[depths[0]].get("rows", {}).get(row, {}).get("n", 0)
             if n >= 50:
                 ax.plot(xs, [sweep[d]["rows"][row]["em"] for d in depths], style, label=f"{row} ({n})")
-        ax.set_xticks(xs, [str(x) for x in xs])
         ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, [str(x) for x in xs])  # after the scale, whose own labels would be powers of 2
+        ax.minorticks_off()
         ax.set_ylim(0, 100)  # on the scale of the other plot: a point's change should look like one
         ax.set_xlabel("loop iterations per action (test time)")
         ax.set_ylabel("EM, percent (5 actions)")

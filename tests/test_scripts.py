@@ -554,6 +554,11 @@ def test_text_plots_draw_from_evaluation_files_only_and_refuse_other_collections
         tp.main(tp.TextPlotsConfig(runs=[f"a={tmp_path / 'looped.json'}", f"b={tmp_path / 'other.json'}"], out=str(out)))
     with pytest.raises(LoopWMError, match="loop counts"):
         tp.main(tp.TextPlotsConfig(runs=[f"a={tmp_path / 'looped.json'}"], depths=[f"x={tmp_path / 'd1.json'}"], out=str(out)))
+    # text_bench's own depth sweep, as its results.json keeps it (one saved in session 43 lacked the count)
+    bench = load(next(p for p in SCRIPTS if p.stem == "text_bench"))
+    sweep = {str(d): {"overall": files[f"d{d}"]["overall"], "rows": files[f"d{d}"]["rows"]} for d in (1, 4)}
+    bench.plots({"looped": files["looped"]}, sweep, tmp_path)
+    assert (tmp_path / "em_vs_iterations.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_exit_threshold_picks_the_largest_threshold_near_the_fixed_maximum(load):

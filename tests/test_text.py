@@ -174,8 +174,14 @@ def test_the_alfworld_stand_in_records_household_games_from_their_own_seed_split
 
 
 @needs_express
-def test_a_household_gold_path_is_the_games_own_agent_seeded_by_the_variation():
+def test_a_household_gold_path_is_the_games_own_agent_seeded_by_the_variation(monkeypatch):
+    from loopwm.text import simulators
     from loopwm.text.simulators import TextWorldExpress
+
+    with monkeypatch.context() as m:  # a jar without an agent the adapter runs is named at the start
+        m.setitem(simulators.TWX_GOLD_AGENTS, "twc", ("NoSuchGoldAgent", 50))
+        with pytest.raises(LoopWMError, match="lacks the gold agent NoSuchGoldAgent"):
+            TextWorldExpress(100)
 
     sim = TextWorldExpress(100)
     try:

@@ -177,12 +177,15 @@ class TextWorldExpress:
         from textworld_express import TextWorldExpressEnv
 
         self.env = TextWorldExpressEnv(envStepLimit=step_limit)
-        try:
-            self.agents = self.env._gateway.jvm.textworldexpress.goldagent
-            self.agents.TWCGoldAgent  # noqa: B018 - a py4j lookup: fails here, not mid-collection, on another jar
-        except Exception as e:
-            raise LoopWMError(f"this textworld-express package does not have the gold agents loopwm expects ({e}); "
-                              "install the pinned one: pip install 'loopwm[text]'") from e
+        jvm = self.env._gateway.jvm
+        self.agents = jvm.textworldexpress.goldagent
+        for agent_class, _ in TWX_GOLD_AGENTS.values():  # py4j names a missing class without complaint until called
+            try:
+                jvm.java.lang.Class.forName(f"textworldexpress.goldagent.{agent_class}")
+            except Exception as e:
+                self.env.close()
+                raise LoopWMError(f"this textworld-express package lacks the gold agent {agent_class} loopwm runs; "
+                                  "install the pinned one: pip install 'loopwm[text]'") from e
 
     def gold_path(self, task: str, seed: int, fold: str) -> list[str]:
         """The game's own gold agent run on the variation's game, drawing its walk from a generator

@@ -19,6 +19,11 @@ def loopwm(*args, check=True):
     return proc
 
 
+def bench(*args, check=True):
+    """`loopwm bench`, each speed figure measured for 0.05 s instead of 1 s: the smoke tests time nothing."""
+    return loopwm("bench", "--speed-seconds", "0.05", *args, check=check)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
@@ -101,7 +106,7 @@ def test_errors_are_messages_not_tracebacks(tmp_path):
 
 def test_bench_quick_writes_rows_table_and_plots(tmp_path):
     out = tmp_path / "bench"
-    loopwm("bench", "--speed-seconds", "0.05", "--quick", "--out", str(out), "--steps", "3", "--minutes", "0.01", "--episodes", "8",
+    bench("--quick", "--out", str(out), "--steps", "3", "--minutes", "0.01", "--episodes", "8",
            "--horizon", "12", "--no-progress", "--device", "cpu", "--lrs", "1e-3", "3e-3")
     tuned = json.loads((out / "tuning.json").read_text())
     assert set(tuned["best"]) == {"looped", "deep", "rssm"} and set(tuned["best"].values()) <= {1e-3, 3e-3}
@@ -123,7 +128,7 @@ def test_bench_quick_writes_rows_table_and_plots(tmp_path):
 
 def test_bench_can_tune_the_learning_rate_on_every_world(tmp_path):
     out = tmp_path / "bench"
-    loopwm("bench", "--speed-seconds", "0.05", "--out", str(out), "--worlds", "Pendulum-v1", "balls", "--models", "looped", "--seeds", "1",
+    bench("--out", str(out), "--worlds", "Pendulum-v1", "balls", "--models", "looped", "--seeds", "1",
            "--test-depths", "1", "2", "--steps", "3", "--episodes", "6", "--max-episode-steps", "30", "--horizon", "10", "--budgets", "steps",
            "--no-progress", "--device", "cpu", "--lrs", "1e-3", "3e-3", "--workers", "1", "--tune-each-world")
     tuned = json.loads((out / "tuning.json").read_text())
@@ -136,7 +141,7 @@ def test_bench_can_tune_the_learning_rate_on_every_world(tmp_path):
 
 def test_bench_can_tune_the_learning_rate_of_every_model(tmp_path):
     out = tmp_path / "bench"
-    loopwm("bench", "--speed-seconds", "0.05", "--out", str(out), "--worlds", "balls", "--models", "deep-1", "deep-2", "--seeds", "1",
+    bench("--out", str(out), "--worlds", "balls", "--models", "deep-1", "deep-2", "--seeds", "1",
            "--steps", "3", "--episodes", "6", "--max-episode-steps", "30", "--horizon", "10", "--budgets", "steps",
            "--no-progress", "--device", "cpu", "--lrs", "1e-3", "3e-3", "--workers", "1", "--tune-each-model")
     tuned = json.loads((out / "tuning.json").read_text())
@@ -147,7 +152,7 @@ def test_bench_can_tune_the_learning_rate_of_every_model(tmp_path):
         assert {r["lr"] for r in rows if r["model"] == model} == {tuned["best"][model]}
         assert sorted(p.name for p in (out / "runs" / "balls" / model).iterdir()) == ["lr0.001", "lr0.003"]
     # back to one rate per family in the same folder: the per-model rates stay on record beside it
-    loopwm("bench", "--speed-seconds", "0.05", "--out", str(out), "--worlds", "balls", "--models", "deep-1", "--seeds", "1",
+    bench("--out", str(out), "--worlds", "balls", "--models", "deep-1", "--seeds", "1",
            "--steps", "3", "--episodes", "6", "--max-episode-steps", "30", "--horizon", "10", "--budgets", "steps",
            "--no-progress", "--device", "cpu", "--lrs", "1e-3", "3e-3", "--workers", "1")
     again = json.loads((out / "tuning.json").read_text())
@@ -160,10 +165,10 @@ def test_bench_adding_a_model_keeps_its_familys_tuned_rate(tmp_path):
     args = ("--out", str(out), "--worlds", "balls", "--seeds", "1", "--test-depths", "1", "--steps", "3", "--episodes", "6",
             "--max-episode-steps", "30", "--horizon", "10", "--budgets", "steps", "--no-progress", "--device", "cpu",
             "--lrs", "1e-3", "3e-3", "--workers", "1")
-    loopwm("bench", "--speed-seconds", "0.05", *args, "--models", "looped", "deep-1")
+    bench(*args, "--models", "looped", "deep-1")
     tuned = json.loads((out / "tuning.json").read_text())
     rate = tuned["best"]["deep"]
-    loopwm("bench", "--speed-seconds", "0.05", *args, "--models", "deep-2")
+    bench(*args, "--models", "deep-2")
     # deep-2 joins the finished comparison at the rate its family was tuned to: no second sweep on deep-2
     assert json.loads((out / "tuning.json").read_text()) == tuned
     assert [p.name for p in (out / "runs" / "balls" / "deep-2").iterdir()] == [f"lr{rate:g}"]
@@ -171,13 +176,13 @@ def test_bench_adding_a_model_keeps_its_familys_tuned_rate(tmp_path):
     assert {r["model"] for r in rows} == {"looped", "deep-1", "deep-2"}
     assert {r["lr"] for r in rows if r["model"] == "deep-2"} == {rate}
     # other rates are another sweep: the family is swept again over them
-    loopwm("bench", "--speed-seconds", "0.05", *args[:-4], "--lrs", "1e-3", "2e-3", "--workers", "1", "--models", "deep-2")
+    bench(*args[:-4], "--lrs", "1e-3", "2e-3", "--workers", "1", "--models", "deep-2")
     assert set(json.loads((out / "tuning.json").read_text())["h10_error"]["deep"]) == {"0.001", "0.002"}
 
 
 def test_bench_converged_budget_trains_each_model_until_it_stops_improving(tmp_path):
     out = tmp_path / "bench"
-    loopwm("bench", "--speed-seconds", "0.05", "--out", str(out), "--worlds", "balls", "--models", "looped", "deep-1", "--seeds", "1",
+    bench("--out", str(out), "--worlds", "balls", "--models", "looped", "deep-1", "--seeds", "1",
            "--test-depths", "1", "--episodes", "6", "--max-episode-steps", "30", "--horizon", "10", "--budgets", "converged",
            "--converge-cap", "40", "--converge-eval-every", "1", "--converge-tolerance", "0.99", "--no-progress",
            "--device", "cpu", "--lrs", "1e-3", "--workers", "1")
@@ -191,7 +196,7 @@ def test_bench_converged_budget_trains_each_model_until_it_stops_improving(tmp_p
     assert {c["model"] for c in curves} == {"looped", "deep-1"} and all(len(c["val_curve"]) == 19 for c in curves)
     assert (out / "learning_curves.png").exists()
     assert "stopped improving" in (out / "findings.md").read_text() and "1/1 seeds" in (out / "table.md").read_text()
-    proc = loopwm("bench", "--speed-seconds", "0.05", "--out", str(tmp_path / "b2"), "--budgets", "forever", check=False)
+    proc = bench("--out", str(tmp_path / "b2"), "--budgets", "forever", check=False)
     assert proc.returncode == 2 and "converged" in proc.stderr
 
     # the kept scores stand in for the runs: with runs/ gone (a new machine, a later session) the
@@ -204,7 +209,7 @@ def test_bench_converged_budget_trains_each_model_until_it_stops_improving(tmp_p
         del saved["identity"]["train"]["model"]["slot_ids"]
         path.write_text(json.dumps(saved))
     before = [(r["model"], r["horizon"], r["error"], r["train_steps"]) for r in rows]
-    loopwm("bench", "--speed-seconds", "0.05", "--out", str(out), "--worlds", "balls", "--models", "looped", "deep-1", "--seeds", "1",
+    bench("--out", str(out), "--worlds", "balls", "--models", "looped", "deep-1", "--seeds", "1",
            "--test-depths", "1", "--episodes", "6", "--max-episode-steps", "30", "--horizon", "10", "--budgets", "converged",
            "--converge-cap", "40", "--converge-eval-every", "1", "--converge-tolerance", "0.99", "--no-progress",
            "--device", "cpu", "--lrs", "1e-3", "--workers", "1")
@@ -217,7 +222,7 @@ def test_bench_converged_budget_trains_each_model_until_it_stops_improving(tmp_p
     config = json.loads((out / "config.json").read_text())
     del config["converge_ema"]
     (out / "config.json").write_text(json.dumps(config))
-    loopwm("bench", "--speed-seconds", "0.05", "--out", str(out), "--worlds", "balls", "--models", "looped", "--seeds", "1",
+    bench("--out", str(out), "--worlds", "balls", "--models", "looped", "--seeds", "1",
            "--test-depths", "1", "--episodes", "6", "--max-episode-steps", "30", "--horizon", "10", "--budgets", "converged",
            "--converge-cap", "40", "--converge-eval-every", "1", "--converge-tolerance", "0.99", "--no-progress",
            "--device", "cpu", "--lrs", "1e-3", "--workers", "1")
@@ -228,7 +233,7 @@ def test_bench_converged_budget_trains_each_model_until_it_stops_improving(tmp_p
     assert set(json.loads((out / "tuning.json").read_text())["best"]) == {"looped", "deep"}
     assert "deep-1" in (out / "table.md").read_text()
     # a changed setting is a different run: it trains again rather than reusing the kept score
-    loopwm("bench", "--speed-seconds", "0.05", "--out", str(out), "--worlds", "balls", "--models", "deep-1", "--seeds", "1",
+    bench("--out", str(out), "--worlds", "balls", "--models", "deep-1", "--seeds", "1",
            "--test-depths", "1", "--episodes", "6", "--max-episode-steps", "30", "--horizon", "10", "--budgets", "converged",
            "--converge-cap", "40", "--converge-eval-every", "1", "--converge-tolerance", "0.5", "--no-progress",
            "--device", "cpu", "--lrs", "1e-3", "--workers", "1")
@@ -236,7 +241,7 @@ def test_bench_converged_budget_trains_each_model_until_it_stops_improving(tmp_p
     # ... and a different comparison: the earlier looped rows are not mixed into its report
     assert {r["model"] for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())} == {"deep-1"}
     # judged on the weight average, the curve the rule read is kept beside the live one
-    loopwm("bench", "--speed-seconds", "0.05", "--out", str(tmp_path / "avg"), "--worlds", "balls", "--models", "deep-1", "--seeds", "1",
+    bench("--out", str(tmp_path / "avg"), "--worlds", "balls", "--models", "deep-1", "--seeds", "1",
            "--test-depths", "1", "--episodes", "6", "--max-episode-steps", "30", "--horizon", "10", "--budgets", "converged",
            "--converge-cap", "12", "--converge-eval-every", "1", "--converge-tolerance", "0.02", "--converge-ema", "0.9",
            "--no-progress", "--device", "cpu", "--lrs", "1e-3", "--workers", "1")
@@ -256,19 +261,19 @@ def test_doctor_reports_every_part_with_a_fix_for_problems():
 
 def test_bench_runs_a_gymnasium_world_and_a_model_subset(tmp_path):
     out = tmp_path / "bench"
-    loopwm("bench", "--speed-seconds", "0.05", "--quick", "--out", str(out), "--worlds", "Pendulum-v1", "--models", "looped", "rssm",
+    bench("--quick", "--out", str(out), "--worlds", "Pendulum-v1", "--models", "looped", "rssm",
            "--steps", "3", "--minutes", "0.01", "--episodes", "6", "--max-episode-steps", "30", "--horizon", "12",
            "--no-progress", "--device", "cpu", "--lrs", "2e-3", "--workers", "1")
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert {r["model"] for r in rows} == {"looped", "rssm"} and {r["world"] for r in rows} == {"Pendulum-v1"}
     assert "copy-last-observation floor" in (out / "findings.md").read_text()
-    proc = loopwm("bench", "--speed-seconds", "0.05", "--quick", "--out", str(out), "--models", "nope", check=False)
+    proc = bench("--quick", "--out", str(out), "--models", "nope", check=False)
     assert proc.returncode == 2 and "unknown model" in proc.stderr
 
 
 def test_bench_runs_the_rail_world_with_local_attention_and_narrower_loops(tmp_path):
     out = tmp_path / "bench"
-    loopwm("bench", "--speed-seconds", "0.05", "--out", str(out), "--worlds", "rail", "--n-bodies", "8", "--rail-radius", "0.005", "--attention", "local",
+    bench("--out", str(out), "--worlds", "rail", "--n-bodies", "8", "--rail-radius", "0.005", "--attention", "local",
            "--loop-widths", "16", "--models", "looped-d16", "deep-1", "--seeds", "1", "--test-depths", "1", "2", "--steps", "3",
            "--episodes", "6", "--horizon", "10", "--budgets", "steps", "--no-progress", "--device", "cpu", "--lrs", "1e-3",
            "--workers", "1")
@@ -286,7 +291,7 @@ def test_bench_runs_the_rail_world_with_local_attention_and_narrower_loops(tmp_p
                        (["--models", "looped-d16"], "needs --loop-widths"),
                        (["--attention", "sparse"], "unknown --attention"),
                        (["--speed-seconds", "0"], "--speed-seconds must be a positive")):
-        proc = loopwm("bench", "--speed-seconds", "0.05", "--out", str(tmp_path / "bad"), *args, check=False)
+        proc = bench("--out", str(tmp_path / "bad"), *args, check=False)
         assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, args
 
 

@@ -139,6 +139,13 @@ def test_collection_refuses_other_settings_and_unknown_tasks(collected, tmp_path
         collect_text(TextCollectConfig(out=str(tmp_path / "x"), **{**SMALL, "tasks": ["bake-a-cake"]}))
 
 
+def test_every_household_game_has_its_gold_agent():
+    from loopwm.text.simulators import TWX_GOLD_AGENTS
+    from loopwm.text.tasks import TWX_TYPES
+
+    assert set(TWX_GOLD_AGENTS) == set(TWX_TYPES)  # a game collect accepts must have an agent to run
+
+
 def test_an_unknown_simulator_is_named():
     with pytest.raises(LoopWMError, match="unknown text simulator 'zork'"):
         check_ready("zork")

@@ -177,11 +177,10 @@ class TextWorldExpress:
         from textworld_express import TextWorldExpressEnv
 
         self.env = TextWorldExpressEnv(envStepLimit=step_limit)
-        jvm = self.env._gateway.jvm
-        self.agents = jvm.textworldexpress.goldagent
+        self.jvm = self.env._gateway.jvm
         for agent_class, _ in TWX_GOLD_AGENTS.values():  # py4j names a missing class without complaint until called
             try:
-                jvm.java.lang.Class.forName(f"textworldexpress.goldagent.{agent_class}")
+                self.jvm.java.lang.Class.forName(f"textworldexpress.goldagent.{agent_class}")
             except Exception as e:
                 self.env.close()
                 raise LoopWMError(f"this textworld-express package lacks the gold agent {agent_class} loopwm runs; "
@@ -193,10 +192,10 @@ class TextWorldExpress:
         from py4j.java_gateway import get_field
 
         agent_class, attempts = TWX_GOLD_AGENTS[task]
-        walk = self.env._gateway.jvm.scala.util.Random(int(seed))
+        agent, walk = getattr(self.jvm.textworldexpress.goldagent, agent_class), self.jvm.scala.util.Random(int(seed))
         generator = self.env.server.gameGenerator()  # the one the load made, with the game's settings
         for _ in range(attempts):
-            done_and_path = getattr(self.agents, agent_class)(generator.mkGame(int(seed), fold)).mkGoldPath(walk)
+            done_and_path = agent(generator.mkGame(int(seed), fold)).mkGoldPath(walk)
             if get_field(done_and_path, "_1"):  # a scala Tuple2 (reached the goal, the actions)
                 return list(get_field(done_and_path, "_2"))
         return []

@@ -52,7 +52,9 @@ class TextCollectConfig:
     simulator: str = "scienceworld"
     """scienceworld (the paper's benchmark) or textworld-express (household games, standing in for ALFWorld)."""
     tasks: list[str] = field(default_factory=list)
-    """Task names (empty: all 30 ScienceWorld tasks; for textworld-express cookingworld, twc and coin)."""
+    """Task names (empty: all 30 ScienceWorld tasks; for textworld-express cookingworld, twc and coin).
+    Variations are drawn by one seeded generator in task order, so a subset draws other variations for
+    a task than the full collection does: compare models on one collection, named by its fingerprint."""
     train_variations: int = 12
     """Variations per task from the train split (-1: every one, 0: none)."""
     dev_variations: int = 2

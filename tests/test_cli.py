@@ -19,6 +19,38 @@ def loopwm(*args, check=True):
     return proc
 
 
+def here(*args) -> subprocess.CompletedProcess:
+    """`loopwm ARGS` run in this process through the same `main` the installed command calls, for a
+    call that must stop with a message or that does no training: a fresh interpreter would spend
+    seconds importing torch for a refusal that comes before any work. What this process holds globally (torch threads, the SIGTERM
+    handler) is put back; an exception that escapes `main` is written out as the interpreter would
+    (a traceback, exit status 1), so the callers' "no traceback" checks still hold."""
+    import contextlib
+    import io
+    import signal
+    import traceback
+
+    import torch
+
+    from loopwm.cli import main
+
+    threads, handler = torch.get_num_threads(), signal.getsignal(signal.SIGTERM)
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as stop:  # tyro's parse errors
+                code = stop.code if isinstance(stop.code, int) else 1
+            except Exception:  # noqa: BLE001 - shown to the test as a crashed command would be
+                traceback.print_exc()
+                code = 1
+    finally:
+        torch.set_num_threads(threads)
+        signal.signal(signal.SIGTERM, handler)
+    return subprocess.CompletedProcess(["loopwm", *args], code or 0, out.getvalue(), err.getvalue())
+
+
 def bench(*args, check=True):
     """`loopwm bench`, each speed figure measured for 0.05 s instead of 1 s: the smoke tests time nothing."""
     return loopwm("bench", "--speed-seconds", "0.05", *args, check=check)
@@ -82,25 +114,25 @@ def test_demo_with_token_halt_fits_its_head(tmp_path):
     result = json.loads((out / "eval.json").read_text())
     assert result["exit_rule"] == "token-halt" and result["threshold"] == 0.1
     assert 1 <= result["token_iterations_per_step"] <= 4
-    proc = loopwm("demo", "--tiny", "--out", str(tmp_path / "d2"), "--no-progress", "--exit-rule", "token-halting", check=False)
+    proc = here("demo", "--tiny", "--out", str(tmp_path / "d2"), "--no-progress", "--exit-rule", "token-halting")
     assert proc.returncode == 2 and "unknown exit rule 'token-halting'" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "d2" / "data").exists()  # refused before collecting or training
 
 
 def test_errors_are_messages_not_tracebacks(tmp_path):
-    proc = loopwm("eval", str(tmp_path / "nothing-here"), "--json", check=False)
+    proc = here("eval", str(tmp_path / "nothing-here"), "--json")
     assert proc.returncode == 2 and "no such run" in proc.stderr and "Traceback" not in proc.stderr
-    proc = loopwm("collect", "--env-id", "NoSuchWorld-v9", "--out", str(tmp_path / "d"), "--episodes", "1", check=False)
+    proc = here("collect", "--env-id", "NoSuchWorld-v9", "--out", str(tmp_path / "d"), "--episodes", "1")
     assert proc.returncode == 2 and "NoSuchWorld-v9" in proc.stderr and "Traceback" not in proc.stderr
     for env_args, says in (("{rail_radius: 0.1}", "not valid JSON"), ("[0.1]", "must be a JSON object")):
-        proc = loopwm("collect", "--env-id", "loopwm/Rail-v0", "--out", str(tmp_path / "d"), "--episodes", "1",
-                      "--env-args", env_args, check=False)
+        proc = here("collect", "--env-id", "loopwm/Rail-v0", "--out", str(tmp_path / "d"), "--episodes", "1",
+                    "--env-args", env_args)
         assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, env_args
-    proc = loopwm("collect", "--env-id", "loopwm/Rail-v0", "--out", str(tmp_path / "d"), "--episodes", "1",
-                  "--env-args", '{"n_bodies": 8}', "--n-bodies", "16", check=False)
+    proc = here("collect", "--env-id", "loopwm/Rail-v0", "--out", str(tmp_path / "d"), "--episodes", "1",
+                "--env-args", '{"n_bodies": 8}', "--n-bodies", "16")
     assert proc.returncode == 2 and "give it in one place only" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "d").exists()
-    proc = loopwm("train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r"), check=False)
+    proc = here("train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
 
 
@@ -196,7 +228,7 @@ def test_bench_converged_budget_trains_each_model_until_it_stops_improving(tmp_p
     assert {c["model"] for c in curves} == {"looped", "deep-1"} and all(len(c["val_curve"]) == 19 for c in curves)
     assert (out / "learning_curves.png").exists()
     assert "stopped improving" in (out / "findings.md").read_text() and "1/1 seeds" in (out / "table.md").read_text()
-    proc = bench("--out", str(tmp_path / "b2"), "--budgets", "forever", check=False)
+    proc = here("bench", "--out", str(tmp_path / "b2"), "--budgets", "forever")
     assert proc.returncode == 2 and "converged" in proc.stderr
 
     # the kept scores stand in for the runs: with runs/ gone (a new machine, a later session) the
@@ -232,20 +264,16 @@ def test_bench_converged_budget_trains_each_model_until_it_stops_improving(tmp_p
     assert json.loads((out / "config.json").read_text())["kept_from_earlier"] == ["deep-1"]
     assert set(json.loads((out / "tuning.json").read_text())["best"]) == {"looped", "deep"}
     assert "deep-1" in (out / "table.md").read_text()
-    # a changed setting is a different run: it trains again rather than reusing the kept score
+    # a changed setting (here the rule judged on a weight average) is a different run: it trains again
+    # rather than reusing the kept score, and the curve the rule read is kept beside the live one
     bench("--out", str(out), "--worlds", "balls", "--models", "deep-1", "--seeds", "1",
-           "--test-depths", "1", "--episodes", "6", "--max-episode-steps", "30", "--horizon", "10", "--budgets", "converged",
-           "--converge-cap", "40", "--converge-eval-every", "1", "--converge-tolerance", "0.5", "--no-progress",
-           "--device", "cpu", "--lrs", "1e-3", "--workers", "1")
+          "--test-depths", "1", "--episodes", "6", "--max-episode-steps", "30", "--horizon", "10", "--budgets", "converged",
+          "--converge-cap", "12", "--converge-eval-every", "1", "--converge-tolerance", "0.02", "--converge-ema", "0.9",
+          "--no-progress", "--device", "cpu", "--lrs", "1e-3", "--workers", "1")
     assert (out / "runs" / "balls" / "deep-1").exists()
     # ... and a different comparison: the earlier looped rows are not mixed into its report
     assert {r["model"] for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())} == {"deep-1"}
-    # judged on the weight average, the curve the rule read is kept beside the live one
-    bench("--out", str(tmp_path / "avg"), "--worlds", "balls", "--models", "deep-1", "--seeds", "1",
-           "--test-depths", "1", "--episodes", "6", "--max-episode-steps", "30", "--horizon", "10", "--budgets", "converged",
-           "--converge-cap", "12", "--converge-eval-every", "1", "--converge-tolerance", "0.02", "--converge-ema", "0.9",
-           "--no-progress", "--device", "cpu", "--lrs", "1e-3", "--workers", "1")
-    (curve,) = map(json.loads, (tmp_path / "avg" / "curves.jsonl").read_text().splitlines())
+    (curve,) = map(json.loads, (out / "curves.jsonl").read_text().splitlines())
     assert len(curve["val_avg_curve"]) == len(curve["val_curve"]) == 12 and curve["val_avg_curve"] != curve["val_curve"]
 
 
@@ -267,7 +295,7 @@ def test_bench_runs_a_gymnasium_world_and_a_model_subset(tmp_path):
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert {r["model"] for r in rows} == {"looped", "rssm"} and {r["world"] for r in rows} == {"Pendulum-v1"}
     assert "copy-last-observation floor" in (out / "findings.md").read_text()
-    proc = bench("--quick", "--out", str(out), "--models", "nope", check=False)
+    proc = here("bench", "--quick", "--out", str(out), "--models", "nope")
     assert proc.returncode == 2 and "unknown model" in proc.stderr
 
 
@@ -291,7 +319,7 @@ def test_bench_runs_the_rail_world_with_local_attention_and_narrower_loops(tmp_p
                        (["--models", "looped-d16"], "needs --loop-widths"),
                        (["--attention", "sparse"], "unknown --attention"),
                        (["--speed-seconds", "0"], "--speed-seconds must be a positive")):
-        proc = bench("--out", str(tmp_path / "bad"), *args, check=False)
+        proc = here("bench", "--out", str(tmp_path / "bad"), *args)
         assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, args
 
 
@@ -359,19 +387,19 @@ def test_compare_pairs_two_evaluations_of_the_same_windows(trained, tmp_path):
     common = ["--rollout-steps", "20", "--horizon", "10", "--max-windows", "8", "--per-window"]
     loopwm("eval", str(trained / "run"), *common, "--depth", "1", "--out", str(tmp_path / "d1"))
     loopwm("eval", str(trained / "run"), *common, "--depth", "3", "--out", str(tmp_path / "d3"))
-    result = json.loads(loopwm("compare", str(tmp_path / "d1"), str(tmp_path / "d3" / "eval.json"), "--json").stdout)
+    result = json.loads(here("compare", str(tmp_path / "d1"), str(tmp_path / "d3" / "eval.json"), "--json").stdout)
     assert result["horizons"] == [1, 2, 5, 10] and result["windows"] == 8
     reference, other = result["rows"]
     assert reference["gap"] == {} and other["depth"] == 3
     assert other["gap"]["10"] == pytest.approx(other["error"]["10"] / reference["error"]["10"] - 1, rel=1e-4)
-    table = loopwm("compare", str(tmp_path / "d1"), str(tmp_path / "d3"), "--horizons", "1", "10").stdout
+    table = here("compare", str(tmp_path / "d1"), str(tmp_path / "d3"), "--horizons", "1", "10").stdout
     assert "d3 (depth 3)" in table and "± two paired standard errors" in table
     # the --json output saved to a file pairs as well, and reads by its file name
     saved = tmp_path / "saved-d3.json"
     saved.write_text(loopwm("eval", str(trained / "run"), *common, "--depth", "3", "--json").stdout)
-    assert "saved-d3 (depth 3)" in loopwm("compare", str(tmp_path / "d1"), str(saved)).stdout
+    assert "saved-d3 (depth 3)" in here("compare", str(tmp_path / "d1"), str(saved)).stdout
     # windows that differ are refused with the fix, not paired by position
     loopwm("eval", str(trained / "run"), *common[:-2], "4", "--per-window", "--out", str(tmp_path / "w4"))
-    proc = loopwm("compare", str(tmp_path / "d1"), str(tmp_path / "w4"), check=False)
+    proc = here("compare", str(tmp_path / "d1"), str(tmp_path / "w4"))
     assert proc.returncode == 2 and "other windows" in proc.stderr and "--max-windows" in proc.stderr
     assert "Traceback" not in proc.stderr

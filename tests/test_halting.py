@@ -18,7 +18,7 @@ from loopwm.models.world_model import ModelConfig
 from loopwm.train.halting import HaltingConfig, fit_halting_head, gain_targets, run_halting
 from loopwm.train.loop import TrainConfig, train
 from loopwm.utils import LoopWMError
-from tests.test_cli import loopwm
+from tests.test_cli import here, loopwm
 from tests.test_model import random_obs, small_model
 
 
@@ -144,9 +144,9 @@ def test_halting_command_and_eval_with_the_rule(rail_run, tmp_path):
     small = ["--json", "--rollout-steps", "10", "--horizon", "5", "--max-windows", "8", "--depth", "4"]
     result = json.loads(loopwm("eval", str(run), *small, "--exit", "token-halt", "--threshold", "1e-4").stdout)
     assert result["exit_rule"] == "token-halt" and 1.0 <= result["token_iterations_per_step"] <= 4.0
-    missing = loopwm("eval", str(tmp_path / "nothing"), *small, check=False)
+    missing = here("eval", str(tmp_path / "nothing"), *small)
     assert missing.returncode == 2
     bare = tmp_path / "bare"
     shutil.copytree(rail_run / "run", bare)
-    refused = loopwm("eval", str(bare), *small, "--exit", "token-halt", check=False)
+    refused = here("eval", str(bare), *small, "--exit", "token-halt")
     assert refused.returncode == 2 and "loopwm halting RUN" in refused.stderr

@@ -13,7 +13,7 @@ import torch
 from loopwm.plan import LearnedWorld, OracleWorld, discounted_return, make_planner
 from loopwm.plan.control import PlanConfig, run_plan
 from loopwm.utils import LoopWMError
-from tests.test_cli import loopwm, trained  # noqa: F401 - the fixture is used below
+from tests.test_cli import here, loopwm, trained  # noqa: F401 - the fixture is used below
 from tests.test_model import random_obs, small_model
 
 
@@ -116,7 +116,7 @@ def test_plan_command_with_a_trained_run(trained, tmp_path):  # noqa: F811 - pyt
     assert result["episodes"] == 1 and result["decisions"] == 6 and result["iterations_per_step"] == pytest.approx(2.0)
     assert (out / "episode.gif").exists() and json.loads((out / "plan.json").read_text())["config"]["horizon"] == 3
     assert result["context"] == json.loads((trained / "run" / "config.json").read_text())["context"]  # read as trained
-    proc = loopwm("plan", "--model", "oracle", check=False)
+    proc = here("plan", "--model", "oracle")
     assert proc.returncode == 2 and "--env-id" in proc.stderr
 
 
@@ -192,7 +192,7 @@ def test_fitted_value_ranks_held_out_returns_and_reloads_identically(pendulum_va
             value(torch.zeros(2, 4))
     with pytest.raises(LoopWMError, match="holds no fitted value"):
         load_value(pendulum_value / "data")
-    proc = loopwm("value", check=False)
+    proc = here("value")
     assert proc.returncode == 2 and "--data" in proc.stderr
 
 

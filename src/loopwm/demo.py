@@ -66,6 +66,9 @@ class DemoConfig:
     learn to stand still, which the token-delta exit rule reads (0: off)."""
     settle_from: float = 0.0
     """With --settle-weight: the fraction of training after which the penalty applies (0: throughout)."""
+    hard_fraction: float = 0.0
+    """Share of each batch drawn in proportion to how much happens in a window (TrainConfig.hard_fraction),
+    so that the rare collision steps, which need the most passes, are seen more often (0: uniform)."""
     context: int = 2
     """Observed steps per training window."""
     horizon: int = 4
@@ -110,7 +113,8 @@ def run_demo(cfg: DemoConfig) -> dict:
                        env_kwargs={"rail_radius": cfg.rail_radius} if cfg.rail_radius else None)
     tcfg = TrainConfig(data=str(data_dir), out=str(out), model=cfg.model, steps=cfg.train_steps, minutes=cfg.train_minutes,
                        batch_size=cfg.batch_size, lr=cfg.lr, depth_supervision=cfg.depth_supervision,
-                       settle_weight=cfg.settle_weight, settle_from=cfg.settle_from, context=cfg.context, horizon=cfg.horizon, seed=cfg.seed,
+                       settle_weight=cfg.settle_weight, settle_from=cfg.settle_from, hard_fraction=cfg.hard_fraction,
+                       context=cfg.context, horizon=cfg.horizon, seed=cfg.seed,
                        device=cfg.device, threads=cfg.threads, progress=cfg.progress, eval_every=250 if not cfg.tiny else 2,
                        ckpt_every=250 if not cfg.tiny else 2)
     train(tcfg)

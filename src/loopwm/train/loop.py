@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from loopwm.checkpoint import latest_checkpoint, resume, save_checkpoint
 from loopwm.data import TrajectoryDataset, WindowIndex, decode_bounds
+from loopwm.data.focus import WindowSampler, window_surprise
 from loopwm.models import RSSMConfig, build_model
 from loopwm.models.blocks import compile_blocks
 from loopwm.models.exits import TokenDeltaExit
@@ -152,6 +153,11 @@ class TrainConfig:
     exit_training_share: float = 0.5
     """With --exit-training: the share of training steps run with the exit rule (the others run
     their full drawn depth, so the loop still learns what late iterations compute)."""
+    hard_fraction: float = 0.0
+    """Share of each training batch drawn in proportion to how far a window's observations stray
+    from constant-velocity extrapolation (collisions, contacts: the rare steps that need the most
+    passes), the rest drawn uniformly as usual (loopwm.data.focus). 0: every window uniformly.
+    Validation stays uniform, so validation losses compare across settings."""
     gate_weight: float = 1.0
     """Weight of the exit gate's loss (models built with --model.exit-gate)."""
     gate_tolerance: float = 0.02
@@ -263,6 +269,8 @@ def check_training_settings(cfg: TrainConfig) -> None:
     if cfg.horizon_start > 0 and cfg.until_plateau > 0:
         raise LoopWMError("--horizon-start switches at a fraction of a known length; with --until-plateau the length is "
                           "not known in advance: use --steps or --minutes")
+    if not 0.0 <= cfg.hard_fraction <= 1.0:
+        raise LoopWMError(f"--hard-fraction {cfg.hard_fraction} is a share of each batch: use a value in [0, 1]")
     if cfg.settle_weight < 0:
         raise LoopWMError(f"--settle-weight {cfg.settle_weight} must be 0 (off) or positive")
     if cfg.settle_weight > 0 and (cfg.model.kind != "looped" or cfg.objective != "sequence"):
@@ -379,6 +387,11 @@ def _train(cfg: TrainConfig, run_dir: Path, ddp: Distributed) -> Path:
     if len(train_windows) == 0:
         raise LoopWMError(f"no training window of {window} steps fits in {cfg.data}: collect longer episodes or lower --context/--horizon")
 
+    sampler = WindowSampler(train_windows)
+    if cfg.hard_fraction > 0:  # scored in units of each feature's typical one-step change
+        surprise = window_surprise(ds, train_windows, ds.stats(train_idx)["delta_std"])
+        sampler = WindowSampler(train_windows, surprise, cfg.hard_fraction)
+
     _check_resume(run_dir, cfg)
     if ddp.main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -465,7 +478,7 @@ def _train(cfg: TrainConfig, run_dir: Path, ddp: Distributed) -> Path:
             lr = lr_at(cfg, step, fraction)
             for group in opt.param_groups:
                 group["lr"] = lr
-            pick = train_windows.take(rng.integers(0, len(train_windows), cfg.batch_size))  # the global batch
+            pick = sampler.draw(rng, cfg.batch_size)  # the global batch
             imagined = horizon_now(cfg, fraction)  # the curriculum reads each window's first steps only
             if cfg.settle_weight > 0:  # the model reports the loop state's last move only while it is penalised
                 model.report_settling = fraction >= cfg.settle_from

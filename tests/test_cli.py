@@ -22,9 +22,10 @@ def loopwm(*args, check=True):
 def here(*args) -> subprocess.CompletedProcess:
     """`loopwm ARGS` run in this process through the same `main` the installed command calls, for a
     call that must stop with a message or that does no training: a fresh interpreter would spend
-    seconds importing torch for a refusal that comes before any work. What this process holds globally (torch threads, the SIGTERM
-    handler) is put back; an exception that escapes `main` is written out as the interpreter would
-    (a traceback, exit status 1), so the callers' "no traceback" checks still hold."""
+    seconds importing torch for a refusal that comes before any work. What this process holds
+    globally (torch threads, the SIGTERM handler) is put back; an exception that escapes `main` is
+    written out as the interpreter would (a traceback, exit status 1), so the callers' "no
+    traceback" checks still hold."""
     import contextlib
     import io
     import signal

@@ -387,11 +387,6 @@ def _train(cfg: TrainConfig, run_dir: Path, ddp: Distributed) -> Path:
     if len(train_windows) == 0:
         raise LoopWMError(f"no training window of {window} steps fits in {cfg.data}: collect longer episodes or lower --context/--horizon")
 
-    sampler = WindowSampler(train_windows)
-    if cfg.hard_fraction > 0:  # scored in units of each feature's typical one-step change
-        surprise = window_surprise(ds, train_windows, ds.stats(train_idx)["delta_std"])
-        sampler = WindowSampler(train_windows, surprise, cfg.hard_fraction)
-
     _check_resume(run_dir, cfg)
     if ddp.main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -405,6 +400,10 @@ def _train(cfg: TrainConfig, run_dir: Path, ddp: Distributed) -> Path:
     # a resumed run keeps the spec it began with; a field added to WorldSpec since takes its default,
     # which reproduces the old behaviour (reward_mean 0 and reward_std 1: raw reward units)
     spec = WorldSpec(**read_json(found, "checkpoint")["spec"]) if found is not None else world_spec_from_data(ds, train_idx)
+    sampler = WindowSampler(train_windows)
+    if cfg.hard_fraction > 0:  # scored in units of each feature's typical one-step change (the spec's, no second pass)
+        surprise = window_surprise(ds, train_windows, np.asarray(spec.delta_std))
+        sampler = WindowSampler(train_windows, surprise, cfg.hard_fraction)
     if cfg.objective not in ("sequence", "dd"):
         raise LoopWMError(f"unknown --objective {cfg.objective!r}: use sequence or dd (deferred decoding)")
     if cfg.reward_units not in ("raw", "standard"):

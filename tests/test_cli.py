@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from loopwm.demo import DemoConfig
+
 TINY_MODEL = ["--model.d", "16", "--model.n-heads", "2", "--model.mu-rec", "2"]
 
 
@@ -102,6 +104,9 @@ def test_demo_tiny_writes_every_artifact(tmp_path):
     assert json.loads((out / "data" / "manifest.json").read_text())["env_kwargs"]["rail_radius"] == 0.007
     assert json.loads((out / "config.json").read_text())["threads"] == 1
     assert list((out / "checkpoints").glob("*.safetensors")) and list((out / "checkpoints").glob("*.json"))
+    result, default = json.loads((out / "eval.json").read_text()), DemoConfig()
+    assert (result["exit_rule"], result["threshold"]) == (default.exit_rule, default.threshold)  # scored with the rule it records
+    assert result["easy_token_iterations"] is not None and 1 <= result["token_iterations_per_step"] <= 4
     assert "open-loop error at horizon  1" in proc.stdout and "parameters" in proc.stdout
     assert f"loopwm play {out}" in proc.stdout  # it ends with the command that plays its run
 

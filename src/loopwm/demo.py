@@ -6,8 +6,9 @@ command resumes.
 
 The world is the rail (`loopwm/Rail-v0`): equal discs on one line in touching runs, where one
 observed step can pass an impulse through a whole run, so the work a step needs ranges from nothing
-(free flight) to tens of solver sweeps. The model stops iterating body by body (the token-delta exit
-rule), so its effort can follow that difficulty; the summary says how far it does.
+(free flight) to tens of solver sweeps. The model stops iterating body by body (the pred-delta exit
+rule: a body stops once another pass would not change its prediction), so its effort can follow that
+difficulty; the summary says how far it does.
 """
 
 from __future__ import annotations
@@ -63,9 +64,10 @@ class DemoConfig:
     improve with each pass, so its effort can follow difficulty (see the depth study in the README)."""
     settle_weight: float = 0.0
     """Weight of the settling penalty (TrainConfig.settle_weight): tokens with nothing left to compute
-    learn to stand still, which the token-delta exit rule reads (0: off)."""
+    learn to stand still, so a latent exit rule can stop them early (0: off)."""
     settle_from: float = 0.0
-    """With --settle-weight: the fraction of training after which the penalty applies (0: throughout)."""
+    """With --settle-weight: the fraction of training after which the penalty applies (0: throughout;
+    0.75, the last quarter, costs the least accuracy: results/demo-settle)."""
     hard_fraction: float = 0.0
     """Share of each batch drawn in proportion to how much happens in a window (TrainConfig.hard_fraction),
     so that the rare collision steps, which need the most passes, are seen more often (0: uniform)."""
@@ -73,13 +75,14 @@ class DemoConfig:
     """Observed steps per training window."""
     horizon: int = 4
     """Imagined steps per training window."""
-    exit_rule: str = "token-delta"
-    """Exit rule recorded for the run and used by its evaluation (fixed, delta, accel, token-delta, or
-    token-halt, whose halting head the demo then fits to the trained loop: `loopwm halting`, seconds
-    to a minute)."""
-    threshold: float = 0.03
-    """Threshold of the exit rule (token-delta 0.03: within 0.1% of 16 fixed iterations at a quarter of
-    their compute in the depth study)."""
+    exit_rule: str = "pred-delta"
+    """Exit rule recorded for the run and used by its evaluation (fixed, delta, accel, token-delta,
+    pred-delta, or token-halt, whose halting head the demo then fits to the trained loop: `loopwm
+    halting`, seconds to a minute). pred-delta stops a body once another pass would no longer change
+    its prediction; the latent rules also wait for free-flying bodies whose state still settles."""
+    threshold: float = 0.01
+    """Threshold of the exit rule (pred-delta: the RMS change of a body's predicted features between
+    passes, in normalised units)."""
     exit_depth: int = 16
     """Most iterations the exit rule may use per step."""
     gif_steps: int = 150

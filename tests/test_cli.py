@@ -409,3 +409,21 @@ def test_compare_pairs_two_evaluations_of_the_same_windows(trained, tmp_path):
     proc = here("compare", str(tmp_path / "d1"), str(tmp_path / "w4"))
     assert proc.returncode == 2 and "other windows" in proc.stderr and "--max-windows" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("command, target, said", [
+    ("eval", "loopwm.eval.evaluate.evaluate", "loopwm: interrupted\n"),
+    ("play", "loopwm.play.server.run_play", "loopwm: play server stopped\n"),
+    ("train", "loopwm.train.loop.train", "loopwm: interrupted; re-run the same command to resume\n"),
+])
+def test_an_interrupt_promises_a_resume_only_where_the_command_keeps_its_progress(command, target, said, monkeypatch,
+                                                                                  capsys, tmp_path):
+    from loopwm.cli import main
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(target, stopped)
+    argv = [command, str(tmp_path)] if command != "train" else [command, "--data", str(tmp_path), "--out", str(tmp_path / "run")]
+    assert main(argv) == 130
+    assert capsys.readouterr().err == said

@@ -130,7 +130,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"loopwm: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("loopwm: interrupted; re-run the same command to resume", file=sys.stderr)
+        # only the commands that keep their progress on disk may promise a resume
+        resumable = (DemoConfig, CollectConfig, TrainConfig, BenchConfig, TextCollectConfig, TextTrainConfig)
+        if isinstance(cfg, resumable):
+            print("loopwm: interrupted; re-run the same command to resume", file=sys.stderr)
+        elif isinstance(cfg, PlayConfig):
+            print("loopwm: play server stopped", file=sys.stderr)
+        else:
+            print("loopwm: interrupted", file=sys.stderr)
         return 130
     return 0
 

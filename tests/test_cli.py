@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -427,3 +428,24 @@ def test_an_interrupt_promises_a_resume_only_where_the_command_keeps_its_progres
     argv = [command, str(tmp_path)] if command != "train" else [command, "--data", str(tmp_path), "--out", str(tmp_path / "run")]
     assert main(argv) == 130
     assert capsys.readouterr().err == said
+
+
+def test_a_world_with_substeps_is_collected_trained_and_scored_without_integrating_positions(tmp_path):
+    from loopwm.checkpoint import read_checkpoint, resolve_checkpoint
+
+    loopwm("collect", "--env-id", "loopwm/Rail-v0", "--out", str(tmp_path / "data"), "--episodes", "3",
+           "--n-bodies", "10", "--max-episode-steps", "30", "--env-args", '{"rail_radius": 0.02, "substeps": 4}')
+    kinematics = json.loads((tmp_path / "data" / "manifest.json").read_text())["kinematics"]
+    assert kinematics["integrates"] is False and kinematics["dt"] == pytest.approx(0.2)
+    loopwm("train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--steps", "2", "--batch-size", "4",
+           "--no-progress", "--device", "cpu", "--threads", "1", "--model.attention", "local", *TINY_MODEL)
+    _, meta = read_checkpoint(resolve_checkpoint(str(tmp_path / "run")))
+    assert meta["spec"]["integrates"] is False and meta["spec"]["dt"] == pytest.approx(0.2)
+    result = json.loads(loopwm("eval", str(tmp_path / "run"), "--json", "--rollout-steps", "10", "--horizon", "5",
+                               "--max-windows", "4").stdout)
+    assert result["params"] > 0 and math.isfinite(result["open_loop_error"]["5"])
+    # scored on data whose observed step spans another time, it refuses rather than moving bodies wrongly
+    loopwm("collect", "--env-id", "loopwm/Rail-v0", "--out", str(tmp_path / "plain"), "--episodes", "2",
+           "--n-bodies", "10", "--max-episode-steps", "30", "--env-args", '{"rail_radius": 0.02}')
+    proc = loopwm("eval", str(tmp_path / "run"), "--data", str(tmp_path / "plain"), check=False)
+    assert proc.returncode == 2 and "same dt and substeps" in proc.stderr and "Traceback" not in proc.stderr

@@ -227,7 +227,8 @@ def test_registered_defaults_and_pass_through_kwargs():
     assert env.spec.max_episode_steps == 7 and make_env("loopwm/Balls-v0").spec.max_episode_steps == 200
     cfg = env.unwrapped.world_config
     assert (cfg.regime, cfg.n_bodies, cfg.dt) == ("cradle", 6, 0.02)
-    assert env.unwrapped.kinematics == {"position": [0, 1], "velocity": [2, 3], "radius": 4, "dt": 0.02}
+    assert env.unwrapped.kinematics == {"position": [0, 1], "velocity": [2, 3], "radius": 4, "dt": 0.02,
+                                           "integrates": True}
     env.reset(seed=0)
     steps = 0
     while not env.step(env.action_space.sample())[3]:
@@ -326,3 +327,38 @@ def test_goal_options_are_checked():
         WorldConfig(disc_damping=1.0)
     with pytest.raises(LoopWMError, match="reach_weight"):
         WorldConfig(reach_weight=-1.0)
+
+
+# ---------------------------------------------------------------- several physics steps per observed step
+
+
+@pytest.mark.parametrize("env_id", ["loopwm/Cradle-v0", "loopwm/Rail-v0", "loopwm/Chain-v0"])
+def test_substeps_hold_the_action_and_sum_the_solvers_work(env_id):
+    k = 4
+    fine = make_env(env_id, n_bodies=8)
+    coarse = make_env(env_id, n_bodies=8, substeps=k)
+    obs_f, _ = fine.reset(seed=3)
+    obs_c, _ = coarse.reset(seed=3)
+    assert np.array_equal(obs_f, obs_c)
+    swept = 0
+    for action in random_actions(0, 30):
+        sweeps, contacts, converged = 0, 0, True
+        for _ in range(k):  # the same action, k physics steps
+            obs_f, reward_f, *_, info_f = fine.step(action)
+            sweeps, contacts = sweeps + info_f["solver_iterations"], contacts + info_f["contacts"]
+            converged = converged and info_f["converged"]
+        obs_c, reward_c, *_, info_c = coarse.step(action)
+        assert np.array_equal(obs_f, obs_c) and reward_f == reward_c
+        assert (info_c["solver_iterations"], info_c["contacts"], info_c["converged"]) == (sweeps, contacts, converged)
+        swept += sweeps
+    assert swept > 0  # the check saw the solver work, not only free flight
+
+
+def test_substeps_declare_the_observed_step_and_that_positions_no_longer_integrate():
+    one = make_env("loopwm/Balls-v0").unwrapped.kinematics
+    four = make_env("loopwm/Balls-v0", substeps=4).unwrapped.kinematics
+    assert one["integrates"] and one["dt"] == pytest.approx(0.05)
+    assert not four["integrates"] and four["dt"] == pytest.approx(0.2)
+    for bad in (0, 1.5, True, 101):
+        with pytest.raises(LoopWMError, match="substeps"):
+            WorldConfig(substeps=bad)

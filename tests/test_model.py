@@ -295,3 +295,19 @@ def test_tracking_reads_each_step_from_the_last_context_observations_only(contex
     early[:, 0] = random_obs(2, 1, seed=5)[:, 0]
     changed = model.track(early, act, context, depth=2)
     torch.testing.assert_close(changed.obs[:, context:], roll.obs[:, context:])
+
+
+def test_a_world_that_does_not_integrate_gets_its_positions_predicted_as_changes():
+    from dataclasses import replace
+
+    model = small_model().eval()
+    obs = random_obs(3, 1)[:, 0]  # (B, N, F)
+    raw = torch.randn(3, 4, 7)
+    integrated = model._decode(obs, raw)
+    model.spec = replace(model.spec, integrates=False)
+    free = model._decode(obs, raw)
+    assert torch.allclose(integrated[..., 2:4], free[..., 2:4])  # velocities: the same change either way
+    expect = (obs + raw * model.delta_scale)[..., :2]
+    inside = (expect > 0.1) & (expect < 0.9)  # away from the box's clamp
+    assert inside.any() and torch.allclose(free[..., :2][inside], expect[inside])
+    assert not torch.allclose(integrated[..., :2][inside], expect[inside])

@@ -41,7 +41,14 @@ class WorldConfig:
     """Side length L of the square box [0, L]^2."""
 
     dt: float = 0.05
-    """Fixed timestep in seconds."""
+    """Fixed timestep in seconds (of one physics step; an observed step is `substeps` of them)."""
+
+    substeps: int = 1
+    """Physics steps per observed step, the action held through all of them (action repeat, as in
+    Atari and DMC). One observed step then carries several rounds of contacts, so it needs more of
+    a model's passes; the step's solver iterations and contacts are summed over its physics steps.
+    With more than one, positions no longer follow x' = x + dt * v' from the observed velocity.
+    The Gymnasium env does the holding; ``World.step`` is always one physics step."""
 
     radius: float = 0.05
     """Nominal disc radius. Disc mass is (r / radius)^2, so a nominal disc has mass 1."""
@@ -170,6 +177,8 @@ class WorldConfig:
             raise LoopWMError(f"chain_link={self.chain_link} must be >= 2 (links shorter than a diameter overlap)")
         if not 0 <= self.n_controlled <= self.n_bodies:
             raise LoopWMError(f"n_controlled={self.n_controlled} must be in 0..n_bodies ({self.n_bodies})")
+        if isinstance(self.substeps, bool) or not isinstance(self.substeps, (int, np.integer)) or not 1 <= self.substeps <= 100:
+            raise LoopWMError(f"substeps={self.substeps!r} must be an integer in 1..100 (physics steps per observed step)")
         if self.solver_max_iters < 1 or self.chain_max_iters < 1:
             raise LoopWMError("solver_max_iters and chain_max_iters must be at least 1")
         if self.slop < 0 or self.gravity < 0 or not 0 <= self.chain_damping < 1:

@@ -39,7 +39,9 @@ class LoopWorldEnv(gym.Env):
     controlled disc (or the chain driver's velocity). Reward: minus the distance from body
     ``goal_body`` (0 by default) to the goal, minus ``reach_weight`` times the gap between body 0 and
     that body. Never terminates; episodes are cut by gymnasium's TimeLimit (200 steps by default).
-    ``info`` holds ``contacts``, ``solver_iterations`` and ``converged`` after every step and reset.
+    ``info`` holds ``contacts``, ``solver_iterations`` and ``converged`` after every step and reset;
+    with ``substeps`` > 1 (the action held over several physics steps) the first two are summed over
+    them and ``converged`` holds only if every one converged.
 
     Keyword arguments other than ``config`` and ``render_mode`` are ``WorldConfig`` fields and
     override the config (e.g. ``n_bodies=6``, ``dt=0.02``).
@@ -59,7 +61,7 @@ class LoopWorldEnv(gym.Env):
         cfg = self.world_config
         self.world = World(cfg)
         self.render_mode = render_mode
-        self.metadata = {**self.metadata, "render_fps": int(round(1.0 / cfg.dt))}
+        self.metadata = {**self.metadata, "render_fps": max(1, int(round(1.0 / (cfg.dt * cfg.substeps))))}
 
         n = cfg.n_bodies
         v = cfg.speed_limit
@@ -74,10 +76,13 @@ class LoopWorldEnv(gym.Env):
 
     @property
     def kinematics(self) -> dict[str, Any]:
-        """Which observation columns are positions, velocities and the body radius, and the timestep
-        linking positions to velocities (x' = x + dt * v' holds exactly in this world)."""
+        """Which observation columns are positions, velocities and the body radius, the time one
+        observed step spans, and whether positions follow x' = x + dt * v' from the observed velocity
+        exactly ("integrates": true with one physics step per observed step; with several, a
+        collision between them breaks it)."""
+        cfg = self.world_config
         return {"position": list(POSITION_FEATURES), "velocity": list(VELOCITY_FEATURES),
-                "radius": OBS_FEATURES.index("radius"), "dt": self.world_config.dt}
+                "radius": OBS_FEATURES.index("radius"), "dt": cfg.dt * cfg.substeps, "integrates": cfg.substeps == 1}
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
@@ -86,10 +91,14 @@ class LoopWorldEnv(gym.Env):
         return self._obs, {"contacts": 0, "solver_iterations": 0, "converged": True}
 
     def step(self, action):
-        stats = self.world.step(action)
+        contacts, sweeps, converged = 0, 0, True
+        for _ in range(self.world_config.substeps):  # the action is held (action repeat)
+            stats = self.world.step(action)
+            contacts, sweeps = contacts + stats.contacts, sweeps + stats.solver_iterations
+            converged = converged and stats.converged
         self._obs = obs = self.world.observation()
-        reward = self._reward(self.world.pos)
-        info = {"contacts": stats.contacts, "solver_iterations": stats.solver_iterations, "converged": stats.converged}
+        reward = self._reward(self.world.pos)  # of the state the agent observes, as with one physics step
+        info = {"contacts": contacts, "solver_iterations": sweeps, "converged": converged}
         return obs, reward, False, False, info
 
     def _reward(self, pos: np.ndarray) -> float:

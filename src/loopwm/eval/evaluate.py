@@ -185,6 +185,14 @@ def _evaluate(cfg: EvalConfig, keep_rollout: bool = False) -> dict:
                    and ds.obs_shape[1] == model.spec.obs_shape[1])  # an entity model scores any number of bodies
     if list(ds.obs_shape) != list(model.spec.obs_shape) and not other_count:
         raise LoopWMError(f"dataset observations {tuple(ds.obs_shape)} do not match the model's {tuple(model.spec.obs_shape)}")
+    kin = ds.kinematics or {}
+    if model.spec.kinematic and kin.get("dt") is not None:  # the model moves bodies by its own step length
+        theirs = (float(kin["dt"]), bool(kin.get("integrates", True)))
+        if abs(theirs[0] - model.spec.dt) > 1e-9 * max(1.0, model.spec.dt) or theirs[1] != model.spec.integrates:
+            raise LoopWMError(f"dataset {data_path} steps {theirs[0]:g} s per observation (positions "
+                              f"{'integrate' if theirs[1] else 'do not integrate'} velocities), but the model was trained on "
+                              f"{model.spec.dt:g} s ({'integrating' if model.spec.integrates else 'not integrating'}): score it "
+                              "on data collected with the same dt and substeps")
     episodes = np.asarray(meta["val_episodes"]) if not cfg.data else np.arange(ds.episodes)
     name, threshold, depth = resolve_exit(cfg.run, cfg.exit, cfg.threshold, cfg.depth)
     if cfg.keep_exit:

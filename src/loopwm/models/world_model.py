@@ -11,8 +11,9 @@ more bodies than it was trained on).
 
 Prediction is residual and, where the world declares its kinematics (which features are positions,
 which velocities, and the timestep), physical: the head predicts the change of velocity, velocity is
-integrated into position (x' = x + dt * v'), and the result is clamped into the observation bounds
-(the box). Features that never vary in the data are copied.
+integrated into position (x' = x + dt * v', unless the world says an observed step holds several
+physics steps, when positions are predicted as changes too), and the result is clamped into the
+observation bounds (the box). Features that never vary in the data are copied.
 """
 
 from __future__ import annotations
@@ -62,7 +63,10 @@ class WorldSpec:
     radius_idx: int | None = None
     """Feature index of the body radius, if any (used for gaps to walls and neighbours)."""
     dt: float | None = None
-    """Timestep of the world, needed to integrate velocities."""
+    """Time one observed step spans: velocities times dt give the typical step length."""
+    integrates: bool = True
+    """Positions follow x' = x + dt * v' exactly, so the model integrates its predicted velocity
+    rather than predicting positions (false where several physics steps make one observed step)."""
     action_low: list[float | None] = field(default_factory=list)
     """Per-component lower bound of a box action (None: unbounded; empty: not recorded)."""
     action_high: list[float | None] = field(default_factory=list)
@@ -531,7 +535,7 @@ class WorldModel(Dynamics, nn.Module):
         spec = self.spec
         delta = raw * self.delta_scale  # (B, N, F); zero on features that never change
         pred = obs + delta
-        if spec.kinematic:
+        if spec.kinematic and spec.integrates:
             vel = obs[..., spec.velocity_idx] + delta[..., spec.velocity_idx]  # (B, N, P)
             vel = torch.maximum(torch.minimum(vel, self.high[spec.velocity_idx]), self.low[spec.velocity_idx])
             pos = obs[..., spec.position_idx] + spec.dt * vel  # semi-implicit Euler, as the world

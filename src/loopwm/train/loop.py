@@ -240,6 +240,7 @@ def world_spec_from_data(ds: TrajectoryDataset, train_idx) -> WorldSpec:
         velocity_idx=list(kin.get("velocity", [])),
         radius_idx=kin.get("radius"),
         dt=kin.get("dt"),
+        integrates=bool(kin.get("integrates", True)),  # datasets recorded before the key: one physics step per step
         action_low=action_low,
         action_high=action_high,
         action_start=action_start,
